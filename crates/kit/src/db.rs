@@ -1,0 +1,300 @@
+//! Connecting to and migrating a service's own database: Postgres in
+//! production, SQLite embedded.
+//!
+//! Each service owns its data: on Postgres, a schema of its own (several
+//! services may share one server and database); on SQLite, a file of its own.
+//! Each keeps migrations for both backends and hands them over as
+//! [`Migrations`]:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), kit::db::DbError> {
+//! use kit::db::{Database, DatabaseConfig, Migrations};
+//!
+//! static MIGRATIONS: Migrations = Migrations {
+//!     postgres: sqlx::migrate!("../../services/fulfillment/migrations/postgres"),
+//!     sqlite: sqlx::migrate!("../../services/fulfillment/migrations/sqlite"),
+//! };
+//!
+//! let db = Database::connect(&DatabaseConfig::sqlite_file("data/fulfillment.db")).await?;
+//! db.migrate(&MIGRATIONS).await?;
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Executor};
+
+/// Where a service's database is and how to reach it.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// `postgres://user@host:5432/db` or `sqlite://path/to/file.db`.
+    pub url: String,
+    /// Postgres only: the schema the service's tables live in, created if
+    /// missing. Lower-case letters, digits and `_`.
+    pub schema: Option<String>,
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// How long to wait for a connection before failing.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            schema: None,
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: never print it.
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    /// A SQLite file, created with its directory if missing.
+    pub fn sqlite_file(path: impl AsRef<Path>) -> Self {
+        Self { url: format!("sqlite://{}", path.as_ref().display()), ..Self::default() }
+    }
+
+    /// A schema on a Postgres server.
+    pub fn postgres(url: impl Into<String>, schema: impl Into<String>) -> Self {
+        Self { url: url.into(), schema: Some(schema.into()), ..Self::default() }
+    }
+
+    /// The backend the URL names.
+    pub fn backend(&self) -> Result<Backend, DbError> {
+        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if self.url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else {
+            Err(DbError::UnsupportedUrl(redact(&self.url)))
+        }
+    }
+}
+
+/// Which database engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL: production.
+    Postgres,
+    /// SQLite: embedded.
+    Sqlite,
+}
+
+/// A service's migrations for both backends, kept in step.
+pub struct Migrations {
+    /// Applied on Postgres, inside the service's schema.
+    pub postgres: Migrator,
+    /// Applied on SQLite.
+    pub sqlite: Migrator,
+}
+
+/// A connection pool to a service's database.
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// PostgreSQL, with `search_path` set to the service's schema.
+    Postgres(PgPool),
+    /// SQLite, in WAL mode.
+    Sqlite(SqlitePool),
+}
+
+/// Why a database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL is neither `postgres://` nor `sqlite:`.
+    #[error("unsupported database URL {0}: expected postgres:// or sqlite:")]
+    UnsupportedUrl(String),
+    /// The schema name is not a plain identifier.
+    #[error("invalid schema name {0:?}: use lower-case letters, digits and _")]
+    InvalidSchema(String),
+    /// Could not connect.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL, password removed.
+        url: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+    /// The SQLite file's directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl Database {
+    /// Connects, creating the SQLite file or the Postgres schema if missing.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
+        let connect_error = |source| DbError::Connect { url: redact(&config.url), source };
+        match config.backend()? {
+            Backend::Postgres => {
+                let mut options = PgConnectOptions::from_str(&config.url).map_err(connect_error)?;
+                if let Some(schema) = &config.schema {
+                    if !is_identifier(schema) {
+                        return Err(DbError::InvalidSchema(schema.clone()));
+                    }
+                    // The schema must exist before a connection makes it its search_path.
+                    let mut conn = options.connect().await.map_err(connect_error)?;
+                    // DDL takes no bind parameters; the name was checked to be a plain identifier.
+                    let ddl = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+                        .execute(&mut conn)
+                        .await
+                        .or_else(ignore_concurrent_create)?;
+                    options = options.options([("search_path", schema.as_str())]);
+                }
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_error)?;
+                Ok(Self::Postgres(pool))
+            }
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&config.url)
+                    .map_err(connect_error)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(5));
+                let parent = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty());
+                if let Some(dir) = parent {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|source| DbError::CreateDir { path: dir.display().to_string(), source })?;
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_error)?;
+                Ok(Self::Sqlite(pool))
+            }
+        }
+    }
+
+    /// Applies the migrations not applied yet. Safe to run from several
+    /// processes at once: Postgres serialises them with an advisory lock.
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DbError> {
+        match self {
+            Self::Postgres(pool) => migrations.postgres.run(pool).await?,
+            Self::Sqlite(pool) => migrations.sqlite.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Answers once the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        match self {
+            Self::Postgres(pool) => pool.execute("SELECT 1").await.map(drop)?,
+            Self::Sqlite(pool) => pool.execute("SELECT 1").await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Postgres(_) => Backend::Postgres,
+            Self::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Two services creating their schemas at once can race in Postgres's catalog;
+/// the loser's error means the schema now exists.
+fn ignore_concurrent_create(error: sqlx::Error) -> Result<sqlx::postgres::PgQueryResult, DbError> {
+    match &error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => Ok(Default::default()),
+        _ => Err(DbError::Query(error)),
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!("{}://{}:***{}", &url[..scheme_end], &userinfo[..colon], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(redact("postgres://app:s3cret@db:5432/mesh"), "postgres://app:***@db:5432/mesh");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/mesh"), "postgres://postgres@127.0.0.1/mesh");
+        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+        let config = DatabaseConfig::postgres("postgres://app:s3cret@db/mesh", "fulfillment");
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn backend_follows_the_url() {
+        assert_eq!(DatabaseConfig::sqlite_file("a.db").backend().ok(), Some(Backend::Sqlite));
+        assert_eq!(DatabaseConfig::postgres("postgresql://h/db", "s").backend().ok(), Some(Backend::Postgres));
+        let mysql = DatabaseConfig { url: "mysql://h/db".into(), ..Default::default() };
+        assert!(matches!(mysql.backend(), Err(DbError::UnsupportedUrl(_))));
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(is_identifier("customer_identity"));
+        assert!(!is_identifier("Fulfillment"));
+        assert!(!is_identifier("x\"; DROP SCHEMA public; --"));
+        assert!(!is_identifier(""));
+    }
+}

@@ -1,0 +1,212 @@
+//! The one way a gRPC component starts.
+//!
+//! A [`GrpcServer`] serves the component's services together with
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha), behind the
+//! server trace layer. Health answers NOT_SERVING until the component says it
+//! is ready (migrations ran, dependencies answer), then SERVING. On shutdown it
+//! goes NOT_SERVING first, waits `shutdown_grace` so load balancers notice,
+//! stops accepting, and lets in-flight calls finish for up to `drain_timeout`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), kit::serve::ServeError> {
+//! use kit::serve::{GrpcServer, ServeOptions};
+//! use tonic_health::pb::health_server::{Health, HealthServer};
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let shutdown = kit::shutdown::on_signal();
+//! GrpcServer::new("example")
+//!     // .service(FulfillmentServiceServer::new(api)) for a real component
+//!     .options(ServeOptions::default())
+//!     .run(listener, std::future::ready(()), shutdown)
+//!     .await
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::shutdown::Shutdown;
+use crate::trace::grpc_server_layer;
+
+/// How a component stops.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ServeOptions {
+    /// After health goes NOT_SERVING and before the listener closes, so load
+    /// balancers stop sending new calls. 0 for a single process; a few seconds
+    /// on Kubernetes.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Longest wait for in-flight calls once the listener closed.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self { shutdown_grace: Duration::ZERO, drain_timeout: Duration::from_secs(4) }
+    }
+}
+
+/// Why a component stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener could not be bound or read.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not read the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A gRPC component being assembled: its services, descriptors and options.
+pub struct GrpcServer {
+    component: &'static str,
+    routes: RoutesBuilder,
+    services: Vec<&'static str>,
+    descriptors: Vec<&'static [u8]>,
+    options: ServeOptions,
+}
+
+impl GrpcServer {
+    /// A server for the component named `component` (used in logs).
+    pub fn new(component: &'static str) -> Self {
+        Self {
+            component,
+            routes: RoutesBuilder::default(),
+            services: Vec::new(),
+            descriptors: Vec::new(),
+            options: ServeOptions::default(),
+        }
+    }
+
+    /// Serves a generated tonic service; its name is listed by reflection and
+    /// reported by health.
+    pub fn service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.services.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Registers an encoded FileDescriptorSet describing the services, for reflection.
+    pub fn descriptors(mut self, file_descriptor_set: &'static [u8]) -> Self {
+        self.descriptors.push(file_descriptor_set);
+        self
+    }
+
+    /// Sets how the server stops.
+    pub fn options(mut self, options: ServeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled; health turns SERVING
+    /// once `ready` resolves.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        ready: impl Future<Output = ()> + Send + 'static,
+        shutdown: Shutdown,
+    ) -> Result<(), ServeError> {
+        let Self { component, mut routes, services, descriptors, options } = self;
+        let address = listener.local_addr()?;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_status(&health, &services, ServingStatus::NotServing).await;
+        routes.add_service(health_service);
+
+        let mut reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for set in &descriptors {
+            reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
+            reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
+        }
+        // List only what this component serves, not every service in the descriptors.
+        for name in services.iter().copied().chain(["grpc.health.v1.Health"]) {
+            reflection_v1 = reflection_v1.with_service_name(name);
+            reflection_v1alpha = reflection_v1alpha.with_service_name(name);
+        }
+        routes.add_service(reflection_v1.build_v1()?);
+        routes.add_service(reflection_v1alpha.build_v1alpha()?);
+
+        let readiness = {
+            let health = health.clone();
+            let services = services.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = ready => {
+                        set_status(&health, &services, ServingStatus::Serving).await;
+                        tracing::info!(component, %address, "serving");
+                    }
+                    () = shutdown.cancelled() => {}
+                }
+            })
+        };
+
+        let stop_accepting = {
+            let health = health.clone();
+            let services = services.clone();
+            let shutdown = shutdown.clone();
+            let grace = options.shutdown_grace;
+            async move {
+                shutdown.cancelled().await;
+                set_status(&health, &services, ServingStatus::NotServing).await;
+                tracing::info!(component, grace = ?grace, "health NOT_SERVING; draining");
+                tokio::time::sleep(grace).await;
+            }
+        };
+
+        let server = tonic::transport::Server::builder()
+            .layer(grpc_server_layer())
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+
+        tracing::info!(component, %address, services = ?services, "listening");
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(options.shutdown_grace + options.drain_timeout).await;
+        };
+        let result = tokio::select! {
+            result = server => result.map_err(ServeError::from),
+            () = drain_deadline => {
+                tracing::warn!(component, "in-flight calls still running after the drain timeout; stopping anyway");
+                Ok(())
+            }
+        };
+        readiness.abort();
+        tracing::info!(component, "stopped");
+        result
+    }
+}
+
+async fn set_status(health: &HealthReporter, services: &[&'static str], status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in services {
+        health.set_service_status(*name, status).await;
+    }
+}

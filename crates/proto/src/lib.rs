@@ -1,0 +1,39 @@
+//! The mesh's protobuf contracts, generated from `proto/` at build time.
+//!
+//! Modules follow the proto packages: [`commerce::fulfillment::v1`],
+//! [`commerce::identity::v1`], [`commerce::catalog::v1`],
+//! [`commerce::purchases::v1`], [`commerce::events::v1`], [`commerce::auth::v1`],
+//! [`commerce::type::v1`], and the minimal [`google::api`].
+//!
+//! [`FILE_DESCRIPTOR_SET`] holds every file with its imports and custom
+//! options, for server reflection and for the gateway, which reads each RPC's
+//! `google.api.http` rule and `commerce.auth.v1.access` option from it:
+//!
+//! ```
+//! let pool = proto::descriptor_pool().unwrap();
+//! let service = pool
+//!     .get_service_by_name("commerce.fulfillment.v1.FulfillmentService")
+//!     .unwrap();
+//! assert!(service.methods().any(|m| m.name() == "FulfillOrder"));
+//! ```
+
+#![allow(missing_docs, clippy::doc_lazy_continuation, clippy::large_enum_variant)]
+
+include!(concat!(env!("OUT_DIR"), "/mesh.rs"));
+
+/// Every proto file of the mesh, imports included, encoded as a
+/// `google.protobuf.FileDescriptorSet` with custom options kept.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesh_descriptor.bin"));
+
+/// Fully qualified names of the four commerce services.
+pub const COMMERCE_SERVICES: [&str; 4] = [
+    "commerce.fulfillment.v1.FulfillmentService",
+    "commerce.identity.v1.CustomerIdentityService",
+    "commerce.catalog.v1.CatalogIngestService",
+    "commerce.purchases.v1.PurchaseHistoryService",
+];
+
+/// Decodes [`FILE_DESCRIPTOR_SET`] into a pool for run-time reflection.
+pub fn descriptor_pool() -> Result<prost_reflect::DescriptorPool, prost_reflect::DescriptorError> {
+    prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+}
