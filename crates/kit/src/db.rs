@@ -15,8 +15,10 @@
 //!     sqlite: sqlx::migrate!("../../services/fulfillment/migrations/sqlite"),
 //! };
 //!
-//! let db = Database::connect(&DatabaseConfig::sqlite_file("data/fulfillment.db")).await?;
-//! db.migrate(&MIGRATIONS).await?;
+//! let config = DatabaseConfig::sqlite_file("data/fulfillment.db");
+//! let db = Database::open(&config)?; // lazy: no connection yet
+//! kit::db::migrate(&config, &MIGRATIONS).await?;
+//! db.ping().await?;
 //! # Ok(()) }
 //! ```
 
@@ -28,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Executor};
+use sqlx::{ConnectOptions, Connection, Executor};
 
 /// Where a service's database is and how to reach it.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -152,66 +154,28 @@ pub enum DbError {
 }
 
 impl Database {
-    /// Connects, creating the SQLite file or the Postgres schema if missing.
-    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
-        let connect_error = |source| DbError::Connect { url: redact(&config.url), source };
+    /// A pool that connects on first use, so a component can serve health
+    /// (NOT_SERVING) while its database is still being prepared. Only the
+    /// SQLite file's directory is created here.
+    pub fn open(config: &DatabaseConfig) -> Result<Self, DbError> {
         match config.backend()? {
             Backend::Postgres => {
-                let mut options = PgConnectOptions::from_str(&config.url).map_err(connect_error)?;
-                if let Some(schema) = &config.schema {
-                    if !is_identifier(schema) {
-                        return Err(DbError::InvalidSchema(schema.clone()));
-                    }
-                    // The schema must exist before a connection makes it its search_path.
-                    let mut conn = options.connect().await.map_err(connect_error)?;
-                    // DDL takes no bind parameters; the name was checked to be a plain identifier.
-                    let ddl = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-                        .execute(&mut conn)
-                        .await
-                        .or_else(ignore_concurrent_create)?;
-                    options = options.options([("search_path", schema.as_str())]);
-                }
+                let options = postgres_options(config)?;
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)
                     .acquire_timeout(config.acquire_timeout)
-                    .connect_with(options)
-                    .await
-                    .map_err(connect_error)?;
+                    .connect_lazy_with(options);
                 Ok(Self::Postgres(pool))
             }
             Backend::Sqlite => {
-                let options = SqliteConnectOptions::from_str(&config.url)
-                    .map_err(connect_error)?
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(5));
-                let parent = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty());
-                if let Some(dir) = parent {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|source| DbError::CreateDir { path: dir.display().to_string(), source })?;
-                }
+                let options = sqlite_options(config)?;
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.max_connections)
                     .acquire_timeout(config.acquire_timeout)
-                    .connect_with(options)
-                    .await
-                    .map_err(connect_error)?;
+                    .connect_lazy_with(options);
                 Ok(Self::Sqlite(pool))
             }
         }
-    }
-
-    /// Applies the migrations not applied yet. Safe to run from several
-    /// processes at once: Postgres serialises them with an advisory lock.
-    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DbError> {
-        match self {
-            Self::Postgres(pool) => migrations.postgres.run(pool).await?,
-            Self::Sqlite(pool) => migrations.sqlite.run(pool).await?,
-        }
-        Ok(())
     }
 
     /// Answers once the database answers a trivial query.
@@ -238,6 +202,77 @@ impl Database {
             Self::Sqlite(pool) => pool.close().await,
         }
     }
+}
+
+/// Creates the Postgres schema if missing and applies the migrations not
+/// applied yet, over a connection of its own. Safe to run from several
+/// processes at once: Postgres serialises them with an advisory lock.
+pub async fn migrate(config: &DatabaseConfig, migrations: &Migrations) -> Result<(), DbError> {
+    let connect_error = |source| DbError::Connect { url: redact(&config.url), source };
+    // A one-connection pool rather than a bare connection: the migrator then
+    // stays Send in generic async contexts.
+    match config.backend()? {
+        Backend::Postgres => {
+            let options = postgres_options(config)?;
+            if let Some(schema) = &config.schema {
+                let mut conn = options.connect().await.map_err(connect_error)?;
+                // DDL takes no bind parameters; the name was checked to be a plain identifier.
+                let ddl = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+                    .execute(&mut conn)
+                    .await
+                    .or_else(ignore_concurrent_create)?;
+                conn.close().await?;
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(config.acquire_timeout)
+                .connect_with(options)
+                .await
+                .map_err(connect_error)?;
+            let result = migrations.postgres.run(&pool).await;
+            pool.close().await;
+            result?;
+        }
+        Backend::Sqlite => {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(config.acquire_timeout)
+                .connect_with(sqlite_options(config)?)
+                .await
+                .map_err(connect_error)?;
+            let result = migrations.sqlite.run(&pool).await;
+            pool.close().await;
+            result?;
+        }
+    }
+    Ok(())
+}
+
+fn postgres_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
+    let options = PgConnectOptions::from_str(&config.url)
+        .map_err(|source| DbError::Connect { url: redact(&config.url), source })?;
+    match &config.schema {
+        Some(schema) if !is_identifier(schema) => Err(DbError::InvalidSchema(schema.clone())),
+        Some(schema) => Ok(options.options([("search_path", schema.as_str())])),
+        None => Ok(options),
+    }
+}
+
+fn sqlite_options(config: &DatabaseConfig) -> Result<SqliteConnectOptions, DbError> {
+    let options = SqliteConnectOptions::from_str(&config.url)
+        .map_err(|source| DbError::Connect { url: redact(&config.url), source })?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(5));
+    let parent = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| DbError::CreateDir { path: dir.display().to_string(), source })?;
+    }
+    Ok(options)
 }
 
 /// Two services creating their schemas at once can race in Postgres's catalog;

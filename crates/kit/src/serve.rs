@@ -10,14 +10,13 @@
 //! ```no_run
 //! # async fn run() -> Result<(), kit::serve::ServeError> {
 //! use kit::serve::{GrpcServer, ServeOptions};
-//! use tonic_health::pb::health_server::{Health, HealthServer};
-//!
+//! //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let shutdown = kit::shutdown::on_signal();
 //! GrpcServer::new("example")
 //!     // .service(FulfillmentServiceServer::new(api)) for a real component
 //!     .options(ServeOptions::default())
-//!     .run(listener, std::future::ready(()), shutdown)
+//!     .run(listener, async { Ok::<(), std::io::Error>(()) }, shutdown)
 //!     .await
 //! # }
 //! ```
@@ -70,7 +69,13 @@ pub enum ServeError {
     /// The reflection service could not read the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The component could not get ready (a migration or a dependency failed).
+    #[error("not ready: {0}")]
+    NotReady(BoxError),
 }
+
+/// Any error a readiness step may return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A gRPC component being assembled: its services, descriptors and options.
 pub struct GrpcServer {
@@ -122,14 +127,18 @@ impl GrpcServer {
         self
     }
 
-    /// Serves on `listener` until `shutdown` is cancelled; health turns SERVING
-    /// once `ready` resolves.
-    pub async fn run(
+    /// Serves on `listener` until `shutdown` is cancelled. Health turns SERVING
+    /// once `ready` succeeds; if it fails, the server stops with
+    /// [`ServeError::NotReady`].
+    pub async fn run<E>(
         self,
         listener: TcpListener,
-        ready: impl Future<Output = ()> + Send + 'static,
+        ready: impl Future<Output = Result<(), E>> + Send + 'static,
         shutdown: Shutdown,
-    ) -> Result<(), ServeError> {
+    ) -> Result<(), ServeError>
+    where
+        E: Into<BoxError> + 'static,
+    {
         let Self { component, mut routes, services, descriptors, options } = self;
         let address = listener.local_addr()?;
 
@@ -156,16 +165,17 @@ impl GrpcServer {
         let readiness = {
             let health = health.clone();
             let services = services.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = ready => {
+            async move {
+                match ready.await {
+                    Ok(()) => {
                         set_status(&health, &services, ServingStatus::Serving).await;
-                        tracing::info!(component, %address, "serving");
+                        tracing::info!(component, %address, "ready: health SERVING");
+                        // Stay pending: only the server or the shutdown ends `run`.
+                        std::future::pending::<BoxError>().await
                     }
-                    () = shutdown.cancelled() => {}
+                    Err(error) => error.into(),
                 }
-            })
+            }
         };
 
         let stop_accepting = {
@@ -193,12 +203,15 @@ impl GrpcServer {
         };
         let result = tokio::select! {
             result = server => result.map_err(ServeError::from),
+            error = readiness => {
+                tracing::error!(component, %error, "could not get ready; stopping");
+                Err(ServeError::NotReady(error))
+            }
             () = drain_deadline => {
                 tracing::warn!(component, "in-flight calls still running after the drain timeout; stopping anyway");
                 Ok(())
             }
         };
-        readiness.abort();
         tracing::info!(component, "stopped");
         result
     }

@@ -1,0 +1,75 @@
+//! `kit::db` against real Postgres and SQLite: the same checks on both.
+
+use kit::db::{Backend, Database, DbError, Migrations, migrate};
+use kit::testing::TestDatabase;
+
+static MIGRATIONS: Migrations = Migrations {
+    postgres: sqlx::migrate!("tests/migrations/postgres"),
+    sqlite: sqlx::migrate!("tests/migrations/sqlite"),
+};
+
+async fn notes_after_migrating_twice(backend: Backend) -> i64 {
+    let test_db = TestDatabase::new(backend, "example").await;
+    let db = Database::open(test_db.config()).expect("open");
+    migrate(test_db.config(), &MIGRATIONS).await.expect("first migration");
+    migrate(test_db.config(), &MIGRATIONS).await.expect("a second run applies nothing and succeeds");
+    db.ping().await.expect("ping");
+    match &db {
+        Database::Postgres(pool) => {
+            sqlx::query("INSERT INTO notes (body) VALUES ($1)").bind("hello").execute(pool).await.expect("insert");
+            sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(pool).await.expect("count")
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query("INSERT INTO notes (body) VALUES ($1)").bind("hello").execute(pool).await.expect("insert");
+            sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(pool).await.expect("count")
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_migrates_idempotently() {
+    assert_eq!(notes_after_migrating_twice(Backend::Postgres).await, 1);
+}
+
+#[tokio::test]
+async fn sqlite_migrates_idempotently() {
+    assert_eq!(notes_after_migrating_twice(Backend::Sqlite).await, 1);
+}
+
+#[tokio::test]
+async fn postgres_tables_live_in_the_service_schema() {
+    let test_db = TestDatabase::postgres("example").await;
+    migrate(test_db.config(), &MIGRATIONS).await.expect("migrate");
+    let Database::Postgres(pool) = Database::open(test_db.config()).expect("open") else {
+        panic!("a postgres URL opens a postgres pool");
+    };
+    let schemas: Vec<String> =
+        sqlx::query_scalar("SELECT table_schema::text FROM information_schema.tables WHERE table_name = 'notes'")
+            .fetch_all(&pool)
+            .await
+            .expect("catalog");
+    assert_eq!(schemas, vec!["example".to_string()]);
+}
+
+#[tokio::test]
+async fn concurrent_migrations_of_one_database_both_succeed() {
+    let test_db = TestDatabase::postgres("example").await;
+    let (a, b) = tokio::join!(migrate(test_db.config(), &MIGRATIONS), migrate(test_db.config(), &MIGRATIONS));
+    a.expect("first migrator");
+    b.expect("second migrator");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_an_error_naming_it_without_its_password() {
+    let config = kit::db::DatabaseConfig {
+        url: "postgres://app:s3cret@127.0.0.1:1/nowhere".into(),
+        schema: Some("example".into()),
+        acquire_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let error = migrate(&config, &MIGRATIONS).await.expect_err("nothing listens on port 1");
+    assert!(matches!(error, DbError::Connect { .. }), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+}
