@@ -41,10 +41,26 @@ async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("commerce-mesh: {error:#}");
+            eprintln!("commerce-mesh: {}", report(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once: our errors already include their
+/// cause's text, so a cause already said is not repeated.
+fn report(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+    }
+    text
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

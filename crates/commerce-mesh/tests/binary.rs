@@ -1,0 +1,224 @@
+//! The `commerce-mesh` binary as a user runs it: `up` with no configuration,
+//! `serve` of one component, `migrate all` on Postgres, and a bad setting.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio_stream::StreamExt;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+/// Guards against a hang, not a timing assertion: generous on purpose.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// The binary with none of the caller's mesh or telemetry settings.
+fn mesh_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_commerce-mesh"));
+    command.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MESH_") || name.starts_with("OTEL_") || name == "RUST_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
+    tokio::time::timeout(HANG_GUARD, lines.next_line())
+        .await
+        .expect("the process keeps writing")
+        .expect("stdout readable")
+        .expect("the process is still running")
+}
+
+/// Waits (on the health Watch stream, no polling) until `url` answers SERVING.
+async fn wait_serving(url: &str) {
+    let mut health = HealthClient::new(kit::client::channel(url).expect("channel"));
+    let mut updates = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
+    tokio::time::timeout(HANG_GUARD, async {
+        while let Some(update) = updates.next().await {
+            if update.expect("health update").status() == ServingStatus::Serving {
+                return;
+            }
+        }
+        panic!("health stream ended before SERVING");
+    })
+    .await
+    .expect("becomes SERVING");
+}
+
+async fn listed_services(url: &str) -> BTreeSet<String> {
+    let mut reflection = ServerReflectionClient::new(kit::client::channel(url).expect("channel"));
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses =
+        reflection.server_reflection_info(tokio_stream::once(request)).await.expect("reflection").into_inner();
+    let response = responses.next().await.expect("a response").expect("ok");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("expected a service list, got {other:?}"),
+    }
+}
+
+async fn terminate_and_wait(child: &mut Child) -> (std::process::ExitStatus, Duration) {
+    let pid = child.id().expect("running").to_string();
+    let sent = Instant::now();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill runs");
+    assert!(kill.success());
+    let status = tokio::time::timeout(HANG_GUARD, child.wait()).await.expect("exits after SIGTERM").expect("wait");
+    (status, sent.elapsed())
+}
+
+async fn http_get(address: &str, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+}
+
+#[tokio::test]
+async fn up_with_no_configuration_serves_every_service_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = mesh_command(dir.path()).arg("up").spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+
+    // The banner: one line per component, `name  scheme://address`.
+    let mut urls = std::collections::BTreeMap::new();
+    while urls.len() < 5 {
+        let line = next_line(&mut lines).await;
+        let mut words = line.split_whitespace();
+        if let (Some(name), Some(url), None) = (words.next(), words.next(), words.next()) {
+            if let Some(address) = url.strip_prefix("grpc://").or_else(|| url.strip_prefix("http://")) {
+                urls.insert(name.to_string(), address.to_string());
+            }
+        }
+    }
+    // Keep draining logs so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    assert_eq!(urls["gateway"], "127.0.0.1:8080");
+    let services = [
+        ("fulfillment", "127.0.0.1:50051", "commerce.fulfillment.v1.FulfillmentService"),
+        ("customer-identity", "127.0.0.1:50052", "commerce.identity.v1.CustomerIdentityService"),
+        ("catalog-ingest", "127.0.0.1:50053", "commerce.catalog.v1.CatalogIngestService"),
+        ("purchase-history", "127.0.0.1:50054", "commerce.purchases.v1.PurchaseHistoryService"),
+    ];
+    let mut every_listed = BTreeSet::new();
+    for (name, default_address, service) in services {
+        assert_eq!(urls[name], default_address, "{name} listens on its default port");
+        let url = format!("http://{default_address}");
+        wait_serving(&url).await;
+        let listed = listed_services(&url).await;
+        let expected: BTreeSet<String> =
+            [service, "grpc.health.v1.Health"].into_iter().map(String::from).collect();
+        assert_eq!(listed, expected, "{name} lists what it serves");
+        every_listed.extend(listed);
+    }
+    for service in proto::COMMERCE_SERVICES {
+        assert!(every_listed.contains(service), "{service} is listed by reflection");
+    }
+
+    // Until the services are built their RPCs answer UNIMPLEMENTED.
+    let mut fulfillment =
+        proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient::new(
+            kit::client::channel("http://127.0.0.1:50051").expect("channel"),
+        );
+    let status = fulfillment
+        .get_fulfillment(proto::commerce::fulfillment::v1::GetFulfillmentRequest { fulfillment_id: "f-1".into() })
+        .await
+        .expect_err("not built yet");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+
+    assert!(http_get(&urls["gateway"], "/healthz").await.starts_with("HTTP/1.1 200"));
+
+    // Embedded storage: one SQLite file per service under ./data.
+    let mut files: Vec<String> = std::fs::read_dir(dir.path().join("data"))
+        .expect("./data exists")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".db"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["catalog_ingest.db", "customer_identity.db", "fulfillment.db", "purchase_history.db"]);
+
+    let (status, elapsed) = terminate_and_wait(&mut child).await;
+    println!("exit after SIGTERM took {elapsed:?}");
+    assert_eq!(status.code(), Some(0), "SIGTERM ends the mesh with exit 0");
+}
+
+#[tokio::test]
+async fn serve_runs_one_component_and_logs_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = mesh_command(dir.path())
+        .args(["serve", "customer-identity"])
+        .env("MESH_CUSTOMER_IDENTITY__LISTEN", "127.0.0.1:0")
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let address = loop {
+        let line = next_line(&mut lines).await;
+        let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?} is JSON: {e}"));
+        assert!(log["timestamp"].is_string() && log["level"].is_string(), "{line}");
+        if log["message"] == "listening" {
+            break log["fields"]["address"].as_str().expect("address field").to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let url = format!("http://{address}");
+    wait_serving(&url).await;
+    assert!(listed_services(&url).await.contains("commerce.identity.v1.CustomerIdentityService"));
+    let (status, _) = terminate_and_wait(&mut child).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn migrate_all_on_postgres_gives_every_service_its_schema() {
+    let test_db = kit::testing::TestDatabase::postgres("unused").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = mesh_command(dir.path())
+        .args(["migrate", "all"])
+        .env("MESH_DATABASE_URL", &test_db.config().url)
+        .output()
+        .await
+        .expect("run migrate");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let pool = sqlx::PgPool::connect(&test_db.config().url).await.expect("connect");
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT table_schema::text FROM information_schema.tables WHERE table_name = '_sqlx_migrations' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("catalog");
+    assert_eq!(schemas, ["catalog_ingest", "customer_identity", "fulfillment", "purchase_history"]);
+    pool.close().await;
+    assert!(!dir.path().join("data").exists(), "nothing embedded was created");
+}
+
+#[tokio::test]
+async fn a_bad_setting_fails_at_once_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = mesh_command(dir.path())
+        .arg("up")
+        .env("MESH_FULFILLMENT__LISTEN", "not-an-address")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("FULFILLMENT.LISTEN"), "names the key: {stderr}");
+    assert!(stderr.contains("MESH_"), "names where it came from: {stderr}");
+    assert_eq!(stderr.matches("invalid socket address").count(), 1, "says it once: {stderr}");
+}
