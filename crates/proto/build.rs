@@ -24,10 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut compiler = protox::Compiler::new([&proto_root])?;
     compiler.include_imports(true).include_source_info(true);
     compiler.open_files(&files)?;
-    fs::write(
-        out_dir.join("mesh_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
-    )?;
+    fs::write(out_dir.join("mesh_descriptor.bin"), compiler.encode_file_descriptor_set())?;
 
     tonic_prost_build::configure()
         // An RPC a service has not implemented yet answers UNIMPLEMENTED.
@@ -43,10 +40,10 @@ fn collect_protos(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result
         let path = entry?.path();
         if path.is_dir() {
             collect_protos(root, &path, out)?;
-        } else if path.extension().is_some_and(|ext| ext == "proto") {
-            if let Ok(relative) = path.strip_prefix(root) {
-                out.push(relative.to_path_buf());
-            }
+        } else if path.extension().is_some_and(|ext| ext == "proto")
+            && let Ok(relative) = path.strip_prefix(root)
+        {
+            out.push(relative.to_path_buf());
         }
     }
     Ok(())

@@ -1,16 +1,15 @@
 //! Every RPC's http rule and access option, read from the descriptor set at run
 //! time as the gateway reads them; and the check that refuses an RPC without.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
+
 use std::path::Path;
 
 use gateway::binding::{BindingError, HttpBinding, MethodBinding, method_bindings};
 use prost_reflect::DescriptorPool;
 
 fn find<'a>(bindings: &'a [MethodBinding], full_name: &str) -> &'a MethodBinding {
-    bindings
-        .iter()
-        .find(|b| b.method.full_name() == full_name)
-        .unwrap_or_else(|| panic!("{full_name} has bindings"))
+    bindings.iter().find(|b| b.method.full_name() == full_name).unwrap_or_else(|| panic!("{full_name} has bindings"))
 }
 
 fn binding(verb: &str, path: &str, body: &str, response_body: &str) -> HttpBinding {
@@ -47,10 +46,7 @@ fn rules_are_read_with_their_verbs_bodies_and_additional_bindings() {
     assert_eq!(fulfill.scopes, ["fulfillment:write"]);
 
     let record = find(&bindings, "commerce.purchases.v1.PurchaseHistoryService.RecordPurchase");
-    assert_eq!(
-        record.http,
-        vec![binding("POST", "/v1/purchases", "purchase", ""), binding("POST", "/buy", "*", "")]
-    );
+    assert_eq!(record.http, vec![binding("POST", "/v1/purchases", "purchase", ""), binding("POST", "/buy", "*", "")]);
 
     let list = find(&bindings, "commerce.purchases.v1.PurchaseHistoryService.ListPurchases");
     assert_eq!(

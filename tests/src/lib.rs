@@ -1,1 +1,6 @@
-//! placeholder
+//! Harness for end-to-end tests of the whole mesh.
+//!
+//! [`collector::Collector`] is an in-process OTLP/gRPC trace collector: point
+//! the mesh's telemetry at it and assert on the spans it receives.
+
+pub mod collector;

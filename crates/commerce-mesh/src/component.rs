@@ -39,12 +39,8 @@ impl Component {
     ];
 
     /// The four gRPC services.
-    pub const SERVICES: [Component; 4] = [
-        Component::CustomerIdentity,
-        Component::CatalogIngest,
-        Component::PurchaseHistory,
-        Component::Fulfillment,
-    ];
+    pub const SERVICES: [Component; 4] =
+        [Component::CustomerIdentity, Component::CatalogIngest, Component::PurchaseHistory, Component::Fulfillment];
 
     /// The name on the command line: `customer-identity`.
     pub fn name(self) -> &'static str {

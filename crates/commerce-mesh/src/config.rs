@@ -144,10 +144,7 @@ impl MeshConfig {
     /// The database `component` uses: its own, else a schema in the shared
     /// Postgres, else its SQLite file in `data_dir`.
     pub fn database(&self, component: Component) -> Result<DatabaseConfig, ConfigProblem> {
-        let (service, name) = self
-            .service(component)
-            .zip(component.storage_name())
-            .ok_or(ConfigProblem::NoDatabase)?;
+        let (service, name) = self.service(component).zip(component.storage_name()).ok_or(ConfigProblem::NoDatabase)?;
         if let Some(own) = &service.database {
             let mut own = own.clone();
             if own.schema.is_none() && own.backend().is_ok_and(|b| b == kit::db::Backend::Postgres) {

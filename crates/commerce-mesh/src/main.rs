@@ -78,10 +78,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", mesh.banner());
             mesh.wait().await.map_err(anyhow::Error::from)
         }
-        Command::Serve { component } => commerce_mesh::serve(component, &config, kit::shutdown::on_signal())
-            .await
-            .map_err(anyhow::Error::from),
-        Command::Migrate { target } => commerce_mesh::migrate(target, &config).await.map(drop).map_err(anyhow::Error::from),
+        Command::Serve { component } => {
+            commerce_mesh::serve(component, &config, kit::shutdown::on_signal()).await.map_err(anyhow::Error::from)
+        }
+        Command::Migrate { target } => {
+            commerce_mesh::migrate(target, &config).await.map(drop).map_err(anyhow::Error::from)
+        }
     };
     // Bounded: an unreachable collector must not hold the exit.
     if tokio::time::timeout(Duration::from_secs(2), telemetry.shutdown()).await.is_err() {

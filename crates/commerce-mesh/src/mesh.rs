@@ -65,9 +65,7 @@ pub async fn migrate(target: MigrateTarget, config: &MeshConfig) -> Result<Vec<C
     for &component in &components {
         let database = config.database(component)?;
         let migrations = component.migrations().ok_or(ConfigProblem::NoDatabase)?;
-        kit::db::migrate(&database, migrations)
-            .await
-            .map_err(|source| MeshError::Database { component, source })?;
+        kit::db::migrate(&database, migrations).await.map_err(|source| MeshError::Database { component, source })?;
         tracing::info!(%component, database = ?database, "migrated");
     }
     Ok(components)

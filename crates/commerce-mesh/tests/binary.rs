@@ -1,6 +1,8 @@
 //! The `commerce-mesh` binary as a user runs it: `up` with no configuration,
 //! `serve` of one component, `migrate all` on Postgres, and a bad setting.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
@@ -9,13 +11,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 /// Guards against a hang, not a timing assertion: generous on purpose.
 const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -100,10 +102,10 @@ async fn up_with_no_configuration_serves_every_service_and_stops_on_sigterm() {
     while urls.len() < 5 {
         let line = next_line(&mut lines).await;
         let mut words = line.split_whitespace();
-        if let (Some(name), Some(url), None) = (words.next(), words.next(), words.next()) {
-            if let Some(address) = url.strip_prefix("grpc://").or_else(|| url.strip_prefix("http://")) {
-                urls.insert(name.to_string(), address.to_string());
-            }
+        if let (Some(name), Some(url), None) = (words.next(), words.next(), words.next())
+            && let Some(address) = url.strip_prefix("grpc://").or_else(|| url.strip_prefix("http://"))
+        {
+            urls.insert(name.to_string(), address.to_string());
         }
     }
     // Keep draining logs so the process never blocks on a full pipe.
@@ -122,8 +124,7 @@ async fn up_with_no_configuration_serves_every_service_and_stops_on_sigterm() {
         let url = format!("http://{default_address}");
         wait_serving(&url).await;
         let listed = listed_services(&url).await;
-        let expected: BTreeSet<String> =
-            [service, "grpc.health.v1.Health"].into_iter().map(String::from).collect();
+        let expected: BTreeSet<String> = [service, "grpc.health.v1.Health"].into_iter().map(String::from).collect();
         assert_eq!(listed, expected, "{name} lists what it serves");
         every_listed.extend(listed);
     }
@@ -132,10 +133,9 @@ async fn up_with_no_configuration_serves_every_service_and_stops_on_sigterm() {
     }
 
     // Until the services are built their RPCs answer UNIMPLEMENTED.
-    let mut fulfillment =
-        proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient::new(
-            kit::client::channel("http://127.0.0.1:50051").expect("channel"),
-        );
+    let mut fulfillment = proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient::new(
+        kit::client::channel("http://127.0.0.1:50051").expect("channel"),
+    );
     let status = fulfillment
         .get_fulfillment(proto::commerce::fulfillment::v1::GetFulfillmentRequest { fulfillment_id: "f-1".into() })
         .await

@@ -56,8 +56,5 @@ pub fn channel(address: &str) -> Result<TracedChannel, ClientError> {
 
 /// Wraps an existing channel with the client trace layers.
 pub fn traced(channel: Channel) -> TracedChannel {
-    ServiceBuilder::new()
-        .layer(grpc_client_layer())
-        .layer(InjectTraceContextLayer)
-        .service(channel)
+    ServiceBuilder::new().layer(grpc_client_layer()).layer(InjectTraceContextLayer).service(channel)
 }

@@ -57,9 +57,7 @@ pub fn figment<T: Serialize + Default>(file: Option<&Path>) -> Result<Figment, C
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    let env = Env::prefixed(ENV_PREFIX)
-        .ignore(&NOT_CONFIG)
-        .split("__");
+    let env = Env::prefixed(ENV_PREFIX).ignore(&NOT_CONFIG).split("__");
     Ok(figment.merge(env))
 }
 
@@ -89,7 +87,6 @@ mod tests {
             Self { name: "default".into(), port: 1, inner: Inner::default() }
         }
     }
-
 
     #[test]
     fn file_overrides_defaults_and_environment_overrides_file() {

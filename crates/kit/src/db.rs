@@ -50,12 +50,7 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self {
-            url: String::new(),
-            schema: None,
-            max_connections: 10,
-            acquire_timeout: Duration::from_secs(5),
-        }
+        Self { url: String::new(), schema: None, max_connections: 10, acquire_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -218,10 +213,7 @@ pub async fn migrate(config: &DatabaseConfig, migrations: &Migrations) -> Result
                 let mut conn = options.connect().await.map_err(connect_error)?;
                 // DDL takes no bind parameters; the name was checked to be a plain identifier.
                 let ddl = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-                    .execute(&mut conn)
-                    .await
-                    .or_else(ignore_concurrent_create)?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&mut conn).await.or_else(ignore_concurrent_create)?;
                 conn.close().await?;
             }
             let pool = PgPoolOptions::new()

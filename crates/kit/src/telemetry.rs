@@ -146,12 +146,11 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
 }
 
 fn env_filter(config: &TelemetryConfig) -> Result<EnvFilter, TelemetryError> {
-    let directives = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| config.log_filter.clone());
+    let directives =
+        std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| config.log_filter.clone());
     // Later directives win for the same target, so the caller's come last.
     let combined = format!("{QUIET},{directives}");
-    EnvFilter::builder()
-        .parse(&combined)
-        .map_err(|source| TelemetryError::Filter { filter: directives, source })
+    EnvFilter::builder().parse(&combined).map_err(|source| TelemetryError::Filter { filter: directives, source })
 }
 
 fn tracer_provider(config: &TelemetryConfig) -> Result<(SdkTracerProvider, bool), TelemetryError> {
@@ -300,11 +299,7 @@ mod tests {
 
     fn lines(buffer: &Buffer) -> Vec<Value> {
         let bytes = buffer.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
+        String::from_utf8(bytes).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
     }
 
     #[test]

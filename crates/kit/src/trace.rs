@@ -15,7 +15,7 @@ use http::{HeaderMap, Request, Response};
 use opentelemetry::global;
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use tower::{Layer, Service};
-use tower_http::classify::{GrpcFailureClass, GrpcErrorsAsFailures, SharedClassifier};
+use tower_http::classify::{GrpcErrorsAsFailures, GrpcFailureClass, SharedClassifier};
 use tower_http::trace::{MakeSpan, OnEos, OnFailure, OnResponse, TraceLayer};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;

@@ -1,5 +1,7 @@
 //! `kit::db` against real Postgres and SQLite: the same checks on both.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
+
 use kit::db::{Backend, Database, DbError, Migrations, migrate};
 use kit::testing::TestDatabase;
 

@@ -1,6 +1,8 @@
 //! `kit::serve` lifecycle: NOT_SERVING until ready, SERVING, NOT_SERVING on
 //! shutdown, then a clean stop; a failed readiness step stops the server.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
+
 use kit::serve::{GrpcServer, ServeError};
 use kit::shutdown::Shutdown;
 use tokio::net::TcpListener;
@@ -26,11 +28,7 @@ async fn health_follows_readiness_and_shutdown() {
     ));
 
     let mut health = HealthClient::new(kit::client::channel(&address).expect("channel"));
-    let mut watch = health
-        .watch(HealthCheckRequest { service: String::new() })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
     let status = |r: Option<Result<HealthCheckResponse, tonic::Status>>| r.expect("an update").expect("ok").status();
 
     assert_eq!(status(watch.message().await.transpose()), ServingStatus::NotServing);

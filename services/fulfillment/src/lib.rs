@@ -18,10 +18,8 @@ pub use api::FulfillmentApi;
 pub const NAME: &str = "fulfillment";
 
 /// Migrations for both backends, kept in step.
-pub static MIGRATIONS: Migrations = Migrations {
-    postgres: sqlx::migrate!("migrations/postgres"),
-    sqlite: sqlx::migrate!("migrations/sqlite"),
-};
+pub static MIGRATIONS: Migrations =
+    Migrations { postgres: sqlx::migrate!("migrations/postgres"), sqlite: sqlx::migrate!("migrations/sqlite") };
 
 /// The gRPC service, ready to hand to [`kit::serve::GrpcServer::service`].
 pub fn service() -> FulfillmentServiceServer<FulfillmentApi> {
