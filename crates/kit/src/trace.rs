@@ -69,29 +69,26 @@ impl<B> MakeSpan<B> for RpcSpan {
             return Span::none();
         }
         let name = path.trim_start_matches('/');
-        let span = match self.side {
-            Side::Server => tracing::info_span!(
-                "grpc.server",
-                otel.name = name,
-                otel.kind = "server",
-                otel.status_code = tracing::field::Empty,
-                rpc.system = "grpc",
-                rpc.service = service,
-                rpc.method = method,
-                rpc.grpc.status_code = tracing::field::Empty,
-            ),
-            Side::Client => tracing::info_span!(
-                "grpc.client",
-                otel.name = name,
-                otel.kind = "client",
-                otel.status_code = tracing::field::Empty,
-                rpc.system = "grpc",
-                rpc.service = service,
-                rpc.method = method,
-                rpc.grpc.status_code = tracing::field::Empty,
-                server.address = request.uri().host().unwrap_or_default(),
-            ),
+        let kind = match self.side {
+            Side::Server => "server",
+            Side::Client => "client",
         };
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = name,
+            otel.kind = kind,
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            server.address = tracing::field::Empty,
+        );
+        if self.side == Side::Client
+            && let Some(host) = request.uri().host()
+        {
+            span.record("server.address", host);
+        }
         if self.side == Side::Server {
             let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
             if let Err(error) = span.set_parent(parent) {
