@@ -10,7 +10,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), kit::serve::ServeError> {
 //! use kit::serve::{GrpcServer, ServeOptions};
-//! //!
+//!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let shutdown = kit::shutdown::on_signal();
 //! GrpcServer::new("example")
