@@ -5,6 +5,9 @@
 //! |---|---|---|
 //! | `data_dir` | `MESH_DATA_DIR` | `./data` (SQLite files, one per service) |
 //! | `database_url` | `MESH_DATABASE_URL` | unset: SQLite; a `postgres://` URL puts every service in a schema of its own there |
+//! | `redis_url` | `MESH_REDIS_URL` | unset: in-process caches; a `redis://` URL puts them in Redis |
+//! | `customer_identity.retirement_salt` | `MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT` | a development value (warned about) |
+//! | `customer_identity.cache.ttl` | `MESH_CUSTOMER_IDENTITY__CACHE__TTL` | `5m` (misses: `cache.negative_ttl`, `5s`) |
 //! | `<service>.listen` | `MESH_FULFILLMENT__LISTEN`, ... | `127.0.0.1:50051` to `:50054` |
 //! | `<service>.database.url` | `MESH_FULFILLMENT__DATABASE__URL`, ... | unset: as above |
 //! | `gateway.listen` | `MESH_GATEWAY__LISTEN` | `127.0.0.1:8080` |
@@ -32,6 +35,8 @@ pub struct MeshConfig {
     pub data_dir: PathBuf,
     /// A Postgres URL shared by every service that has no database of its own.
     pub database_url: Option<String>,
+    /// Redis for caches (and, later, the event bus); unset: in-process.
+    pub redis_url: Option<String>,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
     /// How gRPC components stop.
@@ -41,30 +46,38 @@ pub struct MeshConfig {
     /// Fulfillment.
     pub fulfillment: ServiceConfig,
     /// CustomerIdentity.
-    pub customer_identity: ServiceConfig,
+    pub customer_identity: ServiceConfig<customer_identity::Config>,
     /// CatalogIngest.
     pub catalog_ingest: ServiceConfig,
     /// PurchaseHistory.
     pub purchase_history: ServiceConfig,
 }
 
-/// Where a gRPC service listens and keeps its data.
+/// Where a gRPC service listens and keeps its data, and its own settings
+/// (`S`, whose keys sit beside `listen` and `database`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
-pub struct ServiceConfig {
+pub struct ServiceConfig<S = NoSettings> {
     /// The gRPC listen address.
     pub listen: SocketAddr,
     /// The service's own database; unset: `database_url`, else SQLite in `data_dir`.
     pub database: Option<DatabaseConfig>,
+    /// The service's own settings.
+    #[serde(flatten)]
+    pub settings: S,
 }
 
-impl ServiceConfig {
+/// For a service with no settings of its own yet.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NoSettings {}
+
+impl<S: Default> ServiceConfig<S> {
     fn on_port(port: u16) -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], port)), database: None }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], port)), database: None, settings: S::default() }
     }
 }
 
-impl Default for ServiceConfig {
+impl<S: Default> Default for ServiceConfig<S> {
     fn default() -> Self {
         Self::on_port(0)
     }
@@ -75,6 +88,7 @@ impl Default for MeshConfig {
         Self {
             data_dir: PathBuf::from("data"),
             database_url: None,
+            redis_url: None,
             telemetry: TelemetryConfig::default(),
             serve: ServeOptions::default(),
             gateway: gateway::Config::default(),
@@ -101,37 +115,33 @@ pub enum ConfigProblem {
 }
 
 impl MeshConfig {
-    fn service(&self, component: Component) -> Option<&ServiceConfig> {
-        match component {
-            Component::Gateway => None,
-            Component::Fulfillment => Some(&self.fulfillment),
-            Component::CustomerIdentity => Some(&self.customer_identity),
-            Component::CatalogIngest => Some(&self.catalog_ingest),
-            Component::PurchaseHistory => Some(&self.purchase_history),
-        }
-    }
-
-    fn service_mut(&mut self, component: Component) -> Option<&mut ServiceConfig> {
-        match component {
-            Component::Gateway => None,
-            Component::Fulfillment => Some(&mut self.fulfillment),
-            Component::CustomerIdentity => Some(&mut self.customer_identity),
-            Component::CatalogIngest => Some(&mut self.catalog_ingest),
-            Component::PurchaseHistory => Some(&mut self.purchase_history),
-        }
+    /// A service's listen address and database, whatever its settings; None for the gateway.
+    fn placement(&self, component: Component) -> Option<(SocketAddr, Option<&DatabaseConfig>)> {
+        let (listen, database) = match component {
+            Component::Gateway => return None,
+            Component::Fulfillment => (self.fulfillment.listen, &self.fulfillment.database),
+            Component::CustomerIdentity => (self.customer_identity.listen, &self.customer_identity.database),
+            Component::CatalogIngest => (self.catalog_ingest.listen, &self.catalog_ingest.database),
+            Component::PurchaseHistory => (self.purchase_history.listen, &self.purchase_history.database),
+        };
+        Some((listen, database.as_ref()))
     }
 
     /// Where `component` listens.
     pub fn listen(&self, component: Component) -> SocketAddr {
-        self.service(component).map_or(self.gateway.listen, |service| service.listen)
+        self.placement(component).map_or(self.gateway.listen, |(listen, _)| listen)
     }
 
     /// Sets where `component` listens.
     pub fn set_listen(&mut self, component: Component, address: SocketAddr) {
-        match self.service_mut(component) {
-            Some(service) => service.listen = address,
-            None => self.gateway.listen = address,
-        }
+        let listen = match component {
+            Component::Gateway => &mut self.gateway.listen,
+            Component::Fulfillment => &mut self.fulfillment.listen,
+            Component::CustomerIdentity => &mut self.customer_identity.listen,
+            Component::CatalogIngest => &mut self.catalog_ingest.listen,
+            Component::PurchaseHistory => &mut self.purchase_history.listen,
+        };
+        *listen = address;
     }
 
     /// Every component on 127.0.0.1 port 0: free ports, for tests.
@@ -144,8 +154,9 @@ impl MeshConfig {
     /// The database `component` uses: its own, else a schema in the shared
     /// Postgres, else its SQLite file in `data_dir`.
     pub fn database(&self, component: Component) -> Result<DatabaseConfig, ConfigProblem> {
-        let (service, name) = self.service(component).zip(component.storage_name()).ok_or(ConfigProblem::NoDatabase)?;
-        if let Some(own) = &service.database {
+        let ((_, own), name) =
+            self.placement(component).zip(component.storage_name()).ok_or(ConfigProblem::NoDatabase)?;
+        if let Some(own) = own {
             let mut own = own.clone();
             if own.schema.is_none() && own.backend().is_ok_and(|b| b == kit::db::Backend::Postgres) {
                 own.schema = Some(name.to_string());

@@ -22,5 +22,5 @@ mod config;
 mod mesh;
 
 pub use component::{Component, MigrateTarget};
-pub use config::{MeshConfig, ServiceConfig};
+pub use config::{MeshConfig, NoSettings, ServiceConfig};
 pub use mesh::{MeshError, RunningMesh, migrate, serve, start};

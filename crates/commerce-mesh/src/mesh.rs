@@ -45,6 +45,14 @@ pub enum MeshError {
         /// Why.
         source: ServeError,
     },
+    /// The cache could not be set up (a malformed Redis URL).
+    #[error("{component}: cache: {source}")]
+    Cache {
+        /// Which component.
+        component: Component,
+        /// Why.
+        source: kit::cache::CacheError,
+    },
     /// The gateway failed.
     #[error("gateway: {0}")]
     Gateway(#[from] gateway::GatewayError),
@@ -173,12 +181,13 @@ async fn run(
     config: &MeshConfig,
     shutdown: Shutdown,
 ) -> Result<(), MeshError> {
-    let Some(server) = grpc_server(component) else {
+    if component == Component::Gateway {
         return Ok(gateway::run(listener, shutdown).await?);
-    };
+    }
     let database = config.database(component)?;
     let migrations = component.migrations().ok_or(ConfigProblem::NoDatabase)?;
     let db = Database::open(&database).map_err(|source| MeshError::Database { component, source })?;
+    let server = grpc_server(component, &db, config)?;
     // Health stays NOT_SERVING until the schema is current and the database answers.
     let ready = async move {
         kit::db::migrate(&database, migrations).await?;
@@ -192,13 +201,18 @@ async fn run(
         .map_err(|source| MeshError::Serve { component, source })
 }
 
-/// The gRPC server of a service component; None for the gateway.
-fn grpc_server(component: Component) -> Option<GrpcServer> {
+/// The gRPC server of a service component, over its database.
+fn grpc_server(component: Component, db: &Database, config: &MeshConfig) -> Result<GrpcServer, MeshError> {
     let server = GrpcServer::new(component.name());
-    Some(match component {
-        Component::Gateway => return None,
+    Ok(match component {
+        Component::Gateway => return Err(ConfigProblem::NoDatabase.into()),
         Component::Fulfillment => server.service(fulfillment::service()),
-        Component::CustomerIdentity => server.service(customer_identity::service()),
+        Component::CustomerIdentity => {
+            let settings = &config.customer_identity.settings;
+            let cache = customer_identity::cache(settings, config.redis_url.as_deref())
+                .map_err(|source| MeshError::Cache { component, source })?;
+            server.service(customer_identity::service(db, cache, settings))
+        }
         Component::CatalogIngest => server.service(catalog_ingest::service()),
         Component::PurchaseHistory => server.service(purchase_history::service()),
     })

@@ -8,10 +8,12 @@
 //! - [`serve`]: the one way a gRPC component starts (health, reflection,
 //!   tracing, graceful shutdown);
 //! - [`client`]: traced gRPC channels between components;
+//! - [`cache`]: read-through cache, Redis or in-process, never stale after a write;
 //! - [`db`]: connecting to and migrating Postgres or SQLite;
 //! - [`error`]: `google.rpc.Status` errors with `BadRequest`, `RetryInfo` and
 //!   `ErrorInfo` details.
 
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -1,27 +1,75 @@
 //! CustomerIdentity: links commerce customers to LMS users, unique in both
 //! directions and fast at tens of millions of users.
 //!
-//! Same shape as every service: [`api`] answers gRPC (validation, then the
-//! domain, then the store); `domain` holds pure rules; `store/` the Postgres
-//! and SQLite backends; `migrations/` their schemas. Its behaviour arrives with
-//! issue #3; until then every RPC answers UNIMPLEMENTED while health and
-//! reflection work.
+//! Same shape as every service: [`api`] answers gRPC (parsing requests into
+//! [`domain`] values, then the cache and the [`store`]); [`domain`] holds the
+//! pure rules; [`store`] the Postgres and SQLite backends; `migrations/` their
+//! schemas. Reads go through a read-through cache ([`kit::cache`]) that every
+//! write invalidates before it answers.
 
 pub mod api;
+pub mod domain;
+pub mod store;
 
-use kit::db::Migrations;
+use std::sync::Arc;
+
+use kit::cache::{CacheConfig, ReadThrough};
+use kit::db::{Database, Migrations};
 use proto::commerce::identity::v1::customer_identity_service_server::CustomerIdentityServiceServer;
+use serde::{Deserialize, Serialize};
 
 pub use api::CustomerIdentityApi;
 
 /// The component's name: in logs, as the Postgres schema, as the SQLite file name.
 pub const NAME: &str = "customer_identity";
 
+/// The salt used when none is configured: fine for development, not for production.
+pub const DEVELOPMENT_SALT: &str = "commerce-mesh-development-retirement-salt";
+
 /// Migrations for both backends, kept in step.
 pub static MIGRATIONS: Migrations =
     Migrations { postgres: sqlx::migrate!("migrations/postgres"), sqlite: sqlx::migrate!("migrations/sqlite") };
 
+/// CustomerIdentity's own settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Config {
+    /// Keys the hash that replaces a retired learner's username. Keep it
+    /// secret and stable (`MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT`).
+    pub retirement_salt: String,
+    /// The read-through cache (Redis when the mesh has `redis_url`, else in-process).
+    pub cache: CacheConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            retirement_salt: DEVELOPMENT_SALT.into(),
+            cache: CacheConfig { namespace: NAME.into(), ..CacheConfig::default() },
+        }
+    }
+}
+
+/// The cache this configuration asks for: Redis at `redis_url`, or in-process.
+pub fn cache(config: &Config, redis_url: Option<&str>) -> Result<Arc<ReadThrough>, kit::cache::CacheError> {
+    Ok(Arc::new(match redis_url {
+        Some(url) => ReadThrough::redis(url, &config.cache)?,
+        None => ReadThrough::memory(&config.cache),
+    }))
+}
+
 /// The gRPC service, ready to hand to [`kit::serve::GrpcServer::service`].
-pub fn service() -> CustomerIdentityServiceServer<CustomerIdentityApi> {
-    CustomerIdentityServiceServer::new(CustomerIdentityApi)
+pub fn service(
+    db: &Database,
+    cache: Arc<ReadThrough>,
+    config: &Config,
+) -> CustomerIdentityServiceServer<CustomerIdentityApi> {
+    if config.retirement_salt == DEVELOPMENT_SALT {
+        tracing::warn!("customer_identity.retirement_salt is the development default; set a secret one in production");
+    }
+    CustomerIdentityServiceServer::new(CustomerIdentityApi::new(
+        store::for_database(db),
+        cache,
+        &config.retirement_salt,
+    ))
 }

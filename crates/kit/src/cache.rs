@@ -1,0 +1,510 @@
+//! A read-through cache in front of a system of record: one contract, two
+//! backends — Redis in production ([`RedisCache`]), in-process moka embedded
+//! ([`MemoryCache`]).
+//!
+//! [`ReadThrough`] guarantees, for every backend:
+//! - a read after an acknowledged write never returns the old value: writers
+//!   call [`ReadThrough::invalidate`] after their commit and before they
+//!   answer; a load that began before the write cannot store its (old) result,
+//!   because every fill is conditional on the key's *generation*, which
+//!   invalidation moves to a new value from a global clock;
+//! - misses are cached too, briefly (`negative_ttl`);
+//! - concurrent misses on one key in one process make one load;
+//! - the cache is never the system of record: when the backend fails, reads go
+//!   to the loader, and invalidation failures are reported to the writer.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use kit::cache::{CacheConfig, ReadThrough};
+//!
+//! let cache = ReadThrough::memory(&CacheConfig::default());
+//! let loaded = cache
+//!     .get("user:42", || async { Ok::<_, std::io::Error>(Some(b"ada".to_vec())) })
+//!     .await
+//!     .unwrap();
+//! assert_eq!(loaded.as_deref(), Some(&b"ada"[..]));
+//! // Served from the cache now: the loader is not called.
+//! let again = cache.get("user:42", || async { unreachable!() as Result<_, std::io::Error> }).await.unwrap();
+//! assert_eq!(again, loaded);
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+/// Cache settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct CacheConfig {
+    /// How long a found value stays cached.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long a miss (no such record) stays cached.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// In-process backend only: most entries kept.
+    pub capacity: u64,
+    /// Prefix of every key, so several caches can share one Redis.
+    pub namespace: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(5),
+            capacity: 1_000_000,
+            namespace: "mesh".into(),
+        }
+    }
+}
+
+/// A cached answer: a value, or the knowledge that there is none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// The record, encoded.
+    Present(Vec<u8>),
+    /// The system of record has no such record.
+    Absent,
+}
+
+impl Entry {
+    fn into_option(self) -> Option<Vec<u8>> {
+        match self {
+            Self::Present(bytes) => Some(bytes),
+            Self::Absent => None,
+        }
+    }
+}
+
+/// What the backend holds for a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    /// The cached entry, if any.
+    pub entry: Option<Entry>,
+    /// The key's generation now: pass it to [`CacheBackend::fill`].
+    pub generation: u64,
+}
+
+/// Why the cache backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Redis failed or is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The in-process cache's lock was poisoned by a panic.
+    #[error("in-process cache lock poisoned")]
+    Poisoned,
+}
+
+/// Where cached entries live. Every backend passes the same contract suite.
+#[async_trait::async_trait]
+pub trait CacheBackend: Send + Sync + 'static {
+    /// The entries and generations of `keys`, in order.
+    async fn lookup(&self, keys: &[String]) -> Result<Vec<Lookup>, CacheError>;
+    /// Stores `entry` for `ttl` only if the key's generation is still
+    /// `generation`; answers whether it stored.
+    async fn fill(&self, key: &str, generation: u64, entry: &Entry, ttl: Duration) -> Result<bool, CacheError>;
+    /// Removes the entries and moves each key to a new generation, so no load
+    /// that began before can fill.
+    async fn invalidate(&self, keys: &[String]) -> Result<(), CacheError>;
+}
+
+/// Hits and misses since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Answers from the cache (negative entries included).
+    pub hits: u64,
+    /// Answers that needed the loader.
+    pub misses: u64,
+    /// Loads actually run (less than misses when concurrent misses shared one).
+    pub loads: u64,
+    /// Backend errors tolerated by reading around the cache.
+    pub errors: u64,
+}
+
+type Flight = Arc<OnceCell<Option<Vec<u8>>>>;
+
+/// The read-through cache: [`ReadThrough::get`] for reads,
+/// [`ReadThrough::invalidate`] after writes.
+pub struct ReadThrough {
+    backend: Arc<dyn CacheBackend>,
+    namespace: String,
+    ttl: Duration,
+    negative_ttl: Duration,
+    flights: Mutex<HashMap<String, Flight>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    loads: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl ReadThrough {
+    /// A cache over `backend`.
+    pub fn new(backend: Arc<dyn CacheBackend>, config: &CacheConfig) -> Self {
+        Self {
+            backend,
+            namespace: config.namespace.clone(),
+            ttl: config.ttl,
+            negative_ttl: config.negative_ttl,
+            flights: Mutex::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            loads: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    /// An in-process cache (moka).
+    pub fn memory(config: &CacheConfig) -> Self {
+        Self::new(Arc::new(MemoryCache::new(config)), config)
+    }
+
+    /// A cache in Redis at `url`; connects lazily and reconnects on its own,
+    /// so a component starts (and reads around the cache) while Redis is down.
+    /// Fails only on a malformed URL.
+    pub fn redis(url: &str, config: &CacheConfig) -> Result<Self, CacheError> {
+        Ok(Self::new(Arc::new(RedisCache::connect(url, config)?), config))
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            loads: self.loads.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn namespaced(&self, key: &str) -> String {
+        format!("{}:{key}", self.namespace)
+    }
+
+    /// The value for `key`: from the cache, or from `load` (then cached).
+    /// `load` answers `None` when the system of record has no such record.
+    pub async fn get<F, Fut, E>(&self, key: &str, load: F) -> Result<Option<Vec<u8>>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Vec<u8>>, E>>,
+    {
+        let key = self.namespaced(key);
+        let generation = match self.backend.lookup(std::slice::from_ref(&key)).await {
+            Ok(mut found) => match found.pop() {
+                Some(Lookup { entry: Some(entry), .. }) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(entry.into_option());
+                }
+                Some(Lookup { entry: None, generation }) => Some(generation),
+                None => None,
+            },
+            Err(error) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "cache unavailable; reading the system of record");
+                None
+            }
+        };
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.load_once(key, generation, load).await
+    }
+
+    /// Several keys at once: cached entries from one backend round trip, the
+    /// rest from `load_missing` (given the missing keys, answering a value or
+    /// `None` for each, in order), then cached.
+    pub async fn get_many<F, Fut, E>(&self, keys: &[String], load_missing: F) -> Result<Vec<Option<Vec<u8>>>, E>
+    where
+        F: FnOnce(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, E>>,
+    {
+        let namespaced: Vec<String> = keys.iter().map(|k| self.namespaced(k)).collect();
+        let found = match self.backend.lookup(&namespaced).await {
+            Ok(found) => found,
+            Err(error) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "cache unavailable; reading the system of record");
+                Vec::new()
+            }
+        };
+        let cache_ok = found.len() == keys.len();
+        let mut answers: Vec<Option<Option<Vec<u8>>>> = vec![None; keys.len()];
+        let mut missing = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            match found.get(index) {
+                Some(Lookup { entry: Some(entry), .. }) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    answers[index] = Some(entry.clone().into_option());
+                }
+                _ => missing.push((index, key.clone())),
+            }
+        }
+        if !missing.is_empty() {
+            self.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
+            self.loads.fetch_add(1, Ordering::Relaxed);
+            let loaded = load_missing(missing.iter().map(|(_, key)| key.clone()).collect()).await?;
+            for ((index, _), value) in missing.into_iter().zip(loaded) {
+                if cache_ok {
+                    self.fill(&namespaced[index], found[index].generation, &value).await;
+                }
+                answers[index] = Some(value);
+            }
+        }
+        Ok(answers.into_iter().map(Option::flatten).collect())
+    }
+
+    /// Removes `keys` (and stops loads in flight from caching them). Call it
+    /// after the write commits and before answering the writer.
+    pub async fn invalidate(&self, keys: &[String]) -> Result<(), CacheError> {
+        let namespaced: Vec<String> = keys.iter().map(|k| self.namespaced(k)).collect();
+        self.backend.invalidate(&namespaced).await
+    }
+
+    async fn load_once<F, Fut, E>(&self, key: String, generation: Option<u64>, load: F) -> Result<Option<Vec<u8>>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Vec<u8>>, E>>,
+    {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            flights.entry(key.clone()).or_default().clone()
+        };
+        let result = flight
+            .get_or_try_init(|| async {
+                self.loads.fetch_add(1, Ordering::Relaxed);
+                let value = load().await?;
+                if let Some(generation) = generation {
+                    self.fill(&key, generation, &value).await;
+                }
+                Ok(value)
+            })
+            .await
+            .cloned();
+        let mut flights = self.flights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if flights.get(&key).is_some_and(|current| Arc::ptr_eq(current, &flight)) {
+            flights.remove(&key);
+        }
+        result
+    }
+
+    async fn fill(&self, key: &str, generation: u64, value: &Option<Vec<u8>>) {
+        let (entry, ttl) = match value {
+            Some(bytes) => (Entry::Present(bytes.clone()), self.ttl),
+            None => (Entry::Absent, self.negative_ttl),
+        };
+        if let Err(error) = self.backend.fill(key, generation, &entry, ttl).await {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, "cache fill failed");
+        }
+    }
+}
+
+/// A global, ever-increasing clock: generations are never reused, even after
+/// a key's generation was evicted.
+static MEMORY_CLOCK: AtomicU64 = AtomicU64::new(0);
+
+/// Fills and invalidations of one key serialise on one of these.
+const SHARDS: usize = 64;
+
+/// The in-process backend (moka), for embedded mode.
+pub struct MemoryCache {
+    entries: moka::sync::Cache<String, (Entry, Duration)>,
+    generations: moka::sync::Cache<String, u64>,
+    shards: Vec<Mutex<()>>,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, (Entry, Duration)> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &(Entry, Duration),
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
+}
+
+impl MemoryCache {
+    /// An empty cache holding at most `config.capacity` entries.
+    pub fn new(config: &CacheConfig) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder().max_capacity(config.capacity).expire_after(PerEntryTtl).build(),
+            // A generation must outlive any entry filled under it.
+            generations: moka::sync::Cache::builder()
+                .max_capacity(config.capacity)
+                .time_to_live(config.ttl.max(config.negative_ttl) * 2)
+                .build(),
+            shards: (0..SHARDS).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<()> {
+        use std::hash::{BuildHasher, RandomState};
+        static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+        let hash = HASHER.get_or_init(RandomState::new).hash_one(key);
+        &self.shards[(hash as usize) % SHARDS]
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheBackend for MemoryCache {
+    async fn lookup(&self, keys: &[String]) -> Result<Vec<Lookup>, CacheError> {
+        Ok(keys
+            .iter()
+            .map(|key| Lookup {
+                entry: self.entries.get(key).map(|(entry, _)| entry),
+                generation: self.generations.get(key).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn fill(&self, key: &str, generation: u64, entry: &Entry, ttl: Duration) -> Result<bool, CacheError> {
+        let _guard = self.shard(key).lock().map_err(|_| CacheError::Poisoned)?;
+        if self.generations.get(key).unwrap_or(0) != generation {
+            return Ok(false);
+        }
+        self.entries.insert(key.to_string(), (entry.clone(), ttl));
+        Ok(true)
+    }
+
+    async fn invalidate(&self, keys: &[String]) -> Result<(), CacheError> {
+        for key in keys {
+            let _guard = self.shard(key).lock().map_err(|_| CacheError::Poisoned)?;
+            self.generations.insert(key.clone(), MEMORY_CLOCK.fetch_add(1, Ordering::Relaxed) + 1);
+            self.entries.invalidate(key);
+        }
+        Ok(())
+    }
+}
+
+/// Fills only when the generation is unchanged. KEYS: value, generation.
+/// ARGV: expected generation, encoded entry, ttl in ms.
+const FILL_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[2]) or '0'
+if current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Moves each key to a fresh generation from the clock and deletes its value.
+/// KEYS: clock, then value/generation pairs. ARGV: generation ttl in ms.
+const INVALIDATE_SCRIPT: &str = r"
+for i = 2, #KEYS, 2 do
+  local generation = redis.call('INCR', KEYS[1])
+  redis.call('SET', KEYS[i + 1], generation, 'PX', ARGV[1])
+  redis.call('DEL', KEYS[i])
+end
+return 1
+";
+
+/// The Redis backend, for production. Keys: `<key>:v` (entry), `<key>:g`
+/// (generation), and one clock per namespace.
+pub struct RedisCache {
+    connection: redis::aio::ConnectionManager,
+    clock_key: String,
+    generation_ttl: Duration,
+    fill: redis::Script,
+    invalidate: redis::Script,
+}
+
+impl RedisCache {
+    /// A lazily connecting client of `url` (`redis://host:6379/0`). Calls fail
+    /// fast (1 s) while Redis is unreachable, so reads fall back quickly.
+    pub fn connect(url: &str, config: &CacheConfig) -> Result<Self, CacheError> {
+        let client = redis::Client::open(url)?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1);
+        let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        Ok(Self {
+            connection,
+            clock_key: format!("{}:clock", config.namespace),
+            generation_ttl: config.ttl.max(config.negative_ttl) * 2,
+            fill: redis::Script::new(FILL_SCRIPT),
+            invalidate: redis::Script::new(INVALIDATE_SCRIPT),
+        })
+    }
+}
+
+fn encode(entry: &Entry) -> Vec<u8> {
+    match entry {
+        Entry::Present(bytes) => {
+            let mut encoded = Vec::with_capacity(bytes.len() + 1);
+            encoded.push(b'+');
+            encoded.extend_from_slice(bytes);
+            encoded
+        }
+        Entry::Absent => vec![b'-'],
+    }
+}
+
+fn decode(raw: Option<Vec<u8>>) -> Option<Entry> {
+    let raw = raw?;
+    match raw.split_first() {
+        Some((b'+', rest)) => Some(Entry::Present(rest.to_vec())),
+        Some((b'-', _)) => Some(Entry::Absent),
+        // Not ours: treat as a miss rather than fail the read.
+        _ => None,
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheBackend for RedisCache {
+    async fn lookup(&self, keys: &[String]) -> Result<Vec<Lookup>, CacheError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys.iter().flat_map(|k| [format!("{k}:v"), format!("{k}:g")]).collect();
+        let mut connection = self.connection.clone();
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&names).query_async(&mut connection).await?;
+        Ok(values
+            .chunks(2)
+            .map(|pair| Lookup {
+                entry: decode(pair[0].clone()),
+                generation: pair[1]
+                    .as_deref()
+                    .and_then(|g| std::str::from_utf8(g).ok())
+                    .and_then(|g| g.parse().ok())
+                    .unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn fill(&self, key: &str, generation: u64, entry: &Entry, ttl: Duration) -> Result<bool, CacheError> {
+        let mut connection = self.connection.clone();
+        let stored: i64 = self
+            .fill
+            .key(format!("{key}:v"))
+            .key(format!("{key}:g"))
+            .arg(generation.to_string())
+            .arg(encode(entry))
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(stored == 1)
+    }
+
+    async fn invalidate(&self, keys: &[String]) -> Result<(), CacheError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.invalidate.key(&self.clock_key);
+        for key in keys {
+            invocation.key(format!("{key}:v")).key(format!("{key}:g"));
+        }
+        invocation.arg(self.generation_ttl.as_millis().max(1) as u64);
+        let mut connection = self.connection.clone();
+        let _: i64 = invocation.invoke_async(&mut connection).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! Where customer links are kept: the [`Store`] trait and its backends,
+//! [`postgres::PostgresStore`] and [`sqlite::SqliteStore`]. One contract suite
+//! (`tests/store_contract.rs`) runs against both.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use kit::db::Database;
+
+#[cfg(doc)]
+use crate::domain::LmsUsername;
+use crate::domain::{Customer, CustomerKey, CustomerLink};
+
+/// A key an upsert wanted that another customer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TakenKey {
+    /// The LMS user id.
+    LmsUserId,
+    /// The LMS username (case-insensitively).
+    LmsUsername,
+}
+
+impl TakenKey {
+    /// The request field it corresponds to.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::LmsUserId => "lms_user_id",
+            Self::LmsUsername => "lms_username",
+        }
+    }
+}
+
+/// Why a store operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `expected_version` did not match.
+    #[error("expected version {expected}, stored version {}", stored.map_or("none (no such customer)".to_string(), |v| v.to_string()))]
+    VersionMismatch {
+        /// What the caller expected.
+        expected: i64,
+        /// What is stored; None when the customer does not exist.
+        stored: Option<i64>,
+    },
+    /// Another customer holds the LMS user id or username.
+    #[error("{} {value} belongs to customer {owner}", key.field())]
+    Taken {
+        /// Which key.
+        key: TakenKey,
+        /// The value asked for.
+        value: String,
+        /// The customer who holds it.
+        owner: String,
+    },
+    /// The customer was retired and cannot be changed.
+    #[error("customer {0} is retired")]
+    Retired(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The result of an upsert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upserted {
+    /// The customer as stored now.
+    pub customer: Customer,
+    /// The customer before, if it existed.
+    pub previous: Option<Customer>,
+}
+
+/// One row of an import that was not stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowRejection {
+    /// Its index in the batch given.
+    pub index: usize,
+    /// The field at fault; empty for the row as a whole.
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// The result of importing one batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// Rows that created a customer.
+    pub inserted: u64,
+    /// Rows that updated a customer or matched it exactly.
+    pub updated: u64,
+    /// Rows not stored.
+    pub rejected: Vec<RowRejection>,
+    /// Customers as they were before the rows that changed them, for cache invalidation.
+    pub previous: Vec<Customer>,
+}
+
+impl ImportOutcome {
+    /// Counts one row's upsert; a taken key or a retired customer rejects the
+    /// row, any other error stops the batch.
+    fn record(&mut self, index: usize, result: Result<Upserted, StoreError>) -> Result<(), StoreError> {
+        match result {
+            Ok(Upserted { previous: None, .. }) => self.inserted += 1,
+            Ok(Upserted { previous: Some(previous), .. }) => {
+                self.updated += 1;
+                self.previous.push(previous);
+            }
+            Err(StoreError::Taken { key, owner, .. }) => self.rejected.push(RowRejection {
+                index,
+                field: key.field(),
+                reason: format!("belongs to customer {owner}"),
+            }),
+            Err(StoreError::Retired(_)) => {
+                self.rejected.push(RowRejection { index, field: "", reason: "the customer is retired".into() })
+            }
+            Err(other) => return Err(other),
+        }
+        Ok(())
+    }
+}
+
+/// Where customer links are kept.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The customer found by `key`.
+    async fn get(&self, key: &CustomerKey) -> Result<Option<Customer>, StoreError>;
+
+    /// The customers found by each of `keys`, in order.
+    async fn get_many(&self, keys: &[CustomerKey]) -> Result<Vec<Option<Customer>>, StoreError>;
+
+    /// Creates or updates the link, checking `expected_version` (0: must not
+    /// exist) and that no other customer holds the LMS user id or username.
+    /// Storing what is already stored changes nothing (the version stays).
+    async fn upsert(&self, link: &CustomerLink, expected_version: Option<i64>) -> Result<Upserted, StoreError>;
+
+    /// Replaces the username with its retired placeholder (salted hash, see
+    /// [`LmsUsername::retired`]), clears the email, keeps the LMS user id. Retiring a retired customer changes nothing. None when no
+    /// customer matches.
+    async fn retire(&self, key: &CustomerKey, retirement_salt: &str) -> Result<Option<Upserted>, StoreError>;
+
+    /// Upserts a batch of valid rows, each without version checks; a row whose
+    /// LMS user id or username belongs to another customer, or whose customer
+    /// is retired, is rejected and the others are stored.
+    async fn import(&self, rows: &[CustomerLink]) -> Result<ImportOutcome, StoreError>;
+}
+
+/// The store for a database.
+pub fn for_database(db: &Database) -> Arc<dyn Store> {
+    match db {
+        Database::Postgres(pool) => Arc::new(postgres::PostgresStore::new(pool.clone())),
+        Database::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone())),
+    }
+}
+
+/// A row of `customers`, as both backends read it.
+#[derive(sqlx::FromRow)]
+struct CustomerRow {
+    customer_id: String,
+    lms_user_id: i64,
+    lms_username: String,
+    email: String,
+    version: i64,
+    retired: bool,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+impl From<CustomerRow> for Customer {
+    fn from(row: CustomerRow) -> Self {
+        Self {
+            customer_id: row.customer_id,
+            lms_user_id: row.lms_user_id,
+            lms_username: row.lms_username,
+            email: row.email,
+            version: row.version,
+            retired: row.retired,
+            create_time: row.create_time,
+            update_time: row.update_time,
+        }
+    }
+}
+
+/// `SELECT <every column> FROM customers`, as a literal for `concat!`: queries
+/// are static text, every value is bound.
+macro_rules! select_customers {
+    () => {
+        "SELECT customer_id, lms_user_id, lms_username, email, version, retired, create_time, update_time FROM customers"
+    };
+}
+pub(crate) use select_customers;
+
+/// `RETURNING <every column>`, likewise.
+macro_rules! returning_customer {
+    () => {
+        " RETURNING customer_id, lms_user_id, lms_username, email, version, retired, create_time, update_time"
+    };
+}
+pub(crate) use returning_customer;
+
+/// Which unique rule a database error broke, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Violation {
+    /// Two creations of one customer raced.
+    CustomerId,
+    /// Another customer holds the key.
+    Taken(TakenKey),
+}
+
+/// Reads the constraint (Postgres) or the message (SQLite) of a unique violation.
+fn violation(error: &sqlx::Error) -> Option<Violation> {
+    let sqlx::Error::Database(db) = error else { return None };
+    if !db.is_unique_violation() {
+        return None;
+    }
+    let name = db.constraint().map(str::to_string).unwrap_or_else(|| db.message().to_string());
+    if name.contains("lms_user_id") {
+        Some(Violation::Taken(TakenKey::LmsUserId))
+    } else if name.contains("lms_username") {
+        Some(Violation::Taken(TakenKey::LmsUsername))
+    } else if name.contains("pkey") || name.contains("customer_id") {
+        Some(Violation::CustomerId)
+    } else {
+        None
+    }
+}
+
+/// Rows of a batch that repeat an earlier row's customer id, LMS user id or
+/// username: the first claim stands, the repeats are rejected.
+fn repeats_in_batch(rows: &[CustomerLink]) -> Vec<RowRejection> {
+    use std::collections::HashMap;
+    let mut customers = HashMap::new();
+    let mut lms_user_ids = HashMap::new();
+    let mut usernames = HashMap::new();
+    let mut rejected = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let earlier = [
+            ("customer_id", customers.get(row.customer_id.as_str()).copied()),
+            ("lms_user_id", lms_user_ids.get(&row.lms_user_id.get()).copied()),
+            ("lms_username", usernames.get(&row.lms_username.folded()).copied()),
+        ]
+        .into_iter()
+        .find_map(|(field, first)| first.map(|first: usize| (field, first)));
+        match earlier {
+            Some((field, first)) => rejected.push(RowRejection {
+                index,
+                field,
+                reason: format!("repeats the {field} of an earlier row of this batch (index {first})"),
+            }),
+            None => {
+                customers.insert(row.customer_id.as_str().to_string(), index);
+                lms_user_ids.insert(row.lms_user_id.get(), index);
+                usernames.insert(row.lms_username.folded(), index);
+            }
+        }
+    }
+    rejected
+}

@@ -1,0 +1,202 @@
+//! The store contract: the same checks against every backend.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
+
+use std::sync::Arc;
+
+use customer_identity::domain::{CustomerId, CustomerKey, CustomerLink, Email, LmsUserId, LmsUsername};
+use customer_identity::store::{Store, StoreError, TakenKey, for_database};
+use kit::db::{Backend, Database};
+use kit::testing::TestDatabase;
+
+struct Fixture {
+    store: Arc<dyn Store>,
+    _db: TestDatabase,
+}
+
+async fn fixture(backend: Backend) -> Fixture {
+    let db = TestDatabase::new(backend, customer_identity::NAME).await;
+    kit::db::migrate(db.config(), &customer_identity::MIGRATIONS).await.expect("migrate");
+    let store = for_database(&Database::open(db.config()).expect("open"));
+    Fixture { store, _db: db }
+}
+
+fn link(customer: &str, lms_user_id: &str, username: &str) -> CustomerLink {
+    CustomerLink {
+        customer_id: CustomerId::parse(customer).unwrap(),
+        lms_user_id: LmsUserId::parse(lms_user_id).unwrap(),
+        lms_username: LmsUsername::parse(username).unwrap(),
+        email: Email::parse(&format!("{username}@example.org")).unwrap(),
+    }
+}
+
+fn by_id(customer: &str) -> CustomerKey {
+    CustomerKey::CustomerId(CustomerId::parse(customer).unwrap())
+}
+
+async fn upsert_creates_then_updates_then_changes_nothing(f: Fixture) {
+    let created = f.store.upsert(&link("c1", "1", "ada"), None).await.unwrap();
+    assert!(created.previous.is_none());
+    assert_eq!((created.customer.version, created.customer.lms_username.as_str()), (1, "ada"));
+    let updated = f.store.upsert(&link("c1", "1", "Countess"), None).await.unwrap();
+    assert_eq!(updated.customer.version, 2);
+    assert_eq!(updated.previous.unwrap().lms_username, "ada");
+    let same = f.store.upsert(&link("c1", "1", "Countess"), None).await.unwrap();
+    assert_eq!(same.customer.version, 2, "storing what is stored changes nothing");
+}
+
+async fn expected_versions_are_checked(f: Fixture) {
+    let fresh = f.store.upsert(&link("c1", "1", "ada"), Some(0)).await.unwrap();
+    assert_eq!(fresh.customer.version, 1);
+    match f.store.upsert(&link("c1", "1", "ada2"), Some(0)).await {
+        Err(StoreError::VersionMismatch { expected: 0, stored: Some(1) }) => {}
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    match f.store.upsert(&link("c1", "1", "ada2"), Some(7)).await {
+        Err(StoreError::VersionMismatch { expected: 7, stored: Some(1) }) => {}
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    assert_eq!(f.store.upsert(&link("c1", "1", "ada2"), Some(1)).await.unwrap().customer.version, 2);
+    match f.store.upsert(&link("c9", "9", "nobody"), Some(3)).await {
+        Err(StoreError::VersionMismatch { expected: 3, stored: None }) => {}
+        other => panic!("expected a mismatch for a missing customer, got {other:?}"),
+    }
+    assert!(f.store.get(&by_id("c9")).await.unwrap().is_none(), "a refused write writes nothing");
+}
+
+async fn keys_held_by_another_customer_are_refused_naming_the_owner(f: Fixture) {
+    f.store.upsert(&link("c1", "1", "ada"), None).await.unwrap();
+    match f.store.upsert(&link("c2", "1", "grace"), None).await {
+        Err(StoreError::Taken { key: TakenKey::LmsUserId, value, owner }) => {
+            assert_eq!((value.as_str(), owner.as_str()), ("1", "c1"));
+        }
+        other => panic!("expected the lms_user_id taken, got {other:?}"),
+    }
+    match f.store.upsert(&link("c2", "2", "ADA"), None).await {
+        Err(StoreError::Taken { key: TakenKey::LmsUsername, owner, .. }) => assert_eq!(owner, "c1"),
+        other => panic!("usernames compare case-insensitively, got {other:?}"),
+    }
+    assert!(f.store.get(&by_id("c2")).await.unwrap().is_none());
+}
+
+async fn lookups_by_every_key(f: Fixture) {
+    f.store.upsert(&link("c1", "41", "Ada"), None).await.unwrap();
+    f.store.upsert(&link("c2", "42", "grace"), None).await.unwrap();
+    let by_name = f.store.get(&CustomerKey::LmsUsername(LmsUsername::parse("aDA").unwrap())).await.unwrap();
+    assert_eq!(by_name.unwrap().customer_id, "c1");
+    let by_lms = f.store.get(&CustomerKey::LmsUserId(LmsUserId::parse("42").unwrap())).await.unwrap();
+    assert_eq!(by_lms.unwrap().customer_id, "c2");
+    let many = f
+        .store
+        .get_many(&[
+            CustomerKey::LmsUserId(LmsUserId::parse("42").unwrap()),
+            by_id("missing"),
+            CustomerKey::LmsUsername(LmsUsername::parse("ADA").unwrap()),
+            by_id("c1"),
+        ])
+        .await
+        .unwrap();
+    let ids: Vec<Option<&str>> = many.iter().map(|c| c.as_ref().map(|c| c.customer_id.as_str())).collect();
+    assert_eq!(ids, [Some("c2"), None, Some("c1"), Some("c1")]);
+}
+
+async fn retirement_replaces_the_name_keeps_the_id_and_is_idempotent(f: Fixture) {
+    f.store.upsert(&link("c1", "77", "ada"), None).await.unwrap();
+    let old_name = CustomerKey::LmsUsername(LmsUsername::parse("ada").unwrap());
+    let retired = f.store.retire(&old_name, "salt").await.unwrap().unwrap().customer;
+    assert!(retired.retired);
+    assert_eq!(retired.lms_username, LmsUsername::retired("salt", "ada").as_str());
+    assert_eq!((retired.email.as_str(), retired.lms_user_id), ("", 77));
+    assert!(f.store.get(&old_name).await.unwrap().is_none(), "the old username finds nobody");
+    let again = f.store.retire(&by_id("c1"), "salt").await.unwrap().unwrap().customer;
+    assert_eq!(again, retired, "retiring again changes nothing");
+    assert!(matches!(f.store.upsert(&link("c1", "77", "ada"), None).await, Err(StoreError::Retired(_))));
+    assert!(f.store.retire(&by_id("nobody"), "salt").await.unwrap().is_none());
+}
+
+async fn import_upserts_and_rejects_with_reasons(f: Fixture) {
+    f.store.upsert(&link("owner", "100", "taken_name"), None).await.unwrap();
+    f.store.upsert(&link("existing", "200", "old_name"), None).await.unwrap();
+    f.store.upsert(&link("gone", "300", "gone_name"), None).await.unwrap();
+    f.store.retire(&by_id("gone"), "salt").await.unwrap();
+    let rows = [
+        link("new1", "1", "new_one"),        // 0 inserted
+        link("existing", "200", "new_name"), // 1 updated
+        link("thief", "100", "thief"),       // 2 lms_user_id belongs to owner
+        link("thief2", "2", "TAKEN_NAME"),   // 3 username belongs to owner
+        link("new1", "3", "again"),          // 4 repeats row 0's customer
+        link("gone", "300", "back"),         // 5 retired
+        link("new2", "4", "new_two"),        // 6 inserted
+    ];
+    let outcome = f.store.import(&rows).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.updated), (2, 1));
+    let rejected: Vec<(usize, &str)> = outcome.rejected.iter().map(|r| (r.index, r.field)).collect();
+    assert_eq!(rejected, [(2, "lms_user_id"), (3, "lms_username"), (4, "customer_id"), (5, "")]);
+    assert!(outcome.rejected[0].reason.contains("owner"), "{:?}", outcome.rejected[0]);
+    assert_eq!(outcome.previous.iter().map(|c| c.lms_username.as_str()).collect::<Vec<_>>(), ["old_name"]);
+    let updated = f.store.get(&by_id("existing")).await.unwrap().unwrap();
+    assert_eq!((updated.lms_username.as_str(), updated.version), ("new_name", 2));
+    assert!(f.store.get(&by_id("thief")).await.unwrap().is_none());
+    // Importing the same rows again changes nothing and reports them as matched.
+    let again = f.store.import(&rows[..2]).await.unwrap();
+    assert_eq!((again.inserted, again.updated, again.rejected.len()), (0, 2, 0));
+}
+
+async fn concurrent_claims_of_one_lms_user_id_have_one_winner(f: Fixture) {
+    let store = f.store.clone();
+    let claims = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.upsert(&link(&format!("c{i}"), "5000", &format!("user{i}")), None).await })
+    });
+    let results = futures::future::join_all(claims).await;
+    let winners: Vec<_> = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).collect();
+    assert_eq!(winners.len(), 1, "exactly one claim wins");
+    let winner = winners[0].as_ref().unwrap().as_ref().unwrap().customer.customer_id.clone();
+    for result in &results {
+        match result.as_ref().unwrap() {
+            Ok(_) => {}
+            Err(StoreError::Taken { key: TakenKey::LmsUserId, owner, .. }) => assert_eq!(owner, &winner),
+            Err(other) => panic!("a losing claim is told who owns the id, got {other:?}"),
+        }
+    }
+}
+
+macro_rules! contract {
+    ($backend:ident, $kind:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn upsert_creates_then_updates_then_changes_nothing() {
+                super::upsert_creates_then_updates_then_changes_nothing(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn expected_versions_are_checked() {
+                super::expected_versions_are_checked(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn keys_held_by_another_customer_are_refused_naming_the_owner() {
+                super::keys_held_by_another_customer_are_refused_naming_the_owner(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn lookups_by_every_key() {
+                super::lookups_by_every_key(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn retirement_replaces_the_name_keeps_the_id_and_is_idempotent() {
+                super::retirement_replaces_the_name_keeps_the_id_and_is_idempotent(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn import_upserts_and_rejects_with_reasons() {
+                super::import_upserts_and_rejects_with_reasons(fixture($kind).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_claims_of_one_lms_user_id_have_one_winner() {
+                super::concurrent_claims_of_one_lms_user_id_have_one_winner(fixture($kind).await).await;
+            }
+        }
+    };
+}
+
+contract!(postgres, Backend::Postgres);
+contract!(sqlite, Backend::Sqlite);
