@@ -142,6 +142,15 @@ async fn import_upserts_and_rejects_with_reasons(f: Fixture) {
     assert_eq!((again.inserted, again.updated, again.rejected.len()), (0, 2, 0));
 }
 
+async fn two_rows_of_one_batch_claiming_one_key_the_first_wins(f: Fixture) {
+    let rows = [link("a", "10", "first"), link("b", "10", "second"), link("c", "11", "FIRST"), link("d", "12", "ok")];
+    let outcome = f.store.import(&rows).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.updated), (2, 0));
+    let rejected: Vec<(usize, &str, &str)> =
+        outcome.rejected.iter().map(|r| (r.index, r.field, r.reason.as_str())).collect();
+    assert_eq!(rejected, [(1, "lms_user_id", "belongs to customer a"), (2, "lms_username", "belongs to customer a")]);
+}
+
 async fn concurrent_claims_of_one_lms_user_id_have_one_winner(f: Fixture) {
     let store = f.store.clone();
     let claims = (0..8).map(|i| {
@@ -189,6 +198,10 @@ macro_rules! contract {
             #[tokio::test]
             async fn import_upserts_and_rejects_with_reasons() {
                 super::import_upserts_and_rejects_with_reasons(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn two_rows_of_one_batch_claiming_one_key_the_first_wins() {
+                super::two_rows_of_one_batch_claiming_one_key_the_first_wins(fixture($kind).await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_claims_of_one_lms_user_id_have_one_winner() {

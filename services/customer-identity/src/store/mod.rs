@@ -224,32 +224,21 @@ fn violation(error: &sqlx::Error) -> Option<Violation> {
     }
 }
 
-/// Rows of a batch that repeat an earlier row's customer id, LMS user id or
-/// username: the first claim stands, the repeats are rejected.
+/// Rows of a batch that repeat an earlier row's customer id: the first stands.
+/// (Repeated LMS user ids or usernames are left to the database's unique
+/// checks, so a row that would be refused anyway does not block a later one.)
 fn repeats_in_batch(rows: &[CustomerLink]) -> Vec<RowRejection> {
-    use std::collections::HashMap;
-    let mut customers = HashMap::new();
-    let mut lms_user_ids = HashMap::new();
-    let mut usernames = HashMap::new();
+    let mut first_row = std::collections::HashMap::new();
     let mut rejected = Vec::new();
     for (index, row) in rows.iter().enumerate() {
-        let earlier = [
-            ("customer_id", customers.get(row.customer_id.as_str()).copied()),
-            ("lms_user_id", lms_user_ids.get(&row.lms_user_id.get()).copied()),
-            ("lms_username", usernames.get(&row.lms_username.folded()).copied()),
-        ]
-        .into_iter()
-        .find_map(|(field, first)| first.map(|first: usize| (field, first)));
-        match earlier {
-            Some((field, first)) => rejected.push(RowRejection {
+        match first_row.get(row.customer_id.as_str()) {
+            Some(first) => rejected.push(RowRejection {
                 index,
-                field,
-                reason: format!("repeats the {field} of an earlier row of this batch (index {first})"),
+                field: "customer_id",
+                reason: format!("repeats the customer_id of an earlier row of this batch (index {first})"),
             }),
             None => {
-                customers.insert(row.customer_id.as_str().to_string(), index);
-                lms_user_ids.insert(row.lms_user_id.get(), index);
-                usernames.insert(row.lms_username.folded(), index);
+                first_row.insert(row.customer_id.as_str(), index);
             }
         }
     }
