@@ -19,6 +19,7 @@
 
 mod component;
 mod config;
+pub mod import;
 mod mesh;
 
 pub use component::{Component, MigrateTarget};

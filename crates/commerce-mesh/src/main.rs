@@ -34,6 +34,21 @@ enum Command {
         /// A service, or `all`.
         target: MigrateTarget,
     },
+    /// Stream a CSV of customer links (header: customer_id, lms_user_id,
+    /// lms_username, email) into a running CustomerIdentity.
+    ImportCustomers {
+        /// The CSV file.
+        file: PathBuf,
+        /// CustomerIdentity's gRPC address; default: where this configuration has it listen.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Rows per streamed message.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+        /// How many rejected rows to list (the service reports up to 1000).
+        #[arg(long, default_value_t = 20)]
+        show_rejections: usize,
+    },
 }
 
 #[tokio::main]
@@ -83,6 +98,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { target } => {
             commerce_mesh::migrate(target, &config).await.map(drop).map_err(anyhow::Error::from)
+        }
+        Command::ImportCustomers { file, identity, batch_size, show_rejections } => {
+            let endpoint = identity.unwrap_or_else(|| format!("http://{}", config.listen(Component::CustomerIdentity)));
+            commerce_mesh::import::import_customers(&file, &endpoint, batch_size)
+                .await
+                .map(|answer| print!("{}", commerce_mesh::import::summary(&answer, show_rejections)))
+                .map_err(anyhow::Error::from)
         }
     };
     // Bounded: an unreachable collector must not hold the exit.

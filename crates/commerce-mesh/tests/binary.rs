@@ -222,3 +222,59 @@ async fn a_bad_setting_fails_at_once_naming_it() {
     assert!(stderr.contains("MESH_"), "names where it came from: {stderr}");
     assert_eq!(stderr.matches("invalid socket address").count(), 1, "says it once: {stderr}");
 }
+
+#[tokio::test]
+async fn import_customers_streams_a_csv_and_reports_rejections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = commerce_mesh::MeshConfig { data_dir: dir.path().join("data"), ..Default::default() };
+    config.use_ephemeral_ports();
+    let mesh = commerce_mesh::start(config, kit::shutdown::Shutdown::new()).await.expect("mesh starts");
+    let identity = mesh.grpc_url(commerce_mesh::Component::CustomerIdentity);
+    wait_serving(&identity).await;
+
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(
+        &csv,
+        "lms_username,customer_id,lms_user_id,email\n\
+         ada,c1,1,ada@example.org\n\
+         grace,c2,not-a-number,\n\
+         short_row\n\
+         alan,c3,3,alan@example.org\n",
+    )
+    .expect("write csv");
+    let output = mesh_command(dir.path())
+        .args(["import-customers", csv.to_str().expect("utf-8 path"), "--identity", &identity, "--batch-size", "2"])
+        .output()
+        .await
+        .expect("run import");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("imported: 2 inserted, 0 updated, 2 rejected"), "{stdout}");
+    assert!(stdout.contains("row 2 (line 3) customer \"c2\": lms_user_id:"), "{stdout}");
+    assert!(stdout.contains("row 3 (line 4) customer \"\": customer_id:"), "{stdout}");
+
+    use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
+    let mut client = CustomerIdentityServiceClient::new(kit::client::channel(&identity).expect("channel"));
+    let found = client
+        .get_customer(proto::commerce::identity::v1::GetCustomerRequest { customer_id: "c3".into() })
+        .await
+        .expect("c3 was imported")
+        .into_inner();
+    assert_eq!(found.customer.expect("customer").lms_username, "alan");
+    mesh.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn import_customers_names_a_missing_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(&csv, "customer_id,lms_username\nc1,ada\n").expect("write csv");
+    let output = mesh_command(dir.path())
+        .args(["import-customers", csv.to_str().expect("utf-8 path"), "--identity", "http://127.0.0.1:1"])
+        .output()
+        .await
+        .expect("run import");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the header row has no lms_user_id column"), "{stderr}");
+}
