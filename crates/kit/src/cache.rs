@@ -6,8 +6,10 @@
 //! - a read after an acknowledged write never returns the old value: writers
 //!   call [`ReadThrough::invalidate`] after their commit and before they
 //!   answer; a load that began before the write cannot store its (old) result,
-//!   because every fill is conditional on the key's *generation*, which
-//!   invalidation moves to a new value from a global clock;
+//!   because a reader that misses takes a short *lease* on the key and fills
+//!   only if it still holds it, and invalidation removes the lease with the
+//!   value (leases as in "Scaling Memcache at Facebook"). Invalidation stores
+//!   nothing, so bulk writes leave no trace in the cache;
 //! - misses are cached too, briefly (`negative_ttl`);
 //! - concurrent misses on one key in one process make one load;
 //! - the cache is never the system of record: when the backend fails, reads go
@@ -53,6 +55,9 @@ pub struct CacheConfig {
     pub capacity: u64,
     /// Prefix of every key, so several caches can share one Redis.
     pub namespace: String,
+    /// How long a reader's lease on a missing key lasts: longer than a load takes.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -62,6 +67,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(5),
             capacity: 1_000_000,
             namespace: "mesh".into(),
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -84,13 +90,15 @@ impl Entry {
     }
 }
 
-/// What the backend holds for a key.
+/// What the backend answered for one key of a lookup.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lookup {
-    /// The cached entry, if any.
-    pub entry: Option<Entry>,
-    /// The key's generation now: pass it to [`CacheBackend::fill`].
-    pub generation: u64,
+pub enum Lookup {
+    /// Cached.
+    Found(Entry),
+    /// Not cached; this reader now holds the key's lease and may fill it.
+    Leased,
+    /// Not cached; another reader holds the lease: load, but do not fill.
+    Busy,
 }
 
 /// Why the cache backend failed.
@@ -107,13 +115,13 @@ pub enum CacheError {
 /// Where cached entries live. Every backend passes the same contract suite.
 #[async_trait::async_trait]
 pub trait CacheBackend: Send + Sync + 'static {
-    /// The entries and generations of `keys`, in order.
-    async fn lookup(&self, keys: &[String]) -> Result<Vec<Lookup>, CacheError>;
-    /// Stores `entry` for `ttl` only if the key's generation is still
-    /// `generation`; answers whether it stored.
-    async fn fill(&self, key: &str, generation: u64, entry: &Entry, ttl: Duration) -> Result<bool, CacheError>;
-    /// Removes the entries and moves each key to a new generation, so no load
-    /// that began before can fill.
+    /// For each of `keys`, in order: its entry, or (when missing) a lease
+    /// taken under `token` if no other reader holds one.
+    async fn lookup(&self, keys: &[String], token: u64) -> Result<Vec<Lookup>, CacheError>;
+    /// Stores `entry` for `ttl` only if `token` still holds the key's lease
+    /// (no write invalidated it since); answers whether it stored.
+    async fn fill(&self, key: &str, token: u64, entry: &Entry, ttl: Duration) -> Result<bool, CacheError>;
+    /// Removes the entries and their leases, so no load that began before can fill.
     async fn invalidate(&self, keys: &[String]) -> Result<(), CacheError>;
 }
 
@@ -196,23 +204,24 @@ impl ReadThrough {
         Fut: Future<Output = Result<Option<Vec<u8>>, E>>,
     {
         let key = self.namespaced(key);
-        let generation = match self.backend.lookup(std::slice::from_ref(&key)).await {
+        let token = new_token();
+        let leased = match self.backend.lookup(std::slice::from_ref(&key), token).await {
             Ok(mut found) => match found.pop() {
-                Some(Lookup { entry: Some(entry), .. }) => {
+                Some(Lookup::Found(entry)) => {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(entry.into_option());
                 }
-                Some(Lookup { entry: None, generation }) => Some(generation),
-                None => None,
+                Some(Lookup::Leased) => true,
+                Some(Lookup::Busy) | None => false,
             },
             Err(error) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, "cache unavailable; reading the system of record");
-                None
+                false
             }
         };
         self.misses.fetch_add(1, Ordering::Relaxed);
-        self.load_once(key, generation, load).await
+        self.load_once(key, leased.then_some(token), load).await
     }
 
     /// Several keys at once: cached entries from one backend round trip, the
@@ -224,7 +233,8 @@ impl ReadThrough {
         Fut: Future<Output = Result<Vec<Option<Vec<u8>>>, E>>,
     {
         let namespaced: Vec<String> = keys.iter().map(|k| self.namespaced(k)).collect();
-        let found = match self.backend.lookup(&namespaced).await {
+        let token = new_token();
+        let found = match self.backend.lookup(&namespaced, token).await {
             Ok(found) => found,
             Err(error) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -232,12 +242,11 @@ impl ReadThrough {
                 Vec::new()
             }
         };
-        let cache_ok = found.len() == keys.len();
         let mut answers: Vec<Option<Option<Vec<u8>>>> = vec![None; keys.len()];
         let mut missing = Vec::new();
         for (index, key) in keys.iter().enumerate() {
             match found.get(index) {
-                Some(Lookup { entry: Some(entry), .. }) => {
+                Some(Lookup::Found(entry)) => {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     answers[index] = Some(entry.clone().into_option());
                 }
@@ -249,8 +258,8 @@ impl ReadThrough {
             self.loads.fetch_add(1, Ordering::Relaxed);
             let loaded = load_missing(missing.iter().map(|(_, key)| key.clone()).collect()).await?;
             for ((index, _), value) in missing.into_iter().zip(loaded) {
-                if cache_ok {
-                    self.fill(&namespaced[index], found[index].generation, &value).await;
+                if found.get(index) == Some(&Lookup::Leased) {
+                    self.fill(&namespaced[index], token, &value).await;
                 }
                 answers[index] = Some(value);
             }
@@ -265,7 +274,7 @@ impl ReadThrough {
         self.backend.invalidate(&namespaced).await
     }
 
-    async fn load_once<F, Fut, E>(&self, key: String, generation: Option<u64>, load: F) -> Result<Option<Vec<u8>>, E>
+    async fn load_once<F, Fut, E>(&self, key: String, lease: Option<u64>, load: F) -> Result<Option<Vec<u8>>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Vec<u8>>, E>>,
@@ -278,8 +287,8 @@ impl ReadThrough {
             .get_or_try_init(|| async {
                 self.loads.fetch_add(1, Ordering::Relaxed);
                 let value = load().await?;
-                if let Some(generation) = generation {
-                    self.fill(&key, generation, &value).await;
+                if let Some(token) = lease {
+                    self.fill(&key, token, &value).await;
                 }
                 Ok(value)
             })
@@ -292,29 +301,30 @@ impl ReadThrough {
         result
     }
 
-    async fn fill(&self, key: &str, generation: u64, value: &Option<Vec<u8>>) {
+    async fn fill(&self, key: &str, token: u64, value: &Option<Vec<u8>>) {
         let (entry, ttl) = match value {
             Some(bytes) => (Entry::Present(bytes.clone()), self.ttl),
             None => (Entry::Absent, self.negative_ttl),
         };
-        if let Err(error) = self.backend.fill(key, generation, &entry, ttl).await {
+        if let Err(error) = self.backend.fill(key, token, &entry, ttl).await {
             self.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, "cache fill failed");
         }
     }
 }
 
-/// A global, ever-increasing clock: generations are never reused, even after
-/// a key's generation was evicted.
-static MEMORY_CLOCK: AtomicU64 = AtomicU64::new(0);
+/// A lease token no other reader, in this process or another, holds.
+fn new_token() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
+}
 
-/// Fills and invalidations of one key serialise on one of these.
+/// Lookups, fills and invalidations of one key serialise on one of these.
 const SHARDS: usize = 64;
 
 /// The in-process backend (moka), for embedded mode.
 pub struct MemoryCache {
     entries: moka::sync::Cache<String, (Entry, Duration)>,
-    generations: moka::sync::Cache<String, u64>,
+    leases: moka::sync::Cache<String, u64>,
     shards: Vec<Mutex<()>>,
 }
 
@@ -336,11 +346,7 @@ impl MemoryCache {
     pub fn new(config: &CacheConfig) -> Self {
         Self {
             entries: moka::sync::Cache::builder().max_capacity(config.capacity).expire_after(PerEntryTtl).build(),
-            // A generation must outlive any entry filled under it.
-            generations: moka::sync::Cache::builder()
-                .max_capacity(config.capacity)
-                .time_to_live(config.ttl.max(config.negative_ttl) * 2)
-                .build(),
+            leases: moka::sync::Cache::builder().time_to_live(config.lease_ttl).build(),
             shards: (0..SHARDS).map(|_| Mutex::new(())).collect(),
         }
     }
@@ -355,65 +361,81 @@ impl MemoryCache {
 
 #[async_trait::async_trait]
 impl CacheBackend for MemoryCache {
-    async fn lookup(&self, keys: &[String]) -> Result<Vec<Lookup>, CacheError> {
-        Ok(keys
-            .iter()
-            .map(|key| Lookup {
-                entry: self.entries.get(key).map(|(entry, _)| entry),
-                generation: self.generations.get(key).unwrap_or(0),
-            })
-            .collect())
+    async fn lookup(&self, keys: &[String], token: u64) -> Result<Vec<Lookup>, CacheError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some((entry, _)) = self.entries.get(key) {
+                found.push(Lookup::Found(entry));
+                continue;
+            }
+            let _guard = self.shard(key).lock().map_err(|_| CacheError::Poisoned)?;
+            found.push(match self.entries.get(key) {
+                Some((entry, _)) => Lookup::Found(entry),
+                None if self.leases.contains_key(key) => Lookup::Busy,
+                None => {
+                    self.leases.insert(key.clone(), token);
+                    Lookup::Leased
+                }
+            });
+        }
+        Ok(found)
     }
 
-    async fn fill(&self, key: &str, generation: u64, entry: &Entry, ttl: Duration) -> Result<bool, CacheError> {
+    async fn fill(&self, key: &str, token: u64, entry: &Entry, ttl: Duration) -> Result<bool, CacheError> {
         let _guard = self.shard(key).lock().map_err(|_| CacheError::Poisoned)?;
-        if self.generations.get(key).unwrap_or(0) != generation {
+        if self.leases.get(key) != Some(token) {
             return Ok(false);
         }
         self.entries.insert(key.to_string(), (entry.clone(), ttl));
+        self.leases.invalidate(key);
         Ok(true)
     }
 
     async fn invalidate(&self, keys: &[String]) -> Result<(), CacheError> {
         for key in keys {
             let _guard = self.shard(key).lock().map_err(|_| CacheError::Poisoned)?;
-            self.generations.insert(key.clone(), MEMORY_CLOCK.fetch_add(1, Ordering::Relaxed) + 1);
             self.entries.invalidate(key);
+            self.leases.invalidate(key);
         }
         Ok(())
     }
 }
 
-/// Fills only when the generation is unchanged. KEYS: value, generation.
-/// ARGV: expected generation, encoded entry, ttl in ms.
+/// For each value/lease key pair: the value, or a lease taken with NX.
+/// KEYS: value, lease, value, lease, ... ARGV: token, lease ttl in ms.
+const LOOKUP_SCRIPT: &str = r"
+local found = {}
+for i = 1, #KEYS, 2 do
+  local value = redis.call('GET', KEYS[i])
+  if value then
+    found[#found + 1] = value
+  elseif redis.call('SET', KEYS[i + 1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    found[#found + 1] = 'L'
+  else
+    found[#found + 1] = 'B'
+  end
+end
+return found
+";
+
+/// Fills only while the token holds the lease. KEYS: value, lease.
+/// ARGV: token, encoded entry, ttl in ms.
 const FILL_SCRIPT: &str = r"
-local current = redis.call('GET', KEYS[2]) or '0'
-if current == ARGV[1] then
+if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
   return 1
 end
 return 0
 ";
 
-/// Moves each key to a fresh generation from the clock and deletes its value.
-/// KEYS: clock, then value/generation pairs. ARGV: generation ttl in ms.
-const INVALIDATE_SCRIPT: &str = r"
-for i = 2, #KEYS, 2 do
-  local generation = redis.call('INCR', KEYS[1])
-  redis.call('SET', KEYS[i + 1], generation, 'PX', ARGV[1])
-  redis.call('DEL', KEYS[i])
-end
-return 1
-";
-
-/// The Redis backend, for production. Keys: `<key>:v` (entry), `<key>:g`
-/// (generation), and one clock per namespace.
+/// The Redis backend, for production. Keys: `<key>:v` (entry) and `<key>:l`
+/// (a reader's lease while it loads).
 pub struct RedisCache {
     connection: redis::aio::ConnectionManager,
-    clock_key: String,
-    generation_ttl: Duration,
+    lease_ttl: Duration,
+    lookup: redis::Script,
     fill: redis::Script,
-    invalidate: redis::Script,
 }
 
 impl RedisCache {
@@ -428,10 +450,9 @@ impl RedisCache {
         let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, manager_config)?;
         Ok(Self {
             connection,
-            clock_key: format!("{}:clock", config.namespace),
-            generation_ttl: config.ttl.max(config.negative_ttl) * 2,
+            lease_ttl: config.lease_ttl,
+            lookup: redis::Script::new(LOOKUP_SCRIPT),
             fill: redis::Script::new(FILL_SCRIPT),
-            invalidate: redis::Script::new(INVALIDATE_SCRIPT),
         })
     }
 }
@@ -448,45 +469,39 @@ fn encode(entry: &Entry) -> Vec<u8> {
     }
 }
 
-fn decode(raw: Option<Vec<u8>>) -> Option<Entry> {
-    let raw = raw?;
+fn decode(raw: &[u8]) -> Lookup {
     match raw.split_first() {
-        Some((b'+', rest)) => Some(Entry::Present(rest.to_vec())),
-        Some((b'-', _)) => Some(Entry::Absent),
-        // Not ours: treat as a miss rather than fail the read.
-        _ => None,
+        Some((b'+', rest)) => Lookup::Found(Entry::Present(rest.to_vec())),
+        Some((b'-', _)) => Lookup::Found(Entry::Absent),
+        Some((b'L', _)) => Lookup::Leased,
+        // Another reader's lease, or something not ours: load without filling.
+        _ => Lookup::Busy,
     }
 }
 
 #[async_trait::async_trait]
 impl CacheBackend for RedisCache {
-    async fn lookup(&self, keys: &[String]) -> Result<Vec<Lookup>, CacheError> {
+    async fn lookup(&self, keys: &[String], token: u64) -> Result<Vec<Lookup>, CacheError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let names: Vec<String> = keys.iter().flat_map(|k| [format!("{k}:v"), format!("{k}:g")]).collect();
+        let mut invocation = self.lookup.prepare_invoke();
+        for key in keys {
+            invocation.key(format!("{key}:v")).key(format!("{key}:l"));
+        }
+        invocation.arg(token.to_string()).arg(self.lease_ttl.as_millis().max(1) as u64);
         let mut connection = self.connection.clone();
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&names).query_async(&mut connection).await?;
-        Ok(values
-            .chunks(2)
-            .map(|pair| Lookup {
-                entry: decode(pair[0].clone()),
-                generation: pair[1]
-                    .as_deref()
-                    .and_then(|g| std::str::from_utf8(g).ok())
-                    .and_then(|g| g.parse().ok())
-                    .unwrap_or(0),
-            })
-            .collect())
+        let raw: Vec<Vec<u8>> = invocation.invoke_async(&mut connection).await?;
+        Ok(raw.iter().map(|value| decode(value)).collect())
     }
 
-    async fn fill(&self, key: &str, generation: u64, entry: &Entry, ttl: Duration) -> Result<bool, CacheError> {
+    async fn fill(&self, key: &str, token: u64, entry: &Entry, ttl: Duration) -> Result<bool, CacheError> {
         let mut connection = self.connection.clone();
         let stored: i64 = self
             .fill
             .key(format!("{key}:v"))
-            .key(format!("{key}:g"))
-            .arg(generation.to_string())
+            .key(format!("{key}:l"))
+            .arg(token.to_string())
             .arg(encode(entry))
             .arg(ttl.as_millis().max(1) as u64)
             .invoke_async(&mut connection)
@@ -498,13 +513,9 @@ impl CacheBackend for RedisCache {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut invocation = self.invalidate.key(&self.clock_key);
-        for key in keys {
-            invocation.key(format!("{key}:v")).key(format!("{key}:g"));
-        }
-        invocation.arg(self.generation_ttl.as_millis().max(1) as u64);
+        let names: Vec<String> = keys.iter().flat_map(|k| [format!("{k}:v"), format!("{k}:l")]).collect();
         let mut connection = self.connection.clone();
-        let _: i64 = invocation.invoke_async(&mut connection).await?;
+        let _: i64 = redis::cmd("DEL").arg(&names).query_async(&mut connection).await?;
         Ok(())
     }
 }

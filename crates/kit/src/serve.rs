@@ -194,7 +194,7 @@ impl GrpcServer {
         let server = tonic::transport::Server::builder()
             .layer(grpc_server_layer())
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+            .serve_with_incoming_shutdown(accept_nodelay(listener), stop_accepting);
 
         tracing::info!(component, %address, services = ?services, "listening");
         let drain_deadline = async {
@@ -215,6 +215,18 @@ impl GrpcServer {
         tracing::info!(component, "stopped");
         result
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: tonic's own `tcp_nodelay`
+/// applies only to listeners it binds, and small gRPC frames otherwise wait
+/// out the peer's delayed ACK (40 ms).
+fn accept_nodelay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 async fn set_status(health: &HealthReporter, services: &[&'static str], status: ServingStatus) {

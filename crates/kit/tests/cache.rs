@@ -183,3 +183,17 @@ async fn reads_go_around_an_unreachable_redis() {
     assert!(cache.stats().errors >= 2);
     assert!(cache.invalidate(&["k".to_string()]).await.is_err(), "a writer learns that invalidation failed");
 }
+
+#[tokio::test]
+async fn invalidating_uncached_keys_leaves_nothing_in_redis() {
+    let config = config();
+    let cache = ReadThrough::redis("redis://127.0.0.1:6379", &config).expect("a valid URL");
+    cache.get("read", || value("v")).await.unwrap();
+    let keys: Vec<String> = (0..500).map(|i| format!("new-row-{i}")).chain(["read".to_string()]).collect();
+    cache.invalidate(&keys).await.unwrap();
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let left: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}:*", config.namespace)).query_async(&mut connection).await.unwrap();
+    assert!(left.is_empty(), "a bulk write must not grow the cache: {left:?}");
+}
