@@ -33,10 +33,10 @@ struct Args {
     #[arg(long)]
     skip_import: bool,
     /// Concurrent import streams.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     streams: u64,
-    /// Rows per streamed message.
-    #[arg(long, default_value_t = 5000)]
+    /// Rows per streamed message (one transaction each on the server).
+    #[arg(long, default_value_t = 20000)]
     batch: u64,
     /// Lookups per second in each phase.
     #[arg(long, default_value_t = 5000)]

@@ -124,24 +124,23 @@ fn store_status(error: StoreError) -> Status {
     }
 }
 
-/// Parses a field into `slot`, or records why it is invalid.
+/// The parsed value, or None with the reason recorded against `field`.
 fn parse_field<T>(bad: &mut BadRequest, field: &str, parsed: Result<T, String>) -> Option<T> {
     parsed.map_err(|reason| bad.field(field, reason)).ok()
 }
 
-/// A whole link from its four fields; violations are named under `prefix`.
+/// A whole link from its four fields (top-level field names: no per-row formatting).
 fn parse_link(
     bad: &mut BadRequest,
-    prefix: &str,
     customer_id: &str,
     lms_user_id: &str,
     lms_username: &str,
     email: &str,
 ) -> Option<CustomerLink> {
-    let customer_id = parse_field(bad, &format!("{prefix}customer_id"), CustomerId::parse(customer_id));
-    let lms_user_id = parse_field(bad, &format!("{prefix}lms_user_id"), LmsUserId::parse(lms_user_id));
-    let lms_username = parse_field(bad, &format!("{prefix}lms_username"), LmsUsername::parse(lms_username));
-    let email = parse_field(bad, &format!("{prefix}email"), Email::parse(email));
+    let customer_id = parse_field(bad, "customer_id", CustomerId::parse(customer_id));
+    let lms_user_id = parse_field(bad, "lms_user_id", LmsUserId::parse(lms_user_id));
+    let lms_username = parse_field(bad, "lms_username", LmsUsername::parse(lms_username));
+    let email = parse_field(bad, "email", Email::parse(email));
     Some(CustomerLink {
         customer_id: customer_id?,
         lms_user_id: lms_user_id?,
@@ -179,7 +178,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
         let request = request.into_inner();
         let mut bad = BadRequest::new();
         let link =
-            parse_link(&mut bad, "", &request.customer_id, &request.lms_user_id, &request.lms_username, &request.email);
+            parse_link(&mut bad, &request.customer_id, &request.lms_user_id, &request.lms_username, &request.email);
         if request.expected_version.is_some_and(|v| v < 0) {
             bad.field("expected_version", "must be 0 (not yet created) or a stored version");
         }
@@ -327,7 +326,6 @@ impl CustomerIdentityService for CustomerIdentityApi {
                 let mut bad = BadRequest::new();
                 match parse_link(
                     &mut bad,
-                    "",
                     &record.customer_id,
                     &record.lms_user_id,
                     &record.lms_username,
