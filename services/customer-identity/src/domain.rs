@@ -235,6 +235,49 @@ pub fn keys_to_invalidate<'a>(customers: impl IntoIterator<Item = &'a Customer>)
     keys
 }
 
+/// What an upsert does to what is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpsertPlan {
+    /// No such customer yet: create it.
+    Insert,
+    /// Change the stored customer (its version goes up by one).
+    Update,
+    /// The stored customer already says this: change nothing.
+    Unchanged,
+}
+
+/// Why an upsert is refused, whatever the database says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpsertRefused {
+    /// `expected_version` does not match the stored version.
+    VersionMismatch {
+        /// What the caller expected (0: not yet created).
+        expected: i64,
+        /// What is stored; None when the customer does not exist.
+        stored: Option<i64>,
+    },
+    /// The customer was retired: its link is frozen.
+    Retired,
+}
+
+/// Decides an upsert of `link` over `stored`, checking `expected_version`.
+pub fn plan_upsert(
+    stored: Option<&Customer>,
+    link: &CustomerLink,
+    expected_version: Option<i64>,
+) -> Result<UpsertPlan, UpsertRefused> {
+    let stored_version = stored.map(|c| c.version);
+    if let Some(expected) = expected_version.filter(|_| !version_matches(expected_version, stored_version)) {
+        return Err(UpsertRefused::VersionMismatch { expected, stored: stored_version });
+    }
+    match stored {
+        None => Ok(UpsertPlan::Insert),
+        Some(current) if current.retired => Err(UpsertRefused::Retired),
+        Some(current) if current.matches(link) => Ok(UpsertPlan::Unchanged),
+        Some(_) => Ok(UpsertPlan::Update),
+    }
+}
+
 /// An optimistic-concurrency check: `expected` (if any) against the stored version.
 pub fn version_matches(expected: Option<i64>, stored: Option<i64>) -> bool {
     match (expected, stored) {
@@ -307,6 +350,46 @@ mod tests {
         assert!(version_matches(Some(3), Some(3)));
         assert!(!version_matches(Some(2), Some(3)));
         assert!(!version_matches(Some(2), None));
+    }
+
+    fn stored(version: i64, retired: bool) -> Customer {
+        let now = Utc::now();
+        Customer {
+            customer_id: "c1".into(),
+            lms_user_id: 7,
+            lms_username: "ada".into(),
+            email: String::new(),
+            version,
+            retired,
+            create_time: now,
+            update_time: now,
+        }
+    }
+
+    fn link(username: &str) -> CustomerLink {
+        CustomerLink {
+            customer_id: CustomerId::parse("c1").unwrap(),
+            lms_user_id: LmsUserId::parse("7").unwrap(),
+            lms_username: LmsUsername::parse(username).unwrap(),
+            email: Email::default(),
+        }
+    }
+
+    #[test]
+    fn upsert_plans() {
+        assert_eq!(plan_upsert(None, &link("ada"), None), Ok(UpsertPlan::Insert));
+        assert_eq!(plan_upsert(None, &link("ada"), Some(0)), Ok(UpsertPlan::Insert));
+        assert_eq!(plan_upsert(Some(&stored(3, false)), &link("ada"), None), Ok(UpsertPlan::Unchanged));
+        assert_eq!(plan_upsert(Some(&stored(3, false)), &link("grace"), Some(3)), Ok(UpsertPlan::Update));
+        assert_eq!(
+            plan_upsert(Some(&stored(3, false)), &link("grace"), Some(2)),
+            Err(UpsertRefused::VersionMismatch { expected: 2, stored: Some(3) })
+        );
+        assert_eq!(
+            plan_upsert(None, &link("ada"), Some(5)),
+            Err(UpsertRefused::VersionMismatch { expected: 5, stored: None })
+        );
+        assert_eq!(plan_upsert(Some(&stored(3, true)), &link("grace"), None), Err(UpsertRefused::Retired));
     }
 
     #[test]

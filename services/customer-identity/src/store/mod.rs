@@ -197,6 +197,16 @@ macro_rules! returning_customer {
 }
 pub(crate) use returning_customer;
 
+/// A refusal decided by the domain, as a store error.
+fn refused(refusal: crate::domain::UpsertRefused, link: &CustomerLink) -> StoreError {
+    match refusal {
+        crate::domain::UpsertRefused::VersionMismatch { expected, stored } => {
+            StoreError::VersionMismatch { expected, stored }
+        }
+        crate::domain::UpsertRefused::Retired => StoreError::Retired(link.customer_id.as_str().to_string()),
+    }
+}
+
 /// Which unique rule a database error broke, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Violation {

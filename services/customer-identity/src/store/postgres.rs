@@ -6,10 +6,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 
 use super::{
-    CustomerRow, ImportOutcome, RowRejection, Store, StoreError, TakenKey, Upserted, Violation, repeats_in_batch,
-    returning_customer, select_customers, violation,
+    CustomerRow, ImportOutcome, RowRejection, Store, StoreError, TakenKey, Upserted, Violation, refused,
+    repeats_in_batch, returning_customer, select_customers, violation,
 };
-use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, version_matches};
+use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, UpsertPlan, plan_upsert};
 
 /// Customer links in Postgres.
 #[derive(Clone, Debug)]
@@ -51,19 +51,11 @@ impl PostgresStore {
                 .fetch_optional(&mut *tx)
                 .await?
                 .map(Customer::from);
-        let stored_version = previous.as_ref().map(|c| c.version);
-        if let Some(expected) = expected_version.filter(|_| !version_matches(expected_version, stored_version)) {
-            return Err(StoreError::VersionMismatch { expected, stored: stored_version });
+        let plan = plan_upsert(previous.as_ref(), link, expected_version).map_err(|r| refused(r, link))?;
+        if let (UpsertPlan::Unchanged, Some(current)) = (plan, &previous) {
+            return Ok(Upserted { customer: current.clone(), previous });
         }
-        if let Some(current) = &previous {
-            if current.retired {
-                return Err(StoreError::Retired(current.customer_id.clone()));
-            }
-            if current.matches(link) {
-                return Ok(Upserted { customer: current.clone(), previous });
-            }
-        }
-        let customer = write(&mut tx, link, previous.is_some()).await?;
+        let customer = write(&mut tx, link, plan == UpsertPlan::Update).await?;
         tx.commit().await?;
         Ok(Upserted { customer, previous })
     }

@@ -8,10 +8,10 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnection;
 
 use super::{
-    CustomerRow, ImportOutcome, Store, StoreError, TakenKey, Upserted, Violation, repeats_in_batch, returning_customer,
-    select_customers, violation,
+    CustomerRow, ImportOutcome, Store, StoreError, TakenKey, Upserted, Violation, refused, repeats_in_batch,
+    returning_customer, select_customers, violation,
 };
-use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, version_matches};
+use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, UpsertPlan, plan_upsert};
 
 /// Customer links in SQLite.
 #[derive(Clone, Debug)]
@@ -61,19 +61,11 @@ async fn upsert_in(
     expected_version: Option<i64>,
 ) -> Result<Upserted, StoreError> {
     let previous = find(conn, &CustomerKey::CustomerId(link.customer_id.clone())).await?;
-    let stored_version = previous.as_ref().map(|c| c.version);
-    if let Some(expected) = expected_version.filter(|_| !version_matches(expected_version, stored_version)) {
-        return Err(StoreError::VersionMismatch { expected, stored: stored_version });
+    let plan = plan_upsert(previous.as_ref(), link, expected_version).map_err(|r| refused(r, link))?;
+    if let (UpsertPlan::Unchanged, Some(current)) = (plan, &previous) {
+        return Ok(Upserted { customer: current.clone(), previous });
     }
-    if let Some(current) = &previous {
-        if current.retired {
-            return Err(StoreError::Retired(current.customer_id.clone()));
-        }
-        if current.matches(link) {
-            return Ok(Upserted { customer: current.clone(), previous });
-        }
-    }
-    let query = if previous.is_some() {
+    let query = if plan == UpsertPlan::Update {
         concat!(
             "UPDATE customers SET lms_user_id = $2, lms_username = $3, email = $4, version = version + 1, update_time = $5
               WHERE customer_id = $1",
