@@ -151,7 +151,7 @@ pub fn summary(answer: &ImportCustomersResponse, shown: usize) -> String {
             rejection.reason
         ));
     }
-    let untold = answer.rejected as usize - answer.rejections.len().min(shown);
+    let untold = (answer.rejected.max(0) as usize).saturating_sub(answer.rejections.len().min(shown));
     if untold > 0 {
         text.push_str(&format!("  ... and {untold} more rejected row(s)\n"));
     }
