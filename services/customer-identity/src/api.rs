@@ -354,9 +354,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
                 let mut keys = keys_to_invalidate(&outcome.previous);
                 // Stored rows may end cached misses under their new keys.
                 for (_, link) in valid.iter().enumerate().filter(|(i, _)| !refused.contains(i)) {
-                    keys.push(CustomerKey::CustomerId(link.customer_id.clone()).cache_key());
-                    keys.push(CustomerKey::LmsUserId(link.lms_user_id).cache_key());
-                    keys.push(CustomerKey::LmsUsername(link.lms_username.clone()).cache_key());
+                    keys.extend(link.cache_keys());
                 }
                 self.invalidate_keys(keys).await?;
                 answer.inserted += outcome.inserted as i64;

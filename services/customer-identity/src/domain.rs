@@ -181,10 +181,35 @@ impl CustomerKey {
     /// The cache key for this lookup.
     pub fn cache_key(&self) -> String {
         match self {
-            Self::CustomerId(id) => format!("c:{}", id.as_str()),
-            Self::LmsUserId(id) => format!("u:{id}"),
-            Self::LmsUsername(name) => format!("n:{}", name.folded()),
+            Self::CustomerId(id) => id_cache_key(id.as_str()),
+            Self::LmsUserId(id) => lms_user_id_cache_key(id.get()),
+            Self::LmsUsername(name) => username_cache_key(name.as_str()),
         }
+    }
+}
+
+fn id_cache_key(customer_id: &str) -> String {
+    format!("c:{customer_id}")
+}
+
+fn lms_user_id_cache_key(lms_user_id: i64) -> String {
+    format!("u:{lms_user_id}")
+}
+
+fn username_cache_key(lms_username: &str) -> String {
+    format!("n:{}", lms_username.to_lowercase())
+}
+
+/// The cache keys under which a customer with these values is found, one per
+/// [`CustomerKey`] kind.
+fn cache_keys_of(customer_id: &str, lms_user_id: i64, lms_username: &str) -> [String; 3] {
+    [id_cache_key(customer_id), lms_user_id_cache_key(lms_user_id), username_cache_key(lms_username)]
+}
+
+impl CustomerLink {
+    /// Every cache key under which the stored link will be found.
+    pub fn cache_keys(&self) -> [String; 3] {
+        cache_keys_of(self.customer_id.as_str(), self.lms_user_id.get(), self.lms_username.as_str())
     }
 }
 
@@ -212,11 +237,7 @@ pub struct Customer {
 impl Customer {
     /// Every cache key under which this customer can be found.
     pub fn cache_keys(&self) -> [String; 3] {
-        [
-            format!("c:{}", self.customer_id),
-            format!("u:{}", self.lms_user_id),
-            format!("n:{}", self.lms_username.to_lowercase()),
-        ]
+        cache_keys_of(&self.customer_id, self.lms_user_id, &self.lms_username)
     }
 
     /// True when storing `link` would change nothing.

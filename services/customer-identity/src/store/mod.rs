@@ -5,6 +5,7 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -138,10 +139,22 @@ pub trait Store: Send + Sync + 'static {
     /// customer matches.
     async fn retire(&self, key: &CustomerKey, retirement_salt: &str) -> Result<Option<Upserted>, StoreError>;
 
-    /// Upserts a batch of valid rows, each without version checks; a row whose
-    /// LMS user id or username belongs to another customer, or whose customer
-    /// is retired, is rejected and the others are stored.
-    async fn import(&self, rows: &[CustomerLink]) -> Result<ImportOutcome, StoreError>;
+    /// Upserts a batch of valid rows, each without version checks; a row that
+    /// repeats an earlier row's customer id, whose LMS user id or username
+    /// belongs to another customer, or whose customer is retired, is rejected
+    /// and the others are stored.
+    async fn import(&self, rows: &[CustomerLink]) -> Result<ImportOutcome, StoreError> {
+        let repeats = repeats_in_batch(rows);
+        let skip: HashSet<usize> = repeats.iter().map(|r| r.index).collect();
+        let mut outcome = self.import_distinct(rows, &skip).await?;
+        outcome.rejected.extend(repeats);
+        outcome.rejected.sort_by_key(|r| r.index);
+        Ok(outcome)
+    }
+
+    /// The backend's part of [`Store::import`]: the rows not in `skip`, whose
+    /// customer ids are distinct.
+    async fn import_distinct(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError>;
 }
 
 /// The store for a database.

@@ -7,7 +7,7 @@ use sqlx::postgres::PgConnection;
 
 use super::{
     CustomerRow, ImportOutcome, RowRejection, Store, StoreError, TakenKey, Upserted, Violation, refused,
-    repeats_in_batch, returning_customer, select_customers, violation,
+    returning_customer, select_customers, violation,
 };
 use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, UpsertPlan, plan_upsert};
 
@@ -219,17 +219,20 @@ impl Store for PostgresStore {
         .into_iter()
         .map(Customer::from)
         .collect();
+        // Each row indexed once by each of its keys, so answering is linear.
+        let by_id: HashMap<&str, &Customer> = found.iter().map(|c| (c.customer_id.as_str(), c)).collect();
+        let by_lms_user_id: HashMap<i64, &Customer> = found.iter().map(|c| (c.lms_user_id, c)).collect();
+        let by_username: HashMap<String, &Customer> =
+            found.iter().map(|c| (c.lms_username.to_lowercase(), c)).collect();
         Ok(keys
             .iter()
             .map(|key| {
-                found
-                    .iter()
-                    .find(|c| match key {
-                        CustomerKey::CustomerId(id) => c.customer_id == id.as_str(),
-                        CustomerKey::LmsUserId(id) => c.lms_user_id == id.get(),
-                        CustomerKey::LmsUsername(name) => c.lms_username.to_lowercase() == name.folded(),
-                    })
-                    .cloned()
+                let customer = match key {
+                    CustomerKey::CustomerId(id) => by_id.get(id.as_str()),
+                    CustomerKey::LmsUserId(id) => by_lms_user_id.get(&id.get()),
+                    CustomerKey::LmsUsername(name) => by_username.get(&name.folded()),
+                };
+                customer.map(|c| (*c).clone())
             })
             .collect())
     }
@@ -286,17 +289,10 @@ impl Store for PostgresStore {
         Ok(Some(Upserted { customer: row.into(), previous: Some(previous) }))
     }
 
-    async fn import(&self, rows: &[CustomerLink]) -> Result<ImportOutcome, StoreError> {
-        let repeats = repeats_in_batch(rows);
-        let skip: HashSet<usize> = repeats.iter().map(|r| r.index).collect();
-        let mut outcome = match self.import_bulk(rows, &skip).await {
-            Err(StoreError::Database(error)) if violation(&error).is_some() => {
-                self.import_row_by_row(rows, &skip).await?
-            }
-            other => other?,
-        };
-        outcome.rejected.extend(repeats);
-        outcome.rejected.sort_by_key(|r| r.index);
-        Ok(outcome)
+    async fn import_distinct(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError> {
+        match self.import_bulk(rows, skip).await {
+            Err(StoreError::Database(error)) if violation(&error).is_some() => self.import_row_by_row(rows, skip).await,
+            other => other,
+        }
     }
 }

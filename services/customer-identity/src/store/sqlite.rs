@@ -8,8 +8,8 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnection;
 
 use super::{
-    CustomerRow, ImportOutcome, Store, StoreError, TakenKey, Upserted, Violation, refused, repeats_in_batch,
-    returning_customer, select_customers, violation,
+    CustomerRow, ImportOutcome, Store, StoreError, TakenKey, Upserted, Violation, refused, returning_customer,
+    select_customers, violation,
 };
 use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, UpsertPlan, plan_upsert};
 
@@ -140,17 +140,13 @@ impl Store for SqliteStore {
         Ok(Some(Upserted { customer: row.into(), previous: Some(previous) }))
     }
 
-    async fn import(&self, rows: &[CustomerLink]) -> Result<ImportOutcome, StoreError> {
-        let repeats = repeats_in_batch(rows);
-        let skip: HashSet<usize> = repeats.iter().map(|r| r.index).collect();
+    async fn import_distinct(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError> {
         let mut outcome = ImportOutcome::default();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for (index, row) in rows.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
             outcome.record(index, upsert_in(&mut tx, row, None).await)?;
         }
         tx.commit().await?;
-        outcome.rejected.extend(repeats);
-        outcome.rejected.sort_by_key(|r| r.index);
         Ok(outcome)
     }
 }
