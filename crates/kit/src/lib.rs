@@ -8,19 +8,26 @@
 //! - [`serve`]: the one way a gRPC component starts (health, reflection,
 //!   tracing, graceful shutdown);
 //! - [`client`]: traced gRPC channels between components;
+//! - [`metrics`]: the Prometheus registry, RED per RPC, and the admin port
+//!   (`/metrics`, `/healthz`);
 //! - [`cache`]: read-through cache, Redis or in-process, never stale after a write;
+//! - [`bus`]: the event bus (Redis Streams or a SQLite log): idempotent publish, consumer groups, reclaim, dead letters;
 //! - [`db`]: connecting to and migrating Postgres or SQLite;
 //! - [`error`]: `google.rpc.Status` errors with `BadRequest`, `RetryInfo` and
-//!   `ErrorInfo` details.
+//!   `ErrorInfo` details;
+//! - [`time`]: protobuf `Timestamp` to and from `chrono`, range-checked.
 
+pub mod bus;
 pub mod cache;
 pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod metrics;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 pub mod trace;
 
 #[cfg(feature = "testing")]

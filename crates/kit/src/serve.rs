@@ -2,10 +2,11 @@
 //!
 //! A [`GrpcServer`] serves the component's services together with
 //! `grpc.health.v1.Health` and server reflection (v1 and v1alpha), behind the
-//! server trace layer. Health answers NOT_SERVING until the component says it
-//! is ready (migrations ran, dependencies answer), then SERVING. On shutdown it
-//! goes NOT_SERVING first, waits `shutdown_grace` so load balancers notice,
-//! stops accepting, and lets in-flight calls finish for up to `drain_timeout`.
+//! server trace layer and, with [`GrpcServer::metrics`], RED metrics per RPC.
+//! Health answers NOT_SERVING until the component says it is ready (migrations
+//! ran, dependencies answer), then SERVING. On shutdown it goes NOT_SERVING
+//! first, waits `shutdown_grace` so load balancers notice, stops accepting, and
+//! lets in-flight calls finish for up to `drain_timeout`.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), kit::serve::ServeError> {
@@ -34,6 +35,7 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::shutdown::Shutdown;
 use crate::trace::grpc_server_layer;
 
@@ -84,6 +86,7 @@ pub struct GrpcServer {
     services: Vec<&'static str>,
     descriptors: Vec<&'static [u8]>,
     options: ServeOptions,
+    metrics: GrpcMetricsLayer,
 }
 
 impl GrpcServer {
@@ -95,6 +98,7 @@ impl GrpcServer {
             services: Vec::new(),
             descriptors: Vec::new(),
             options: ServeOptions::default(),
+            metrics: GrpcMetricsLayer::disabled(),
         }
     }
 
@@ -127,6 +131,13 @@ impl GrpcServer {
         self
     }
 
+    /// Records RED metrics of every RPC into `metrics`, labelled with its
+    /// component (see [`GrpcMetricsLayer`]).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = GrpcMetricsLayer::new(&metrics);
+        self
+    }
+
     /// Serves on `listener` until `shutdown` is cancelled. Health turns SERVING
     /// once `ready` succeeds; if it fails, the server stops with
     /// [`ServeError::NotReady`].
@@ -139,7 +150,7 @@ impl GrpcServer {
     where
         E: Into<BoxError> + 'static,
     {
-        let Self { component, mut routes, services, descriptors, options } = self;
+        let Self { component, mut routes, services, descriptors, options, metrics } = self;
         let address = listener.local_addr()?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -193,6 +204,7 @@ impl GrpcServer {
 
         let server = tonic::transport::Server::builder()
             .layer(grpc_server_layer())
+            .layer(metrics)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(accept_nodelay(listener), stop_accepting);
 

@@ -5,7 +5,9 @@
 //! - [`grpc_client_layer`] with [`InjectTraceContextLayer`]: a client span per
 //!   outgoing RPC whose context travels in the request's metadata (see
 //!   [`crate::client::channel`], which stacks both on a tonic channel);
-//! - [`inject_current_context`]: the same for outgoing HTTP requests (reqwest).
+//! - [`inject_current_context`]: the same for outgoing HTTP requests (reqwest);
+//! - [`TextContext`]: the same carried as text through a database row or a
+//!   stream message, and made a span's parent on the other side.
 
 use std::num::NonZeroI32;
 use std::task::{Context, Poll};
@@ -146,7 +148,8 @@ impl OnFailure<GrpcFailureClass> for RecordStatus {
     }
 }
 
-fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+/// The gRPC status code in response headers (a trailers-only answer) or trailers.
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<i32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
@@ -165,6 +168,42 @@ fn is_infrastructure(service: &str) -> bool {
 pub fn inject_current_context(headers: &mut HeaderMap) {
     let context = Span::current().context();
     global::get_text_map_propagator(|p| p.inject_context(&context, &mut HeaderInjector(headers)));
+}
+
+/// A W3C trace context in text form, for carrying a trace through a database
+/// row or a stream message, where there are no headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TextContext {
+    /// `00-<trace-id>-<span-id>-<flags>`; empty when there is no trace.
+    pub traceparent: String,
+    /// The accompanying `tracestate`; usually empty.
+    pub tracestate: String,
+}
+
+impl TextContext {
+    /// The current span's context.
+    pub fn current() -> Self {
+        let mut headers = HeaderMap::new();
+        inject_current_context(&mut headers);
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        Self { traceparent: text("traceparent"), tracestate: text("tracestate") }
+    }
+
+    /// Makes `span` a child of this context (nothing happens when it is empty or malformed).
+    pub fn set_parent_of(&self, span: &Span) {
+        if self.traceparent.is_empty() {
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in [("traceparent", &self.traceparent), ("tracestate", &self.tracestate)] {
+            if let Ok(value) = http::HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        }
+        let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&headers)));
+        // Fails only when the span is disabled, and then there is nothing to link.
+        let _ = span.set_parent(parent);
+    }
 }
 
 /// Injects the current span's trace context into every request.

@@ -37,3 +37,13 @@ pub const COMMERCE_SERVICES: [&str; 4] = [
 pub fn descriptor_pool() -> Result<prost_reflect::DescriptorPool, prost_reflect::DescriptorError> {
     prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
 }
+
+/// Event-bus stream names: the contract between the services that publish to
+/// a stream and those that consume it.
+pub mod streams {
+    /// `PurchaseRecorded` events: published by Fulfillment (and PurchaseHistory's
+    /// `RecordPurchase`), consumed by PurchaseHistory.
+    pub const PURCHASES: &str = "commerce.purchases.v1";
+    /// `FulfillmentCompleted` events: published by Fulfillment.
+    pub const FULFILLMENTS: &str = "commerce.fulfillments.v1";
+}

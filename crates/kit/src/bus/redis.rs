@@ -1,0 +1,463 @@
+//! The Redis Streams backend, for production.
+//!
+//! Keys: the stream itself; `<stream>:published:<event_id>` remembers a
+//! published event id for the dedupe window; `<stream>.dead` is the
+//! dead-letter stream. Entries carry the fields `event_id` and `payload`.
+//! Scripts touch several keys of one stream, so on a Redis Cluster a stream's
+//! name needs a hash tag (`{orders}.paid`) to keep them in one slot.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+
+use super::{BusError, DeadLetter, Delivery, EntryId, EventBus, dead_letter_stream};
+
+/// How long a published event id is remembered by default.
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// How long any command but a blocking read may take before it fails.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long connecting may take before a call fails.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Idle dedicated connections kept for blocking reads.
+const MAX_IDLE_BLOCKING: usize = 8;
+
+/// Checks the dedupe marker and appends, atomically. The marker is set after
+/// the append rather than with `SET NX` before it: if the append failed (a key
+/// of the wrong type, out of memory) a marker set first would make the event
+/// "published" forever without any entry; inside one script both orders are
+/// equally atomic.
+/// KEYS: stream, marker. ARGV: event id, payload, window in seconds.
+const PUBLISH_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[1], 'payload', ARGV[2])
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+return 1
+";
+
+/// Claims stale pending entries and answers each with its delivery count
+/// (XAUTOCLAIM increments it but does not report it). XAUTOCLAIM scans a
+/// bounded part of the pending list per call, so the script follows its
+/// cursor until it has `max` entries or went round; the number of rounds is
+/// capped so one call never blocks Redis for long.
+/// KEYS: stream. ARGV: group, consumer, min idle in ms, max.
+const RECLAIM_SCRIPT: &str = r"
+local max = tonumber(ARGV[4])
+local claimed = {}
+local cursor = '0-0'
+local rounds = 0
+repeat
+  local reply = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', max - #claimed)
+  cursor = reply[1]
+  rounds = rounds + 1
+  for _, entry in ipairs(reply[2]) do
+    -- Redis 6.2 answers nil (false here) for an entry deleted from the stream.
+    if entry then
+      local info = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
+      local count = 0
+      if info[1] then count = info[1][4] end
+      claimed[#claimed + 1] = {entry[1], entry[2], count}
+    end
+  end
+until cursor == '0-0' or #claimed >= max or rounds >= 100
+return claimed
+";
+
+/// Acknowledges first (it validates the id, before anything is written), then
+/// appends to the dead-letter stream: both or, on a bad id, neither.
+/// KEYS: stream, dead-letter stream. ARGV: group, original id, event id, payload, reason.
+const DEAD_LETTER_SCRIPT: &str = r"
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'original_id', ARGV[2], 'event_id', ARGV[3], 'payload', ARGV[4], 'reason', ARGV[5])
+return 1
+";
+
+/// The Redis Streams backend: consumer groups, XAUTOCLAIM, a dead-letter stream per stream.
+#[derive(Clone)]
+pub struct RedisStreams {
+    connection: ConnectionManager,
+    blocking: Arc<BlockingConnections>,
+    dedupe_window: Duration,
+    publish: Arc<redis::Script>,
+    reclaim: Arc<redis::Script>,
+    dead_letter: Arc<redis::Script>,
+}
+
+/// Connections for blocking reads. A blocking XREADGROUP holds its connection
+/// until it answers, and Redis answers a connection's commands in order: on
+/// the shared multiplexed connection it would stall every publish and ack of
+/// the process for the whole block. So each blocking read takes a connection
+/// of its own, returned here for reuse when it answered.
+struct BlockingConnections {
+    client: redis::Client,
+    idle: Mutex<Vec<MultiplexedConnection>>,
+}
+
+impl BlockingConnections {
+    async fn take(&self) -> Result<MultiplexedConnection, BusError> {
+        if let Some(connection) = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop() {
+            return Ok(connection);
+        }
+        // The read bounds its own wait (block plus RESPONSE_TIMEOUT), so no response timeout here.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+            .set_response_timeout(None);
+        Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
+    }
+
+    fn give_back(&self, connection: MultiplexedConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < MAX_IDLE_BLOCKING {
+            idle.push(connection);
+        }
+    }
+}
+
+impl RedisStreams {
+    /// A lazily connecting client of `url` (`redis://host:6379/0`), remembering
+    /// published event ids for [`DEFAULT_DEDUPE_WINDOW`]. Fails only on a malformed URL.
+    pub fn new(url: &str) -> Result<Self, BusError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Self {
+            connection,
+            blocking: Arc::new(BlockingConnections { client, idle: Mutex::new(Vec::new()) }),
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            publish: Arc::new(redis::Script::new(PUBLISH_SCRIPT)),
+            reclaim: Arc::new(redis::Script::new(RECLAIM_SCRIPT)),
+            dead_letter: Arc::new(redis::Script::new(DEAD_LETTER_SCRIPT)),
+        })
+    }
+
+    /// The same client, remembering published event ids for `window` (at least a second).
+    pub fn with_dedupe_window(mut self, window: Duration) -> Self {
+        self.dedupe_window = window;
+        self
+    }
+
+    /// Turns entries into deliveries; an entry `publish` did not write (no
+    /// `event_id` or `payload`) would fail its consumer on every reclaim, so it
+    /// goes to the dead-letter stream instead of being delivered.
+    async fn deliveries(
+        &self,
+        stream: &str,
+        group: &str,
+        entries: Vec<(RawEntry, u64)>,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let mut deliveries = Vec::with_capacity(entries.len());
+        for (entry, delivery_count) in entries {
+            match entry.delivery(delivery_count) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err(reason) => {
+                    tracing::warn!(stream, group, id = %entry.id, reason, "malformed stream entry dead-lettered");
+                    let delivery = Delivery {
+                        id: EntryId(entry.id.clone()),
+                        event_id: entry
+                            .field("event_id")
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .unwrap_or_default(),
+                        payload: entry.field("payload").map(<[u8]>::to_vec).unwrap_or_default(),
+                        delivery_count,
+                    };
+                    self.dead_letter(stream, group, &delivery, &format!("malformed entry: {reason}")).await?;
+                }
+            }
+        }
+        Ok(deliveries)
+    }
+}
+
+/// NOGROUP (no such stream or group) becomes [`BusError::NoGroup`].
+fn group_error(stream: &str, group: &str) -> impl FnOnce(redis::RedisError) -> BusError {
+    move |error| {
+        if error.code() == Some("NOGROUP") { BusError::no_group(stream, group) } else { BusError::Redis(error) }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait::async_trait]
+impl EventBus for RedisStreams {
+    async fn publish(&self, stream: &str, event_id: &str, payload: &[u8]) -> Result<bool, BusError> {
+        let mut connection = self.connection.clone();
+        let appended: i64 = self
+            .publish
+            .key(stream)
+            .key(format!("{stream}:published:{event_id}"))
+            .arg(event_id)
+            .arg(payload)
+            .arg(self.dedupe_window.as_secs().max(1))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(appended == 1)
+    }
+
+    async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
+        let mut connection = self.connection.clone();
+        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut connection)
+            .await;
+        match created {
+            // BUSYGROUP: it exists already, which is what we want.
+            Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        // COUNT 0 would mean "no limit" to Redis.
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut command = redis::cmd("XREADGROUP");
+        command.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(max);
+        let reply: Value = if block.is_zero() {
+            let mut connection = self.connection.clone();
+            command.arg("STREAMS").arg(stream).arg(">");
+            command.query_async(&mut connection).await.map_err(group_error(stream, group))?
+        } else {
+            // BLOCK 0 would mean "forever": round a sub-millisecond block up.
+            command.arg("BLOCK").arg(millis(block).max(1)).arg("STREAMS").arg(stream).arg(">");
+            let mut connection = self.blocking.take().await?;
+            let answered = tokio::time::timeout(block + RESPONSE_TIMEOUT, command.query_async(&mut connection)).await;
+            match answered {
+                Ok(Ok(reply)) => {
+                    self.blocking.give_back(connection);
+                    reply
+                }
+                // The connection is dropped: it may be broken or still owe an answer.
+                Ok(Err(error)) => return Err(group_error(stream, group)(error)),
+                Err(_elapsed) => {
+                    return Err(BusError::Redis(
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "blocking XREADGROUP did not answer").into(),
+                    ));
+                }
+            }
+        };
+        let entries = read_reply(stream, reply)?;
+        // A new entry's first delivery: XREADGROUP with `>` only hands out entries never delivered.
+        self.deliveries(stream, group, entries.into_iter().map(|entry| (entry, 1)).collect()).await
+    }
+
+    async fn ack(&self, stream: &str, group: &str, ids: &[EntryId]) -> Result<(), BusError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection.clone();
+        let _: i64 = redis::cmd("XACK")
+            .arg(stream)
+            .arg(group)
+            .arg(ids.iter().map(|id| id.0.as_str()).collect::<Vec<_>>())
+            .query_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    async fn reclaim(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection.clone();
+        let reply: Value = self
+            .reclaim
+            .key(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(millis(min_idle))
+            .arg(max)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(group_error(stream, group))?;
+        let mut entries = Vec::new();
+        for item in array(reply).ok_or_else(|| BusError::malformed(stream, "", "reclaim reply is not an array"))? {
+            let mut parts = array(item).unwrap_or_default().into_iter();
+            let (Some(id), Some(fields), Some(count)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(BusError::malformed(stream, "", "reclaimed entry is not [id, fields, count]"));
+            };
+            let entry = RawEntry::parse(stream, Value::Array(vec![id, fields]))?;
+            let count = match count {
+                Value::Int(count) => u64::try_from(count).unwrap_or(0),
+                _ => return Err(BusError::malformed(stream, &entry.id, "delivery count is not an integer")),
+            };
+            entries.push((entry, count));
+        }
+        self.deliveries(stream, group, entries).await
+    }
+
+    async fn dead_letter(&self, stream: &str, group: &str, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = self
+            .dead_letter
+            .key(stream)
+            .key(dead_letter_stream(stream))
+            .arg(group)
+            .arg(&delivery.id.0)
+            .arg(&delivery.event_id)
+            .arg(&delivery.payload)
+            .arg(reason)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, stream: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let dead = dead_letter_stream(stream);
+        let mut connection = self.connection.clone();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&dead)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut connection)
+            .await?;
+        let items = array(reply).ok_or_else(|| BusError::malformed(&dead, "", "XRANGE reply is not an array"))?;
+        let mut letters = Vec::with_capacity(items.len());
+        for item in items {
+            let entry = RawEntry::parse(&dead, item)?;
+            let text = |name: &str| -> Result<String, BusError> {
+                let bytes =
+                    entry.field(name).ok_or_else(|| BusError::malformed(&dead, &entry.id, format!("no {name}")))?;
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| BusError::malformed(&dead, &entry.id, format!("{name} is not UTF-8")))
+            };
+            letters.push(DeadLetter {
+                original_id: EntryId(text("original_id")?),
+                event_id: text("event_id")?,
+                payload: entry.field("payload").map(<[u8]>::to_vec).unwrap_or_default(),
+                reason: text("reason")?,
+            });
+        }
+        Ok(letters)
+    }
+
+    async fn pending(&self, stream: &str, group: &str) -> Result<u64, BusError> {
+        let mut connection = self.connection.clone();
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query_async(&mut connection)
+            .await
+            .map_err(group_error(stream, group))?;
+        // The summary form: [count, smallest id, greatest id, [[consumer, count], ...]].
+        match array(reply).and_then(|summary| summary.into_iter().next()) {
+            Some(Value::Int(count)) => Ok(u64::try_from(count).unwrap_or(0)),
+            _ => Err(BusError::malformed(stream, "", "XPENDING summary has no count")),
+        }
+    }
+}
+
+/// A stream entry as Redis answers it: its id and its field/value pairs.
+struct RawEntry {
+    id: String,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RawEntry {
+    /// `[id, [field, value, ...]]` (or a map of fields, in RESP3).
+    fn parse(stream: &str, value: Value) -> Result<Self, BusError> {
+        let mut parts = array(value).unwrap_or_default().into_iter();
+        let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+            return Err(BusError::malformed(stream, "", "entry is not [id, fields]"));
+        };
+        let id = bytes(id)
+            .and_then(|id| String::from_utf8(id).ok())
+            .ok_or_else(|| BusError::malformed(stream, "", "entry id is not a string"))?;
+        let pairs: Vec<(Value, Value)> = match fields {
+            Value::Map(pairs) => pairs,
+            Value::Array(flat) => {
+                let mut flat = flat.into_iter();
+                let mut pairs = Vec::new();
+                while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                    pairs.push((name, value));
+                }
+                pairs
+            }
+            _ => return Err(BusError::malformed(stream, &id, "fields are not an array")),
+        };
+        let fields = pairs.into_iter().filter_map(|(name, value)| Some((bytes(name)?, bytes(value)?))).collect();
+        Ok(Self { id, fields })
+    }
+
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields.iter().find(|(field, _)| field == name.as_bytes()).map(|(_, value)| value.as_slice())
+    }
+
+    fn delivery(&self, delivery_count: u64) -> Result<Delivery, &'static str> {
+        let event_id = self.field("event_id").ok_or("no event_id field")?;
+        let event_id = String::from_utf8(event_id.to_vec()).map_err(|_| "event_id is not UTF-8")?;
+        let payload = self.field("payload").ok_or("no payload field")?.to_vec();
+        Ok(Delivery { id: EntryId(self.id.clone()), event_id, payload, delivery_count })
+    }
+}
+
+/// XREADGROUP's answer: nil when the block ran out, else the entries of our one stream
+/// (`[[name, [entry, ...]]]`, or a map in RESP3).
+fn read_reply(stream: &str, reply: Value) -> Result<Vec<RawEntry>, BusError> {
+    let per_stream: Vec<Value> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(pairs) => pairs.into_iter().map(|(_, entries)| entries).collect(),
+        Value::Array(streams) => {
+            streams.into_iter().filter_map(|pair| array(pair).and_then(|pair| pair.into_iter().nth(1))).collect()
+        }
+        _ => return Err(BusError::malformed(stream, "", "XREADGROUP reply is neither nil nor streams")),
+    };
+    let mut entries = Vec::new();
+    for list in per_stream {
+        for entry in array(list).unwrap_or_default() {
+            entries.push(RawEntry::parse(stream, entry)?);
+        }
+    }
+    Ok(entries)
+}
+
+fn array(value: Value) -> Option<Vec<Value>> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        Value::Nil => Some(Vec::new()),
+        _ => None,
+    }
+}
+
+fn bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.into_bytes()),
+        Value::Int(number) => Some(number.to_string().into_bytes()),
+        _ => None,
+    }
+}

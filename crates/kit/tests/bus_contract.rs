@@ -1,0 +1,439 @@
+//! The event bus contract, run against every backend: Redis Streams and the SQLite log.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kit::bus::{BusError, Delivery, EntryId, EventBus};
+
+/// A wait that ends early when the bus works: long enough that a slow machine
+/// never fails a test on time alone.
+const LONG_BLOCK: Duration = Duration::from_secs(30);
+
+fn redis_url() -> String {
+    std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// One backend for one test: streams named under a prefix of its own, so tests
+/// run in parallel and clean up after themselves.
+struct Fixture {
+    prefix: String,
+    storage: Storage,
+}
+
+enum Storage {
+    Redis,
+    Sqlite { path: PathBuf, _dir: tempfile::TempDir },
+}
+
+impl Fixture {
+    fn redis() -> Self {
+        Self { prefix: prefix(), storage: Storage::Redis }
+    }
+
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        Self {
+            prefix: prefix(),
+            storage: Storage::Sqlite { path: dir.path().join("log").join("events.db"), _dir: dir },
+        }
+    }
+
+    /// A new client over the same storage (what a restarted process gets).
+    fn open(&self) -> Arc<dyn EventBus> {
+        match &self.storage {
+            Storage::Redis => {
+                kit::bus::open(Some(&redis_url()), &PathBuf::from("unused.db")).expect("a valid Redis URL")
+            }
+            Storage::Sqlite { path, .. } => kit::bus::open(None, path).expect("the log opens"),
+        }
+    }
+
+    fn stream(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+}
+
+fn prefix() -> String {
+    format!("bus-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Storage::Redis = self.storage {
+            // Streams have no expiry: remove this test's keys (best effort).
+            let Ok(client) = redis::Client::open(redis_url()) else { return };
+            let Ok(mut connection) = client.get_connection() else { return };
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut connection).unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut connection);
+            }
+        }
+    }
+}
+
+async fn read_now(bus: &Arc<dyn EventBus>, stream: &str, group: &str, consumer: &str, max: usize) -> Vec<Delivery> {
+    bus.read(stream, group, consumer, max, Duration::ZERO).await.unwrap()
+}
+
+fn event_ids(deliveries: &[Delivery]) -> Vec<&str> {
+    deliveries.iter().map(|d| d.event_id.as_str()).collect()
+}
+
+async fn publish_read_ack_round_trip(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    // Not UTF-8, with NUL and high bytes: payloads are bytes, not text.
+    let payload = [0u8, 159, 146, 150, 255, b'\n', b'"', 0];
+    assert!(bus.publish(&stream, "evt-1", &payload).await.unwrap());
+
+    let got = read_now(&bus, &stream, "g", "c1", 10).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event_id, "evt-1");
+    assert_eq!(got[0].payload, payload);
+    assert_eq!(got[0].delivery_count, 1);
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 1);
+
+    bus.ack(&stream, "g", &[got[0].id.clone()]).await.unwrap();
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 0);
+    assert!(read_now(&bus, &stream, "g", "c1", 10).await.is_empty());
+    assert!(bus.reclaim(&stream, "g", "c2", Duration::ZERO, 10).await.unwrap().is_empty(), "acked is done");
+}
+
+async fn a_group_starts_at_the_beginning_of_the_stream(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.publish(&stream, "before", b"1").await.unwrap();
+    bus.ensure_group(&stream, "g").await.unwrap();
+    bus.ensure_group(&stream, "g").await.unwrap(); // idempotent
+    bus.publish(&stream, "after", b"2").await.unwrap();
+    assert_eq!(event_ids(&read_now(&bus, &stream, "g", "c", 10).await), ["before", "after"]);
+}
+
+async fn a_duplicate_event_id_publishes_nothing(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    assert!(bus.publish(&stream, "evt-1", b"first").await.unwrap());
+    assert!(!bus.publish(&stream, "evt-1", b"again").await.unwrap(), "a republished id appends nothing");
+    assert!(bus.publish(&stream, "evt-2", b"second").await.unwrap());
+    assert!(bus.publish(&fixture.stream("other"), "evt-1", b"elsewhere").await.unwrap(), "ids are per stream");
+
+    let got = read_now(&bus, &stream, "g", "c", 10).await;
+    assert_eq!(event_ids(&got), ["evt-1", "evt-2"]);
+    assert_eq!(got[0].payload, b"first");
+}
+
+async fn consumers_of_one_group_split_entries(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    let published: HashSet<String> = (0..30).map(|i| format!("evt-{i}")).collect();
+    for id in &published {
+        bus.publish(&stream, id, id.as_bytes()).await.unwrap();
+    }
+    // Two consumers read at the same time until the group has nothing new.
+    let readers: Vec<_> = ["c1", "c2"]
+        .into_iter()
+        .map(|consumer| {
+            let (bus, stream) = (bus.clone(), stream.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let got = bus.read(&stream, "g", consumer, 3, Duration::ZERO).await.unwrap();
+                    if got.is_empty() {
+                        return seen;
+                    }
+                    seen.extend(got.into_iter().map(|d| d.event_id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for reader in readers {
+        all.extend(reader.await.unwrap());
+    }
+    let distinct: HashSet<String> = all.iter().cloned().collect();
+    assert_eq!(distinct.len(), all.len(), "no entry went to both consumers: {all:?}");
+    assert_eq!(distinct, published, "every entry went to one of them");
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 30);
+}
+
+async fn every_group_sees_every_entry(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "history").await.unwrap();
+    bus.ensure_group(&stream, "analytics").await.unwrap();
+    for id in ["a", "b", "c"] {
+        bus.publish(&stream, id, id.as_bytes()).await.unwrap();
+    }
+    let history = read_now(&bus, &stream, "history", "c", 10).await;
+    bus.ack(&stream, "history", &history.iter().map(|d| d.id.clone()).collect::<Vec<_>>()).await.unwrap();
+    assert_eq!(event_ids(&history), ["a", "b", "c"]);
+    assert_eq!(event_ids(&read_now(&bus, &stream, "analytics", "c", 10).await), ["a", "b", "c"]);
+    assert_eq!(bus.pending(&stream, "history").await.unwrap(), 0, "acks are per group");
+    assert_eq!(bus.pending(&stream, "analytics").await.unwrap(), 3);
+}
+
+async fn an_unacked_entry_is_reclaimed_not_reread(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    bus.publish(&stream, "crashed", b"1").await.unwrap();
+    bus.publish(&stream, "done", b"2").await.unwrap();
+    let got = read_now(&bus, &stream, "g", "c1", 10).await;
+    assert_eq!(event_ids(&got), ["crashed", "done"]);
+    bus.ack(&stream, "g", &[got[1].id.clone()]).await.unwrap();
+
+    assert!(read_now(&bus, &stream, "g", "c1", 10).await.is_empty(), "read hands out new entries only");
+    assert!(read_now(&bus, &stream, "g", "c2", 10).await.is_empty());
+
+    let taken = bus.reclaim(&stream, "g", "c2", Duration::ZERO, 10).await.unwrap();
+    assert_eq!(taken.len(), 1, "only the unacked entry: {taken:?}");
+    assert_eq!(taken[0].id, got[0].id);
+    assert_eq!(taken[0].event_id, "crashed");
+    assert_eq!(taken[0].payload, b"1");
+    assert_eq!(taken[0].delivery_count, 2);
+
+    let again = bus.reclaim(&stream, "g", "c3", Duration::ZERO, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery_count, 3, "each reclaim is one more delivery");
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 1);
+
+    bus.ack(&stream, "g", &[again[0].id.clone()]).await.unwrap();
+    assert!(bus.reclaim(&stream, "g", "c4", Duration::ZERO, 10).await.unwrap().is_empty());
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 0);
+}
+
+async fn reclaim_leaves_entries_idle_for_less_than_min_idle(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    bus.publish(&stream, "evt", b"1").await.unwrap();
+    assert_eq!(read_now(&bus, &stream, "g", "c1", 10).await.len(), 1);
+    let taken = bus.reclaim(&stream, "g", "c2", Duration::from_secs(3600), 10).await.unwrap();
+    assert!(taken.is_empty(), "a consumer still working on it keeps it: {taken:?}");
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 1);
+    assert_eq!(bus.reclaim(&stream, "g", "c2", Duration::ZERO, 10).await.unwrap()[0].delivery_count, 2);
+}
+
+async fn dead_letter_moves_the_entry_aside(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    assert!(bus.dead_letters(&stream, 10).await.unwrap().is_empty());
+    bus.publish(&stream, "poison", &[1, 0, 255]).await.unwrap();
+    bus.publish(&stream, "fine", b"ok").await.unwrap();
+    let got = read_now(&bus, &stream, "g", "c1", 10).await;
+
+    bus.dead_letter(&stream, "g", &got[0], "cannot parse: bad order").await.unwrap();
+    let dead = bus.dead_letters(&stream, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].original_id, got[0].id);
+    assert_eq!(dead[0].event_id, "poison");
+    assert_eq!(dead[0].payload, [1, 0, 255]);
+    assert_eq!(dead[0].reason, "cannot parse: bad order");
+
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 1, "no longer pending; the other entry still is");
+    let taken = bus.reclaim(&stream, "g", "c2", Duration::ZERO, 10).await.unwrap();
+    assert_eq!(event_ids(&taken), ["fine"], "a dead letter is never reclaimed");
+    assert!(bus.dead_letters(&fixture.stream("other"), 10).await.unwrap().is_empty());
+}
+
+async fn dead_letters_come_oldest_first_and_bounded(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    for id in ["a", "b", "c"] {
+        bus.publish(&stream, id, id.as_bytes()).await.unwrap();
+    }
+    for delivery in read_now(&bus, &stream, "g", "c", 10).await {
+        bus.dead_letter(&stream, "g", &delivery, &format!("reason {}", delivery.event_id)).await.unwrap();
+    }
+    let dead = bus.dead_letters(&stream, 2).await.unwrap();
+    assert_eq!(dead.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(dead[1].reason, "reason b");
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 0);
+}
+
+async fn a_blocked_read_returns_an_entry_published_meanwhile(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    let reader = {
+        let (bus, stream) = (bus.clone(), stream.clone());
+        tokio::spawn(async move { bus.read(&stream, "g", "c1", 10, LONG_BLOCK).await.unwrap() })
+    };
+    // The read may start before or after this publish: either way it answers
+    // with the entry (and well before LONG_BLOCK).
+    assert!(bus.publish(&stream, "late", b"news").await.unwrap());
+    let got = reader.await.unwrap();
+    assert_eq!(event_ids(&got), ["late"]);
+    assert_eq!(got[0].payload, b"news");
+}
+
+async fn a_read_with_nothing_new_returns_empty_after_the_block(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    assert!(bus.read(&stream, "g", "c1", 10, Duration::from_millis(300)).await.unwrap().is_empty());
+    bus.publish(&stream, "evt", b"1").await.unwrap();
+    assert_eq!(read_now(&bus, &stream, "g", "c1", 10).await.len(), 1);
+    assert!(bus.read(&stream, "g", "c1", 10, Duration::from_millis(300)).await.unwrap().is_empty());
+}
+
+async fn a_missing_group_is_reported(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.publish(&stream, "evt", b"1").await.unwrap();
+    let read = bus.read(&stream, "nobody", "c", 10, Duration::ZERO).await;
+    assert!(matches!(read, Err(BusError::NoGroup { .. })), "{read:?}");
+    let pending = bus.pending(&stream, "nobody").await;
+    assert!(matches!(pending, Err(BusError::NoGroup { .. })), "{pending:?}");
+    let reclaimed = bus.reclaim(&fixture.stream("empty"), "nobody", "c", Duration::ZERO, 10).await;
+    assert!(matches!(reclaimed, Err(BusError::NoGroup { .. })), "{reclaimed:?}");
+}
+
+async fn state_survives_reopening(fixture: Fixture) {
+    let stream = fixture.stream("orders");
+    let first_id: EntryId;
+    {
+        let bus = fixture.open();
+        bus.ensure_group(&stream, "g").await.unwrap();
+        bus.publish(&stream, "a", b"A").await.unwrap();
+        bus.publish(&stream, "b", b"B").await.unwrap();
+        let got = read_now(&bus, &stream, "g", "c1", 1).await;
+        assert_eq!(event_ids(&got), ["a"]);
+        first_id = got[0].id.clone();
+    } // the process "restarts"
+
+    let bus = fixture.open();
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 1, "pending state kept");
+    assert!(!bus.publish(&stream, "a", b"A").await.unwrap(), "published ids kept");
+    let second = read_now(&bus, &stream, "g", "c2", 10).await;
+    assert_eq!(event_ids(&second), ["b"], "the group's position kept");
+    bus.ack(&stream, "g", &[second[0].id.clone()]).await.unwrap();
+    let taken = bus.reclaim(&stream, "g", "c2", Duration::ZERO, 10).await.unwrap();
+    assert_eq!(taken.iter().map(|d| (&d.id, d.delivery_count)).collect::<Vec<_>>(), [(&first_id, 2)]);
+    assert_eq!(taken[0].payload, b"A");
+}
+
+macro_rules! contract {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn publish_read_ack_round_trip() {
+                super::publish_read_ack_round_trip($make).await;
+            }
+            #[tokio::test]
+            async fn a_group_starts_at_the_beginning_of_the_stream() {
+                super::a_group_starts_at_the_beginning_of_the_stream($make).await;
+            }
+            #[tokio::test]
+            async fn a_duplicate_event_id_publishes_nothing() {
+                super::a_duplicate_event_id_publishes_nothing($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn consumers_of_one_group_split_entries() {
+                super::consumers_of_one_group_split_entries($make).await;
+            }
+            #[tokio::test]
+            async fn every_group_sees_every_entry() {
+                super::every_group_sees_every_entry($make).await;
+            }
+            #[tokio::test]
+            async fn an_unacked_entry_is_reclaimed_not_reread() {
+                super::an_unacked_entry_is_reclaimed_not_reread($make).await;
+            }
+            #[tokio::test]
+            async fn reclaim_leaves_entries_idle_for_less_than_min_idle() {
+                super::reclaim_leaves_entries_idle_for_less_than_min_idle($make).await;
+            }
+            #[tokio::test]
+            async fn dead_letter_moves_the_entry_aside() {
+                super::dead_letter_moves_the_entry_aside($make).await;
+            }
+            #[tokio::test]
+            async fn dead_letters_come_oldest_first_and_bounded() {
+                super::dead_letters_come_oldest_first_and_bounded($make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_blocked_read_returns_an_entry_published_meanwhile() {
+                super::a_blocked_read_returns_an_entry_published_meanwhile($make).await;
+            }
+            #[tokio::test]
+            async fn a_read_with_nothing_new_returns_empty_after_the_block() {
+                super::a_read_with_nothing_new_returns_empty_after_the_block($make).await;
+            }
+            #[tokio::test]
+            async fn a_missing_group_is_reported() {
+                super::a_missing_group_is_reported($make).await;
+            }
+            #[tokio::test]
+            async fn state_survives_reopening() {
+                super::state_survives_reopening($make).await;
+            }
+        }
+    };
+}
+
+contract!(redis_backend, Fixture::redis());
+contract!(sqlite_backend, Fixture::sqlite());
+
+/// An entry `publish` did not write (here added by hand) would fail its
+/// consumer on every delivery: the bus dead-letters it instead of delivering it.
+#[tokio::test]
+async fn redis_dead_letters_a_foreign_entry_instead_of_delivering_it() {
+    let fixture = Fixture::redis();
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let foreign: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("something")
+        .arg("else")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    bus.publish(&stream, "evt", b"1").await.unwrap();
+
+    assert_eq!(event_ids(&read_now(&bus, &stream, "g", "c", 10).await), ["evt"]);
+    let dead = bus.dead_letters(&stream, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].original_id, EntryId(foreign));
+    assert!(dead[0].reason.starts_with("malformed entry"), "{}", dead[0].reason);
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 1, "only the good entry is pending");
+}
+
+/// A blocking read holds a connection of its own: publishes and acks of the
+/// same client go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_blocked_read_does_not_stall_other_calls() {
+    let fixture = Fixture::redis();
+    let bus = fixture.open();
+    let (quiet, busy) = (fixture.stream("quiet"), fixture.stream("busy"));
+    bus.ensure_group(&quiet, "g").await.unwrap();
+    bus.ensure_group(&busy, "g").await.unwrap();
+    let blocked = {
+        let (bus, quiet) = (bus.clone(), quiet.clone());
+        tokio::spawn(async move { bus.read(&quiet, "g", "c", 10, LONG_BLOCK).await.unwrap() })
+    };
+    // Whether or not the blocked read is under way yet, these answer; if they
+    // queued behind it, the last publish (to the quiet stream) would come after
+    // its block ran out and the read would answer empty.
+    bus.publish(&busy, "evt", b"1").await.unwrap();
+    let got = read_now(&bus, &busy, "g", "c", 10).await;
+    bus.ack(&busy, "g", &[got[0].id.clone()]).await.unwrap();
+    bus.publish(&quiet, "wake", b"2").await.unwrap();
+    assert_eq!(event_ids(&blocked.await.unwrap()), ["wake"]);
+}
