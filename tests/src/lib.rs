@@ -2,5 +2,7 @@
 //!
 //! [`collector::Collector`] is an in-process OTLP/gRPC trace collector: point
 //! the mesh's telemetry at it and assert on the spans it receives.
+//! [`health::wait_serving`] waits until a component is ready.
 
 pub mod collector;
+pub mod health;

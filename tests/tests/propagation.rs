@@ -38,8 +38,8 @@ impl PurchaseHistoryService for Relay {
             .clone()
             .get_fulfillment(GetFulfillmentRequest { fulfillment_id: "f-1".into() })
             .await
-            .expect_err("Fulfillment is not built yet");
-        assert_eq!(status.code(), tonic::Code::Unimplemented);
+            .expect_err("no such fulfillment");
+        assert_eq!(status.code(), tonic::Code::NotFound);
         Ok(tonic::Response::new(ListPurchasesResponse::default()))
     }
 }
@@ -67,6 +67,7 @@ async fn a_span_crosses_components_with_one_trace_and_the_right_parents() {
     config.use_ephemeral_ports();
     let mesh = commerce_mesh::start(config, Shutdown::new()).await.expect("mesh starts");
     let fulfillment_url = mesh.grpc_url(commerce_mesh::Component::Fulfillment);
+    mesh_tests::health::wait_serving(&fulfillment_url, Duration::from_secs(30)).await.expect("fulfillment ready");
 
     // The relay component, served the way every component is.
     let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -114,8 +115,8 @@ async fn a_span_crosses_components_with_one_trace_and_the_right_parents() {
     assert_eq!(in_fulfillment.attribute("rpc.system"), Some("grpc"));
     assert_eq!(in_fulfillment.attribute("rpc.service"), Some("commerce.fulfillment.v1.FulfillmentService"));
     assert_eq!(in_fulfillment.attribute("rpc.method"), Some("GetFulfillment"));
-    assert_eq!(in_fulfillment.attribute("rpc.grpc.status_code"), Some("12"), "UNIMPLEMENTED");
-    assert_eq!(to_fulfillment.attribute("rpc.grpc.status_code"), Some("12"));
+    assert_eq!(in_fulfillment.attribute("rpc.grpc.status_code"), Some("5"), "NOT_FOUND");
+    assert_eq!(to_fulfillment.attribute("rpc.grpc.status_code"), Some("5"));
     assert_eq!(in_relay.attribute("rpc.grpc.status_code"), Some("0"));
     assert_eq!(in_fulfillment.service_name, "propagation-test");
 

@@ -5,12 +5,21 @@
 //! |---|---|---|
 //! | `data_dir` | `MESH_DATA_DIR` | `./data` (SQLite files, one per service) |
 //! | `database_url` | `MESH_DATABASE_URL` | unset: SQLite; a `postgres://` URL puts every service in a schema of its own there |
-//! | `redis_url` | `MESH_REDIS_URL` | unset: in-process caches; a `redis://` URL puts them in Redis |
+//! | `redis_url` | `MESH_REDIS_URL` | unset: in-process caches and the event log in `data_dir/events.db`; a `redis://` URL puts caches and event streams in Redis |
+//! | `fulfillment.lms.url` | `MESH_FULFILLMENT__LMS__URL` | `http://127.0.0.1:18000` |
+//! | `fulfillment.lms.client_id`, `.client_secret` | `MESH_FULFILLMENT__LMS__CLIENT_ID`, `..._SECRET` | empty: the LMS's OAuth2 client |
+//! | `fulfillment.lms.request_timeout` | `MESH_FULFILLMENT__LMS__REQUEST_TIMEOUT` | `10s` (connect: `lms.connect_timeout`, `2s`) |
+//! | `fulfillment.retry.base`, `.cap`, `.max_attempts` | `MESH_FULFILLMENT__RETRY__BASE`, ... | `2s`, `10m`, `8` |
+//! | `fulfillment.workers.concurrency` | `MESH_FULFILLMENT__WORKERS__CONCURRENCY` | `64` LMS calls in flight (lease `workers.lease`, `60s`) |
+//! | `fulfillment.customer_identity_url` | `MESH_FULFILLMENT__CUSTOMER_IDENTITY_URL` | `http://127.0.0.1:50052` (`up` uses its own) |
 //! | `customer_identity.retirement_salt` | `MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT` | a development value (warned about) |
 //! | `customer_identity.cache.ttl` | `MESH_CUSTOMER_IDENTITY__CACHE__TTL` | `5m` (misses: `cache.negative_ttl`, `5s`) |
 //! | `<service>.listen` | `MESH_FULFILLMENT__LISTEN`, ... | `127.0.0.1:50051` to `:50054` |
+//! | `<service>.admin_listen` | `MESH_FULFILLMENT__ADMIN_LISTEN`, ... | `127.0.0.1:9051` to `:9054`: `/metrics` and `/healthz` of `serve <service>` |
 //! | `<service>.database.url` | `MESH_FULFILLMENT__DATABASE__URL`, ... | unset: as above |
 //! | `gateway.listen` | `MESH_GATEWAY__LISTEN` | `127.0.0.1:8080` |
+//! | `gateway.admin_listen` | `MESH_GATEWAY__ADMIN_LISTEN` | `127.0.0.1:9080`: the admin port of `serve gateway` |
+//! | `admin_listen` | `MESH_ADMIN_LISTEN` | `127.0.0.1:9090`: the admin port of `up`, with every component's metrics |
 //! | `telemetry.log_filter` | `MESH_TELEMETRY__LOG_FILTER` (or `RUST_LOG`) | `info` |
 //! | `telemetry.log_format` | `MESH_TELEMETRY__LOG_FORMAT` | `json` (or `text`) |
 //! | `telemetry.otlp_endpoint` | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset: no span export |
@@ -35,16 +44,19 @@ pub struct MeshConfig {
     pub data_dir: PathBuf,
     /// A Postgres URL shared by every service that has no database of its own.
     pub database_url: Option<String>,
-    /// Redis for caches (and, later, the event bus); unset: in-process.
+    /// Redis for caches and the event bus; unset: in-process caches and a SQLite event log.
     pub redis_url: Option<String>,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
     /// How gRPC components stop.
     pub serve: ServeOptions,
+    /// `up`'s admin port: `/metrics` of every component, `/healthz`. (`serve`
+    /// uses the component's own `admin_listen`.)
+    pub admin_listen: SocketAddr,
     /// The REST gateway.
-    pub gateway: gateway::Config,
+    pub gateway: GatewayConfig,
     /// Fulfillment.
-    pub fulfillment: ServiceConfig,
+    pub fulfillment: ServiceConfig<fulfillment::Config>,
     /// CustomerIdentity.
     pub customer_identity: ServiceConfig<customer_identity::Config>,
     /// CatalogIngest.
@@ -60,6 +72,8 @@ pub struct MeshConfig {
 pub struct ServiceConfig<S = NoSettings> {
     /// The gRPC listen address.
     pub listen: SocketAddr,
+    /// The admin port (`/metrics`, `/healthz`) when the service runs alone (`serve`).
+    pub admin_listen: SocketAddr,
     /// The service's own database; unset: `database_url`, else SQLite in `data_dir`.
     pub database: Option<DatabaseConfig>,
     /// The service's own settings.
@@ -71,16 +85,50 @@ pub struct ServiceConfig<S = NoSettings> {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NoSettings {}
 
+/// Where the REST gateway listens.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// The HTTP listen address.
+    pub listen: SocketAddr,
+    /// The admin port (`/metrics`, `/healthz`) when the gateway runs alone (`serve`).
+    pub admin_listen: SocketAddr,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self { listen: gateway::Config::default().listen, admin_listen: local(9080) }
+    }
+}
+
+/// A component's addresses and database, whatever its settings.
+struct Placement<'a> {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    database: Option<&'a DatabaseConfig>,
+}
+
 impl<S: Default> ServiceConfig<S> {
-    fn on_port(port: u16) -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], port)), database: None, settings: S::default() }
+    fn on_ports(port: u16, admin_port: u16) -> Self {
+        Self { listen: local(port), admin_listen: local(admin_port), database: None, settings: S::default() }
+    }
+}
+
+impl<S> ServiceConfig<S> {
+    fn placement(&self) -> Placement<'_> {
+        Placement { listen: self.listen, admin_listen: self.admin_listen, database: self.database.as_ref() }
     }
 }
 
 impl<S: Default> Default for ServiceConfig<S> {
     fn default() -> Self {
-        Self::on_port(0)
+        Self::on_ports(0, 0)
     }
+}
+
+/// `127.0.0.1:<port>`.
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 impl Default for MeshConfig {
@@ -91,11 +139,12 @@ impl Default for MeshConfig {
             redis_url: None,
             telemetry: TelemetryConfig::default(),
             serve: ServeOptions::default(),
-            gateway: gateway::Config::default(),
-            fulfillment: ServiceConfig::on_port(50051),
-            customer_identity: ServiceConfig::on_port(50052),
-            catalog_ingest: ServiceConfig::on_port(50053),
-            purchase_history: ServiceConfig::on_port(50054),
+            admin_listen: local(9090),
+            gateway: GatewayConfig::default(),
+            fulfillment: ServiceConfig::on_ports(50051, 9051),
+            customer_identity: ServiceConfig::on_ports(50052, 9052),
+            catalog_ingest: ServiceConfig::on_ports(50053, 9053),
+            purchase_history: ServiceConfig::on_ports(50054, 9054),
         }
     }
 }
@@ -115,48 +164,62 @@ pub enum ConfigProblem {
 }
 
 impl MeshConfig {
-    /// A service's listen address and database, whatever its settings; None for the gateway.
-    fn placement(&self, component: Component) -> Option<(SocketAddr, Option<&DatabaseConfig>)> {
-        let (listen, database) = match component {
-            Component::Gateway => return None,
-            Component::Fulfillment => (self.fulfillment.listen, &self.fulfillment.database),
-            Component::CustomerIdentity => (self.customer_identity.listen, &self.customer_identity.database),
-            Component::CatalogIngest => (self.catalog_ingest.listen, &self.catalog_ingest.database),
-            Component::PurchaseHistory => (self.purchase_history.listen, &self.purchase_history.database),
-        };
-        Some((listen, database.as_ref()))
+    /// `component`'s addresses and database (none for the gateway).
+    fn placement(&self, component: Component) -> Placement<'_> {
+        match component {
+            Component::Gateway => {
+                Placement { listen: self.gateway.listen, admin_listen: self.gateway.admin_listen, database: None }
+            }
+            Component::Fulfillment => self.fulfillment.placement(),
+            Component::CustomerIdentity => self.customer_identity.placement(),
+            Component::CatalogIngest => self.catalog_ingest.placement(),
+            Component::PurchaseHistory => self.purchase_history.placement(),
+        }
     }
 
     /// Where `component` listens.
     pub fn listen(&self, component: Component) -> SocketAddr {
-        self.placement(component).map_or(self.gateway.listen, |(listen, _)| listen)
+        self.placement(component).listen
+    }
+
+    /// Where `component`'s admin port listens when it runs alone (`serve`);
+    /// `up` has one admin port for all, `admin_listen`.
+    pub fn admin_listen_of(&self, component: Component) -> SocketAddr {
+        self.placement(component).admin_listen
+    }
+
+    /// `component`'s listen and admin addresses, to set.
+    fn addresses_mut(&mut self, component: Component) -> (&mut SocketAddr, &mut SocketAddr) {
+        match component {
+            Component::Gateway => (&mut self.gateway.listen, &mut self.gateway.admin_listen),
+            Component::Fulfillment => (&mut self.fulfillment.listen, &mut self.fulfillment.admin_listen),
+            Component::CustomerIdentity => {
+                (&mut self.customer_identity.listen, &mut self.customer_identity.admin_listen)
+            }
+            Component::CatalogIngest => (&mut self.catalog_ingest.listen, &mut self.catalog_ingest.admin_listen),
+            Component::PurchaseHistory => (&mut self.purchase_history.listen, &mut self.purchase_history.admin_listen),
+        }
     }
 
     /// Sets where `component` listens.
     pub fn set_listen(&mut self, component: Component, address: SocketAddr) {
-        let listen = match component {
-            Component::Gateway => &mut self.gateway.listen,
-            Component::Fulfillment => &mut self.fulfillment.listen,
-            Component::CustomerIdentity => &mut self.customer_identity.listen,
-            Component::CatalogIngest => &mut self.catalog_ingest.listen,
-            Component::PurchaseHistory => &mut self.purchase_history.listen,
-        };
-        *listen = address;
+        *self.addresses_mut(component).0 = address;
     }
 
-    /// Every component on 127.0.0.1 port 0: free ports, for tests.
+    /// Every component and admin port on 127.0.0.1 port 0: free ports, for tests.
     pub fn use_ephemeral_ports(&mut self) {
+        self.admin_listen = local(0);
         for component in Component::ALL {
-            self.set_listen(component, SocketAddr::from(([127, 0, 0, 1], 0)));
+            let (listen, admin_listen) = self.addresses_mut(component);
+            (*listen, *admin_listen) = (local(0), local(0));
         }
     }
 
     /// The database `component` uses: its own, else a schema in the shared
     /// Postgres, else its SQLite file in `data_dir`.
     pub fn database(&self, component: Component) -> Result<DatabaseConfig, ConfigProblem> {
-        let ((_, own), name) =
-            self.placement(component).zip(component.storage_name()).ok_or(ConfigProblem::NoDatabase)?;
-        if let Some(own) = own {
+        let name = component.storage_name().ok_or(ConfigProblem::NoDatabase)?;
+        if let Some(own) = self.placement(component).database {
             let mut own = own.clone();
             if own.schema.is_none() && own.backend().is_ok_and(|b| b == kit::db::Backend::Postgres) {
                 own.schema = Some(name.to_string());
@@ -216,5 +279,21 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports, vec![8080, 50051, 50052, 50053, 50054]);
+    }
+
+    #[test]
+    fn each_component_has_its_own_admin_port_and_up_one_for_all() {
+        let config = MeshConfig::default();
+        let ports: Vec<u16> = Component::DISPLAY_ORDER.iter().map(|c| config.admin_listen_of(*c).port()).collect();
+        assert_eq!(ports, vec![9080, 9051, 9052, 9053, 9054]);
+        assert_eq!(config.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn ephemeral_ports_free_the_admin_ports_too() {
+        let mut config = MeshConfig::default();
+        config.use_ephemeral_ports();
+        assert_eq!(config.admin_listen.port(), 0);
+        assert!(Component::ALL.iter().all(|c| config.listen(*c).port() == 0 && config.admin_listen_of(*c).port() == 0));
     }
 }

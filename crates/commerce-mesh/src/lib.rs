@@ -23,5 +23,5 @@ pub mod import;
 mod mesh;
 
 pub use component::{Component, MigrateTarget};
-pub use config::{MeshConfig, NoSettings, ServiceConfig};
+pub use config::{GatewayConfig, MeshConfig, NoSettings, ServiceConfig};
 pub use mesh::{MeshError, RunningMesh, migrate, serve, start};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use kit::db::{Database, DbError};
+use kit::metrics::Metrics;
 use kit::serve::{GrpcServer, ServeError};
 use kit::shutdown::Shutdown;
 use tokio::net::TcpListener;
@@ -53,18 +54,53 @@ pub enum MeshError {
         /// Why.
         source: kit::cache::CacheError,
     },
+    /// The event bus could not be opened.
+    #[error("{component}: {source}")]
+    Bus {
+        /// Which component.
+        component: Component,
+        /// Why.
+        source: kit::bus::BusError,
+    },
+    /// A service's own settings cannot be used.
+    #[error("{component}: {reason}")]
+    Setup {
+        /// Which component.
+        component: Component,
+        /// What is wrong.
+        reason: String,
+    },
     /// The gateway failed.
     #[error("gateway: {0}")]
     Gateway(#[from] gateway::GatewayError),
+    /// The admin port (`/metrics`, `/healthz`) could not listen or failed.
+    #[error("admin port {address}: {source}")]
+    Admin {
+        /// The admin address, as configured or as bound.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A component's task panicked.
     #[error("a component crashed: {0}")]
     Crashed(#[from] tokio::task::JoinError),
 }
 
-/// Runs one component until `shutdown` is cancelled.
+/// Runs one component, with its admin port, until `shutdown` is cancelled.
 pub async fn serve(component: Component, config: &MeshConfig, shutdown: Shutdown) -> Result<(), MeshError> {
     let listener = bind(component, config.listen(component)).await?;
-    run(component, listener, config, shutdown).await
+    let (admin_listener, admin_address) = bind_admin(config.admin_listen_of(component)).await?;
+    let metrics = Metrics::new().for_component(component.name());
+    // The admin port stops with the component, however the component stops.
+    let admin_stop = shutdown.child_token();
+    let served = async {
+        let result = run(component, listener, config, &metrics, shutdown).await;
+        admin_stop.cancel();
+        result
+    };
+    let admin = admin(admin_listener, admin_address, metrics.clone(), admin_stop.clone());
+    let (served, admin) = tokio::join!(served, admin);
+    served.and(admin)
 }
 
 /// Migrates the databases `target` names; answers the components migrated.
@@ -87,27 +123,48 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
     for component in Component::ALL {
         listeners.push((component, bind(component, config.listen(component)).await?));
     }
+    let (admin_listener, admin_address) = bind_admin(config.admin_listen).await?;
+    let metrics = Metrics::new();
     let mut addresses = BTreeMap::new();
-    let mut tasks = JoinSet::new();
-    for (component, listener) in listeners {
+    for (component, listener) in &listeners {
         let address = listener.local_addr().map_err(|source| MeshError::Bind {
-            component,
-            address: config.listen(component),
+            component: *component,
+            address: config.listen(*component),
             source,
         })?;
-        addresses.insert(component, address);
+        addresses.insert(*component, address);
+    }
+    // Peers in this process call each other where they actually listen (ports may be ephemeral).
+    let mut config = config;
+    if let Some(identity) = addresses.get(&Component::CustomerIdentity) {
+        config.fulfillment.settings.customer_identity_url = format!("http://{identity}");
+    }
+    let mut tasks = JoinSet::new();
+    for (component, listener) in listeners {
         let config = config.clone();
         let shutdown = shutdown.clone();
-        tasks.spawn(async move { (component, run(component, listener, &config, shutdown).await) });
+        let metrics = metrics.for_component(component.name());
+        tasks.spawn(async move { (component.name(), run(component, listener, &config, &metrics, shutdown).await) });
     }
-    Ok(RunningMesh { addresses, shutdown, tasks, data_dir: config.data_dir, shared_database: config.database_url })
+    let admin = admin(admin_listener, admin_address, metrics, shutdown.clone());
+    tasks.spawn(async move { ("admin", admin.await) });
+    Ok(RunningMesh {
+        addresses,
+        admin_address,
+        shutdown,
+        tasks,
+        data_dir: config.data_dir,
+        shared_database: config.database_url,
+    })
 }
 
 /// The whole mesh, running in this process.
 pub struct RunningMesh {
     addresses: BTreeMap<Component, SocketAddr>,
+    admin_address: SocketAddr,
     shutdown: Shutdown,
-    tasks: JoinSet<(Component, Result<(), MeshError>)>,
+    /// Each component's task, and the admin port's, by name.
+    tasks: JoinSet<(&'static str, Result<(), MeshError>)>,
     data_dir: std::path::PathBuf,
     shared_database: Option<String>,
 }
@@ -129,7 +186,18 @@ impl RunningMesh {
         self.url(component)
     }
 
-    /// What `commerce-mesh up` prints: every component's URL and the storage in use.
+    /// Where the admin port listens.
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin_address
+    }
+
+    /// `http://host:port` of the admin port: `/metrics` of every component, `/healthz`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_address)
+    }
+
+    /// What `commerce-mesh up` prints: every component's URL, the metrics URL
+    /// and the storage in use.
     pub fn banner(&self) -> String {
         let storage = match &self.shared_database {
             Some(url) => format!("Postgres {}", kit::db::redact(url)),
@@ -140,6 +208,7 @@ impl RunningMesh {
             let scheme = if component == Component::Gateway { "http" } else { "grpc" };
             text.push_str(&format!("  {:<18} {scheme}://{}\n", component.name(), self.address(component)));
         }
+        text.push_str(&format!("  {:<18} {}/metrics\n", "metrics", self.admin_url()));
         text
     }
 
@@ -175,10 +244,29 @@ async fn bind(component: Component, address: SocketAddr) -> Result<TcpListener, 
     TcpListener::bind(address).await.map_err(|source| MeshError::Bind { component, address, source })
 }
 
+/// Binds the admin port; answers the listener and the address it got.
+async fn bind_admin(address: SocketAddr) -> Result<(TcpListener, SocketAddr), MeshError> {
+    let admin_error = |source| MeshError::Admin { address, source };
+    let listener = TcpListener::bind(address).await.map_err(admin_error)?;
+    let bound = listener.local_addr().map_err(admin_error)?;
+    Ok((listener, bound))
+}
+
+/// Serves `/metrics` (everything registered through `metrics`) and `/healthz`
+/// on `listener`, bound to `address`, until `stop` is cancelled.
+async fn admin(listener: TcpListener, address: SocketAddr, metrics: Metrics, stop: Shutdown) -> Result<(), MeshError> {
+    kit::metrics::serve_admin(listener, metrics, stop.cancelled_owned())
+        .await
+        .map_err(|source| MeshError::Admin { address, source })
+}
+
+/// `metrics` is the component's handle: its server records RED per RPC into it,
+/// and service constructors register their own metrics through it.
 async fn run(
     component: Component,
     listener: TcpListener,
     config: &MeshConfig,
+    metrics: &Metrics,
     shutdown: Shutdown,
 ) -> Result<(), MeshError> {
     if component == Component::Gateway {
@@ -187,33 +275,88 @@ async fn run(
     let database = config.database(component)?;
     let migrations = component.migrations().ok_or(ConfigProblem::NoDatabase)?;
     let db = Database::open(&database).map_err(|source| MeshError::Database { component, source })?;
-    let server = grpc_server(component, &db, config)?;
-    // Health stays NOT_SERVING until the schema is current and the database answers.
+    let (server, background) = grpc_server(component, &db, config, metrics)?;
+    // Health stays NOT_SERVING until the schema is current and the database
+    // answers; background work (Fulfillment's workers) starts only then.
+    let (is_ready, ready_signal) = tokio::sync::oneshot::channel::<()>();
     let ready = async move {
         kit::db::migrate(&database, migrations).await?;
-        db.ping().await
+        db.ping().await?;
+        let _ = is_ready.send(());
+        Ok::<(), DbError>(())
     };
-    server
-        .descriptors(proto::FILE_DESCRIPTOR_SET)
-        .options(config.serve.clone())
-        .run(listener, ready, shutdown)
-        .await
-        .map_err(|source| MeshError::Serve { component, source })
+    let background = {
+        let shutdown = shutdown.clone();
+        async move {
+            if let (Some(background), Ok(())) = (background, ready_signal.await) {
+                background.run(shutdown).await;
+            }
+        }
+    };
+    let served = server.descriptors(proto::FILE_DESCRIPTOR_SET).options(config.serve.clone()).run(
+        listener,
+        ready,
+        shutdown.clone(),
+    );
+    let (served, ()) = tokio::join!(
+        async {
+            let result = served.await;
+            // However the server stops, the background work stops with it.
+            shutdown.cancel();
+            result
+        },
+        background
+    );
+    served.map_err(|source| MeshError::Serve { component, source })
 }
 
-/// The gRPC server of a service component, over its database.
-fn grpc_server(component: Component, db: &Database, config: &MeshConfig) -> Result<GrpcServer, MeshError> {
-    let server = GrpcServer::new(component.name());
+/// Work a component does besides answering RPCs.
+enum Background {
+    /// Fulfillment's workers, outbox relay and queue gauges.
+    Fulfillment(Box<fulfillment::Fulfillment>),
+}
+
+impl Background {
+    async fn run(self, shutdown: Shutdown) {
+        match self {
+            Background::Fulfillment(fulfillment) => fulfillment.run_background(shutdown).await,
+        }
+    }
+}
+
+/// The gRPC server of a service component, over its database, recording into
+/// `metrics`, and the background work that goes with it.
+fn grpc_server(
+    component: Component,
+    db: &Database,
+    config: &MeshConfig,
+    metrics: &Metrics,
+) -> Result<(GrpcServer, Option<Background>), MeshError> {
+    let server = GrpcServer::new(component.name()).metrics(metrics.clone());
     Ok(match component {
         Component::Gateway => return Err(ConfigProblem::NoDatabase.into()),
-        Component::Fulfillment => server.service(fulfillment::service()),
+        Component::Fulfillment => {
+            let settings = &config.fulfillment.settings;
+            let setup = |reason: String| MeshError::Setup { component, reason };
+            let bus = kit::bus::open(config.redis_url.as_deref(), &config.data_dir.join("events.db"))
+                .map_err(|source| MeshError::Bus { component, source })?;
+            let channel = kit::client::channel(&settings.customer_identity_url)
+                .map_err(|e| setup(format!("fulfillment.customer_identity_url: {e}")))?;
+            let identity =
+                proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient::new(
+                    channel,
+                );
+            let fulfillment = fulfillment::Fulfillment::new(db, bus, identity, settings, metrics)
+                .map_err(|e| setup(e.to_string()))?;
+            (server.service(fulfillment.service()), Some(Background::Fulfillment(Box::new(fulfillment))))
+        }
         Component::CustomerIdentity => {
             let settings = &config.customer_identity.settings;
             let cache = customer_identity::cache(settings, config.redis_url.as_deref())
                 .map_err(|source| MeshError::Cache { component, source })?;
-            server.service(customer_identity::service(db, cache, settings))
+            (server.service(customer_identity::service(db, cache, settings)), None)
         }
-        Component::CatalogIngest => server.service(catalog_ingest::service()),
-        Component::PurchaseHistory => server.service(purchase_history::service()),
+        Component::CatalogIngest => (server.service(catalog_ingest::service()), None),
+        Component::PurchaseHistory => (server.service(purchase_history::service()), None),
     })
 }

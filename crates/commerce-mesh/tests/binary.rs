@@ -1,5 +1,6 @@
-//! The `commerce-mesh` binary as a user runs it: `up` with no configuration,
-//! `serve` of one component, `migrate all` on Postgres, and a bad setting.
+//! The `commerce-mesh` binary as a user runs it: `up` with no configuration
+//! (and its metrics), `serve` of one component, `migrate all` on Postgres, and
+//! a bad setting.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
@@ -97,9 +98,9 @@ async fn up_with_no_configuration_serves_every_service_and_stops_on_sigterm() {
     let mut child = mesh_command(dir.path()).arg("up").spawn().expect("spawn");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
 
-    // The banner: one line per component, `name  scheme://address`.
+    // The banner: one line per component, `name  scheme://address`, then `metrics  http://address/metrics`.
     let mut urls = std::collections::BTreeMap::new();
-    while urls.len() < 5 {
+    while urls.len() < 6 {
         let line = next_line(&mut lines).await;
         let mut words = line.split_whitespace();
         if let (Some(name), Some(url), None) = (words.next(), words.next(), words.next())
@@ -132,17 +133,38 @@ async fn up_with_no_configuration_serves_every_service_and_stops_on_sigterm() {
         assert!(every_listed.contains(service), "{service} is listed by reflection");
     }
 
-    // Until the services are built their RPCs answer UNIMPLEMENTED.
+    // Fulfillment answers over its embedded store.
     let mut fulfillment = proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient::new(
         kit::client::channel("http://127.0.0.1:50051").expect("channel"),
     );
     let status = fulfillment
         .get_fulfillment(proto::commerce::fulfillment::v1::GetFulfillmentRequest { fulfillment_id: "f-1".into() })
         .await
-        .expect_err("not built yet");
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+        .expect_err("no such fulfillment");
+    assert_eq!(status.code(), tonic::Code::NotFound);
 
     assert!(http_get(&urls["gateway"], "/healthz").await.starts_with("HTTP/1.1 200"));
+
+    // One admin port for the whole mesh, each component's RPCs apart, by method and status code.
+    assert_eq!(urls["metrics"], "127.0.0.1:9090/metrics");
+    let check = |url: &'static str, service: &str| {
+        let request = HealthCheckRequest { service: service.to_string() };
+        async move { HealthClient::new(kit::client::channel(url).expect("channel")).check(request).await }
+    };
+    check("http://127.0.0.1:50052", "").await.expect("identity is healthy");
+    let unknown = check("http://127.0.0.1:50051", "no.such.Service").await.expect_err("not served");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let metrics = http_get("127.0.0.1:9090", "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("content-type: application/openmetrics-text; version=1.0.0"), "{metrics}");
+    for (component, status) in [("customer-identity", 0), ("fulfillment", 5)] {
+        let line = format!(
+            "rpc_server_requests_total{{component=\"{component}\",rpc_service=\"grpc.health.v1.Health\",\
+             rpc_method=\"Check\",grpc_status=\"{status}\"}} 1\n"
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    assert!(http_get("127.0.0.1:9090", "/healthz").await.starts_with("HTTP/1.1 200"));
 
     // Embedded storage: one SQLite file per service under ./data.
     let mut files: Vec<String> = std::fs::read_dir(dir.path().join("data"))
@@ -164,6 +186,7 @@ async fn serve_runs_one_component_and_logs_json_lines() {
     let mut child = mesh_command(dir.path())
         .args(["serve", "customer-identity"])
         .env("MESH_CUSTOMER_IDENTITY__LISTEN", "127.0.0.1:0")
+        .env("MESH_CUSTOMER_IDENTITY__ADMIN_LISTEN", "127.0.0.1:0")
         .spawn()
         .expect("spawn");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();

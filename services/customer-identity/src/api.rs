@@ -71,10 +71,6 @@ fn decode(bytes: &[u8]) -> Result<pb::Customer, Status> {
     })
 }
 
-fn timestamp(time: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }
-}
-
 fn to_proto(customer: &Customer) -> pb::Customer {
     pb::Customer {
         customer_id: customer.customer_id.clone(),
@@ -83,8 +79,8 @@ fn to_proto(customer: &Customer) -> pb::Customer {
         email: customer.email.clone(),
         version: customer.version,
         retired: customer.retired,
-        create_time: Some(timestamp(customer.create_time)),
-        update_time: Some(timestamp(customer.update_time)),
+        create_time: Some(kit::time::to_timestamp(customer.create_time)),
+        update_time: Some(kit::time::to_timestamp(customer.update_time)),
     }
 }
 

@@ -1,12 +1,483 @@
-//! The gRPC face of the service: request validation, then the domain, then
-//! the store. No SQL here.
+//! The gRPC face of Fulfillment: parse the request into domain values (every
+//! bad field named), resolve the learner, then the store, then the answer.
+//! No SQL here.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kit::client::TracedChannel;
+use kit::error::{BadRequest, with_reason};
+use kit::trace::TextContext;
+use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_server::FulfillmentService;
+use proto::commerce::identity::v1 as identity;
+use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
+use tokio::sync::Notify;
+use tonic::{Code, Request, Response, Status};
+
+use crate::domain::{
+    CourseRunKey, ErrorKind, JobState, Learner, LearnerRef, MAX_LINE_ITEMS, MAX_TITLE_LEN, Mode, Order, OrderHeader,
+    OrderLine, Price, Product, Repeat, compare_repeat, parse_id, parse_user_id, parse_username,
+};
+use crate::store::{FulfillmentJob, NewJob, Redriven, Store, StoreError};
+use kit::time::to_timestamp;
+
+/// The page of `ListOrderFulfillments` when the caller asks for none.
+const DEFAULT_PAGE_SIZE: i32 = 50;
+/// The largest page of `ListOrderFulfillments`; larger requests get this many.
+const MAX_PAGE_SIZE: i32 = 500;
+/// How long FulfillOrder waits for CustomerIdentity.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers `commerce.fulfillment.v1.FulfillmentService`.
-#[derive(Clone, Debug, Default)]
-pub struct FulfillmentApi;
+#[derive(Clone)]
+pub struct FulfillmentApi {
+    store: Arc<dyn Store>,
+    identity: CustomerIdentityServiceClient<TracedChannel>,
+    wake: Arc<Notify>,
+    clock_skew: Duration,
+}
 
-// Every RPC keeps the generated default (UNIMPLEMENTED) until the service is built.
+impl FulfillmentApi {
+    /// The API over `store`, resolving customers through `identity`; `wake` is
+    /// notified when new work is stored; `date_placed` may be up to `clock_skew` ahead of now.
+    pub fn new(
+        store: Arc<dyn Store>,
+        identity: CustomerIdentityServiceClient<TracedChannel>,
+        wake: Arc<Notify>,
+        clock_skew: Duration,
+    ) -> Self {
+        Self { store, identity, wake, clock_skew }
+    }
+
+    /// The learner's LMS account: as given, or through CustomerIdentity.
+    async fn resolve(&self, learner: &LearnerRef) -> Result<Learner, Status> {
+        let customer_id = match learner {
+            LearnerRef::Lms(learner) => return Ok(learner.clone()),
+            LearnerRef::Customer { customer_id } => customer_id,
+        };
+        let mut request = Request::new(identity::GetCustomerRequest { customer_id: customer_id.clone() });
+        request.set_timeout(IDENTITY_TIMEOUT);
+        let found = self.identity.clone().get_customer(request).await;
+        let metadata = [("customer_id", customer_id.clone())];
+        let customer = match found {
+            Ok(response) => response.into_inner().customer,
+            Err(status) if status.code() == Code::NotFound => {
+                return Err(with_reason(
+                    Code::FailedPrecondition,
+                    format!("learner.customer_id: no customer {customer_id} in CustomerIdentity"),
+                    "UNKNOWN_CUSTOMER",
+                    metadata,
+                ));
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "CustomerIdentity lookup failed");
+                // Only a transient failure is worth repeating; anything else is ours to fix.
+                let code = match status.code() {
+                    Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted => {
+                        Code::Unavailable
+                    }
+                    _ => Code::Internal,
+                };
+                return Err(Status::new(
+                    code,
+                    format!(
+                        "could not resolve customer {customer_id} through CustomerIdentity ({:?}: {}); nothing was stored",
+                        status.code(),
+                        status.message()
+                    ),
+                ));
+            }
+        };
+        let customer = customer.unwrap_or_default();
+        if customer.retired {
+            return Err(with_reason(
+                Code::FailedPrecondition,
+                format!("learner.customer_id: customer {customer_id} is retired and cannot be enrolled"),
+                "CUSTOMER_RETIRED",
+                metadata,
+            ));
+        }
+        match (parse_user_id(&customer.lms_user_id), parse_username(&customer.lms_username)) {
+            (Ok(lms_user_id), Ok(lms_username)) => {
+                Ok(Learner { customer_id: Some(customer_id.clone()), lms_user_id, lms_username })
+            }
+            (id, name) => {
+                tracing::error!(?id, ?name, "CustomerIdentity answered a customer without a usable LMS account");
+                Err(Status::internal(format!(
+                    "CustomerIdentity answered customer {customer_id} without a usable LMS user id and username; \
+                     nothing was stored"
+                )))
+            }
+        }
+    }
+
+    /// Every job of an order, in line order.
+    async fn order_jobs(&self, order_number: &str) -> Result<Vec<FulfillmentJob>, Status> {
+        self.store.list_order(order_number, 0, i64::from(MAX_PAGE_SIZE)).await.map_err(store_status)
+    }
+
+    fn already_accepted(order_number: &str, line_item_id: &str) -> Status {
+        with_reason(
+            Code::AlreadyExists,
+            format!(
+                "order {order_number} was already accepted, and line item {line_item_id} differs from (or is \
+                 missing from) what was accepted then; an accepted order cannot change"
+            ),
+            "ORDER_CONTENT_MISMATCH",
+            [("order_number", order_number.to_string()), ("line_item_id", line_item_id.to_string())],
+        )
+    }
+}
+
 #[tonic::async_trait]
-impl FulfillmentService for FulfillmentApi {}
+impl FulfillmentService for FulfillmentApi {
+    async fn fulfill_order(
+        &self,
+        request: Request<pb::FulfillOrderRequest>,
+    ) -> Result<Response<pb::FulfillOrderResponse>, Status> {
+        let order = parse_order(request.get_ref(), Utc::now(), self.clock_skew)?;
+        let number = order.header.order_number.clone();
+        let stored = self.store.order_fingerprints(&number).await.map_err(store_status)?;
+        match compare_repeat(&order, &stored) {
+            Repeat::Same => {
+                let fulfillments = self.order_jobs(&number).await?.iter().map(to_proto).collect();
+                return Ok(Response::new(pb::FulfillOrderResponse { fulfillments, created: false }));
+            }
+            Repeat::Conflict { line_item_id } => return Err(Self::already_accepted(&number, &line_item_id)),
+            Repeat::New => {}
+        }
+        let learner = self.resolve(&order.learner).await?;
+        let traceparent = TextContext::current().traceparent;
+        let jobs: Vec<NewJob> = order
+            .jobs(&learner)
+            .into_iter()
+            .map(|spec| NewJob { id: uuid::Uuid::now_v7().to_string(), spec, traceparent: traceparent.clone() })
+            .collect();
+        let created =
+            self.store.insert_order(&jobs, crate::store::stored_time(Utc::now())).await.map_err(store_status)?;
+        if created {
+            self.wake.notify_one();
+        } else {
+            // A concurrent acceptance of the same order won: compare with what it stored.
+            let stored = self.store.order_fingerprints(&number).await.map_err(store_status)?;
+            if let Repeat::Conflict { line_item_id } = compare_repeat(&order, &stored) {
+                return Err(Self::already_accepted(&number, &line_item_id));
+            }
+        }
+        let fulfillments = self.order_jobs(&number).await?.iter().map(to_proto).collect();
+        Ok(Response::new(pb::FulfillOrderResponse { fulfillments, created }))
+    }
+
+    async fn get_fulfillment(
+        &self,
+        request: Request<pb::GetFulfillmentRequest>,
+    ) -> Result<Response<pb::GetFulfillmentResponse>, Status> {
+        let id = parse_fulfillment_id(&request.get_ref().fulfillment_id)?;
+        match self.store.get(&id).await.map_err(store_status)? {
+            Some(job) => Ok(Response::new(pb::GetFulfillmentResponse { fulfillment: Some(to_proto(&job)) })),
+            None => Err(not_found(&id)),
+        }
+    }
+
+    async fn list_order_fulfillments(
+        &self,
+        request: Request<pb::ListOrderFulfillmentsRequest>,
+    ) -> Result<Response<pb::ListOrderFulfillmentsResponse>, Status> {
+        let request = request.get_ref();
+        let mut bad = BadRequest::new();
+        let number = parse_id(&request.order_number).map_err(|e| bad.field("order_number", e)).ok();
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => {
+                bad.field("page_size", "must not be negative");
+                DEFAULT_PAGE_SIZE
+            }
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let from = match request.page_token.as_str() {
+            "" => 0,
+            token => match token.strip_prefix("position:").and_then(|p| p.parse::<i32>().ok()) {
+                Some(position) if position >= 0 => position,
+                _ => {
+                    bad.field("page_token", "is not a next_page_token this service gave");
+                    0
+                }
+            },
+        };
+        bad.into_result()?;
+        let number = number.unwrap_or_default();
+        let mut jobs = self.store.list_order(&number, from, i64::from(page_size) + 1).await.map_err(store_status)?;
+        let next_page_token = if jobs.len() > page_size as usize {
+            jobs.truncate(page_size as usize);
+            jobs.last().map(|j| format!("position:{}", j.spec.position + 1)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListOrderFulfillmentsResponse {
+            fulfillments: jobs.iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn retry_fulfillment(
+        &self,
+        request: Request<pb::RetryFulfillmentRequest>,
+    ) -> Result<Response<pb::RetryFulfillmentResponse>, Status> {
+        let id = parse_fulfillment_id(&request.get_ref().fulfillment_id)?;
+        match self.store.redrive(&id, crate::store::stored_time(Utc::now())).await.map_err(store_status)? {
+            Redriven::Pending(job) => {
+                self.wake.notify_one();
+                Ok(Response::new(pb::RetryFulfillmentResponse { fulfillment: Some(to_proto(&job)) }))
+            }
+            Redriven::NotFailed(job) => Err(with_reason(
+                Code::FailedPrecondition,
+                format!("fulfillment {id} is {}, not FAILED; only a FAILED fulfillment can be retried", job.state),
+                "NOT_FAILED",
+                [("fulfillment_id", id.clone()), ("state", job.state.to_string())],
+            )),
+            Redriven::NotFound => Err(not_found(&id)),
+        }
+    }
+}
+
+fn not_found(id: &str) -> Status {
+    Status::not_found(format!("no fulfillment {id}"))
+}
+
+#[allow(clippy::result_large_err)]
+fn parse_fulfillment_id(raw: &str) -> Result<String, Status> {
+    let mut bad = BadRequest::new();
+    let id = parse_id(raw).map_err(|e| bad.field("fulfillment_id", e)).ok();
+    bad.into_result()?;
+    Ok(id.unwrap_or_default())
+}
+
+/// Parses and validates an order, naming every bad field.
+#[allow(clippy::result_large_err)]
+pub fn parse_order(
+    request: &pb::FulfillOrderRequest,
+    now: DateTime<Utc>,
+    clock_skew: Duration,
+) -> Result<Order, Status> {
+    let mut bad = BadRequest::new();
+    let order_number = parse_id(&request.order_number).map_err(|e| bad.field("order_number", e)).ok();
+    let optional_id = |bad: &mut BadRequest, field: &str, raw: &str| {
+        if raw.is_empty() {
+            return String::new();
+        }
+        parse_id(raw).map_err(|e| bad.field(field, e)).unwrap_or_default()
+    };
+    let order_id = optional_id(&mut bad, "order_id", &request.order_id);
+    let source_system = optional_id(&mut bad, "source_system", &request.source_system);
+    let date_placed = match &request.date_placed {
+        None => {
+            bad.field("date_placed", "is required");
+            None
+        }
+        Some(ts) => match kit::time::from_timestamp(ts) {
+            Err(reason) => {
+                bad.field("date_placed", reason);
+                None
+            }
+            Ok(placed)
+                if now
+                    .checked_add_signed(chrono::Duration::from_std(clock_skew).unwrap_or_default())
+                    .is_some_and(|latest| placed > latest) =>
+            {
+                bad.field("date_placed", format!("{placed} is in the future (now {now})"));
+                None
+            }
+            Ok(placed) => Some(placed),
+        },
+    };
+    let learner = parse_learner(&mut bad, request.learner.as_ref());
+    if request.line_items.is_empty() {
+        bad.field("line_items", "must have at least one line item");
+    }
+    if request.line_items.len() > MAX_LINE_ITEMS {
+        bad.field("line_items", format!("must have at most {MAX_LINE_ITEMS} line items"));
+    }
+    let mut lines = Vec::with_capacity(request.line_items.len());
+    for (i, item) in request.line_items.iter().enumerate() {
+        let at = |field: &str| format!("line_items[{i}].{field}");
+        let line_item_id = parse_id(&item.line_item_id).map_err(|e| bad.field(at("line_item_id"), e)).ok();
+        if let Some(id) = &line_item_id
+            && request.line_items[..i].iter().any(|earlier| earlier.line_item_id == *id)
+        {
+            bad.field(at("line_item_id"), format!("{id:?} appears more than once in the order"));
+        }
+        let product = parse_product(&mut bad, i, item.product.as_ref());
+        if item.title.chars().count() > MAX_TITLE_LEN {
+            bad.field(at("title"), format!("must be at most {MAX_TITLE_LEN} characters"));
+        }
+        let price = match &item.price {
+            None => None,
+            Some(money) => Price::parse(&money.currency_code, &money.amount)
+                .map_err(|(field, e)| bad.field(at(&format!("price.{field}")), e))
+                .ok(),
+        };
+        if let (Some(line_item_id), Some(product)) = (line_item_id, product) {
+            lines.push(OrderLine { line_item_id, product, title: item.title.clone(), price });
+        }
+    }
+    bad.into_result()?;
+    match (order_number, date_placed, learner) {
+        (Some(order_number), Some(date_placed), Some(learner)) => Ok(Order {
+            header: OrderHeader {
+                order_number,
+                order_id,
+                order_version: request.order_version,
+                date_placed,
+                source_system,
+                email_opt_in: request.email_opt_in,
+            },
+            learner,
+            lines,
+        }),
+        // Unreachable: every None above recorded a violation.
+        _ => Err(Status::invalid_argument("invalid order")),
+    }
+}
+
+fn parse_learner(bad: &mut BadRequest, learner: Option<&pb::Learner>) -> Option<LearnerRef> {
+    let Some(learner) = learner else {
+        bad.field("learner", "is required: a customer_id, or lms_user_id with lms_username");
+        return None;
+    };
+    let customer_id = match learner.customer_id.as_str() {
+        "" => None,
+        raw => parse_id(raw).map_err(|e| bad.field("learner.customer_id", e)).ok(),
+    };
+    match (learner.lms_user_id.as_str(), learner.lms_username.as_str()) {
+        ("", "") if learner.customer_id.is_empty() => {
+            bad.field("learner", "is required: a customer_id, or lms_user_id with lms_username");
+            None
+        }
+        ("", "") => customer_id.map(|customer_id| LearnerRef::Customer { customer_id }),
+        (id, "") => {
+            let _ = parse_user_id(id).map_err(|e| bad.field("learner.lms_user_id", e));
+            bad.field("learner.lms_username", "is required with lms_user_id");
+            None
+        }
+        ("", name) => {
+            let _ = parse_username(name).map_err(|e| bad.field("learner.lms_username", e));
+            bad.field("learner.lms_user_id", "is required with lms_username");
+            None
+        }
+        (id, name) => {
+            let lms_user_id = parse_user_id(id).map_err(|e| bad.field("learner.lms_user_id", e)).ok();
+            let lms_username = parse_username(name).map_err(|e| bad.field("learner.lms_username", e)).ok();
+            let customer_ok = learner.customer_id.is_empty() || customer_id.is_some();
+            match (lms_user_id, lms_username) {
+                (Some(lms_user_id), Some(lms_username)) if customer_ok => {
+                    Some(LearnerRef::Lms(Learner { customer_id, lms_user_id, lms_username }))
+                }
+                _ => None,
+            }
+        }
+    }
+}
+
+fn parse_product(bad: &mut BadRequest, i: usize, product: Option<&pb::line_item::Product>) -> Option<Product> {
+    let at = |field: &str| format!("line_items[{i}].{field}");
+    match product {
+        None => {
+            bad.field(at("product"), "is required: course_run or entitlement");
+            None
+        }
+        Some(pb::line_item::Product::CourseRun(run)) => {
+            let key = CourseRunKey::parse(&run.course_run_key)
+                .map_err(|e| bad.field(at("course_run.course_run_key"), e))
+                .ok();
+            let mode = Mode::parse(&run.mode).map_err(|e| bad.field(at("course_run.mode"), e)).ok();
+            let (key, mode) = (key?, mode?);
+            Product::course_run(key, mode, &run.credit_provider_id)
+                .map_err(|e| bad.field(at("course_run.credit_provider_id"), e))
+                .ok()
+        }
+        Some(pb::line_item::Product::Entitlement(entitlement)) => {
+            let mode = Mode::parse(&entitlement.mode).map_err(|e| bad.field(at("entitlement.mode"), e)).ok();
+            let product = Product::entitlement(&entitlement.course_uuid, mode.unwrap_or(Mode::Verified))
+                .map_err(|e| bad.field(at("entitlement.course_uuid"), e))
+                .ok();
+            mode.and(product)
+        }
+    }
+}
+
+fn store_status(error: StoreError) -> Status {
+    tracing::error!(%error, "fulfillment store failed");
+    match error {
+        StoreError::Corrupt { id, .. } => Status::internal(format!("fulfillment {id} could not be read back")),
+        // The change may or may not have been stored; every RPC is safe to repeat.
+        StoreError::Database(_) => Status::unavailable("the fulfillment store is unavailable; repeat the request"),
+    }
+}
+
+/// The API's view of a job.
+pub fn to_proto(job: &FulfillmentJob) -> pb::Fulfillment {
+    let spec = &job.spec;
+    let product = match &spec.line.product {
+        Product::CourseRun { course_run_key, mode, credit_provider_id } => {
+            pb::line_item::Product::CourseRun(pb::CourseRunEnrollment {
+                course_run_key: course_run_key.as_str().into(),
+                mode: mode.as_str().into(),
+                credit_provider_id: credit_provider_id.clone().unwrap_or_default(),
+            })
+        }
+        Product::Entitlement { course_uuid, mode } => pb::line_item::Product::Entitlement(pb::ProgramEntitlement {
+            course_uuid: course_uuid.clone(),
+            mode: mode.as_str().into(),
+        }),
+    };
+    pb::Fulfillment {
+        fulfillment_id: job.id.clone(),
+        order_number: spec.header.order_number.clone(),
+        order_id: spec.header.order_id.clone(),
+        line_item_id: spec.line.line_item_id.clone(),
+        learner: Some(pb::Learner {
+            customer_id: spec.learner.customer_id.clone().unwrap_or_default(),
+            lms_user_id: spec.learner.lms_user_id.clone(),
+            lms_username: spec.learner.lms_username.clone(),
+        }),
+        line_item: Some(pb::LineItem {
+            line_item_id: spec.line.line_item_id.clone(),
+            product: Some(product),
+            title: spec.line.title.clone(),
+            price: spec.line.price.as_ref().map(proto::commerce::r#type::v1::Money::from),
+        }),
+        state: state_to_proto(job.state) as i32,
+        attempts: i32::try_from(job.attempts).unwrap_or(i32::MAX),
+        last_error: job.last_error.as_ref().map(|e| pb::FulfillmentError {
+            kind: kind_to_proto(e.kind) as i32,
+            lms_status: e.lms_status.map_or(0, i32::from),
+            message: e.message.clone(),
+        }),
+        next_attempt_time: if job.state == JobState::Pending { job.next_attempt_at.map(to_timestamp) } else { None },
+        entitlement_uuid: job.entitlement_uuid.clone().unwrap_or_default(),
+        create_time: Some(to_timestamp(job.created_at)),
+        update_time: Some(to_timestamp(job.updated_at)),
+    }
+}
+
+fn state_to_proto(state: JobState) -> pb::FulfillmentState {
+    match state {
+        JobState::Pending => pb::FulfillmentState::Pending,
+        JobState::InProgress => pb::FulfillmentState::InProgress,
+        JobState::Succeeded => pb::FulfillmentState::Succeeded,
+        JobState::Failed => pb::FulfillmentState::Failed,
+    }
+}
+
+fn kind_to_proto(kind: ErrorKind) -> pb::FulfillmentErrorKind {
+    match kind {
+        ErrorKind::Rejected => pb::FulfillmentErrorKind::Rejected,
+        ErrorKind::Unavailable => pb::FulfillmentErrorKind::Unavailable,
+        ErrorKind::Timeout => pb::FulfillmentErrorKind::Timeout,
+        ErrorKind::Connection => pb::FulfillmentErrorKind::Connection,
+        ErrorKind::Authentication => pb::FulfillmentErrorKind::Authentication,
+        ErrorKind::AttemptsExhausted => pb::FulfillmentErrorKind::AttemptsExhausted,
+    }
+}

@@ -1,18 +1,49 @@
 //! Fulfillment: paid orders become LMS enrollments and program entitlements,
 //! durably and exactly once per line item.
 //!
-//! Same shape as every service: [`api`] answers gRPC (validation, then the
-//! domain, then the store); `domain` holds pure rules; `store/` the Postgres
-//! and SQLite backends; `migrations/` their schemas. Its behaviour arrives with
-//! issue #4; until then every RPC answers UNIMPLEMENTED while health and
-//! reflection work.
+//! Same shape as every service: [`api`] answers gRPC (parsing requests into
+//! [`domain`] values, then the [`store`]); [`domain`] holds the pure rules
+//! (validation, repeat detection, the retry policy); [`store`] the Postgres and
+//! SQLite backends, whose jobs table is the queue; `migrations/` their schemas.
+//! Behind the API run the [`worker`]s, which call the LMS through [`lms`], and
+//! the [`outbox`] relay, which publishes what succeeded to the event bus.
+//!
+//! ```text
+//! FulfillOrder ─► jobs table (PENDING) ─► Workers ─claim/lease─► LMS
+//!                                            │
+//!                      SUCCEEDED + outbox rows (one transaction)
+//!                                            │
+//!                                 OutboxRelay ─► EventBus
+//! ```
 
 pub mod api;
+pub mod domain;
+pub mod lms;
+pub mod metrics;
+pub mod outbox;
+pub mod store;
+pub mod worker;
 
-use kit::db::Migrations;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kit::bus::EventBus;
+use kit::client::TracedChannel;
+use kit::db::{Database, Migrations};
 use proto::commerce::fulfillment::v1::fulfillment_service_server::FulfillmentServiceServer;
+use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 pub use api::FulfillmentApi;
+
+use crate::domain::RetryPolicy;
+use crate::lms::{LmsClient, LmsConfig};
+use crate::metrics::FulfillmentMetrics;
+use crate::outbox::OutboxRelay;
+use crate::store::Store;
+use crate::worker::{WorkerConfig, Workers};
 
 /// The component's name: in logs, as the Postgres schema, as the SQLite file name.
 pub const NAME: &str = "fulfillment";
@@ -21,7 +52,192 @@ pub const NAME: &str = "fulfillment";
 pub static MIGRATIONS: Migrations =
     Migrations { postgres: sqlx::migrate!("migrations/postgres"), sqlite: sqlx::migrate!("migrations/sqlite") };
 
-/// The gRPC service, ready to hand to [`kit::serve::GrpcServer::service`].
-pub fn service() -> FulfillmentServiceServer<FulfillmentApi> {
-    FulfillmentServiceServer::new(FulfillmentApi)
+/// Fulfillment's own settings (`MESH_FULFILLMENT__...`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Config {
+    /// The LMS and its OAuth2 client.
+    pub lms: LmsConfig,
+    /// Backoff and attempts.
+    pub retry: RetryPolicy,
+    /// Concurrency and leases.
+    pub workers: WorkerConfig,
+    /// How far in the future `date_placed` may be, for clocks that disagree.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Where CustomerIdentity answers, to resolve orders that name only a customer.
+    pub customer_identity_url: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lms: LmsConfig::default(),
+            retry: RetryPolicy::default(),
+            workers: WorkerConfig::default(),
+            clock_skew: Duration::from_secs(300),
+            customer_identity_url: "http://127.0.0.1:50052".into(),
+        }
+    }
+}
+
+/// A setting Fulfillment cannot run with, named.
+#[derive(Debug, thiserror::Error)]
+#[error("fulfillment.{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Refuses settings that would make the workers spin, stall or never retry.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let problem = |text: &str| Err(ConfigError(text.into()));
+        if self.workers.concurrency == 0 {
+            return problem("workers.concurrency must be at least 1");
+        }
+        if self.workers.idle_poll < Duration::from_millis(10) {
+            return problem("workers.idle_poll must be at least 10ms");
+        }
+        if self.workers.lease < Duration::from_secs(1) || self.workers.lease > Duration::from_secs(86_400) {
+            return problem("workers.lease must be between 1s and 24h");
+        }
+        if self.retry.max_attempts == 0 {
+            return problem("retry.max_attempts must be at least 1");
+        }
+        if self.retry.cap > Duration::from_secs(30 * 86_400)
+            || self.retry.max_retry_after > Duration::from_secs(30 * 86_400)
+        {
+            return problem("retry.cap and retry.max_retry_after must be at most 30 days");
+        }
+        if self.clock_skew > Duration::from_secs(86_400) {
+            return problem("clock_skew must be at most 24h");
+        }
+        Ok(())
+    }
+}
+
+/// The running parts of Fulfillment: the API, the workers and the relay, over one store.
+pub struct Fulfillment {
+    store: Arc<dyn Store>,
+    lms: LmsClient,
+    bus: Arc<dyn EventBus>,
+    identity: CustomerIdentityServiceClient<TracedChannel>,
+    config: Config,
+    metrics: Arc<FulfillmentMetrics>,
+    wake: Arc<Notify>,
+    published: Arc<Notify>,
+}
+
+impl Fulfillment {
+    /// Fulfillment over the service's database, publishing to `bus` and
+    /// resolving customers through `identity`; its metrics go to `metrics`.
+    pub fn new(
+        db: &Database,
+        bus: Arc<dyn EventBus>,
+        identity: CustomerIdentityServiceClient<TracedChannel>,
+        config: &Config,
+        metrics: &kit::metrics::Metrics,
+    ) -> Result<Self, ConfigError> {
+        Self::with_store(store::for_database(db), bus, identity, config, metrics)
+    }
+
+    /// The same over a given store.
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn EventBus>,
+        identity: CustomerIdentityServiceClient<TracedChannel>,
+        config: &Config,
+        registry: &kit::metrics::Metrics,
+    ) -> Result<Self, ConfigError> {
+        config.check()?;
+        let metrics = Arc::new(FulfillmentMetrics::default());
+        metrics.register(registry);
+        Ok(Self {
+            store,
+            lms: LmsClient::new(&config.lms).map_err(|e| ConfigError(format!("lms: {e}")))?,
+            bus,
+            identity,
+            config: config.clone(),
+            metrics,
+            wake: Arc::new(Notify::new()),
+            published: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The gRPC service, ready to hand to [`kit::serve::GrpcServer::service`].
+    pub fn service(&self) -> FulfillmentServiceServer<FulfillmentApi> {
+        FulfillmentServiceServer::new(FulfillmentApi::new(
+            Arc::clone(&self.store),
+            self.identity.clone(),
+            Arc::clone(&self.wake),
+            self.config.clock_skew,
+        ))
+    }
+
+    /// The workers (not yet running).
+    pub fn workers(&self) -> Workers {
+        Workers::new(
+            Arc::clone(&self.store),
+            self.lms.clone(),
+            self.config.retry,
+            self.config.workers,
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.wake),
+            Arc::clone(&self.published),
+        )
+    }
+
+    /// The outbox relay (not yet running).
+    pub fn relay(&self) -> OutboxRelay {
+        OutboxRelay::new(Arc::clone(&self.store), Arc::clone(&self.bus), Arc::clone(&self.published))
+    }
+
+    /// Runs the workers, the relay and the queue gauges until `shutdown`. The
+    /// workers finish the attempts in flight, then the relay publishes what
+    /// they recorded before it stops.
+    pub async fn run_background(&self, shutdown: CancellationToken) {
+        let gauges =
+            Arc::clone(&self.metrics).refresh_every(Arc::clone(&self.store), Duration::from_secs(5), shutdown.clone());
+        let listen = self.store.listen_for_work(Arc::clone(&self.wake), shutdown.clone());
+        let workers_done = CancellationToken::new();
+        let workers = async {
+            self.workers().run(shutdown.clone()).await;
+            workers_done.cancel();
+        };
+        let relay = async {
+            self.relay().run(workers_done.clone()).await;
+            if let Err(error) = self.relay().publish_pending().await {
+                tracing::warn!(%error, "outbox rows left for the next start: the relay could not publish them");
+            }
+        };
+        tokio::join!(workers, relay, gauges, listen);
+    }
+
+    /// Reads the queue gauges from the store now (they refresh every few seconds while running).
+    pub async fn refresh_metrics(&self) -> Result<(), store::StoreError> {
+        self.metrics.refresh(self.store.as_ref()).await
+    }
+
+    /// The store (for tests and tools).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_would_spin_or_stall_are_refused_by_name() {
+        assert!(Config::default().check().is_ok());
+        let refused = |change: fn(&mut Config)| {
+            let mut config = Config::default();
+            change(&mut config);
+            config.check().map_err(|e| e.to_string()).expect_err("refused")
+        };
+        assert!(refused(|c| c.workers.concurrency = 0).contains("workers.concurrency"));
+        assert!(refused(|c| c.workers.idle_poll = Duration::ZERO).contains("workers.idle_poll"));
+        assert!(refused(|c| c.workers.lease = Duration::ZERO).contains("workers.lease"));
+        assert!(refused(|c| c.retry.max_attempts = 0).contains("retry.max_attempts"));
+        assert!(refused(|c| c.clock_skew = Duration::from_secs(u64::MAX)).contains("clock_skew"));
+    }
 }

@@ -1,0 +1,749 @@
+//! Fulfillment's rules, pure and unit-tested: what a valid order is, when two
+//! acceptances of one line item are "the same", and what happens after each
+//! LMS attempt (the retry policy).
+//!
+//! Parse, don't validate: each value below is built only by its `parse`, so an
+//! invalid one cannot exist past `api.rs`.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Longest order number, order id, line item id, source system or provider id accepted.
+pub const MAX_ID_LEN: usize = 100;
+/// Longest product title accepted.
+pub const MAX_TITLE_LEN: usize = 500;
+/// Most line items in one order.
+pub const MAX_LINE_ITEMS: usize = 100;
+
+/// An identifier from the commerce platform: 1 to 100 characters, no
+/// whitespace or control characters.
+pub fn parse_id(raw: &str) -> Result<String, String> {
+    if raw.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if raw.chars().count() > MAX_ID_LEN {
+        return Err(format!("must be at most {MAX_ID_LEN} characters"));
+    }
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain whitespace or control characters".into());
+    }
+    Ok(raw.to_string())
+}
+
+/// An enrollment mode the LMS knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Mode {
+    /// `audit`
+    Audit,
+    /// `honor`
+    Honor,
+    /// `verified`
+    Verified,
+    /// `professional`
+    Professional,
+    /// `no-id-professional`
+    NoIdProfessional,
+    /// `credit`: needs a credit provider.
+    Credit,
+    /// `masters`
+    Masters,
+    /// `executive-education`
+    ExecutiveEducation,
+    /// `paid-executive-education`
+    PaidExecutiveEducation,
+    /// `paid-bootcamp`
+    PaidBootcamp,
+}
+
+impl Mode {
+    /// Every mode, in the order the API documents them.
+    pub const ALL: [Mode; 10] = [
+        Mode::Audit,
+        Mode::Honor,
+        Mode::Verified,
+        Mode::Professional,
+        Mode::NoIdProfessional,
+        Mode::Credit,
+        Mode::Masters,
+        Mode::ExecutiveEducation,
+        Mode::PaidExecutiveEducation,
+        Mode::PaidBootcamp,
+    ];
+
+    /// The LMS's name for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Audit => "audit",
+            Mode::Honor => "honor",
+            Mode::Verified => "verified",
+            Mode::Professional => "professional",
+            Mode::NoIdProfessional => "no-id-professional",
+            Mode::Credit => "credit",
+            Mode::Masters => "masters",
+            Mode::ExecutiveEducation => "executive-education",
+            Mode::PaidExecutiveEducation => "paid-executive-education",
+            Mode::PaidBootcamp => "paid-bootcamp",
+        }
+    }
+
+    /// Accepts exactly one of the LMS's mode names.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        Mode::ALL.into_iter().find(|m| m.as_str() == raw).ok_or_else(|| {
+            let known: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+            format!("unknown mode {raw:?}; expected one of {}", known.join(", "))
+        })
+    }
+}
+
+impl From<Mode> for String {
+    fn from(mode: Mode) -> Self {
+        mode.as_str().to_string()
+    }
+}
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        Mode::parse(&raw)
+    }
+}
+
+/// A course run key in the `course-v1:ORG+NUMBER+RUN` form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CourseRunKey(String);
+
+impl CourseRunKey {
+    /// Accepts `course-v1:` and three non-empty parts joined by `+`, each of
+    /// letters, digits, `_`, `-`, `.` or `~` (what Open edX's opaque keys allow).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let bad = || format!("must have the form course-v1:ORG+NUMBER+RUN, got {raw:?}");
+        let rest = raw.strip_prefix("course-v1:").ok_or_else(bad)?;
+        let parts: Vec<&str> = rest.split('+').collect();
+        let part_ok = |p: &str| {
+            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '~'))
+        };
+        if raw.len() > 255 || parts.len() != 3 || !parts.iter().all(|p| part_ok(p)) {
+            return Err(bad());
+        }
+        Ok(Self(raw.to_string()))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An exact price: ISO 4217 code and a decimal amount, never a float.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Price {
+    /// `USD`, `EUR`, …
+    pub currency_code: String,
+    /// `"149.00"`
+    pub amount: String,
+}
+
+impl Price {
+    /// Accepts three upper-case letters and an optional `-`, digits, and an
+    /// optional `.` with digits.
+    pub fn parse(currency_code: &str, amount: &str) -> Result<Self, (&'static str, String)> {
+        if currency_code.len() != 3 || !currency_code.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(("currency_code", format!("must be an ISO 4217 code such as USD, got {currency_code:?}")));
+        }
+        let digits = amount.strip_prefix('-').unwrap_or(amount);
+        let (whole, fraction) = digits.split_once('.').map_or((digits, None), |(w, f)| (w, Some(f)));
+        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if amount.len() > 40 || !all_digits(whole) || fraction.is_some_and(|f| !all_digits(f)) {
+            return Err(("amount", format!("must be a decimal such as \"149.00\", got {amount:?}")));
+        }
+        Ok(Self { currency_code: currency_code.into(), amount: amount.into() })
+    }
+}
+
+impl From<&Price> for proto::commerce::r#type::v1::Money {
+    fn from(price: &Price) -> Self {
+        Self { currency_code: price.currency_code.clone(), amount: price.amount.clone() }
+    }
+}
+
+/// An LMS username: 2 to 30 letters, digits, `_` or `-`.
+pub fn parse_username(raw: &str) -> Result<String, String> {
+    let ok = (2..=30).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(raw.to_string()) } else { Err(format!("must be 2 to 30 letters, digits, _ or -, got {raw:?}")) }
+}
+
+/// An LMS user id: a positive decimal integer without leading zeros.
+pub fn parse_user_id(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 19
+        && raw.bytes().all(|b| b.is_ascii_digit())
+        && !raw.starts_with('0')
+        && raw.parse::<i64>().is_ok();
+    if ok { Ok(raw.to_string()) } else { Err(format!("must be a positive decimal integer, got {raw:?}")) }
+}
+
+/// What a line item gives the learner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Product {
+    /// Enrollment in a course run.
+    CourseRun {
+        /// The run.
+        course_run_key: CourseRunKey,
+        /// The mode.
+        mode: Mode,
+        /// Set exactly when `mode` is credit.
+        credit_provider_id: Option<String>,
+    },
+    /// An entitlement to a course of a program.
+    Entitlement {
+        /// The course's UUID (lower-case, hyphenated).
+        course_uuid: String,
+        /// The mode.
+        mode: Mode,
+    },
+}
+
+impl Product {
+    /// A course-run enrollment; credit mode needs a provider, other modes must not have one.
+    pub fn course_run(key: CourseRunKey, mode: Mode, credit_provider_id: &str) -> Result<Self, String> {
+        let credit_provider_id = match (mode, credit_provider_id) {
+            (Mode::Credit, "") => return Err("is required when mode is credit".into()),
+            (Mode::Credit, id) => Some(parse_id(id)?),
+            (_, "") => None,
+            (_, _) => return Err("must be empty unless mode is credit".into()),
+        };
+        Ok(Product::CourseRun { course_run_key: key, mode, credit_provider_id })
+    }
+
+    /// An entitlement to the course with this UUID.
+    pub fn entitlement(course_uuid: &str, mode: Mode) -> Result<Self, String> {
+        let uuid = uuid::Uuid::parse_str(course_uuid).map_err(|_| format!("must be a UUID, got {course_uuid:?}"))?;
+        Ok(Product::Entitlement { course_uuid: uuid.hyphenated().to_string(), mode })
+    }
+
+    /// The mode, whichever the product.
+    pub fn mode(&self) -> Mode {
+        match self {
+            Product::CourseRun { mode, .. } | Product::Entitlement { mode, .. } => *mode,
+        }
+    }
+
+    /// The key purchase history shows: the course run key or the course UUID.
+    pub fn key(&self) -> &str {
+        match self {
+            Product::CourseRun { course_run_key, .. } => course_run_key.as_str(),
+            Product::Entitlement { course_uuid, .. } => course_uuid,
+        }
+    }
+}
+
+/// The learner as the order names them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LearnerRef {
+    /// Only the commerce customer: resolved through CustomerIdentity.
+    Customer {
+        /// The commerce customer id.
+        customer_id: String,
+    },
+    /// The LMS user directly (with the customer id when the order had one).
+    Lms(Learner),
+}
+
+/// A learner resolved to their LMS account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Learner {
+    /// The commerce customer id, when known.
+    pub customer_id: Option<String>,
+    /// The LMS user id (decimal string).
+    pub lms_user_id: String,
+    /// The LMS username the enrollment API identifies the learner by.
+    pub lms_username: String,
+}
+
+/// The order-level facts every line item's job carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderHeader {
+    /// The order number shown to the learner.
+    pub order_number: String,
+    /// The platform's internal id; may be empty.
+    pub order_id: String,
+    /// The order's version when paid.
+    pub order_version: i64,
+    /// When the order was placed.
+    pub date_placed: DateTime<Utc>,
+    /// Which commerce system sent it; may be empty.
+    pub source_system: String,
+    /// Passed to the LMS.
+    pub email_opt_in: bool,
+}
+
+/// One line item as accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    /// Unique within the order.
+    pub line_item_id: String,
+    /// What the learner gets.
+    pub product: Product,
+    /// The title as sold; may be empty.
+    pub title: String,
+    /// The price paid, when given.
+    pub price: Option<Price>,
+}
+
+/// A validated order, the learner not yet resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Order {
+    /// Order-level facts.
+    pub header: OrderHeader,
+    /// The learner as named.
+    pub learner: LearnerRef,
+    /// At least one line, ids unique.
+    pub lines: Vec<OrderLine>,
+}
+
+impl Order {
+    /// The fingerprint of each line as accepted, in line order: two acceptances
+    /// of the same (order_number, line_item_id) are "the same order" exactly
+    /// when their fingerprints are equal. It covers what reaches the LMS and
+    /// purchase history, not `order_version` (a platform may resend a paid
+    /// order with a later version). The learner counts as named, not as
+    /// resolved, so a repeat is recognised without asking CustomerIdentity.
+    pub fn fingerprints(&self) -> Vec<String> {
+        #[derive(Serialize)]
+        struct Fingerprinted<'a> {
+            order_id: &'a str,
+            date_placed: &'a DateTime<Utc>,
+            source_system: &'a str,
+            email_opt_in: bool,
+            learner: &'a LearnerRef,
+            line: &'a OrderLine,
+        }
+        let header = &self.header;
+        self.lines
+            .iter()
+            .map(|line| {
+                let fingerprinted = Fingerprinted {
+                    order_id: &header.order_id,
+                    date_placed: &header.date_placed,
+                    source_system: &header.source_system,
+                    email_opt_in: header.email_opt_in,
+                    learner: &self.learner,
+                    line,
+                };
+                // Serializing these plain structs cannot fail.
+                let canonical = serde_json::to_vec(&fingerprinted).unwrap_or_default();
+                hex::encode(Sha256::digest(canonical))
+            })
+            .collect()
+    }
+
+    /// The jobs to store for this order, once the learner is resolved.
+    pub fn jobs(&self, learner: &Learner) -> Vec<JobSpec> {
+        self.lines
+            .iter()
+            .zip(self.fingerprints())
+            .enumerate()
+            .map(|(position, (line, fingerprint))| JobSpec {
+                header: self.header.clone(),
+                learner: learner.clone(),
+                line: line.clone(),
+                position: position as i32,
+                fingerprint,
+            })
+            .collect()
+    }
+}
+
+/// Everything a worker needs to fulfil one line item; stored with the job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Order-level facts.
+    pub header: OrderHeader,
+    /// The learner, resolved.
+    pub learner: Learner,
+    /// The line item.
+    pub line: OrderLine,
+    /// The line's index in the order, for listing in line order.
+    pub position: i32,
+    /// See [`Order::fingerprints`].
+    pub fingerprint: String,
+}
+
+/// How a repeat of an order compares with what was stored the first time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Repeat {
+    /// Nothing stored for this order yet.
+    New,
+    /// Every line matches what was stored: answer the stored jobs.
+    Same,
+    /// This line item differs from (or is missing from) what was stored.
+    Conflict {
+        /// The line item at fault.
+        line_item_id: String,
+    },
+}
+
+/// Compares an order's lines with the (line_item_id, fingerprint) pairs already stored for its number.
+pub fn compare_repeat(order: &Order, stored: &[(String, String)]) -> Repeat {
+    if stored.is_empty() {
+        return Repeat::New;
+    }
+    for (line, fingerprint) in order.lines.iter().zip(order.fingerprints()) {
+        match stored.iter().find(|(id, _)| *id == line.line_item_id) {
+            Some((_, stored_fingerprint)) if *stored_fingerprint == fingerprint => {}
+            _ => return Repeat::Conflict { line_item_id: line.line_item_id.clone() },
+        }
+    }
+    match stored.iter().find(|(id, _)| !order.lines.iter().any(|l| l.line_item_id == *id)) {
+        Some((missing, _)) => Repeat::Conflict { line_item_id: missing.clone() },
+        None => Repeat::Same,
+    }
+}
+
+/// Where a job stands (see the proto's `FulfillmentState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JobState {
+    /// Waiting for a worker.
+    Pending,
+    /// A worker holds the lease.
+    InProgress,
+    /// Done. Final.
+    Succeeded,
+    /// Given up; `RetryFulfillment` re-drives it.
+    Failed,
+}
+
+impl JobState {
+    /// Every state.
+    pub const ALL: [JobState; 4] = [JobState::Pending, JobState::InProgress, JobState::Succeeded, JobState::Failed];
+
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "PENDING",
+            JobState::InProgress => "IN_PROGRESS",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+        }
+    }
+
+    /// The state a stored name stands for.
+    pub fn parse(raw: &str) -> Option<Self> {
+        JobState::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Classes of attempt failure (see the proto's `FulfillmentErrorKind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// 4xx other than 408/429: permanent.
+    Rejected,
+    /// 408, 429, 5xx: retried.
+    Unavailable,
+    /// No answer in time: retried.
+    Timeout,
+    /// Unreachable: retried.
+    Connection,
+    /// No access token: retried.
+    Authentication,
+    /// Out of attempts.
+    AttemptsExhausted,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Rejected,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::Connection,
+        ErrorKind::Authentication,
+        ErrorKind::AttemptsExhausted,
+    ];
+
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Rejected => "REJECTED",
+            ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::Timeout => "TIMEOUT",
+            ErrorKind::Connection => "CONNECTION",
+            ErrorKind::Authentication => "AUTHENTICATION",
+            ErrorKind::AttemptsExhausted => "ATTEMPTS_EXHAUSTED",
+        }
+    }
+
+    /// The kind a stored name stands for.
+    pub fn parse(raw: &str) -> Option<Self> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_transient(self) -> bool {
+        !matches!(self, ErrorKind::Rejected | ErrorKind::AttemptsExhausted)
+    }
+
+    /// The class of an LMS answer's HTTP status that is not a success.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            408 | 429 | 500..=599 => ErrorKind::Unavailable,
+            _ => ErrorKind::Rejected,
+        }
+    }
+}
+
+/// Why an attempt (or the job) failed, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobError {
+    /// The class.
+    pub kind: ErrorKind,
+    /// The LMS's HTTP status when it answered.
+    pub lms_status: Option<u16>,
+    /// What happened, with the start of the LMS's body.
+    pub message: String,
+}
+
+/// What one failed attempt told us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptFailure {
+    /// The error to record.
+    pub error: JobError,
+    /// The LMS's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+/// When to try again, and how often at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicy {
+    /// The first retry waits up to this long; each one after up to twice as long.
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    /// No retry waits longer than this (unless the LMS's Retry-After says so).
+    #[serde(with = "humantime_serde")]
+    pub cap: Duration,
+    /// Attempts in all, the first included, before a job FAILS.
+    pub max_attempts: u32,
+    /// The longest `Retry-After` honoured: a longer one (or a nonsensical one)
+    /// would park the job where `RetryFulfillment` cannot reach it.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(600),
+            max_attempts: 8,
+            max_retry_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What to do with a job after a failed attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Back to PENDING, due at this time.
+    RetryAt(DateTime<Utc>, JobError),
+    /// FAILED, with this error.
+    Fail(JobError),
+}
+
+impl RetryPolicy {
+    /// Decides after attempt number `attempt` (1 for the first) failed.
+    ///
+    /// Full jitter: the wait is `jitter` (uniform in [0, 1)) times
+    /// `min(cap, base * 2^(attempt-1))`, so many jobs failing together do not
+    /// retry together; never shorter than the LMS's Retry-After (up to
+    /// `max_retry_after`).
+    pub fn after_failure(
+        &self,
+        attempt: u32,
+        failure: AttemptFailure,
+        now: DateTime<Utc>,
+        jitter: f64,
+    ) -> AfterFailure {
+        let AttemptFailure { error, retry_after } = failure;
+        if !error.kind.is_transient() {
+            return AfterFailure::Fail(error);
+        }
+        if attempt >= self.max_attempts {
+            let message = format!("gave up after {attempt} attempts; the last: {}", error.message);
+            return AfterFailure::Fail(JobError { kind: ErrorKind::AttemptsExhausted, message, ..error });
+        }
+        let wait = self.backoff(attempt, jitter).max(retry_after.unwrap_or_default().min(self.max_retry_after));
+        let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        AfterFailure::RetryAt(now.checked_add_signed(wait).unwrap_or(DateTime::<Utc>::MAX_UTC), error)
+    }
+
+    /// The jittered wait after attempt number `attempt`.
+    pub fn backoff(&self, attempt: u32, jitter: f64) -> Duration {
+        let ceiling = self.base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1))).min(self.cap);
+        ceiling.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(lines: &[(&str, &str)]) -> Order {
+        Order {
+            header: OrderHeader {
+                order_number: "EDX-1".into(),
+                order_id: "o-1".into(),
+                order_version: 1,
+                date_placed: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+                source_system: "commercetools".into(),
+                email_opt_in: false,
+            },
+            learner: LearnerRef::Customer { customer_id: "c-1".into() },
+            lines: lines
+                .iter()
+                .map(|(id, key)| OrderLine {
+                    line_item_id: (*id).into(),
+                    product: Product::course_run(CourseRunKey::parse(key).unwrap(), Mode::Verified, "").unwrap(),
+                    title: String::new(),
+                    price: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn course_run_keys_need_three_parts() {
+        assert!(CourseRunKey::parse("course-v1:edX+DemoX+2024_T1").is_ok());
+        assert!(CourseRunKey::parse("course-v1:MIT.x+6.00.1~x+3T2024").is_ok());
+        for bad in
+            ["", "edX/DemoX/2024", "course-v1:edX+DemoX", "course-v1:edX++T1", "course-v1:e x+D+T", "course-v1:a+b+c+d"]
+        {
+            assert!(CourseRunKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn modes_round_trip_and_unknown_ones_are_named() {
+        for mode in Mode::ALL {
+            assert_eq!(Mode::parse(mode.as_str()), Ok(mode));
+        }
+        let error = Mode::parse("premium").unwrap_err();
+        assert!(error.contains("premium") && error.contains("no-id-professional"), "{error}");
+    }
+
+    #[test]
+    fn credit_mode_needs_a_provider_and_only_credit_has_one() {
+        let key = || CourseRunKey::parse("course-v1:a+b+c").unwrap();
+        assert!(Product::course_run(key(), Mode::Credit, "").is_err());
+        assert!(Product::course_run(key(), Mode::Credit, "asu").is_ok());
+        assert!(Product::course_run(key(), Mode::Verified, "asu").is_err());
+    }
+
+    #[test]
+    fn prices_are_exact_decimals() {
+        assert!(Price::parse("USD", "149.00").is_ok());
+        assert!(Price::parse("USD", "-0.5").is_ok());
+        assert_eq!(Price::parse("usd", "1").unwrap_err().0, "currency_code");
+        for bad in ["", "1.", ".5", "1e3", "1,000", "abc"] {
+            assert_eq!(Price::parse("USD", bad).unwrap_err().0, "amount", "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_repeat_matches_line_by_line() {
+        let first = order(&[("1", "course-v1:a+b+c"), ("2", "course-v1:a+b+d")]);
+        let stored: Vec<(String, String)> =
+            first.lines.iter().map(|l| l.line_item_id.clone()).zip(first.fingerprints()).collect();
+        assert_eq!(compare_repeat(&first, &[]), Repeat::New);
+        assert_eq!(compare_repeat(&first, &stored), Repeat::Same);
+
+        let changed = order(&[("1", "course-v1:a+b+c"), ("2", "course-v1:a+b+CHANGED")]);
+        assert_eq!(compare_repeat(&changed, &stored), Repeat::Conflict { line_item_id: "2".into() });
+        let extra = order(&[("1", "course-v1:a+b+c"), ("2", "course-v1:a+b+d"), ("3", "course-v1:a+b+e")]);
+        assert_eq!(compare_repeat(&extra, &stored), Repeat::Conflict { line_item_id: "3".into() });
+        let fewer = order(&[("1", "course-v1:a+b+c")]);
+        assert_eq!(compare_repeat(&fewer, &stored), Repeat::Conflict { line_item_id: "2".into() });
+    }
+
+    #[test]
+    fn a_later_order_version_is_the_same_order() {
+        let first = order(&[("1", "course-v1:a+b+c")]);
+        let mut resent = first.clone();
+        resent.header.order_version += 1;
+        assert_eq!(first.fingerprints(), resent.fingerprints());
+        resent.header.email_opt_in = !resent.header.email_opt_in;
+        assert_ne!(first.fingerprints(), resent.fingerprints());
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert_eq!(ErrorKind::of_status(400), ErrorKind::Rejected);
+        assert_eq!(ErrorKind::of_status(404), ErrorKind::Rejected);
+        assert_eq!(ErrorKind::of_status(408), ErrorKind::Unavailable);
+        assert_eq!(ErrorKind::of_status(429), ErrorKind::Unavailable);
+        assert_eq!(ErrorKind::of_status(503), ErrorKind::Unavailable);
+    }
+
+    fn failure(kind: ErrorKind, retry_after: Option<Duration>) -> AttemptFailure {
+        AttemptFailure { error: JobError { kind, lms_status: None, message: "x".into() }, retry_after }
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_full_jitter() {
+        let policy =
+            RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(10), ..RetryPolicy::default() };
+        assert_eq!(policy.backoff(1, 1.0), Duration::from_secs(1));
+        assert_eq!(policy.backoff(2, 1.0), Duration::from_secs(2));
+        assert_eq!(policy.backoff(4, 1.0), Duration::from_secs(8));
+        assert_eq!(policy.backoff(5, 1.0), Duration::from_secs(10));
+        assert_eq!(policy.backoff(60, 1.0), Duration::from_secs(10));
+        assert_eq!(policy.backoff(3, 0.0), Duration::ZERO);
+        assert_eq!(policy.backoff(3, 0.5), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn after_failure_retries_transient_errors_and_honours_retry_after() {
+        let policy = RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(10),
+            max_attempts: 3,
+            max_retry_after: Duration::from_secs(60),
+        };
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let at = |secs| now + chrono::Duration::seconds(secs);
+        match policy.after_failure(1, failure(ErrorKind::Unavailable, None), now, 1.0) {
+            AfterFailure::RetryAt(when, _) => assert_eq!(when, at(1)),
+            other => panic!("{other:?}"),
+        }
+        match policy.after_failure(1, failure(ErrorKind::Unavailable, Some(Duration::from_secs(30))), now, 1.0) {
+            AfterFailure::RetryAt(when, _) => assert_eq!(when, at(30)),
+            other => panic!("{other:?}"),
+        }
+        let forever = Some(Duration::from_secs(9_999_999_999));
+        match policy.after_failure(1, failure(ErrorKind::Unavailable, forever), now, 1.0) {
+            AfterFailure::RetryAt(when, _) => assert_eq!(when, at(60), "capped at max_retry_after"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            policy.after_failure(1, failure(ErrorKind::Rejected, None), now, 1.0),
+            AfterFailure::Fail(JobError { kind: ErrorKind::Rejected, .. })
+        ));
+        assert!(matches!(
+            policy.after_failure(3, failure(ErrorKind::Timeout, None), now, 1.0),
+            AfterFailure::Fail(JobError { kind: ErrorKind::AttemptsExhausted, .. })
+        ));
+    }
+}

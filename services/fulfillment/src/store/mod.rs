@@ -1,0 +1,378 @@
+//! Where fulfillment jobs and their outbox are kept: the [`Store`] trait and its
+//! backends, [`postgres::PostgresStore`] and [`sqlite::SqliteStore`]. One
+//! contract suite (`tests/store_contract.rs`) runs against both.
+//!
+//! The jobs table is the queue. A worker [`Store::claim`]s due jobs, which gives
+//! each a fresh [`Lease`]; every later change to the job names that lease and
+//! is refused with [`Finished::LeaseLost`] once another worker has claimed the
+//! job after the lease ran out. So however many workers touch a job, only the
+//! holder of the current lease records its outcome — one SUCCEEDED transition,
+//! one set of outbox events.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kit::db::Database;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{ErrorKind, JobError, JobSpec, JobState};
+
+/// One fulfillment job as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FulfillmentJob {
+    /// Its id.
+    pub id: String,
+    /// The line item as accepted, with the resolved learner.
+    pub spec: JobSpec,
+    /// Where it stands.
+    pub state: JobState,
+    /// LMS calls made (claims), since accepted or last re-driven.
+    pub attempts: u32,
+    /// The most recent failure.
+    pub last_error: Option<JobError>,
+    /// When a PENDING job is due.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The LMS's entitlement UUID, for a SUCCEEDED entitlement.
+    pub entitlement_uuid: Option<String>,
+    /// The W3C traceparent of the call that accepted it; may be empty.
+    pub traceparent: String,
+    /// When accepted.
+    pub created_at: DateTime<Utc>,
+    /// When last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A job to store for a new order.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    /// The id to give it.
+    pub id: String,
+    /// What to fulfil.
+    pub spec: JobSpec,
+    /// The accepting call's traceparent.
+    pub traceparent: String,
+}
+
+/// A claim on a job: only its holder may record the job's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The job.
+    pub job_id: String,
+    /// Unique per claim.
+    pub token: String,
+}
+
+/// A job a worker claimed.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// The job, as IN_PROGRESS with this claim's attempt counted.
+    pub job: FulfillmentJob,
+    /// The claim.
+    pub lease: Lease,
+}
+
+/// An event to publish, written with the state change that caused it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Unique per event; the bus publishes each id once.
+    pub event_id: String,
+    /// The stream it goes to.
+    pub stream: String,
+    /// The encoded `EventEnvelope`.
+    pub payload: Vec<u8>,
+}
+
+/// An unpublished outbox row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Its place in the outbox: the relay publishes in this order.
+    pub seq: i64,
+    /// The event.
+    pub event: OutboxEvent,
+}
+
+/// How an attempt ended, as the holder of the lease records it.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The LMS confirmed: SUCCEEDED, and these events go to the outbox.
+    Succeeded {
+        /// For an entitlement, the LMS's UUID.
+        entitlement_uuid: Option<String>,
+        /// `FulfillmentCompleted`, `PurchaseRecorded`.
+        events: Vec<OutboxEvent>,
+    },
+    /// A transient failure: PENDING again, due at `at`.
+    RetryAt {
+        /// When it is due.
+        at: DateTime<Utc>,
+        /// What went wrong.
+        error: JobError,
+    },
+    /// FAILED.
+    Failed {
+        /// Why.
+        error: JobError,
+    },
+}
+
+/// What recording an outcome did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// Recorded; the job as it is now.
+    Recorded(Box<FulfillmentJob>),
+    /// The lease ran out and another worker claimed the job: nothing recorded.
+    LeaseLost,
+}
+
+/// What `RetryFulfillment` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redriven {
+    /// Back to PENDING, attempts reset.
+    Pending(Box<FulfillmentJob>),
+    /// Not FAILED: left as it is.
+    NotFailed(Box<FulfillmentJob>),
+    /// No such job.
+    NotFound,
+}
+
+/// One state change of a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The state before; None when the job was created.
+    pub from: Option<JobState>,
+    /// The state after.
+    pub to: JobState,
+    /// The attempt number at the time.
+    pub attempt: u32,
+    /// The lease it happened under, if any.
+    pub lease_token: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The queue at a glance, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Jobs per unfinished state (PENDING, IN_PROGRESS) and FAILED; SUCCEEDED
+    /// jobs, which only accumulate, are counted by the attempts metric instead.
+    pub by_state: Vec<(JobState, i64)>,
+    /// The due time of the PENDING job that has waited longest past it.
+    pub oldest_due: Option<DateTime<Utc>>,
+    /// Outbox rows not yet published.
+    pub unpublished: i64,
+}
+
+/// Why a store operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored row could not be read back.
+    #[error("corrupt row for fulfillment {id}: {reason}")]
+    Corrupt {
+        /// The job.
+        id: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Fulfillment jobs, their transitions and the outbox.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// (line_item_id, fingerprint) of every job stored for an order.
+    async fn order_fingerprints(&self, order_number: &str) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Stores the jobs of a new order in one transaction, PENDING and due now.
+    /// Answers false, storing nothing, when a job of that order and line item
+    /// exists (a concurrent acceptance won the race).
+    async fn insert_order(&self, jobs: &[NewJob], now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// One job.
+    async fn get(&self, id: &str) -> Result<Option<FulfillmentJob>, StoreError>;
+
+    /// An order's jobs in line order, from `from_position` on, at most `limit`.
+    async fn list_order(
+        &self,
+        order_number: &str,
+        from_position: i32,
+        limit: i64,
+    ) -> Result<Vec<FulfillmentJob>, StoreError>;
+
+    /// Claims up to `max` jobs that are due (PENDING with `next_attempt_at` past)
+    /// or whose lease ran out, counting an attempt on each and leasing each for `lease`.
+    async fn claim(&self, max: usize, lease: Duration, now: DateTime<Utc>) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Records an attempt's outcome, if `lease` is still the job's current lease.
+    async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError>;
+
+    /// Re-drives a FAILED job: PENDING, due now, attempts reset.
+    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError>;
+
+    /// When the next job falls due: the earliest PENDING due time or lease expiry.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// A job's state changes, oldest first.
+    async fn transitions(&self, id: &str) -> Result<Vec<Transition>, StoreError>;
+
+    /// Counts for metrics, as of `now`.
+    async fn stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError>;
+
+    /// Unpublished outbox rows, oldest first, at most `limit`.
+    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Stamps outbox rows as published.
+    async fn mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Notifies `wake` whenever another process stores work, until `shutdown`
+    /// (Postgres: `LISTEN`). Returns at once where only this process writes (SQLite).
+    async fn listen_for_work(&self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        let _ = (wake, shutdown);
+    }
+}
+
+/// The store for the service's database.
+pub fn for_database(db: &Database) -> Arc<dyn Store> {
+    match db {
+        Database::Postgres(pool) => Arc::new(postgres::PostgresStore::new(pool.clone())),
+        Database::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone())),
+    }
+}
+
+/// Rounds to the microsecond, what both backends keep, so a value read back equals the value written.
+pub fn stored_time(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(time.timestamp_micros()).unwrap_or(time)
+}
+
+/// The columns every job query selects, in [`JobRow`]'s order.
+macro_rules! job_columns {
+    () => {
+        "fulfillment_id, spec, state, attempts, next_attempt_at, last_error_kind, last_error_status, \
+         last_error_message, entitlement_uuid, traceparent, create_time, update_time"
+    };
+}
+pub(crate) use job_columns;
+
+/// A row of `fulfillments`, generic over how the backend stores times.
+#[derive(sqlx::FromRow)]
+struct JobRow<T> {
+    fulfillment_id: String,
+    spec: sqlx::types::Json<JobSpec>,
+    state: String,
+    attempts: i32,
+    next_attempt_at: Option<T>,
+    last_error_kind: Option<String>,
+    last_error_status: Option<i32>,
+    last_error_message: Option<String>,
+    entitlement_uuid: Option<String>,
+    traceparent: String,
+    create_time: T,
+    update_time: T,
+}
+
+impl<T> JobRow<T> {
+    fn into_job(self, time: impl Fn(T) -> DateTime<Utc>) -> Result<FulfillmentJob, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt { id: self.fulfillment_id.clone(), reason };
+        let state = JobState::parse(&self.state).ok_or_else(|| corrupt(format!("unknown state {:?}", self.state)))?;
+        let last_error = match self.last_error_kind {
+            None => None,
+            Some(kind) => Some(JobError {
+                kind: ErrorKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown error kind {kind:?}")))?,
+                lms_status: self.last_error_status.and_then(|s| u16::try_from(s).ok()),
+                message: self.last_error_message.unwrap_or_default(),
+            }),
+        };
+        Ok(FulfillmentJob {
+            spec: self.spec.0,
+            state,
+            attempts: u32::try_from(self.attempts).unwrap_or_default(),
+            last_error,
+            next_attempt_at: self.next_attempt_at.map(&time),
+            entitlement_uuid: self.entitlement_uuid,
+            traceparent: self.traceparent,
+            created_at: time(self.create_time),
+            updated_at: time(self.update_time),
+            id: self.fulfillment_id,
+        })
+    }
+}
+
+/// A row of `fulfillment_transitions`.
+#[derive(sqlx::FromRow)]
+struct TransitionRow<T> {
+    from_state: Option<String>,
+    to_state: String,
+    attempt: i32,
+    lease_token: Option<String>,
+    at: T,
+}
+
+impl<T> TransitionRow<T> {
+    fn into_transition(self, time: impl Fn(T) -> DateTime<Utc>) -> Option<Transition> {
+        Some(Transition {
+            from: match self.from_state {
+                Some(s) => Some(JobState::parse(&s)?),
+                None => None,
+            },
+            to: JobState::parse(&self.to_state)?,
+            attempt: u32::try_from(self.attempt).ok()?,
+            lease_token: self.lease_token,
+            at: time(self.at),
+        })
+    }
+}
+
+/// The columns `finish` writes for an outcome.
+struct Written<'a> {
+    state: JobState,
+    next_attempt_at: Option<DateTime<Utc>>,
+    error: Option<&'a JobError>,
+    entitlement_uuid: Option<&'a str>,
+    events: &'a [OutboxEvent],
+}
+
+impl<'a> Written<'a> {
+    fn of(outcome: &'a Outcome) -> Self {
+        match outcome {
+            Outcome::Succeeded { entitlement_uuid, events } => Written {
+                state: JobState::Succeeded,
+                next_attempt_at: None,
+                error: None,
+                entitlement_uuid: entitlement_uuid.as_deref(),
+                events,
+            },
+            Outcome::RetryAt { at, error } => Written {
+                state: JobState::Pending,
+                next_attempt_at: Some(*at),
+                error: Some(error),
+                entitlement_uuid: None,
+                events: &[],
+            },
+            Outcome::Failed { error } => Written {
+                state: JobState::Failed,
+                next_attempt_at: None,
+                error: Some(error),
+                entitlement_uuid: None,
+                events: &[],
+            },
+        }
+    }
+}
+
+fn micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+fn from_micros(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+fn duration_micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,398 @@
+//! The Postgres store: workers claim with `FOR UPDATE SKIP LOCKED`, so many
+//! workers in many processes share the queue without waiting on each other;
+//! each claim, outcome and outbox write is one statement or one transaction.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, OutboxEntry, OutboxEvent, Outcome, QueueStats, Redriven,
+    Store, StoreError, Transition, TransitionRow, Written, job_columns,
+};
+use crate::domain::JobState;
+
+/// The channel a new or re-driven job is announced on, so idle workers in
+/// other processes wake at once (`LISTEN fulfillment_jobs`).
+pub const WAKE_CHANNEL: &str = "fulfillment_jobs";
+
+/// Fulfillment jobs in Postgres.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// A store over `pool` (whose search_path is the service's schema).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+type PgJobRow = JobRow<DateTime<Utc>>;
+
+fn job(row: PgJobRow) -> Result<FulfillmentJob, StoreError> {
+    row.into_job(|t| t)
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn order_fingerprints(&self, order_number: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as("SELECT line_item_id, fingerprint FROM fulfillments WHERE order_number = $1")
+            .bind(order_number)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn insert_order(&self, jobs: &[NewJob], now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut orders = Vec::with_capacity(jobs.len());
+        let mut lines = Vec::with_capacity(jobs.len());
+        let mut positions = Vec::with_capacity(jobs.len());
+        let mut specs = Vec::with_capacity(jobs.len());
+        let mut fingerprints = Vec::with_capacity(jobs.len());
+        let mut traceparents = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            ids.push(job.id.as_str());
+            orders.push(job.spec.header.order_number.as_str());
+            lines.push(job.spec.line.line_item_id.as_str());
+            positions.push(job.spec.position);
+            specs.push(
+                serde_json::to_string(&job.spec)
+                    .map_err(|e| StoreError::Corrupt { id: job.id.clone(), reason: e.to_string() })?,
+            );
+            fingerprints.push(job.spec.fingerprint.as_str());
+            traceparents.push(job.traceparent.as_str());
+        }
+        let mut tx = self.pool.begin().await?;
+        // One statement stores the jobs and their first transition; a line that
+        // already exists is skipped, and then the whole order is rolled back.
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "WITH new AS (
+                 INSERT INTO fulfillments (fulfillment_id, order_number, line_item_id, position, spec, fingerprint,
+                                           state, next_attempt_at, traceparent, create_time, update_time)
+                 SELECT id, o, l, p, s::jsonb, f, 'PENDING', $8, t, $8, $8
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[])
+                      AS j(id, o, l, p, s, f, t)
+                 ON CONFLICT (order_number, line_item_id) DO NOTHING
+                 RETURNING fulfillment_id
+             ), logged AS (
+                 INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, at)
+                 SELECT fulfillment_id, NULL, 'PENDING', 0, $8 FROM new
+             )
+             SELECT fulfillment_id FROM new",
+        )
+        .bind(&ids)
+        .bind(&orders)
+        .bind(&lines)
+        .bind(&positions)
+        .bind(&specs)
+        .bind(&fingerprints)
+        .bind(&traceparents)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        if inserted.len() != jobs.len() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        announce_work(&mut tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<FulfillmentJob>, StoreError> {
+        sqlx::query_as::<_, PgJobRow>(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM fulfillments WHERE fulfillment_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(job)
+        .transpose()
+    }
+
+    async fn list_order(
+        &self,
+        order_number: &str,
+        from_position: i32,
+        limit: i64,
+    ) -> Result<Vec<FulfillmentJob>, StoreError> {
+        sqlx::query_as::<_, PgJobRow>(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM fulfillments WHERE order_number = $1 AND position >= $2 ORDER BY position LIMIT $3"
+        ))
+        .bind(order_number)
+        .bind(from_position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(job)
+        .collect()
+    }
+
+    async fn claim(&self, max: usize, lease: Duration, now: DateTime<Utc>) -> Result<Vec<Claimed>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct ClaimRow {
+            #[sqlx(flatten)]
+            job: PgJobRow,
+            lease_token: String,
+        }
+        let expires = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        // Expired leases first (a worker died holding them), then due jobs in due
+        // order; rows another worker is claiming right now are skipped, not waited for.
+        let rows: Vec<ClaimRow> = sqlx::query_as(concat!(
+            "WITH expired AS (
+                 SELECT fulfillment_id, state FROM fulfillments
+                 WHERE state = 'IN_PROGRESS' AND lease_expires_at <= $1
+                 ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
+             ), due AS (
+                 SELECT fulfillment_id, state FROM fulfillments
+                 WHERE state = 'PENDING' AND next_attempt_at <= $1
+                 ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED
+             ), picked AS (
+                 SELECT * FROM (SELECT * FROM expired UNION ALL SELECT * FROM due) c LIMIT $2
+             ), claimed AS (
+                 UPDATE fulfillments f
+                 SET state = 'IN_PROGRESS', attempts = f.attempts + 1, next_attempt_at = NULL,
+                     lease_token = gen_random_uuid()::text, lease_expires_at = $3, update_time = $1
+                 FROM picked WHERE f.fulfillment_id = picked.fulfillment_id
+                 RETURNING f.*, picked.state AS from_state
+             ), logged AS (
+                 INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, lease_token, at)
+                 SELECT fulfillment_id, from_state, 'IN_PROGRESS', attempts, lease_token, $1 FROM claimed
+             )
+             SELECT ",
+            job_columns!(),
+            ", lease_token FROM claimed"
+        ))
+        .bind(now)
+        .bind(limit)
+        .bind(expires)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let job = job(row.job)?;
+                Ok(Claimed { lease: Lease { job_id: job.id.clone(), token: row.lease_token }, job })
+            })
+            .collect()
+    }
+
+    async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError> {
+        let written = Written::of(&outcome);
+        let mut tx = self.pool.begin().await?;
+        let row: Option<PgJobRow> = sqlx::query_as(concat!(
+            "UPDATE fulfillments
+             SET state = $3, next_attempt_at = $4, lease_token = NULL, lease_expires_at = NULL,
+                 last_error_kind = COALESCE($5, last_error_kind),
+                 last_error_status = CASE WHEN $5 IS NULL THEN last_error_status ELSE $6 END,
+                 last_error_message = COALESCE($7, last_error_message),
+                 entitlement_uuid = COALESCE($8, entitlement_uuid), update_time = $9
+             WHERE fulfillment_id = $1 AND lease_token = $2 AND state = 'IN_PROGRESS'
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .bind(written.state.as_str())
+        .bind(written.next_attempt_at)
+        .bind(written.error.map(|e| e.kind.as_str()))
+        .bind(written.error.and_then(|e| e.lms_status).map(i32::from))
+        .bind(written.error.map(|e| e.message.as_str()))
+        .bind(written.entitlement_uuid)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Finished::LeaseLost);
+        };
+        let job = job(row)?;
+        sqlx::query(
+            "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, lease_token, at)
+             VALUES ($1, 'IN_PROGRESS', $2, $3, $4, $5)",
+        )
+        .bind(&job.id)
+        .bind(written.state.as_str())
+        .bind(i32::try_from(job.attempts).unwrap_or(i32::MAX))
+        .bind(&lease.token)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_events(&mut tx, written.events, now).await?;
+        tx.commit().await?;
+        Ok(Finished::Recorded(Box::new(job)))
+    }
+
+    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<PgJobRow> = sqlx::query_as(concat!(
+            "UPDATE fulfillments SET state = 'PENDING', attempts = 0, next_attempt_at = $2, update_time = $2
+             WHERE fulfillment_id = $1 AND state = 'FAILED' RETURNING ",
+            job_columns!()
+        ))
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(match self.get(id).await? {
+                Some(job) => Redriven::NotFailed(Box::new(job)),
+                None => Redriven::NotFound,
+            });
+        };
+        sqlx::query(
+            "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, at)
+             VALUES ($1, 'FAILED', 'PENDING', 0, $2)",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        announce_work(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Redriven::Pending(Box::new(job(row)?)))
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(t) FROM (
+                 (SELECT next_attempt_at AS t FROM fulfillments WHERE state = 'PENDING'
+                  ORDER BY next_attempt_at LIMIT 1)
+                 UNION ALL
+                 (SELECT lease_expires_at FROM fulfillments WHERE state = 'IN_PROGRESS'
+                  ORDER BY lease_expires_at LIMIT 1)
+             ) d",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn transitions(&self, id: &str) -> Result<Vec<Transition>, StoreError> {
+        let rows: Vec<TransitionRow<DateTime<Utc>>> = sqlx::query_as(
+            "SELECT from_state, to_state, attempt, lease_token, at FROM fulfillment_transitions
+             WHERE fulfillment_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().filter_map(|r| r.into_transition(|t| t)).collect())
+    }
+
+    async fn stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
+        // Each count uses a partial index: SUCCEEDED rows, which only grow, are never scanned.
+        let (pending, in_progress, failed, oldest_due, unpublished): (i64, i64, i64, Option<DateTime<Utc>>, i64) =
+            sqlx::query_as(
+                "SELECT (SELECT count(*) FROM fulfillments WHERE state = 'PENDING'),
+                        (SELECT count(*) FROM fulfillments WHERE state = 'IN_PROGRESS'),
+                        (SELECT count(*) FROM fulfillments WHERE state = 'FAILED'),
+                        (SELECT min(next_attempt_at) FROM fulfillments
+                         WHERE state = 'PENDING' AND next_attempt_at <= $1),
+                        (SELECT count(*) FROM outbox WHERE published_at IS NULL)",
+            )
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(QueueStats {
+            by_state: vec![
+                (JobState::Pending, pending),
+                (JobState::InProgress, in_progress),
+                (JobState::Failed, failed),
+            ],
+            oldest_due,
+            unpublished,
+        })
+    }
+
+    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, event_id, stream, payload FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, event_id, stream, payload)| OutboxEntry {
+                seq,
+                event: OutboxEvent { event_id, stream, payload },
+            })
+            .collect())
+    }
+
+    async fn mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET published_at = $2 WHERE seq = ANY($1) AND published_at IS NULL")
+            .bind(seqs)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn listen_for_work(&self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let listened = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(WAKE_CHANNEL).await?;
+                failures = 0;
+                loop {
+                    listener.recv().await?;
+                    wake.notify_one();
+                }
+            };
+            let result: Result<Infallible, sqlx::Error> = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = listened => result,
+            };
+            let Err(error) = result;
+            failures = failures.saturating_add(1);
+            tracing::warn!(%error, "lost the Postgres LISTEN connection; workers poll until it is back");
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(u64::from(failures.min(30)))) => {}
+            }
+        }
+    }
+}
+
+/// Tells idle workers in every process that work was stored (delivered at commit).
+async fn announce_work(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    events: &[OutboxEvent],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, stream, payload, create_time)
+         SELECT e, s, p, $4 FROM unnest($1::text[], $2::text[], $3::bytea[]) AS o(e, s, p)",
+    )
+    .bind(&ids)
+    .bind(&streams)
+    .bind(&payloads)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! The SQLite store for the embedded mesh: one writer at a time, so every
+//! change runs in a `BEGIN IMMEDIATE` transaction and reads inside it see what
+//! it is about to change. Times are microseconds since the epoch.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
+
+use super::{
+    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, OutboxEntry, OutboxEvent, Outcome, QueueStats, Redriven,
+    Store, StoreError, Transition, TransitionRow, Written, duration_micros, from_micros, job_columns, micros,
+};
+use crate::domain::JobState;
+
+/// Fulfillment jobs in SQLite.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// A store over `pool`.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+type LiteJobRow = JobRow<i64>;
+
+fn job(row: LiteJobRow) -> Result<FulfillmentJob, StoreError> {
+    row.into_job(from_micros)
+}
+
+async fn transition(
+    tx: &mut sqlx::SqliteConnection,
+    id: &str,
+    from: Option<JobState>,
+    to: JobState,
+    attempt: u32,
+    lease_token: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, lease_token, at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(from.map(JobState::as_str))
+    .bind(to.as_str())
+    .bind(i64::from(attempt))
+    .bind(lease_token)
+    .bind(micros(now))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn order_fingerprints(&self, order_number: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as("SELECT line_item_id, fingerprint FROM fulfillments WHERE order_number = ?")
+            .bind(order_number)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn insert_order(&self, jobs: &[NewJob], now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for new in jobs {
+            let spec = serde_json::to_string(&new.spec)
+                .map_err(|e| StoreError::Corrupt { id: new.id.clone(), reason: e.to_string() })?;
+            let stored = sqlx::query(
+                "INSERT INTO fulfillments (fulfillment_id, order_number, line_item_id, position, spec, fingerprint,
+                                           state, next_attempt_at, traceparent, create_time, update_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7, ?8, ?7, ?7)
+                 ON CONFLICT (order_number, line_item_id) DO NOTHING",
+            )
+            .bind(&new.id)
+            .bind(&new.spec.header.order_number)
+            .bind(&new.spec.line.line_item_id)
+            .bind(new.spec.position)
+            .bind(spec)
+            .bind(&new.spec.fingerprint)
+            .bind(micros(now))
+            .bind(&new.traceparent)
+            .execute(&mut *tx)
+            .await?;
+            if stored.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            transition(&mut tx, &new.id, None, JobState::Pending, 0, None, now).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<FulfillmentJob>, StoreError> {
+        sqlx::query_as::<_, LiteJobRow>(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM fulfillments WHERE fulfillment_id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(job)
+        .transpose()
+    }
+
+    async fn list_order(
+        &self,
+        order_number: &str,
+        from_position: i32,
+        limit: i64,
+    ) -> Result<Vec<FulfillmentJob>, StoreError> {
+        sqlx::query_as::<_, LiteJobRow>(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM fulfillments WHERE order_number = ? AND position >= ? ORDER BY position LIMIT ?"
+        ))
+        .bind(order_number)
+        .bind(from_position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(job)
+        .collect()
+    }
+
+    async fn claim(&self, max: usize, lease: Duration, now: DateTime<Utc>) -> Result<Vec<Claimed>, StoreError> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let expires = micros(now).saturating_add(duration_micros(lease));
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let picked: Vec<(String, String)> = sqlx::query_as(
+            "SELECT fulfillment_id, state FROM (
+                 SELECT fulfillment_id, state, 0 AS rank, lease_expires_at AS t FROM fulfillments
+                 WHERE state = 'IN_PROGRESS' AND lease_expires_at <= ?1
+                 UNION ALL
+                 SELECT fulfillment_id, state, 1, next_attempt_at FROM fulfillments
+                 WHERE state = 'PENDING' AND next_attempt_at <= ?1
+             ) ORDER BY rank, t LIMIT ?2",
+        )
+        .bind(micros(now))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut claimed = Vec::with_capacity(picked.len());
+        for (id, from) in picked {
+            let token = uuid::Uuid::new_v4().to_string();
+            let row: LiteJobRow = sqlx::query_as(concat!(
+                "UPDATE fulfillments
+                 SET state = 'IN_PROGRESS', attempts = attempts + 1, next_attempt_at = NULL,
+                     lease_token = ?, lease_expires_at = ?, update_time = ?
+                 WHERE fulfillment_id = ? RETURNING ",
+                job_columns!()
+            ))
+            .bind(&token)
+            .bind(expires)
+            .bind(micros(now))
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let job = job(row)?;
+            transition(&mut tx, &id, JobState::parse(&from), JobState::InProgress, job.attempts, Some(&token), now)
+                .await?;
+            claimed.push(Claimed { lease: Lease { job_id: id, token }, job });
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError> {
+        let written = Written::of(&outcome);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<LiteJobRow> = sqlx::query_as(concat!(
+            "UPDATE fulfillments
+             SET state = ?3, next_attempt_at = ?4, lease_token = NULL, lease_expires_at = NULL,
+                 last_error_kind = COALESCE(?5, last_error_kind),
+                 last_error_status = CASE WHEN ?5 IS NULL THEN last_error_status ELSE ?6 END,
+                 last_error_message = COALESCE(?7, last_error_message),
+                 entitlement_uuid = COALESCE(?8, entitlement_uuid), update_time = ?9
+             WHERE fulfillment_id = ?1 AND lease_token = ?2 AND state = 'IN_PROGRESS'
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .bind(written.state.as_str())
+        .bind(written.next_attempt_at.map(micros))
+        .bind(written.error.map(|e| e.kind.as_str()))
+        .bind(written.error.and_then(|e| e.lms_status).map(i32::from))
+        .bind(written.error.map(|e| e.message.as_str()))
+        .bind(written.entitlement_uuid)
+        .bind(micros(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Finished::LeaseLost);
+        };
+        let job = job(row)?;
+        transition(&mut tx, &job.id, Some(JobState::InProgress), written.state, job.attempts, Some(&lease.token), now)
+            .await?;
+        for event in written.events {
+            sqlx::query("INSERT INTO outbox (event_id, stream, payload, create_time) VALUES (?, ?, ?, ?)")
+                .bind(&event.event_id)
+                .bind(&event.stream)
+                .bind(&event.payload)
+                .bind(micros(now))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Finished::Recorded(Box::new(job)))
+    }
+
+    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<LiteJobRow> = sqlx::query_as(concat!(
+            "UPDATE fulfillments SET state = 'PENDING', attempts = 0, next_attempt_at = ?2, update_time = ?2
+             WHERE fulfillment_id = ?1 AND state = 'FAILED' RETURNING ",
+            job_columns!()
+        ))
+        .bind(id)
+        .bind(micros(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            drop(tx);
+            return Ok(match self.get(id).await? {
+                Some(job) => Redriven::NotFailed(Box::new(job)),
+                None => Redriven::NotFound,
+            });
+        };
+        transition(&mut tx, id, Some(JobState::Failed), JobState::Pending, 0, None, now).await?;
+        tx.commit().await?;
+        Ok(Redriven::Pending(Box::new(job(row)?)))
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT min(t) FROM (
+                 SELECT min(next_attempt_at) AS t FROM fulfillments WHERE state = 'PENDING'
+                 UNION ALL
+                 SELECT min(lease_expires_at) FROM fulfillments WHERE state = 'IN_PROGRESS'
+             )",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(due.map(from_micros))
+    }
+
+    async fn transitions(&self, id: &str) -> Result<Vec<Transition>, StoreError> {
+        let rows: Vec<TransitionRow<i64>> = sqlx::query_as(
+            "SELECT from_state, to_state, attempt, lease_token, at FROM fulfillment_transitions
+             WHERE fulfillment_id = ? ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().filter_map(|r| r.into_transition(from_micros)).collect())
+    }
+
+    async fn stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
+        // Each count uses a partial index: SUCCEEDED rows, which only grow, are never scanned.
+        let mut by_state = Vec::with_capacity(3);
+        for (state, count) in [
+            (JobState::Pending, "SELECT count(*) FROM fulfillments WHERE state = 'PENDING'"),
+            (JobState::InProgress, "SELECT count(*) FROM fulfillments WHERE state = 'IN_PROGRESS'"),
+            (JobState::Failed, "SELECT count(*) FROM fulfillments WHERE state = 'FAILED'"),
+        ] {
+            by_state.push((state, sqlx::query_scalar(count).fetch_one(&self.pool).await?));
+        }
+        let oldest_due: Option<i64> = sqlx::query_scalar(
+            "SELECT min(next_attempt_at) FROM fulfillments WHERE state = 'PENDING' AND next_attempt_at <= ?",
+        )
+        .bind(micros(now))
+        .fetch_one(&self.pool)
+        .await?;
+        let unpublished: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;
+        Ok(QueueStats { by_state, oldest_due: oldest_due.map(from_micros), unpublished })
+    }
+
+    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, event_id, stream, payload FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, event_id, stream, payload)| OutboxEntry {
+                seq,
+                event: OutboxEvent { event_id, stream, payload },
+            })
+            .collect())
+    }
+
+    async fn mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for seq in seqs {
+            sqlx::query("UPDATE outbox SET published_at = ? WHERE seq = ? AND published_at IS NULL")
+                .bind(micros(now))
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

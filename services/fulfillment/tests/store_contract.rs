@@ -1,0 +1,307 @@
+//! The store contract: the same checks against every backend.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fulfillment::domain::{
+    CourseRunKey, ErrorKind, JobError, JobState, Learner, LearnerRef, Mode, Order, OrderHeader, OrderLine, Product,
+};
+use fulfillment::store::{Finished, NewJob, OutboxEvent, Outcome, Redriven, Store, for_database, stored_time};
+use kit::db::{Backend, Database};
+use kit::testing::TestDatabase;
+
+struct Fixture {
+    store: Arc<dyn Store>,
+    _db: TestDatabase,
+}
+
+async fn fixture(backend: Backend) -> Fixture {
+    let db = TestDatabase::new(backend, fulfillment::NAME).await;
+    kit::db::migrate(db.config(), &fulfillment::MIGRATIONS).await.expect("migrate");
+    let store = for_database(&Database::open(db.config()).expect("open"));
+    Fixture { store, _db: db }
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 123_456_000).unwrap()
+}
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+fn order(number: &str, line_ids: &[&str]) -> Vec<NewJob> {
+    let order = Order {
+        header: OrderHeader {
+            order_number: number.into(),
+            order_id: "internal-1".into(),
+            order_version: 3,
+            date_placed: t0(),
+            source_system: "commercetools".into(),
+            email_opt_in: true,
+        },
+        learner: LearnerRef::Customer { customer_id: "c-1".into() },
+        lines: line_ids
+            .iter()
+            .map(|id| OrderLine {
+                line_item_id: (*id).into(),
+                product: Product::course_run(
+                    CourseRunKey::parse("course-v1:edX+DemoX+T1").unwrap(),
+                    Mode::Verified,
+                    "",
+                )
+                .unwrap(),
+                title: "Demo".into(),
+                price: None,
+            })
+            .collect(),
+    };
+    let learner = Learner { customer_id: Some("c-1".into()), lms_user_id: "42".into(), lms_username: "ada".into() };
+    order
+        .jobs(&learner)
+        .into_iter()
+        .map(|spec| NewJob {
+            id: uuid::Uuid::now_v7().to_string(),
+            spec,
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        })
+        .collect()
+}
+
+fn events(tag: &str) -> Vec<OutboxEvent> {
+    ["a", "b"]
+        .iter()
+        .map(|k| OutboxEvent { event_id: format!("{tag}-{k}"), stream: "s".into(), payload: vec![1, 2, 3] })
+        .collect()
+}
+
+fn transient() -> JobError {
+    JobError { kind: ErrorKind::Unavailable, lms_status: Some(503), message: "busy".into() }
+}
+
+async fn an_order_is_stored_once_in_line_order(f: Fixture) {
+    let jobs = order("EDX-1", &["l1", "l2", "l3"]);
+    assert!(f.store.insert_order(&jobs, t0()).await.unwrap());
+    assert!(!f.store.insert_order(&order("EDX-1", &["l2"]), t0()).await.unwrap(), "a stored line refuses the order");
+    // The refused insert stored nothing, not even its other lines.
+    assert!(!f.store.insert_order(&order("EDX-1", &["l9", "l1"]), t0()).await.unwrap());
+    let listed = f.store.list_order("EDX-1", 0, 10).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|j| j.spec.line.line_item_id.as_str()).collect();
+    assert_eq!(ids, ["l1", "l2", "l3"]);
+    assert!(listed.iter().all(|j| j.state == JobState::Pending && j.attempts == 0 && j.next_attempt_at == Some(t0())));
+    assert_eq!(listed[0].spec, jobs[0].spec, "the spec reads back as written");
+    assert_eq!(listed[0].traceparent, jobs[0].traceparent, "the accepting call's trace context is kept");
+    assert_eq!(f.store.list_order("EDX-1", 1, 1).await.unwrap()[0].spec.line.line_item_id, "l2");
+    let mut fingerprints = f.store.order_fingerprints("EDX-1").await.unwrap();
+    fingerprints.sort();
+    assert_eq!(fingerprints.len(), 3);
+    assert_eq!(fingerprints[0], ("l1".to_string(), jobs[0].spec.fingerprint.clone()));
+    assert_eq!(f.store.get(&jobs[1].id).await.unwrap().unwrap().spec.line.line_item_id, "l2");
+    assert!(f.store.get("nope").await.unwrap().is_none());
+}
+
+async fn claims_take_due_jobs_once_and_count_attempts(f: Fixture) {
+    f.store.insert_order(&order("EDX-2", &["l1", "l2", "l3"]), t0()).await.unwrap();
+    assert!(f.store.claim(10, Duration::from_secs(30), t0() - secs(1)).await.unwrap().is_empty(), "not yet due");
+    let first = f.store.claim(2, Duration::from_secs(30), t0()).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let second = f.store.claim(10, Duration::from_secs(30), t0()).await.unwrap();
+    assert_eq!(second.len(), 1, "leased jobs are not claimed again while the lease runs");
+    assert!(f.store.claim(10, Duration::from_secs(30), t0() + secs(29)).await.unwrap().is_empty());
+    for claimed in first.iter().chain(&second) {
+        assert_eq!((claimed.job.state, claimed.job.attempts), (JobState::InProgress, 1));
+    }
+    assert_eq!(f.store.next_due().await.unwrap(), Some(t0() + secs(30)), "the leases' expiry");
+}
+
+async fn only_the_current_lease_records_an_outcome(f: Fixture) {
+    let jobs = order("EDX-3", &["l1"]);
+    f.store.insert_order(&jobs, t0()).await.unwrap();
+    let vanished = f.store.claim(1, Duration::from_secs(10), t0()).await.unwrap().remove(0);
+    // The first worker vanishes; its lease runs out and another worker claims the job.
+    let taker = f.store.claim(1, Duration::from_secs(10), t0() + secs(11)).await.unwrap().remove(0);
+    assert_eq!(taker.job.id, vanished.job.id);
+    assert_eq!(taker.job.attempts, 2);
+    assert_ne!(taker.lease, vanished.lease);
+    let done = Outcome::Succeeded { entitlement_uuid: None, events: events("e3") };
+    assert!(matches!(f.store.finish(&taker.lease, done, t0() + secs(12)).await.unwrap(), Finished::Recorded(_)));
+    // The first worker comes back with its own (also successful) answer: discarded.
+    let late = Outcome::Succeeded { entitlement_uuid: None, events: events("late") };
+    assert_eq!(f.store.finish(&vanished.lease, late, t0() + secs(13)).await.unwrap(), Finished::LeaseLost);
+
+    let transitions = f.store.transitions(&jobs[0].id).await.unwrap();
+    let states: Vec<(Option<JobState>, JobState)> = transitions.iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        states,
+        [
+            (None, JobState::Pending),
+            (Some(JobState::Pending), JobState::InProgress),
+            (Some(JobState::InProgress), JobState::InProgress),
+            (Some(JobState::InProgress), JobState::Succeeded),
+        ]
+    );
+    let outbox = f.store.unpublished(10).await.unwrap();
+    let ids: Vec<&str> = outbox.iter().map(|e| e.event.event_id.as_str()).collect();
+    assert_eq!(ids, ["e3-a", "e3-b"], "one set of events, the winner's");
+    assert_eq!(outbox[0].event.payload, [1, 2, 3]);
+}
+
+async fn failures_reschedule_or_fail_and_redrive_resets(f: Fixture) {
+    let jobs = order("EDX-4", &["l1"]);
+    f.store.insert_order(&jobs, t0()).await.unwrap();
+    let claimed = f.store.claim(1, Duration::from_secs(10), t0()).await.unwrap().remove(0);
+    let retry = Outcome::RetryAt { at: t0() + secs(5), error: transient() };
+    let Finished::Recorded(job) = f.store.finish(&claimed.lease, retry, t0() + secs(1)).await.unwrap() else {
+        panic!("lease held")
+    };
+    assert_eq!(
+        (job.state, job.next_attempt_at, job.last_error.clone()),
+        (JobState::Pending, Some(t0() + secs(5)), Some(transient()))
+    );
+    assert!(f.store.claim(1, Duration::from_secs(10), t0() + secs(4)).await.unwrap().is_empty(), "backing off");
+    assert_eq!(f.store.next_due().await.unwrap(), Some(t0() + secs(5)));
+    let claimed = f.store.claim(1, Duration::from_secs(10), t0() + secs(5)).await.unwrap().remove(0);
+    assert_eq!(claimed.job.attempts, 2);
+    let rejected = JobError { kind: ErrorKind::Rejected, lms_status: Some(400), message: "no such course".into() };
+    f.store.finish(&claimed.lease, Outcome::Failed { error: rejected.clone() }, t0() + secs(6)).await.unwrap();
+    let failed = f.store.get(&jobs[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        (failed.state, failed.last_error, failed.next_attempt_at),
+        (JobState::Failed, Some(rejected.clone()), None)
+    );
+
+    let Redriven::Pending(redriven) = f.store.redrive(&jobs[0].id, t0() + secs(7)).await.unwrap() else {
+        panic!("a failed job is re-driven")
+    };
+    assert_eq!((redriven.state, redriven.attempts), (JobState::Pending, 0));
+    assert_eq!(redriven.last_error, Some(rejected), "the last error is kept for audit");
+    assert!(
+        matches!(f.store.redrive(&jobs[0].id, t0()).await.unwrap(), Redriven::NotFailed(j) if j.state == JobState::Pending)
+    );
+    assert_eq!(f.store.redrive("nope", t0()).await.unwrap(), Redriven::NotFound);
+    let claimed = f.store.claim(1, Duration::from_secs(10), t0() + secs(7)).await.unwrap().remove(0);
+    assert_eq!(claimed.job.attempts, 1);
+    let done = Outcome::Succeeded { entitlement_uuid: Some("e-uuid".into()), events: vec![] };
+    let Finished::Recorded(job) = f.store.finish(&claimed.lease, done, t0() + secs(8)).await.unwrap() else {
+        panic!("lease held")
+    };
+    assert_eq!((job.state, job.entitlement_uuid.as_deref()), (JobState::Succeeded, Some("e-uuid")));
+    assert!(job.last_error.is_some(), "kept after a later success");
+    assert!(f.store.next_due().await.unwrap().is_none());
+}
+
+async fn the_outbox_is_published_in_order_and_stamped(f: Fixture) {
+    f.store.insert_order(&order("EDX-5", &["l1", "l2"]), t0()).await.unwrap();
+    for (i, claimed) in f.store.claim(2, Duration::from_secs(10), t0()).await.unwrap().into_iter().enumerate() {
+        let done = Outcome::Succeeded { entitlement_uuid: None, events: events(&format!("o{i}")) };
+        f.store.finish(&claimed.lease, done, t0()).await.unwrap();
+    }
+    let stats = f.store.stats(t0()).await.unwrap();
+    assert_eq!(stats.unpublished, 4);
+    assert!(stats.by_state.iter().all(|(_, n)| *n == 0), "{:?}", stats.by_state);
+    let outbox = f.store.unpublished(3).await.unwrap();
+    assert_eq!(outbox.len(), 3);
+    assert!(outbox.windows(2).all(|w| w[0].seq < w[1].seq));
+    f.store.mark_published(&[outbox[0].seq, outbox[1].seq], t0()).await.unwrap();
+    let rest = f.store.unpublished(10).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].seq, outbox[2].seq, "the unstamped rows, oldest first");
+    assert!(rest[1].seq > outbox[2].seq);
+    assert_eq!(f.store.stats(t0()).await.unwrap().unpublished, 2);
+}
+
+async fn stats_count_unfinished_states_and_the_longest_wait(f: Fixture) {
+    assert_eq!(f.store.stats(t0()).await.unwrap().oldest_due, None);
+    f.store.insert_order(&order("EDX-6", &["l1"]), t0()).await.unwrap();
+    f.store.insert_order(&order("EDX-7", &["l1", "l2"]), t0() + secs(3)).await.unwrap();
+    f.store.insert_order(&order("EDX-8", &["l1"]), t0() + secs(100)).await.unwrap();
+    f.store.claim(1, Duration::from_secs(10), t0() + secs(3)).await.unwrap();
+    let claimed = f.store.claim(1, Duration::from_secs(10), t0() + secs(3)).await.unwrap().remove(0);
+    let rejected = JobError { kind: ErrorKind::Rejected, lms_status: Some(400), message: "no".into() };
+    f.store.finish(&claimed.lease, Outcome::Failed { error: rejected }, t0() + secs(4)).await.unwrap();
+    let mut stats = f.store.stats(t0() + secs(10)).await.unwrap();
+    stats.by_state.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(stats.by_state, [(JobState::Failed, 1), (JobState::InProgress, 1), (JobState::Pending, 2)]);
+    assert_eq!(stats.oldest_due, Some(t0() + secs(3)), "EDX-7's second line has waited since t0+3s; EDX-8 is not due");
+}
+
+async fn times_round_to_what_both_backends_keep(f: Fixture) {
+    let now = stored_time(Utc::now());
+    let jobs = order("EDX-8", &["l1"]);
+    f.store.insert_order(&jobs, now).await.unwrap();
+    assert_eq!(f.store.get(&jobs[0].id).await.unwrap().unwrap().created_at, now);
+}
+
+async fn concurrent_claimers_never_share_a_job(f: Fixture) {
+    for n in 0..20 {
+        f.store.insert_order(&order(&format!("EDX-C{n}"), &["l1", "l2", "l3", "l4", "l5"]), t0()).await.unwrap();
+    }
+    let claimers = (0..8).map(|_| {
+        let store = Arc::clone(&f.store);
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = store.claim(3, Duration::from_secs(60), t0()).await.unwrap();
+                if claimed.is_empty() {
+                    return mine;
+                }
+                mine.extend(claimed.into_iter().map(|c| c.job.id));
+            }
+        })
+    });
+    let mut all: Vec<String> = Vec::new();
+    for claimer in claimers.collect::<Vec<_>>() {
+        all.extend(claimer.await.unwrap());
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((total, all.len()), (100, 100), "every job claimed exactly once");
+}
+
+macro_rules! contract {
+    ($name:ident, $kind:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn an_order_is_stored_once_in_line_order() {
+                super::an_order_is_stored_once_in_line_order(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn claims_take_due_jobs_once_and_count_attempts() {
+                super::claims_take_due_jobs_once_and_count_attempts(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn only_the_current_lease_records_an_outcome() {
+                super::only_the_current_lease_records_an_outcome(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn failures_reschedule_or_fail_and_redrive_resets() {
+                super::failures_reschedule_or_fail_and_redrive_resets(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn the_outbox_is_published_in_order_and_stamped() {
+                super::the_outbox_is_published_in_order_and_stamped(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn stats_count_unfinished_states_and_the_longest_wait() {
+                super::stats_count_unfinished_states_and_the_longest_wait(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn times_round_to_what_both_backends_keep() {
+                super::times_round_to_what_both_backends_keep(fixture($kind).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_claimers_never_share_a_job() {
+                super::concurrent_claimers_never_share_a_job(fixture($kind).await).await;
+            }
+        }
+    };
+}
+
+contract!(postgres, Backend::Postgres);
+contract!(sqlite, Backend::Sqlite);
