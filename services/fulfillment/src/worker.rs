@@ -42,7 +42,7 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { concurrency: 64, lease: Duration::from_secs(60), idle_poll: Duration::from_secs(5) }
+        Self { concurrency: 128, lease: Duration::from_secs(60), idle_poll: Duration::from_secs(5) }
     }
 }
 
