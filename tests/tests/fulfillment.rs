@@ -9,6 +9,8 @@ use std::time::Duration;
 use commerce_mesh::Component;
 use kit::shutdown::Shutdown;
 use prost::Message;
+use proto::commerce::catalog::v1::IngestProductEventRequest;
+use proto::commerce::catalog::v1::catalog_ingest_service_client::CatalogIngestServiceClient;
 use proto::commerce::events::v1::{EventEnvelope, event_envelope::Payload};
 use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
@@ -129,5 +131,59 @@ async fn an_order_for_a_customer_is_resolved_enrolled_and_announced() {
     let request = requests.iter().find(|r| r.url.path() == "/api/enrollment/v1/enrollment").expect("enrolled");
     let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(body["user"], "ada", "the LMS enrolls the user CustomerIdentity resolved");
+    mesh.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_course_run_checks_only_what_the_catalog_sells_is_accepted() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
+    config.use_ephemeral_ports();
+    config.fulfillment.settings.check_course_runs = true;
+    let mesh = commerce_mesh::start(config, Shutdown::new()).await.expect("mesh starts");
+    for component in [Component::Fulfillment, Component::CatalogIngest] {
+        mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");
+    }
+    // The catalog learns a product from a line of business (one of the built-in example sources).
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/catalog/sources/examples");
+    let payload: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(examples.join("exec-ed-partner/product.upserted.json")).unwrap())
+            .unwrap();
+    let mut catalog =
+        CatalogIngestServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::CatalogIngest)).unwrap());
+    catalog
+        .ingest_product_event(IngestProductEventRequest {
+            source: "exec-ed-partner".into(),
+            event_id: "evt-1".into(),
+            event_name: "product.upserted".into(),
+            occurred_at: Some(prost_types::Timestamp { seconds: 1_763_000_000, nanos: 0 }),
+            payload: kit::json::to_struct(&payload),
+        })
+        .await
+        .expect("ingested");
+
+    let mut fulfillment =
+        FulfillmentServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::Fulfillment)).unwrap());
+    let order_for = |number: &str, run: &str, mode: &str| {
+        let mut order = order(number, "");
+        order.learner = Some(pb::Learner { lms_user_id: "7".into(), lms_username: "ada".into(), ..Default::default() });
+        order.line_items[0].product = Some(pb::line_item::Product::CourseRun(pb::CourseRunEnrollment {
+            course_run_key: run.into(),
+            mode: mode.into(),
+            credit_provider_id: String::new(),
+        }));
+        order
+    };
+    let sold = "course-v1:NorthbridgeX+LSC-201+2026-03";
+    for (number, run, mode, reason) in [
+        ("EDX-1", "course-v1:NorthbridgeX+LSC-201+1999", "paid-executive-education", "COURSE_RUN_UNKNOWN"),
+        ("EDX-2", sold, "verified", "MODE_NOT_SOLD"),
+    ] {
+        let refused = fulfillment.fulfill_order(order_for(number, run, mode)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        assert_eq!(kit::error::reason(&refused).as_deref(), Some(reason));
+    }
+    let accepted = fulfillment.fulfill_order(order_for("EDX-3", sold, "paid-executive-education")).await;
+    assert!(accepted.expect("sold in that mode").into_inner().created);
     mesh.stop().await.expect("clean stop");
 }

@@ -10,7 +10,11 @@
 //! | `fulfillment.lms.client_id`, `.client_secret` | `MESH_FULFILLMENT__LMS__CLIENT_ID`, `..._SECRET` | empty: the LMS's OAuth2 client |
 //! | `fulfillment.lms.request_timeout` | `MESH_FULFILLMENT__LMS__REQUEST_TIMEOUT` | `10s` (connect: `lms.connect_timeout`, `2s`) |
 //! | `fulfillment.retry.base`, `.cap`, `.max_attempts` | `MESH_FULFILLMENT__RETRY__BASE`, ... | `2s`, `10m`, `8` |
-//! | `fulfillment.workers.concurrency` | `MESH_FULFILLMENT__WORKERS__CONCURRENCY` | `64` LMS calls in flight (lease `workers.lease`, `60s`) |
+//! | `fulfillment.workers.concurrency` | `MESH_FULFILLMENT__WORKERS__CONCURRENCY` | `128` LMS calls in flight: at least the target rate × (LMS latency + ~40 ms); lease `workers.lease`, `60s` |
+//! | `catalog_ingest.sources_dir` | `MESH_CATALOG_INGEST__SOURCES_DIR` | `config/catalog/sources` (absent: the two built-in example sources) |
+//! | `catalog_ingest.max_concurrent_ingests` | `MESH_CATALOG_INGEST__MAX_CONCURRENT_INGESTS` | `32` (then wait up to `max_queue_wait`, `250ms`, then shed) |
+//! | `catalog_ingest.discovery.url` | `MESH_CATALOG_INGEST__DISCOVERY__URL` | unset: no downstream calls |
+//! | `fulfillment.check_course_runs` | `MESH_FULFILLMENT__CHECK_COURSE_RUNS` | `false`; `true`: only runs the catalog sells in the mode bought are accepted (`fulfillment.catalog_url`, `http://127.0.0.1:50053`; `up` uses its own) |
 //! | `fulfillment.customer_identity_url` | `MESH_FULFILLMENT__CUSTOMER_IDENTITY_URL` | `http://127.0.0.1:50052` (`up` uses its own) |
 //! | `customer_identity.retirement_salt` | `MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT` | a development value (warned about) |
 //! | `customer_identity.cache.ttl` | `MESH_CUSTOMER_IDENTITY__CACHE__TTL` | `5m` (misses: `cache.negative_ttl`, `5s`) |
@@ -60,7 +64,7 @@ pub struct MeshConfig {
     /// CustomerIdentity.
     pub customer_identity: ServiceConfig<customer_identity::Config>,
     /// CatalogIngest.
-    pub catalog_ingest: ServiceConfig,
+    pub catalog_ingest: ServiceConfig<catalog_ingest::Config>,
     /// PurchaseHistory.
     pub purchase_history: ServiceConfig,
 }

@@ -139,6 +139,9 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
     if let Some(identity) = addresses.get(&Component::CustomerIdentity) {
         config.fulfillment.settings.customer_identity_url = format!("http://{identity}");
     }
+    if let Some(catalog) = addresses.get(&Component::CatalogIngest) {
+        config.fulfillment.settings.catalog_url = format!("http://{catalog}");
+    }
     let mut tasks = JoinSet::new();
     for (component, listener) in listeners {
         let config = config.clone();
@@ -356,7 +359,11 @@ fn grpc_server(
                 .map_err(|source| MeshError::Cache { component, source })?;
             (server.service(customer_identity::service(db, cache, settings)), None)
         }
-        Component::CatalogIngest => (server.service(catalog_ingest::service()), None),
+        Component::CatalogIngest => {
+            let service = catalog_ingest::service(db, &config.catalog_ingest.settings)
+                .map_err(|e| MeshError::Setup { component, reason: e.to_string() })?;
+            (server.service(service), None)
+        }
         Component::PurchaseHistory => (server.service(purchase_history::service()), None),
     })
 }

@@ -15,7 +15,10 @@
 //! - [`db`]: connecting to and migrating Postgres or SQLite;
 //! - [`error`]: `google.rpc.Status` errors with `BadRequest`, `RetryInfo` and
 //!   `ErrorInfo` details;
-//! - [`time`]: protobuf `Timestamp` to and from `chrono`, range-checked.
+//! - [`time`]: protobuf `Timestamp` to and from `chrono`, range-checked;
+//! - [`json`]: protobuf `Struct` to and from JSON;
+//! - [`throttle`]: a rate quota per key (governor) and a concurrency gate that
+//!   queues briefly, then sheds.
 
 pub mod bus;
 pub mod cache;
@@ -23,10 +26,12 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod json;
 pub mod metrics;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod throttle;
 pub mod time;
 pub mod trace;
 

@@ -18,6 +18,12 @@ const MIN_SECONDS: i64 = -62_135_596_800;
 /// 9999-12-31T23:59:59Z, the latest.
 const MAX_SECONDS: i64 = 253_402_300_799;
 
+/// Whether a time fits a protobuf Timestamp (years 1 to 9999): check times a
+/// caller or a source supplies before storing them, so they read back.
+pub fn in_range(time: DateTime<Utc>) -> bool {
+    (MIN_SECONDS..=MAX_SECONDS).contains(&time.timestamp())
+}
+
 /// The protobuf form of a time.
 pub fn to_timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     // chrono keeps a leap second as nanos >= 1e9; protobuf has no leap seconds.

@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use kit::client::TracedChannel;
 use kit::error::{BadRequest, with_reason};
 use kit::trace::TextContext;
+use proto::commerce::catalog::v1 as catalog;
+use proto::commerce::catalog::v1::catalog_ingest_service_client::CatalogIngestServiceClient;
 use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_server::FulfillmentService;
 use proto::commerce::identity::v1 as identity;
@@ -27,7 +29,7 @@ use kit::time::to_timestamp;
 const DEFAULT_PAGE_SIZE: i32 = 50;
 /// The largest page of `ListOrderFulfillments`; larger requests get this many.
 const MAX_PAGE_SIZE: i32 = 500;
-/// How long FulfillOrder waits for CustomerIdentity.
+/// How long FulfillOrder waits for CustomerIdentity (and CatalogIngest).
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers `commerce.fulfillment.v1.FulfillmentService`.
@@ -37,6 +39,7 @@ pub struct FulfillmentApi {
     identity: CustomerIdentityServiceClient<TracedChannel>,
     wake: Arc<Notify>,
     clock_skew: Duration,
+    catalog: Option<CatalogIngestServiceClient<TracedChannel>>,
 }
 
 impl FulfillmentApi {
@@ -48,7 +51,63 @@ impl FulfillmentApi {
         wake: Arc<Notify>,
         clock_skew: Duration,
     ) -> Self {
-        Self { store, identity, wake, clock_skew }
+        Self { store, identity, wake, clock_skew, catalog: None }
+    }
+
+    /// Also checks, before accepting an order, that each course run is in the
+    /// catalog, not retired, and sold in the mode bought (CatalogIngest's `GetCourseRun`).
+    pub fn checking_catalog(mut self, catalog: CatalogIngestServiceClient<TracedChannel>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Refuses a line whose course run the catalog does not sell in its mode.
+    async fn check_sellable(&self, order: &Order) -> Result<(), Status> {
+        let Some(catalog) = &self.catalog else {
+            return Ok(());
+        };
+        for (i, line) in order.lines.iter().enumerate() {
+            let Product::CourseRun { course_run_key, mode, .. } = &line.product else {
+                continue;
+            };
+            let key = course_run_key.as_str();
+            let field = format!("line_items[{i}].course_run.course_run_key");
+            let refuse = |reason: &str, why: String| {
+                with_reason(
+                    Code::FailedPrecondition,
+                    format!("{field}: {why}"),
+                    reason,
+                    [("course_run_key", key.to_string()), ("line_item_id", line.line_item_id.clone())],
+                )
+            };
+            let mut request = Request::new(catalog::GetCourseRunRequest { course_run_key: key.to_string() });
+            request.set_timeout(IDENTITY_TIMEOUT);
+            let answer = match catalog.clone().get_course_run(request).await {
+                Ok(answer) => answer.into_inner(),
+                Err(status) if status.code() == Code::NotFound => {
+                    return Err(refuse("COURSE_RUN_UNKNOWN", format!("the catalog has no course run {key}")));
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "CatalogIngest lookup failed");
+                    return Err(Status::unavailable(format!(
+                        "could not check course run {key} in the catalog ({}); nothing was stored",
+                        status.message()
+                    )));
+                }
+            };
+            if answer.product_retired {
+                return Err(refuse("COURSE_RUN_RETIRED", format!("course run {key} is no longer sold")));
+            }
+            let seats = answer.course_run.map(|run| run.seats).unwrap_or_default();
+            if !seats.iter().any(|seat| seat.mode == mode.as_str()) {
+                let sold: Vec<&str> = seats.iter().map(|seat| seat.mode.as_str()).collect();
+                return Err(refuse(
+                    "MODE_NOT_SOLD",
+                    format!("course run {key} is not sold in mode {} (sold: {})", mode.as_str(), sold.join(", ")),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The learner's LMS account: as given, or through CustomerIdentity.
@@ -148,6 +207,7 @@ impl FulfillmentService for FulfillmentApi {
             Repeat::Conflict { line_item_id } => return Err(Self::already_accepted(&number, &line_item_id)),
             Repeat::New => {}
         }
+        self.check_sellable(&order).await?;
         let learner = self.resolve(&order.learner).await?;
         let traceparent = TextContext::current().traceparent;
         let jobs: Vec<NewJob> = order
@@ -155,19 +215,21 @@ impl FulfillmentService for FulfillmentApi {
             .into_iter()
             .map(|spec| NewJob { id: uuid::Uuid::now_v7().to_string(), spec, traceparent: traceparent.clone() })
             .collect();
-        let created =
-            self.store.insert_order(&jobs, crate::store::stored_time(Utc::now())).await.map_err(store_status)?;
-        if created {
+        let now = crate::store::stored_time(Utc::now());
+        if self.store.insert_order(&jobs, now).await.map_err(store_status)? {
+            // Answered from what was stored, so it shows the jobs as accepted
+            // (PENDING), whatever a worker does with them from now on.
+            let fulfillments = jobs.iter().map(|new| to_proto(&FulfillmentJob::accepted(new, now))).collect();
             self.wake.notify_one();
-        } else {
-            // A concurrent acceptance of the same order won: compare with what it stored.
-            let stored = self.store.order_fingerprints(&number).await.map_err(store_status)?;
-            if let Repeat::Conflict { line_item_id } = compare_repeat(&order, &stored) {
-                return Err(Self::already_accepted(&number, &line_item_id));
-            }
+            return Ok(Response::new(pb::FulfillOrderResponse { fulfillments, created: true }));
+        }
+        // A concurrent acceptance of the same order won: compare with what it stored.
+        let stored = self.store.order_fingerprints(&number).await.map_err(store_status)?;
+        if let Repeat::Conflict { line_item_id } = compare_repeat(&order, &stored) {
+            return Err(Self::already_accepted(&number, &line_item_id));
         }
         let fulfillments = self.order_jobs(&number).await?.iter().map(to_proto).collect();
-        Ok(Response::new(pb::FulfillOrderResponse { fulfillments, created }))
+        Ok(Response::new(pb::FulfillOrderResponse { fulfillments, created: false }))
     }
 
     async fn get_fulfillment(

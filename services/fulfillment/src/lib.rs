@@ -30,6 +30,7 @@ use std::time::Duration;
 use kit::bus::EventBus;
 use kit::client::TracedChannel;
 use kit::db::{Database, Migrations};
+use proto::commerce::catalog::v1::catalog_ingest_service_client::CatalogIngestServiceClient;
 use proto::commerce::fulfillment::v1::fulfillment_service_server::FulfillmentServiceServer;
 use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,12 @@ pub struct Config {
     pub clock_skew: Duration,
     /// Where CustomerIdentity answers, to resolve orders that name only a customer.
     pub customer_identity_url: String,
+    /// Whether an order is accepted only for course runs the catalog sells
+    /// in the mode bought (CatalogIngest's `GetCourseRun`). Off by default:
+    /// the catalog may not hold every run, such as open courses.
+    pub check_course_runs: bool,
+    /// Where CatalogIngest answers, for `check_course_runs`.
+    pub catalog_url: String,
 }
 
 impl Default for Config {
@@ -77,6 +84,8 @@ impl Default for Config {
             workers: WorkerConfig::default(),
             clock_skew: Duration::from_secs(300),
             customer_identity_url: "http://127.0.0.1:50052".into(),
+            check_course_runs: false,
+            catalog_url: "http://127.0.0.1:50053".into(),
         }
     }
 }
@@ -120,6 +129,7 @@ pub struct Fulfillment {
     lms: LmsClient,
     bus: Arc<dyn EventBus>,
     identity: CustomerIdentityServiceClient<TracedChannel>,
+    catalog: Option<CatalogIngestServiceClient<TracedChannel>>,
     config: Config,
     metrics: Arc<FulfillmentMetrics>,
     wake: Arc<Notify>,
@@ -148,6 +158,12 @@ impl Fulfillment {
         registry: &kit::metrics::Metrics,
     ) -> Result<Self, ConfigError> {
         config.check()?;
+        let catalog = match config.check_course_runs {
+            true => Some(CatalogIngestServiceClient::new(
+                kit::client::channel(&config.catalog_url).map_err(|e| ConfigError(format!("catalog_url: {e}")))?,
+            )),
+            false => None,
+        };
         let metrics = Arc::new(FulfillmentMetrics::default());
         metrics.register(registry);
         Ok(Self {
@@ -155,6 +171,7 @@ impl Fulfillment {
             lms: LmsClient::new(&config.lms).map_err(|e| ConfigError(format!("lms: {e}")))?,
             bus,
             identity,
+            catalog,
             config: config.clone(),
             metrics,
             wake: Arc::new(Notify::new()),
@@ -164,12 +181,16 @@ impl Fulfillment {
 
     /// The gRPC service, ready to hand to [`kit::serve::GrpcServer::service`].
     pub fn service(&self) -> FulfillmentServiceServer<FulfillmentApi> {
-        FulfillmentServiceServer::new(FulfillmentApi::new(
+        let api = FulfillmentApi::new(
             Arc::clone(&self.store),
             self.identity.clone(),
             Arc::clone(&self.wake),
             self.config.clock_skew,
-        ))
+        );
+        FulfillmentServiceServer::new(match &self.catalog {
+            Some(catalog) => api.checking_catalog(catalog.clone()),
+            None => api,
+        })
     }
 
     /// The workers (not yet running).

@@ -47,6 +47,24 @@ pub struct FulfillmentJob {
     pub updated_at: DateTime<Utc>,
 }
 
+impl FulfillmentJob {
+    /// The job as `insert_order` stores it at `now`: PENDING, due at once.
+    pub fn accepted(new: &NewJob, now: DateTime<Utc>) -> Self {
+        Self {
+            id: new.id.clone(),
+            spec: new.spec.clone(),
+            state: JobState::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: Some(now),
+            entitlement_uuid: None,
+            traceparent: new.traceparent.clone(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// A job to store for a new order.
 #[derive(Clone, Debug)]
 pub struct NewJob {
