@@ -34,6 +34,7 @@ fn order(number: &str, customer_id: &str) -> pb::FulfillOrderRequest {
                 mode: "verified".into(),
                 credit_provider_id: String::new(),
             })),
+            price: Some(proto::commerce::r#type::v1::Money { currency_code: "USD".into(), amount: "0".into() }),
             ..Default::default()
         }],
         ..Default::default()

@@ -138,6 +138,7 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
     let mut config = config;
     if let Some(identity) = addresses.get(&Component::CustomerIdentity) {
         config.fulfillment.settings.customer_identity_url = format!("http://{identity}");
+        config.purchase_history.settings.customer_identity_url = format!("http://{identity}");
     }
     if let Some(catalog) = addresses.get(&Component::CatalogIngest) {
         config.fulfillment.settings.catalog_url = format!("http://{catalog}");
@@ -317,12 +318,15 @@ async fn run(
 enum Background {
     /// Fulfillment's workers, outbox relay and queue gauges.
     Fulfillment(Box<fulfillment::Fulfillment>),
+    /// PurchaseHistory's consumer of the purchases stream.
+    PurchaseHistory(Box<purchase_history::PurchaseHistory>),
 }
 
 impl Background {
     async fn run(self, shutdown: Shutdown) {
         match self {
             Background::Fulfillment(fulfillment) => fulfillment.run_background(shutdown).await,
+            Background::PurchaseHistory(history) => history.run_background(shutdown).await,
         }
     }
 }
@@ -364,6 +368,20 @@ fn grpc_server(
                 .map_err(|e| MeshError::Setup { component, reason: e.to_string() })?;
             (server.service(service), None)
         }
-        Component::PurchaseHistory => (server.service(purchase_history::service()), None),
+        Component::PurchaseHistory => {
+            let settings = &config.purchase_history.settings;
+            let bus = kit::bus::open(config.redis_url.as_deref(), &config.data_dir.join("events.db"))
+                .map_err(|source| MeshError::Bus { component, source })?;
+            let channel = kit::client::channel(&settings.customer_identity_url).map_err(|e| MeshError::Setup {
+                component,
+                reason: format!("purchase_history.customer_identity_url: {e}"),
+            })?;
+            let identity =
+                proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient::new(
+                    channel,
+                );
+            let history = purchase_history::PurchaseHistory::new(db, bus, identity, settings, metrics);
+            (server.service(history.service()), Some(Background::PurchaseHistory(Box::new(history))))
+        }
     })
 }

@@ -375,7 +375,11 @@ pub fn parse_order(
             bad.field(at("title"), format!("must be at most {MAX_TITLE_LEN} characters"));
         }
         let price = match &item.price {
-            None => None,
+            // Purchase history records every purchase with its price, free ones at "0".
+            None => {
+                bad.field(at("price"), "is required (\"0\" for a free item)");
+                None
+            }
             Some(money) => Price::parse(&money.currency_code, &money.amount)
                 .map_err(|(field, e)| bad.field(at(&format!("price.{field}")), e))
                 .ok(),

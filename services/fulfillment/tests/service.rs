@@ -391,6 +391,7 @@ async fn bad_orders_are_refused_naming_each_field_and_store_nothing(f: Fixture) 
             }),
         ),
         ("line_items[0].product", Box::new(|o| o.line_items[0].product = None)),
+        ("line_items[0].price", Box::new(|o| o.line_items[0].price = None)),
         ("line_items[0].price.amount", Box::new(|o| o.line_items[0].price.as_mut().unwrap().amount = "1e3".into())),
         ("date_placed", Box::new(|o| o.date_placed = None)),
         (

@@ -1,12 +1,176 @@
-//! The gRPC face of the service: request validation, then the domain, then
-//! the store. No SQL here.
+//! The gRPC face of PurchaseHistory: `RecordPurchase` validates and appends to
+//! the purchases stream (the consumer stores it, like every other purchase);
+//! `ListPurchases` resolves a username through CustomerIdentity so a renamed
+//! learner keeps their history, then pages the store newest first. No SQL here.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use kit::bus::EventBus;
+use kit::client::TracedChannel;
+use kit::error::BadRequest;
+use kit::trace::TextContext;
+use prost::Message;
+use proto::commerce::events::v1::{EventEnvelope, event_envelope::Payload};
+use proto::commerce::identity::v1 as identity;
+use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
+use proto::commerce::purchases::v1 as pb;
 use proto::commerce::purchases::v1::purchase_history_service_server::PurchaseHistoryService;
+use tonic::{Code, Request, Response, Status};
+
+use crate::domain::{LearnerKey, PageCursor, Purchase, Violation};
+use crate::store::Store;
+
+/// The page of `ListPurchases` when the caller asks for none.
+const DEFAULT_PAGE_SIZE: i32 = 50;
+/// The largest page of `ListPurchases`.
+const MAX_PAGE_SIZE: i32 = 500;
+/// How long a username lookup waits for CustomerIdentity.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers `commerce.purchases.v1.PurchaseHistoryService`.
-#[derive(Clone, Debug, Default)]
-pub struct PurchaseHistoryApi;
+#[derive(Clone)]
+pub struct PurchaseHistoryApi {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn EventBus>,
+    identity: CustomerIdentityServiceClient<TracedChannel>,
+    stream: String,
+}
 
-// Every RPC keeps the generated default (UNIMPLEMENTED) until the service is built.
+impl PurchaseHistoryApi {
+    /// The API over `store`, appending to `stream` on `bus`, resolving usernames through `identity`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn EventBus>,
+        identity: CustomerIdentityServiceClient<TracedChannel>,
+        stream: &str,
+    ) -> Self {
+        Self { store, bus, identity, stream: stream.to_string() }
+    }
+
+    /// Whose purchases: an LMS user id as given; a username resolved to its
+    /// LMS user id when CustomerIdentity knows it, else the stored username.
+    async fn learner(&self, learner: Option<&pb::list_purchases_request::Learner>) -> Result<LearnerKey, Status> {
+        use pb::list_purchases_request::Learner;
+        let mut bad = BadRequest::new();
+        let username = match learner {
+            Some(Learner::LmsUserId(id)) => {
+                return match id.parse::<i64>() {
+                    // Canonical decimal only: no sign, no leading zeros.
+                    Ok(n) if n > 0 && n.to_string() == *id => Ok(LearnerKey::LmsUserId(n)),
+                    _ => {
+                        bad.field("lms_user_id", format!("must be a positive decimal integer, got {id:?}"));
+                        Err(bad.into_status())
+                    }
+                };
+            }
+            Some(Learner::Username(name)) if !name.is_empty() && name.chars().count() <= 100 => name,
+            Some(Learner::Username(_)) => {
+                bad.field("username", "must be 1 to 100 characters");
+                return Err(bad.into_status());
+            }
+            None => {
+                bad.field("learner", "is required: username or lms_user_id");
+                return Err(bad.into_status());
+            }
+        };
+        let mut request = Request::new(identity::LookupCustomerRequest {
+            key: Some(identity::lookup_customer_request::Key::LmsUsername(username.clone())),
+        });
+        request.set_timeout(IDENTITY_TIMEOUT);
+        match self.identity.clone().lookup_customer(request).await {
+            Ok(found) => match found.into_inner().customer.and_then(|c| c.lms_user_id.parse::<i64>().ok()) {
+                Some(id) => Ok(LearnerKey::LmsUserId(id)),
+                None => Ok(LearnerKey::Username(username.clone())),
+            },
+            // Unknown to CustomerIdentity (or not a valid username there): the stored username answers.
+            Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
+                Ok(LearnerKey::Username(username.clone()))
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "CustomerIdentity lookup failed");
+                Err(Status::unavailable(format!(
+                    "could not resolve username {username:?} through CustomerIdentity ({}); repeat the request",
+                    status.message()
+                )))
+            }
+        }
+    }
+}
+
+fn invalid(violations: Vec<Violation>) -> Status {
+    let mut bad = BadRequest::new();
+    for violation in violations {
+        bad.field(violation.field_path, violation.reason);
+    }
+    bad.into_status()
+}
+
 #[tonic::async_trait]
-impl PurchaseHistoryService for PurchaseHistoryApi {}
+impl PurchaseHistoryService for PurchaseHistoryApi {
+    async fn record_purchase(
+        &self,
+        request: Request<pb::RecordPurchaseRequest>,
+    ) -> Result<Response<pb::RecordPurchaseResponse>, Status> {
+        let purchase = Purchase::from_request(request.get_ref(), Utc::now()).map_err(invalid)?;
+        let trace = TextContext::current();
+        let event_id = format!("purchase:{}", purchase.purchase_id);
+        let envelope = EventEnvelope {
+            event_id: event_id.clone(),
+            event_type: "commerce.events.v1.PurchaseRecorded".into(),
+            occurred_at: Some(kit::time::to_timestamp(Utc::now())),
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
+            payload: Some(Payload::PurchaseRecorded(purchase.to_event())),
+        };
+        // The bus publishes an event id once, so a repeated call with the same purchase_id appends nothing.
+        self.bus.publish(&self.stream, &event_id, &envelope.encode_to_vec()).await.map_err(|error| {
+            tracing::error!(%error, "could not append a purchase to the stream");
+            Status::unavailable("the purchases stream is unavailable; repeat the request with the same purchase_id")
+        })?;
+        Ok(Response::new(pb::RecordPurchaseResponse { purchase_id: purchase.purchase_id }))
+    }
+
+    async fn list_purchases(
+        &self,
+        request: Request<pb::ListPurchasesRequest>,
+    ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
+        let request = request.get_ref();
+        let mut bad = BadRequest::new();
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => {
+                bad.field("page_size", "must not be negative");
+                DEFAULT_PAGE_SIZE
+            }
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => PageCursor::decode(token)
+                .map_err(|_| bad.field("page_token", "is not a next_page_token this service gave"))
+                .ok(),
+        };
+        bad.into_result()?;
+        let learner = self.learner(request.learner.as_ref()).await?;
+        let mut purchases =
+            self.store.list(&learner, after.as_ref(), i64::from(page_size) + 1).await.map_err(|error| {
+                tracing::error!(%error, "purchase store failed");
+                Status::unavailable("the purchase store is unavailable; repeat the request")
+            })?;
+        let next_page_token = if purchases.len() > page_size as usize {
+            purchases.truncate(page_size as usize);
+            purchases
+                .last()
+                .map(|p| PageCursor { purchased_at: p.purchased_at, purchase_id: p.purchase_id.clone() }.encode())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPurchasesResponse {
+            purchases: purchases.iter().map(Purchase::to_proto).collect(),
+            next_page_token,
+        }))
+    }
+}

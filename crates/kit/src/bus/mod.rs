@@ -37,6 +37,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod consumer;
 mod redis;
 mod sqlite;
 

@@ -1,0 +1,243 @@
+//! The consumer loop every stream reader shares: read a batch, hand it to the
+//! service, acknowledge what it settled, dead-letter what it refused, and
+//! reclaim entries a dead consumer left pending.
+//!
+//! Delivery is at least once: the handler commits its effect before the
+//! entries are acknowledged, so a consumer that dies in between leaves them
+//! pending, and whoever reclaims them hands them to the handler again — which
+//! must therefore be idempotent (store by a unique id). An entry delivered more
+//! than `max_deliveries` times is dead-lettered without another try.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::{BusError, Delivery, EntryId, EventBus};
+
+/// How a consumer reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsumerConfig {
+    /// Entries per batch at most.
+    pub batch: usize,
+    /// How long a read waits for new entries.
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+    /// Entries pending this long with another consumer are taken over.
+    #[serde(with = "humantime_serde")]
+    pub reclaim_idle: Duration,
+    /// How often to look for such entries.
+    #[serde(with = "humantime_serde")]
+    pub reclaim_every: Duration,
+    /// Deliveries after which an entry is dead-lettered instead of handled again.
+    pub max_deliveries: u64,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            block: Duration::from_secs(1),
+            reclaim_idle: Duration::from_secs(30),
+            reclaim_every: Duration::from_secs(10),
+            max_deliveries: 5,
+        }
+    }
+}
+
+/// What the handler decided for one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its effect is committed: acknowledge it.
+    Settled,
+    /// It can never be handled: move it to the dead-letter stream with this reason.
+    Refused(String),
+}
+
+/// The service's side of a consumer: settle a batch, answering one verdict per
+/// entry in order. An error leaves the whole batch pending (it is reclaimed and
+/// tried again later).
+#[async_trait::async_trait]
+pub trait BatchHandler: Send + Sync {
+    /// Handles `batch`; the answer has one verdict per entry, in order.
+    async fn handle(&self, batch: &[Delivery]) -> Result<Vec<Verdict>, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// The consumer's metrics (register them with [`ConsumerMetrics::register`]).
+#[derive(Clone, Debug)]
+pub struct ConsumerMetrics {
+    /// Entries read but not acknowledged, in the group (sampled after each batch).
+    pub pending: Gauge,
+    /// Entries moved to the dead-letter stream.
+    pub dead_letters: Counter,
+    /// Entries per handled batch.
+    pub batch_size: Histogram,
+    /// Seconds to handle and acknowledge a batch.
+    pub batch_seconds: Histogram,
+}
+
+impl Default for ConsumerMetrics {
+    fn default() -> Self {
+        Self {
+            pending: Gauge::default(),
+            dead_letters: Counter::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        }
+    }
+}
+
+impl ConsumerMetrics {
+    /// Registers the metrics as `<prefix>_pending`, `<prefix>_dead_letters_total`, …
+    pub fn register(&self, prefix: &str, metrics: &crate::metrics::Metrics) {
+        metrics.register(
+            format!("{prefix}_pending"),
+            "Stream entries read but not yet acknowledged",
+            self.pending.clone(),
+        );
+        metrics.register(
+            format!("{prefix}_dead_letters"),
+            "Entries moved to the dead-letter stream",
+            self.dead_letters.clone(),
+        );
+        metrics.register(format!("{prefix}_batch_size"), "Entries per handled batch", self.batch_size.clone());
+        metrics.register(
+            format!("{prefix}_batch_seconds"),
+            "Time to handle and acknowledge a batch",
+            self.batch_seconds.clone(),
+        );
+    }
+}
+
+/// One consumer of one group on one stream.
+pub struct Consumer {
+    bus: Arc<dyn EventBus>,
+    stream: String,
+    group: String,
+    name: String,
+    config: ConsumerConfig,
+    metrics: ConsumerMetrics,
+}
+
+impl Consumer {
+    /// Consumer `name` of `group` on `stream`.
+    pub fn new(
+        bus: Arc<dyn EventBus>,
+        stream: &str,
+        group: &str,
+        name: &str,
+        config: ConsumerConfig,
+        metrics: ConsumerMetrics,
+    ) -> Self {
+        Self { bus, stream: stream.into(), group: group.into(), name: name.into(), config, metrics }
+    }
+
+    /// Consumes until `shutdown`. Bus and handler failures are logged and
+    /// retried with a growing pause; nothing acknowledged is ever handled again.
+    pub async fn run(&self, handler: &dyn BatchHandler, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        let mut last_reclaim: Option<Instant> = None;
+        while !shutdown.is_cancelled() {
+            let round = async {
+                self.bus.ensure_group(&self.stream, &self.group).await?;
+                if last_reclaim.is_none_or(|at| at.elapsed() >= self.config.reclaim_every) {
+                    last_reclaim = Some(Instant::now());
+                    self.poll_reclaimed(handler).await?;
+                }
+                let batch =
+                    self.bus.read(&self.stream, &self.group, &self.name, self.config.batch, self.config.block).await?;
+                self.settle(handler, batch).await
+            };
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = round => result,
+            };
+            match result {
+                Ok(()) => failures = 0,
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(failures.min(6)));
+                    tracing::warn!(%error, stream = %self.stream, retry_in = ?pause, "consumer round failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes over and handles entries other consumers left pending.
+    pub async fn poll_reclaimed(&self, handler: &dyn BatchHandler) -> Result<(), ConsumerError> {
+        loop {
+            let batch = self
+                .bus
+                .reclaim(&self.stream, &self.group, &self.name, self.config.reclaim_idle, self.config.batch)
+                .await?;
+            let full = batch.len() >= self.config.batch;
+            self.settle(handler, batch).await?;
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles one batch: dead-letters the over-delivered, hands the rest to
+    /// the handler, acknowledges what it settled and dead-letters what it refused.
+    pub async fn settle(&self, handler: &dyn BatchHandler, batch: Vec<Delivery>) -> Result<(), ConsumerError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (worn_out, fresh): (Vec<Delivery>, Vec<Delivery>) =
+            batch.into_iter().partition(|d| d.delivery_count > self.config.max_deliveries);
+        for delivery in &worn_out {
+            let reason = format!("delivered {} times without being settled", delivery.delivery_count);
+            self.dead_letter(delivery, &reason).await?;
+        }
+        if !fresh.is_empty() {
+            let verdicts = handler.handle(&fresh).await.map_err(ConsumerError::Handler)?;
+            if verdicts.len() != fresh.len() {
+                return Err(ConsumerError::Handler(
+                    format!("{} verdicts for {} entries", verdicts.len(), fresh.len()).into(),
+                ));
+            }
+            let mut settled: Vec<EntryId> = Vec::with_capacity(fresh.len());
+            for (delivery, verdict) in fresh.iter().zip(verdicts) {
+                match verdict {
+                    Verdict::Settled => settled.push(delivery.id.clone()),
+                    Verdict::Refused(reason) => self.dead_letter(delivery, &reason).await?,
+                }
+            }
+            self.bus.ack(&self.stream, &self.group, &settled).await?;
+            self.metrics.batch_size.observe(fresh.len() as f64);
+        }
+        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+        let pending = self.bus.pending(&self.stream, &self.group).await?;
+        self.metrics.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), ConsumerError> {
+        tracing::warn!(stream = %self.stream, entry = %delivery.id, event_id = %delivery.event_id, reason, "dead-lettered");
+        self.bus.dead_letter(&self.stream, &self.group, delivery, reason).await?;
+        self.metrics.dead_letters.inc();
+        Ok(())
+    }
+}
+
+/// Why a consumer round stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The handler failed; the batch stays pending.
+    #[error("handler: {0}")]
+    Handler(Box<dyn std::error::Error + Send + Sync>),
+}

@@ -1,0 +1,952 @@
+//! PurchaseHistory's rules, pure and unit-tested: what a valid purchase is
+//! (from a stream message or from `RecordPurchase`, legacy fields included),
+//! whose purchases a list asks for, and the keyset page token.
+//!
+//! Parse, don't validate: a [`Purchase`] is built only by [`Purchase::from_event`]
+//! or [`Purchase::from_request`], which bound everything a caller sends and
+//! name every bad field, so an invalid purchase never reaches the store.
+
+use chrono::{DateTime, Utc};
+use prost_types::value::Kind;
+use proto::commerce::events::v1::PurchaseRecorded;
+use proto::commerce::purchases::v1 as pb;
+use proto::commerce::purchases::v1::RecordPurchaseRequest;
+use proto::commerce::r#type::v1::Money;
+
+/// Longest purchase id, order number, product key or source accepted.
+pub const MAX_ID_LEN: usize = 100;
+/// Longest title accepted.
+pub const MAX_TITLE_LEN: usize = 500;
+/// Longest amount accepted, in characters.
+pub const MAX_AMOUNT_LEN: usize = 40;
+/// Prefix of a retired learner's placeholder username, as the LMS writes it.
+pub const RETIRED_PREFIX: &str = "retired__user_";
+/// `source` of a purchase recorded through `RecordPurchase` that names none.
+pub const RECORD_PURCHASE_SOURCE: &str = "record-purchase";
+/// `source` of a purchase recorded through the legacy fields (`POST /buy`).
+pub const LEGACY_SOURCE: &str = "legacy-buy";
+/// The currency of a legacy price, which carries none.
+pub const LEGACY_CURRENCY: &str = "USD";
+/// A legacy `timestamp` number below this (in magnitude) is seconds since the
+/// epoch, at or above it milliseconds: 1e11 seconds is the year 5138 and 1e11
+/// milliseconds is 1973-03-03, so every plausible purchase time reads right
+/// either way.
+pub const LEGACY_MILLIS_FROM: f64 = 1e11;
+/// Longest legacy `timestamp` string looked at (RFC 3339 needs about 35).
+const MAX_TIME_STRING_LEN: usize = 64;
+
+/// An exact price: ISO 4217 code and a non-negative decimal amount, never a float.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Price {
+    /// `USD`, `EUR`, …
+    pub currency_code: String,
+    /// `"149.00"`: digits, optionally `.` and digits; kept exactly as sent.
+    pub amount: String,
+}
+
+impl Price {
+    /// Accepts three upper-case ASCII letters and an amount [`parse_amount`]
+    /// accepts; the error names the part (`currency_code` or `amount`).
+    pub fn parse(currency_code: &str, amount: &str) -> Result<Self, (&'static str, String)> {
+        if currency_code.len() != 3 || !currency_code.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(("currency_code", format!("must be an ISO 4217 code such as USD, got {currency_code:?}")));
+        }
+        let amount = parse_amount(amount).map_err(|reason| ("amount", reason))?;
+        Ok(Self { currency_code: currency_code.to_string(), amount })
+    }
+}
+
+impl From<&Price> for Money {
+    fn from(price: &Price) -> Self {
+        Self { currency_code: price.currency_code.clone(), amount: price.amount.clone() }
+    }
+}
+
+/// One purchase by one learner, valid by construction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purchase {
+    /// Unique: a repeat of it is stored once.
+    pub purchase_id: String,
+    /// The buyer's LMS user id, positive.
+    pub lms_user_id: i64,
+    /// The buyer's LMS username when they bought.
+    pub username: String,
+    /// The order, or empty.
+    pub order_number: String,
+    /// The product bought, or empty.
+    pub product_key: String,
+    /// The product's title as sold, or empty.
+    pub title: String,
+    /// The price paid.
+    pub price: Price,
+    /// When, to the microsecond (what both backends keep).
+    pub purchased_at: DateTime<Utc>,
+    /// Which system reported it; may be empty for a stream message that named none.
+    pub source: String,
+}
+
+/// One bad field of a message, as `google.rpc.BadRequest` names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The field's path as the caller sees it: `purchase.price.amount`, `userid`.
+    pub field_path: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl Violation {
+    /// A violation of `field_path`.
+    pub fn new(field_path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field_path: field_path.into(), reason: reason.into() }
+    }
+}
+
+/// The fields `Purchase` and `PurchaseRecorded` share, borrowed, so both
+/// messages go through one parser.
+struct Fields<'a> {
+    purchase_id: &'a str,
+    lms_user_id: &'a str,
+    username: &'a str,
+    order_number: &'a str,
+    product_key: &'a str,
+    title: &'a str,
+    price: Option<&'a Money>,
+    purchased_at: Option<&'a prost_types::Timestamp>,
+    source: &'a str,
+}
+
+impl<'a> From<&'a PurchaseRecorded> for Fields<'a> {
+    fn from(e: &'a PurchaseRecorded) -> Self {
+        Self {
+            purchase_id: &e.purchase_id,
+            lms_user_id: &e.lms_user_id,
+            username: &e.username,
+            order_number: &e.order_number,
+            product_key: &e.product_key,
+            title: &e.title,
+            price: e.price.as_ref(),
+            purchased_at: e.purchased_at.as_ref(),
+            source: &e.source,
+        }
+    }
+}
+
+impl<'a> From<&'a pb::Purchase> for Fields<'a> {
+    fn from(p: &'a pb::Purchase) -> Self {
+        Self {
+            purchase_id: &p.purchase_id,
+            lms_user_id: &p.lms_user_id,
+            username: &p.username,
+            order_number: &p.order_number,
+            product_key: &p.product_key,
+            title: &p.title,
+            price: p.price.as_ref(),
+            purchased_at: p.purchased_at.as_ref(),
+            source: &p.source,
+        }
+    }
+}
+
+/// What a message may leave out, which differs between the stream and `RecordPurchase`.
+enum Defaults {
+    /// A stream message: everything required is required; an empty source stays empty.
+    None,
+    /// `RecordPurchase`: an id is generated, the time is `now`, the source is ours.
+    Request { now: DateTime<Utc> },
+}
+
+/// Collects violations; each check answers the value when it passed.
+#[derive(Default)]
+struct Violations(Vec<Violation>);
+
+impl Violations {
+    fn check<T>(&mut self, path: String, result: Result<T, String>) -> Option<T> {
+        result.map_err(|reason| self.0.push(Violation { field_path: path, reason })).ok()
+    }
+
+    fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Violation::new(path, reason));
+    }
+}
+
+impl Purchase {
+    /// From a stream message (`PurchaseRecorded`): purchase_id, lms_user_id,
+    /// username, price and purchased_at required; every violation named.
+    pub fn from_event(event: &PurchaseRecorded) -> Result<Self, Vec<Violation>> {
+        parse_fields(&Fields::from(event), "", Defaults::None)
+    }
+
+    /// From `RecordPurchase`: the `purchase` message (paths `purchase.…`), or
+    /// the legacy fields `username`, `userid`, `price` (a number, read at its
+    /// shortest round-trip decimal, or a decimal string; in [`LEGACY_CURRENCY`])
+    /// and `timestamp` (RFC 3339, or a number of seconds or milliseconds since
+    /// the epoch, see [`LEGACY_MILLIS_FROM`]).
+    ///
+    /// Setting both forms is refused, naming each legacy field set (the proto
+    /// contract says so, and silently dropping half a request hides caller bugs).
+    /// An empty purchase_id is generated (UUID v7); an absent time is `now`; an
+    /// empty source is [`RECORD_PURCHASE_SOURCE`] ([`LEGACY_SOURCE`] for the legacy form).
+    pub fn from_request(request: &RecordPurchaseRequest, now: DateTime<Utc>) -> Result<Self, Vec<Violation>> {
+        let legacy_set: Vec<&str> = [
+            ("username", !request.username.is_empty()),
+            ("userid", request.userid != 0),
+            ("price", is_set(request.price.as_ref())),
+            ("timestamp", is_set(request.timestamp.as_ref())),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        match &request.purchase {
+            Some(purchase) => {
+                let mixed: Vec<Violation> = legacy_set
+                    .iter()
+                    .map(|name| {
+                        Violation::new(
+                            *name,
+                            "must not be set together with `purchase`: send either the purchase or the legacy \
+                             fields (username, userid, price, timestamp)",
+                        )
+                    })
+                    .collect();
+                match parse_fields(&Fields::from(purchase), "purchase.", Defaults::Request { now }) {
+                    Ok(parsed) if mixed.is_empty() => Ok(parsed),
+                    Ok(_) => Err(mixed),
+                    Err(more) => Err(mixed.into_iter().chain(more).collect()),
+                }
+            }
+            None if legacy_set.is_empty() => Err(vec![Violation::new(
+                "purchase",
+                "is required (or the legacy fields username, userid, price and timestamp)",
+            )]),
+            None => parse_legacy(request, now),
+        }
+    }
+
+    /// The stream message for this purchase.
+    pub fn to_event(&self) -> PurchaseRecorded {
+        PurchaseRecorded {
+            purchase_id: self.purchase_id.clone(),
+            lms_user_id: self.lms_user_id.to_string(),
+            username: self.username.clone(),
+            order_number: self.order_number.clone(),
+            product_key: self.product_key.clone(),
+            title: self.title.clone(),
+            price: Some(Money::from(&self.price)),
+            purchased_at: Some(kit::time::to_timestamp(self.purchased_at)),
+            source: self.source.clone(),
+        }
+    }
+
+    /// The API's form of this purchase.
+    pub fn to_proto(&self) -> pb::Purchase {
+        pb::Purchase {
+            purchase_id: self.purchase_id.clone(),
+            lms_user_id: self.lms_user_id.to_string(),
+            username: self.username.clone(),
+            order_number: self.order_number.clone(),
+            product_key: self.product_key.clone(),
+            title: self.title.clone(),
+            price: Some(Money::from(&self.price)),
+            purchased_at: Some(kit::time::to_timestamp(self.purchased_at)),
+            source: self.source.clone(),
+        }
+    }
+}
+
+/// Whether a protobuf `Value` carries something: absent and `null` both mean "not sent".
+fn is_set(value: Option<&prost_types::Value>) -> bool {
+    !matches!(value.and_then(|v| v.kind.as_ref()), None | Some(Kind::NullValue(_)))
+}
+
+fn parse_fields(fields: &Fields<'_>, prefix: &str, defaults: Defaults) -> Result<Purchase, Vec<Violation>> {
+    let path = |name: &str| format!("{prefix}{name}");
+    let mut bad = Violations::default();
+    let purchase_id = match (fields.purchase_id, &defaults) {
+        ("", Defaults::Request { .. }) => Some(uuid::Uuid::now_v7().to_string()),
+        (raw, _) => bad.check(path("purchase_id"), parse_id(raw)),
+    };
+    let lms_user_id = bad.check(path("lms_user_id"), parse_lms_user_id(fields.lms_user_id));
+    let username = bad.check(path("username"), parse_username(fields.username));
+    let order_number = bad.check(path("order_number"), parse_optional_id(fields.order_number));
+    let product_key = bad.check(path("product_key"), parse_optional_id(fields.product_key));
+    let title = bad.check(path("title"), parse_title(fields.title));
+    let price = match fields.price {
+        None => {
+            bad.add(path("price"), "is required, with currency_code and amount");
+            None
+        }
+        Some(money) => Price::parse(&money.currency_code, &money.amount)
+            .map_err(|(part, reason)| bad.add(path(&format!("price.{part}")), reason))
+            .ok(),
+    };
+    let purchased_at = match (fields.purchased_at, &defaults) {
+        (None, Defaults::Request { now }) => Some(truncate_to_micros(*now)),
+        (None, Defaults::None) => {
+            bad.add(path("purchased_at"), "is required");
+            None
+        }
+        (Some(timestamp), _) => {
+            bad.check(path("purchased_at"), kit::time::from_timestamp(timestamp).map(truncate_to_micros))
+        }
+    };
+    let source = match (fields.source, &defaults) {
+        ("", Defaults::Request { .. }) => Some(RECORD_PURCHASE_SOURCE.to_string()),
+        (raw, _) => bad.check(path("source"), parse_optional_id(raw)),
+    };
+    match (purchase_id, lms_user_id, username, order_number, product_key, title, price, purchased_at, source) {
+        (
+            Some(purchase_id),
+            Some(lms_user_id),
+            Some(username),
+            Some(order_number),
+            Some(product_key),
+            Some(title),
+            Some(price),
+            Some(purchased_at),
+            Some(source),
+        ) if bad.0.is_empty() => Ok(Purchase {
+            purchase_id,
+            lms_user_id,
+            username,
+            order_number,
+            product_key,
+            title,
+            price,
+            purchased_at,
+            source,
+        }),
+        _ => Err(bad.0),
+    }
+}
+
+/// The legacy `POST /buy` form: `username`, `userid`, `price`, `timestamp`.
+fn parse_legacy(request: &RecordPurchaseRequest, now: DateTime<Utc>) -> Result<Purchase, Vec<Violation>> {
+    let mut bad = Violations::default();
+    let username = bad.check("username".into(), parse_username(&request.username));
+    let lms_user_id = match request.userid {
+        0 => {
+            bad.add("userid", "is required");
+            None
+        }
+        id if id < 0 => {
+            bad.add("userid", format!("must be a positive integer, got {id}"));
+            None
+        }
+        id => Some(id),
+    };
+    let amount = match request.price.as_ref().and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => Err("is required".to_string()),
+        Some(Kind::NumberValue(n)) => amount_of_number(*n),
+        Some(Kind::StringValue(s)) => parse_amount(s),
+        Some(_) => Err("must be a number or a decimal string such as \"49.99\"".to_string()),
+    };
+    let price =
+        bad.check("price".into(), amount).map(|amount| Price { currency_code: LEGACY_CURRENCY.to_string(), amount });
+    let purchased_at = match request.timestamp.as_ref().and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => Some(truncate_to_micros(now)),
+        Some(Kind::StringValue(s)) => bad.check("timestamp".into(), time_of_string(s)),
+        Some(Kind::NumberValue(n)) => bad.check("timestamp".into(), time_of_number(*n)),
+        Some(_) => {
+            bad.add("timestamp", "must be an RFC 3339 string or a number of seconds or milliseconds since the epoch");
+            None
+        }
+    };
+    match (username, lms_user_id, price, purchased_at) {
+        (Some(username), Some(lms_user_id), Some(price), Some(purchased_at)) if bad.0.is_empty() => Ok(Purchase {
+            purchase_id: uuid::Uuid::now_v7().to_string(),
+            lms_user_id,
+            username,
+            order_number: String::new(),
+            product_key: String::new(),
+            title: String::new(),
+            price,
+            purchased_at,
+            source: LEGACY_SOURCE.to_string(),
+        }),
+        _ => Err(bad.0),
+    }
+}
+
+/// An identifier: 1 to [`MAX_ID_LEN`] characters, no whitespace or control characters.
+pub fn parse_id(raw: &str) -> Result<String, String> {
+    if raw.is_empty() {
+        return Err("is required".into());
+    }
+    parse_optional_id(raw)
+}
+
+/// An identifier that may be empty (not known); otherwise as [`parse_id`].
+fn parse_optional_id(raw: &str) -> Result<String, String> {
+    if raw.chars().count() > MAX_ID_LEN {
+        return Err(format!("must be at most {MAX_ID_LEN} characters"));
+    }
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain whitespace or control characters".into());
+    }
+    Ok(raw.to_string())
+}
+
+fn parse_title(raw: &str) -> Result<String, String> {
+    if raw.chars().count() > MAX_TITLE_LEN {
+        return Err(format!("must be at most {MAX_TITLE_LEN} characters"));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(raw.to_string())
+}
+
+/// An LMS user id in its string form: decimal digits, no sign or leading zeros, 1 to 2^63 - 1.
+pub fn parse_lms_user_id(raw: &str) -> Result<i64, String> {
+    if raw.is_empty() {
+        return Err("is required".into());
+    }
+    if raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit()) || (raw.len() > 1 && raw.starts_with('0')) {
+        return Err(format!("must be a positive decimal integer without leading zeros, got {:?}", clip(raw)));
+    }
+    match raw.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err("is too large".into()),
+    }
+}
+
+/// An LMS username: 2 to 30 letters, digits, `_` or `-`, or a retired
+/// learner's placeholder (`retired__user_` and 1 to 64 hex digits; older LMS
+/// placeholders carry a full SHA-1, longer than 30).
+pub fn parse_username(raw: &str) -> Result<String, String> {
+    if raw.is_empty() {
+        return Err("is required".into());
+    }
+    let ordinary =
+        (2..=30).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let retired = raw
+        .strip_prefix(RETIRED_PREFIX)
+        .is_some_and(|hash| (1..=64).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ordinary || retired {
+        Ok(raw.to_string())
+    } else {
+        Err(format!("must be 2 to 30 letters, digits, _ or -, got {:?}", clip(raw)))
+    }
+}
+
+/// A non-negative exact decimal: digits, optionally `.` and digits; no sign,
+/// exponent or grouping; at most [`MAX_AMOUNT_LEN`] characters. Kept as written.
+pub fn parse_amount(raw: &str) -> Result<String, String> {
+    if raw.is_empty() {
+        return Err("is required".into());
+    }
+    if raw.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    if raw.len() > MAX_AMOUNT_LEN {
+        return Err(format!("must be at most {MAX_AMOUNT_LEN} characters"));
+    }
+    let (whole, fraction) = raw.split_once('.').map_or((raw, None), |(w, f)| (w, Some(f)));
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(whole) || fraction.is_some_and(|f| !all_digits(f)) {
+        return Err(format!("must be a decimal such as \"49.99\" (no sign or exponent), got {:?}", clip(raw)));
+    }
+    Ok(raw.to_string())
+}
+
+/// A JSON number as an exact decimal: Rust's `Display` for `f64` writes the
+/// shortest digits that read back as the same double, without an exponent, so
+/// `49.99` is `"49.99"` (never `49.990000000000002`).
+fn amount_of_number(n: f64) -> Result<String, String> {
+    if !n.is_finite() {
+        return Err("must be a finite number".into());
+    }
+    if n < 0.0 {
+        return Err("must not be negative".into());
+    }
+    // -0.0 passes the check above but would print as "-0".
+    let n = if n == 0.0 { 0.0 } else { n };
+    parse_amount(&format!("{n}"))
+}
+
+fn time_of_string(raw: &str) -> Result<DateTime<Utc>, String> {
+    let bad = || format!("must be an RFC 3339 time such as \"2025-11-13T02:13:20Z\", got {:?}", clip(raw));
+    if raw.len() > MAX_TIME_STRING_LEN {
+        return Err(bad());
+    }
+    let time = DateTime::parse_from_rfc3339(raw).map_err(|_| bad())?.with_timezone(&Utc);
+    in_range(time)
+}
+
+fn time_of_number(n: f64) -> Result<DateTime<Utc>, String> {
+    if !n.is_finite() {
+        return Err("must be a finite number".into());
+    }
+    let micros = if n.abs() < LEGACY_MILLIS_FROM { n * 1e6 } else { n * 1e3 };
+    // Beyond ±2^62 µs is far outside years 1 to 9999; checking first keeps the cast exact.
+    if micros.abs() >= 4.6e18 {
+        return Err("is outside years 1 to 9999".into());
+    }
+    let time = DateTime::from_timestamp_micros(micros.round() as i64).ok_or("is outside years 1 to 9999")?;
+    in_range(time)
+}
+
+fn in_range(time: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if kit::time::in_range(time) { Ok(truncate_to_micros(time)) } else { Err("is outside years 1 to 9999".into()) }
+}
+
+/// A time to the microsecond, what both backends keep, so a purchase read
+/// back equals the one stored and a page cursor compares exactly.
+pub fn truncate_to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(time.timestamp_micros()).unwrap_or(time)
+}
+
+/// The start of a caller's string, for error messages that must stay short.
+fn clip(raw: &str) -> String {
+    raw.chars().take(40).collect()
+}
+
+/// Whose purchases to list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LearnerKey {
+    /// By LMS user id.
+    LmsUserId(i64),
+    /// By the username stored with each purchase, compared case-insensitively.
+    Username(String),
+}
+
+/// Where a page of `ListPurchases` ends: the next page holds what sorts
+/// strictly after it in (purchased_at, purchase_id) descending order, so new
+/// purchases (newer, hence on earlier pages) never shift later pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageCursor {
+    /// The last listed purchase's time.
+    pub purchased_at: DateTime<Utc>,
+    /// The last listed purchase's id.
+    pub purchase_id: String,
+}
+
+/// First byte of an encoded cursor, so the format can change without misreading old tokens.
+const CURSOR_VERSION: u8 = 1;
+/// Longest token decoded: version, 8 bytes of time, an id of at most 100 characters of 4 bytes, in hex.
+const MAX_TOKEN_LEN: usize = 2 * (1 + 8 + 4 * MAX_ID_LEN);
+
+impl PageCursor {
+    /// The cursor after `purchase`, the last of a page.
+    pub fn after(purchase: &Purchase) -> Self {
+        Self { purchased_at: purchase.purchased_at, purchase_id: purchase.purchase_id.clone() }
+    }
+
+    /// The opaque token: hex of a version byte, the time in microseconds (big-endian) and the id's bytes.
+    pub fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(9 + self.purchase_id.len());
+        bytes.push(CURSOR_VERSION);
+        bytes.extend_from_slice(&self.purchased_at.timestamp_micros().to_be_bytes());
+        bytes.extend_from_slice(self.purchase_id.as_bytes());
+        hex::encode(bytes)
+    }
+
+    /// Reads a token [`PageCursor::encode`] wrote; anything else is refused, saying why.
+    pub fn decode(token: &str) -> Result<Self, String> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err("is too long".into());
+        }
+        let bytes = hex::decode(token).map_err(|_| "is not a page token".to_string())?;
+        let (version, rest) = bytes.split_first().ok_or("is empty")?;
+        if *version != CURSOR_VERSION {
+            return Err("is not a page token of this version".into());
+        }
+        let (micros, id) = rest.split_first_chunk::<8>().ok_or("is truncated")?;
+        let purchased_at = DateTime::from_timestamp_micros(i64::from_be_bytes(*micros))
+            .filter(|t| kit::time::in_range(*t))
+            .ok_or("holds a time outside years 1 to 9999")?;
+        let purchase_id = std::str::from_utf8(id).map_err(|_| "holds an id that is not UTF-8".to_string())?;
+        let purchase_id = parse_id(purchase_id).map_err(|reason| format!("holds an invalid id: {reason}"))?;
+        Ok(Self { purchased_at, purchase_id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use proptest::prelude::*;
+    use prost_types::{ListValue, Struct, Timestamp, Value};
+
+    use super::*;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_763_000_000, 123_456_000).unwrap()
+    }
+
+    fn event() -> PurchaseRecorded {
+        PurchaseRecorded {
+            purchase_id: "p-1".into(),
+            lms_user_id: "42".into(),
+            username: "ada_L".into(),
+            order_number: "EDX-100".into(),
+            product_key: "course-v1:edX+DemoX+T1".into(),
+            title: "Demo: a course".into(),
+            price: Some(Money { currency_code: "USD".into(), amount: "149.00".into() }),
+            purchased_at: Some(kit::time::to_timestamp(t0())),
+            source: "fulfillment".into(),
+        }
+    }
+
+    fn number(n: f64) -> Option<Value> {
+        Some(Value { kind: Some(Kind::NumberValue(n)) })
+    }
+
+    fn string(s: &str) -> Option<Value> {
+        Some(Value { kind: Some(Kind::StringValue(s.into())) })
+    }
+
+    fn legacy(price: Option<Value>, timestamp: Option<Value>) -> RecordPurchaseRequest {
+        RecordPurchaseRequest { purchase: None, username: "ada".into(), userid: 42, price, timestamp }
+    }
+
+    fn paths(violations: &[Violation]) -> Vec<&str> {
+        violations.iter().map(|v| v.field_path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_full_event_parses_and_round_trips() {
+        let purchase = Purchase::from_event(&event()).unwrap();
+        assert_eq!(purchase.lms_user_id, 42);
+        assert_eq!(purchase.price, Price { currency_code: "USD".into(), amount: "149.00".into() });
+        assert_eq!(purchase.purchased_at, t0());
+        assert_eq!(purchase.to_event(), event());
+        assert_eq!(Purchase::from_event(&purchase.to_event()).unwrap(), purchase);
+        let api = purchase.to_proto();
+        assert_eq!((api.lms_user_id.as_str(), api.source.as_str()), ("42", "fulfillment"));
+    }
+
+    #[test]
+    fn optional_fields_may_be_empty_and_times_keep_microseconds() {
+        let mut e = event();
+        e.order_number.clear();
+        e.product_key.clear();
+        e.title.clear();
+        e.source.clear();
+        e.purchased_at = Some(Timestamp { seconds: 1_763_000_000, nanos: 123_456_789 });
+        let purchase = Purchase::from_event(&e).unwrap();
+        assert_eq!((purchase.order_number.as_str(), purchase.title.as_str(), purchase.source.as_str()), ("", "", ""));
+        assert_eq!(purchase.purchased_at, t0(), "nanoseconds below the microsecond are dropped");
+    }
+
+    #[test]
+    fn every_bad_field_of_an_event_is_named() {
+        let e = PurchaseRecorded {
+            purchase_id: String::new(),
+            lms_user_id: "042".into(),
+            username: "a".into(),
+            order_number: "has space".into(),
+            product_key: "k".repeat(101),
+            title: "bell\u{7}".into(),
+            price: Some(Money { currency_code: "usd".into(), amount: "1".into() }),
+            purchased_at: None,
+            source: "tab\there".into(),
+        };
+        let violations = Purchase::from_event(&e).unwrap_err();
+        assert_eq!(
+            paths(&violations),
+            [
+                "purchase_id",
+                "lms_user_id",
+                "username",
+                "order_number",
+                "product_key",
+                "title",
+                "price.currency_code",
+                "purchased_at",
+                "source"
+            ]
+        );
+        let mut e = event();
+        e.price = None;
+        assert_eq!(paths(&Purchase::from_event(&e).unwrap_err()), ["price"]);
+        e.price = Some(Money { currency_code: "EUR".into(), amount: "-1.00".into() });
+        assert_eq!(paths(&Purchase::from_event(&e).unwrap_err()), ["price.amount"]);
+        e.price = Some(Money { currency_code: "EUR".into(), amount: "1e3".into() });
+        assert_eq!(paths(&Purchase::from_event(&e).unwrap_err()), ["price.amount"]);
+    }
+
+    #[test]
+    fn ids_usernames_and_amounts_are_bounded() {
+        assert!(parse_id(&"x".repeat(100)).is_ok());
+        assert!(parse_id(&"x".repeat(101)).is_err());
+        assert_eq!(parse_lms_user_id("9223372036854775807"), Ok(i64::MAX));
+        for bad in ["", "0", "-1", "+1", "01", "1.0", "9223372036854775808", "99999999999999999999"] {
+            assert!(parse_lms_user_id(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "ab",
+            "Ada_Lovelace-1",
+            &"z".repeat(30),
+            "retired__user_0123456789abcdef",
+            &format!("retired__user_{}", "a".repeat(40)),
+        ] {
+            assert!(parse_username(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "a",
+            "has space",
+            "ünï",
+            &"z".repeat(31),
+            // Longer than 30, so only a placeholder would do, and these are not.
+            &format!("retired__user_{}", "x".repeat(20)),
+            &format!("retired__user_{}", "a".repeat(65)),
+        ] {
+            assert!(parse_username(bad).is_err(), "{bad}");
+        }
+        for good in ["0", "0.5", "149.00", "007", &"9".repeat(40)] {
+            assert_eq!(parse_amount(good).as_deref(), Ok(good));
+        }
+        for bad in ["", ".5", "5.", "1e3", "1,000", "-0", "+1", " 1", "1.2.3", "NaN", &"9".repeat(41)] {
+            assert!(parse_amount(bad).is_err(), "{bad}");
+        }
+        assert!(parse_title(&"é".repeat(500)).is_ok());
+        assert!(parse_title(&"é".repeat(501)).is_err());
+    }
+
+    #[test]
+    fn a_purchase_message_gets_an_id_a_time_and_a_source_when_absent() {
+        let mut purchase = pb::Purchase {
+            lms_user_id: "7".into(),
+            username: "ada".into(),
+            price: Some(Money { currency_code: "INR".into(), amount: "999".into() }),
+            ..Default::default()
+        };
+        let request = RecordPurchaseRequest { purchase: Some(purchase.clone()), ..Default::default() };
+        let parsed = Purchase::from_request(&request, t0()).unwrap();
+        let id = uuid::Uuid::parse_str(&parsed.purchase_id).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!((parsed.purchased_at, parsed.source.as_str()), (t0(), RECORD_PURCHASE_SOURCE));
+
+        purchase.purchase_id = "mine".into();
+        purchase.source = "lob-x".into();
+        purchase.purchased_at = Some(Timestamp { seconds: 1_000, nanos: 0 });
+        let request = RecordPurchaseRequest { purchase: Some(purchase), ..Default::default() };
+        let parsed = Purchase::from_request(&request, t0()).unwrap();
+        assert_eq!(
+            (parsed.purchase_id.as_str(), parsed.source.as_str(), parsed.purchased_at.timestamp()),
+            ("mine", "lob-x", 1_000)
+        );
+    }
+
+    #[test]
+    fn purchase_violations_carry_the_purchase_prefix() {
+        let request = RecordPurchaseRequest {
+            purchase: Some(pb::Purchase {
+                lms_user_id: "x".into(),
+                price: Some(Money { currency_code: "USD".into(), amount: "4.5.6".into() }),
+                purchased_at: Some(Timestamp { seconds: 0, nanos: -1 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let violations = Purchase::from_request(&request, t0()).unwrap_err();
+        assert_eq!(
+            paths(&violations),
+            ["purchase.lms_user_id", "purchase.username", "purchase.price.amount", "purchase.purchased_at"]
+        );
+    }
+
+    #[test]
+    fn both_forms_at_once_are_refused_naming_the_legacy_fields() {
+        let mut request = legacy(number(1.0), None);
+        request.purchase = Some(event_as_purchase());
+        let violations = Purchase::from_request(&request, t0()).unwrap_err();
+        assert_eq!(paths(&violations), ["username", "userid", "price"]);
+        assert!(violations[0].reason.contains("purchase"));
+        // A null legacy value is as good as absent.
+        let request = RecordPurchaseRequest {
+            purchase: Some(event_as_purchase()),
+            price: Some(Value { kind: Some(Kind::NullValue(0)) }),
+            ..Default::default()
+        };
+        assert!(Purchase::from_request(&request, t0()).is_ok());
+    }
+
+    fn event_as_purchase() -> pb::Purchase {
+        Purchase::from_event(&event()).unwrap().to_proto()
+    }
+
+    #[test]
+    fn an_empty_request_asks_for_a_purchase() {
+        let violations = Purchase::from_request(&RecordPurchaseRequest::default(), t0()).unwrap_err();
+        assert_eq!(paths(&violations), ["purchase"]);
+    }
+
+    #[test]
+    fn legacy_prices_read_exactly() {
+        for (price, amount) in [
+            (number(49.99), "49.99"),
+            (number(19.99), "19.99"),
+            (number(0.1 + 0.2), "0.30000000000000004"),
+            (number(49.0), "49"),
+            (number(-0.0), "0"),
+            (number(1e20), "100000000000000000000"),
+            (string("49.990"), "49.990"),
+        ] {
+            let purchase = Purchase::from_request(&legacy(price, None), t0()).unwrap();
+            assert_eq!(purchase.price, Price { currency_code: "USD".into(), amount: amount.into() });
+            assert_eq!(
+                (purchase.source.as_str(), purchase.lms_user_id, purchase.username.as_str()),
+                (LEGACY_SOURCE, 42, "ada")
+            );
+            assert_eq!(purchase.purchased_at, t0(), "no timestamp: now");
+        }
+        for price in [
+            number(f64::NAN),
+            number(f64::INFINITY),
+            number(-1.5),
+            number(1e300),
+            string("1e3"),
+            string("-2"),
+            Some(Value { kind: Some(Kind::BoolValue(true)) }),
+            Some(Value { kind: Some(Kind::StructValue(Struct::default())) }),
+            None,
+        ] {
+            let violations = Purchase::from_request(&legacy(price.clone(), None), t0()).unwrap_err();
+            assert_eq!(paths(&violations), ["price"], "{price:?}");
+        }
+    }
+
+    #[test]
+    fn legacy_timestamps_read_as_rfc3339_seconds_or_milliseconds() {
+        let at = |timestamp| Purchase::from_request(&legacy(string("1"), timestamp), t0()).map(|p| p.purchased_at);
+        let expected = DateTime::from_timestamp(1_763_000_000, 500_000_000).unwrap();
+        assert_eq!(at(number(1_763_000_000.5)), Ok(expected));
+        assert_eq!(at(number(1_763_000_000_500.0)), Ok(expected));
+        assert_eq!(at(string("2025-11-13T02:13:20.5Z")), Ok(expected));
+        assert_eq!(at(string("2025-11-13T03:13:20.5+01:00")), Ok(expected));
+        for bad in [
+            string("yesterday"),
+            string("2025-11-13"),
+            string(&"9".repeat(100)),
+            number(f64::NAN),
+            number(1e30),
+            number(-1e15),
+            Some(Value { kind: Some(Kind::ListValue(ListValue::default())) }),
+        ] {
+            let violations = Purchase::from_request(&legacy(string("1"), bad.clone()), t0()).unwrap_err();
+            assert_eq!(paths(&violations), ["timestamp"], "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_bad_legacy_field_is_named() {
+        let request = RecordPurchaseRequest {
+            purchase: None,
+            username: "no spaces allowed".into(),
+            userid: -3,
+            price: string("free"),
+            timestamp: string("soon"),
+        };
+        let violations = Purchase::from_request(&request, t0()).unwrap_err();
+        assert_eq!(paths(&violations), ["username", "userid", "price", "timestamp"]);
+        let request = RecordPurchaseRequest { username: "ada".into(), ..Default::default() };
+        assert_eq!(paths(&Purchase::from_request(&request, t0()).unwrap_err()), ["userid", "price"]);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_what_they_did_not_write() {
+        let cursor = PageCursor { purchased_at: t0(), purchase_id: "p-ü-1".into() };
+        assert_eq!(PageCursor::decode(&cursor.encode()), Ok(cursor.clone()));
+        assert_eq!(PageCursor::after(&Purchase::from_event(&event()).unwrap()).purchase_id, "p-1");
+        for bad in ["", "zz", "00", "01", "0100000000", "02000000000000000070", &"a".repeat(2000)] {
+            assert!(PageCursor::decode(bad).is_err(), "{bad}");
+        }
+        // A cursor with an empty id or a time past year 9999 was never written.
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&t0().timestamp_micros().to_be_bytes());
+        assert!(PageCursor::decode(&hex::encode(&bytes)).is_err());
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&i64::MAX.to_be_bytes());
+        bytes.push(b'p');
+        assert!(PageCursor::decode(&hex::encode(&bytes)).is_err());
+    }
+
+    fn any_value() -> impl Strategy<Value = Option<Value>> {
+        let kind = prop_oneof![
+            Just(Kind::NullValue(0)),
+            any::<f64>().prop_map(Kind::NumberValue),
+            (-1e16f64..1e16).prop_map(Kind::NumberValue),
+            ".{0,70}".prop_map(Kind::StringValue),
+            "[0-9]{1,45}(\\.[0-9]{0,5})?".prop_map(Kind::StringValue),
+            any::<bool>().prop_map(Kind::BoolValue),
+            Just(Kind::StructValue(Struct::default())),
+            Just(Kind::ListValue(ListValue::default())),
+        ];
+        proptest::option::of(proptest::option::of(kind).prop_map(|kind| Value { kind }))
+    }
+
+    fn any_money() -> impl Strategy<Value = Option<Money>> {
+        proptest::option::of(
+            ("[A-Za-z]{0,4}|.{0,4}", "[0-9.\\-e]{0,45}|.{0,10}")
+                .prop_map(|(currency_code, amount)| Money { currency_code, amount }),
+        )
+    }
+
+    fn any_timestamp() -> impl Strategy<Value = Option<Timestamp>> {
+        proptest::option::of((any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| Timestamp { seconds, nanos }))
+    }
+
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![".{0,12}", "[A-Za-z0-9_-]{0,32}", ".{95,510}", "[0-9]{0,21}"]
+    }
+
+    prop_compose! {
+        fn any_event()(
+            ids in (any_text(), any_text(), any_text(), any_text()),
+            more in (any_text(), any_text(), any_text()),
+            price in any_money(),
+            purchased_at in any_timestamp(),
+        ) -> PurchaseRecorded {
+            PurchaseRecorded {
+                purchase_id: ids.0, lms_user_id: ids.1, username: ids.2, order_number: ids.3,
+                product_key: more.0, title: more.1, source: more.2, price, purchased_at,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn from_event_never_panics(event in any_event()) {
+            if let Ok(purchase) = Purchase::from_event(&event) {
+                prop_assert_eq!(Purchase::from_event(&purchase.to_event()), Ok(purchase));
+            }
+        }
+
+        #[test]
+        fn from_request_never_panics(
+            event in proptest::option::of(any_event()),
+            username in any_text(),
+            userid in prop_oneof![Just(0i64), any::<i64>()],
+            price in any_value(),
+            timestamp in any_value(),
+        ) {
+            let purchase = event.map(|e| pb::Purchase {
+                purchase_id: e.purchase_id, lms_user_id: e.lms_user_id, username: e.username,
+                order_number: e.order_number, product_key: e.product_key, title: e.title,
+                price: e.price, purchased_at: e.purchased_at, source: e.source,
+            });
+            let request = RecordPurchaseRequest { purchase, username, userid, price, timestamp };
+            if let Ok(purchase) = Purchase::from_request(&request, t0()) {
+                prop_assert_eq!(Purchase::from_event(&purchase.to_event()), Ok(purchase));
+            }
+        }
+
+        #[test]
+        fn decode_never_panics(token in prop_oneof![".{0,64}", "[0-9a-f]{0,300}", "01[0-9a-f]{16,40}"]) {
+            let _ = PageCursor::decode(&token);
+        }
+
+        #[test]
+        fn cursors_round_trip(
+            micros in -62_135_596_800_000_000i64..=253_402_300_799_999_999,
+            purchase_id in "[^\\s\\p{Cc}]{1,100}",
+        ) {
+            let cursor = PageCursor { purchased_at: DateTime::from_timestamp_micros(micros).unwrap(), purchase_id };
+            prop_assert_eq!(PageCursor::decode(&cursor.encode()), Ok(cursor));
+        }
+    }
+}

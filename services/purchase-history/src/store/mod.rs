@@ -1,0 +1,160 @@
+//! Where purchases are kept: the [`Store`] trait and its backends,
+//! [`postgres::PostgresStore`] and [`sqlite::SqliteStore`]. One contract suite
+//! (`tests/store_contract.rs`) runs against both.
+//!
+//! Purchases arrive at least once (the stream redelivers, producers republish),
+//! so a purchase_id already stored is skipped, not updated: the first content
+//! stored for an id is the one kept, and a later message with the same id but
+//! other content changes nothing. Lists are newest first by
+//! (purchased_at, purchase_id), paged by keyset, so a page never shifts when
+//! newer purchases arrive.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use kit::db::Database;
+
+use crate::domain::{LearnerKey, PageCursor, Price, Purchase};
+
+/// Why a store operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored row could not be read back.
+    #[error("corrupt row for purchase {purchase_id}: {reason}")]
+    Corrupt {
+        /// The purchase.
+        purchase_id: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Purchases, stored once each and listed per learner.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores the purchases not stored yet (by purchase_id) in one
+    /// transaction/statement; answers how many were new. A purchase_id already
+    /// stored, or repeated within the batch, keeps its first content.
+    async fn insert_batch(&self, purchases: &[Purchase]) -> Result<u64, StoreError>;
+
+    /// Newest first ((purchased_at, purchase_id) descending), strictly after
+    /// `after` when given, at most `limit`. A username matches case-insensitively.
+    async fn list(
+        &self,
+        learner: &LearnerKey,
+        after: Option<&PageCursor>,
+        limit: i64,
+    ) -> Result<Vec<Purchase>, StoreError>;
+}
+
+/// The store for the service's database.
+pub fn for_database(db: &Database) -> Arc<dyn Store> {
+    match db {
+        Database::Postgres(pool) => Arc::new(postgres::PostgresStore::new(pool.clone())),
+        Database::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone())),
+    }
+}
+
+/// A batch as it is written: one purchase per id, the first of the batch for
+/// each, in purchase_id order. The order makes concurrent writers of
+/// overlapping batches take the unique index's entries in the same order, so
+/// they wait for each other instead of deadlocking.
+fn unique_in_id_order(purchases: &[Purchase]) -> Vec<&Purchase> {
+    let mut unique: Vec<&Purchase> = purchases.iter().collect();
+    // Stable: among equal ids the batch's first stays first, and dedup keeps it.
+    unique.sort_by(|a, b| a.purchase_id.cmp(&b.purchase_id));
+    unique.dedup_by(|later, first| later.purchase_id == first.purchase_id);
+    unique
+}
+
+/// A username as both backends compare it: `lower()` on the stored column folds
+/// ASCII only (Postgres through `COLLATE "C"`), so the key is folded the same way.
+fn folded(username: &str) -> String {
+    username.to_ascii_lowercase()
+}
+
+/// The columns every list query selects, in [`PurchaseRow`]'s order.
+macro_rules! purchase_columns {
+    () => {
+        "purchase_id, lms_user_id, username, order_number, product_key, title, currency_code, amount, \
+         purchased_at, source"
+    };
+}
+pub(crate) use purchase_columns;
+
+/// A row of `purchases`, generic over how the backend stores times.
+#[derive(sqlx::FromRow)]
+struct PurchaseRow<T> {
+    purchase_id: String,
+    lms_user_id: i64,
+    username: String,
+    order_number: String,
+    product_key: String,
+    title: String,
+    currency_code: String,
+    amount: String,
+    purchased_at: T,
+    source: String,
+}
+
+impl<T> PurchaseRow<T> {
+    fn into_purchase(self, time: impl Fn(T) -> Option<DateTime<Utc>>) -> Result<Purchase, StoreError> {
+        let purchased_at = time(self.purchased_at).ok_or_else(|| StoreError::Corrupt {
+            purchase_id: self.purchase_id.clone(),
+            reason: "purchased_at is not a representable time".into(),
+        })?;
+        Ok(Purchase {
+            purchase_id: self.purchase_id,
+            lms_user_id: self.lms_user_id,
+            username: self.username,
+            order_number: self.order_number,
+            product_key: self.product_key,
+            title: self.title,
+            // Stored only after Purchase parsing, so read back as written.
+            price: Price { currency_code: self.currency_code, amount: self.amount },
+            purchased_at,
+            source: self.source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn purchase(id: &str, title: &str) -> Purchase {
+        Purchase {
+            purchase_id: id.into(),
+            lms_user_id: 1,
+            username: "ada".into(),
+            order_number: String::new(),
+            product_key: String::new(),
+            title: title.into(),
+            price: Price { currency_code: "USD".into(), amount: "1".into() },
+            purchased_at: DateTime::from_timestamp(0, 0).unwrap(),
+            source: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_written_once_per_id_first_wins_in_id_order() {
+        let batch = [purchase("b", "first b"), purchase("a", "a"), purchase("b", "second b"), purchase("c", "c")];
+        let written: Vec<(&str, &str)> =
+            unique_in_id_order(&batch).iter().map(|p| (p.purchase_id.as_str(), p.title.as_str())).collect();
+        assert_eq!(written, [("a", "a"), ("b", "first b"), ("c", "c")]);
+    }
+
+    #[test]
+    fn usernames_fold_ascii_only() {
+        assert_eq!(folded("Ada_L-9"), "ada_l-9");
+        assert_eq!(folded("\u{212A}"), "\u{212A}", "the Kelvin sign is not a k");
+    }
+}

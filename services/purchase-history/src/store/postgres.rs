@@ -1,0 +1,139 @@
+//! The Postgres store: a batch is one `INSERT ... SELECT FROM unnest(...)
+//! ON CONFLICT (purchase_id) DO NOTHING` (one round trip and one statement per
+//! batch, however large, which is what lets the consumer keep up with the
+//! stream), and a page is one index range scan.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::{PurchaseRow, Store, StoreError, folded, purchase_columns, unique_in_id_order};
+use crate::domain::{LearnerKey, PageCursor, Purchase};
+
+/// Purchases in Postgres.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// A store over `pool` (whose search_path is the service's schema).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+type PgPurchaseRow = PurchaseRow<DateTime<Utc>>;
+
+/// One list query per learner key and first-or-later page: each a static
+/// statement whose plan is an index range scan, where one statement with
+/// `$n IS NULL OR ...` would leave a generic plan filtering rows instead.
+macro_rules! list_query {
+    ($learner:literal, $after:literal, $limit:literal) => {
+        concat!(
+            "SELECT ",
+            purchase_columns!(),
+            " FROM purchases WHERE ",
+            $learner,
+            $after,
+            " ORDER BY purchased_at DESC, purchase_id DESC LIMIT ",
+            $limit
+        )
+    };
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn insert_batch(&self, purchases: &[Purchase]) -> Result<u64, StoreError> {
+        let unique = unique_in_id_order(purchases);
+        if unique.is_empty() {
+            return Ok(0);
+        }
+        let n = unique.len();
+        let (mut ids, mut users, mut usernames, mut orders) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut products, mut titles, mut currencies, mut amounts) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut times, mut sources) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for p in unique {
+            ids.push(p.purchase_id.as_str());
+            users.push(p.lms_user_id);
+            usernames.push(p.username.as_str());
+            orders.push(p.order_number.as_str());
+            products.push(p.product_key.as_str());
+            titles.push(p.title.as_str());
+            currencies.push(p.price.currency_code.as_str());
+            amounts.push(p.price.amount.as_str());
+            times.push(p.purchased_at);
+            sources.push(p.source.as_str());
+        }
+        // ORDER BY keeps the id order the batch was sorted in, so concurrent
+        // overlapping batches lock index entries in one order (no deadlock).
+        let stored = sqlx::query(
+            "INSERT INTO purchases (purchase_id, lms_user_id, username, order_number, product_key, title,
+                                    currency_code, amount, purchased_at, source)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+                    AS b(purchase_id, lms_user_id, username, order_number, product_key, title,
+                         currency_code, amount, purchased_at, source)
+             ORDER BY purchase_id COLLATE \"C\"
+             ON CONFLICT (purchase_id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .bind(&usernames)
+        .bind(&orders)
+        .bind(&products)
+        .bind(&titles)
+        .bind(&currencies)
+        .bind(&amounts)
+        .bind(&times)
+        .bind(&sources)
+        .execute(&self.pool)
+        .await?;
+        Ok(stored.rows_affected())
+    }
+
+    async fn list(
+        &self,
+        learner: &LearnerKey,
+        after: Option<&PageCursor>,
+        limit: i64,
+    ) -> Result<Vec<Purchase>, StoreError> {
+        let limit = limit.max(0);
+        let rows: Vec<PgPurchaseRow> = match (learner, after) {
+            (LearnerKey::LmsUserId(id), None) => {
+                sqlx::query_as(list_query!("lms_user_id = $1", "", "$2"))
+                    .bind(id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            (LearnerKey::LmsUserId(id), Some(after)) => {
+                sqlx::query_as(list_query!("lms_user_id = $1", " AND (purchased_at, purchase_id) < ($2, $3)", "$4"))
+                    .bind(id)
+                    .bind(after.purchased_at)
+                    .bind(&after.purchase_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            (LearnerKey::Username(name), None) => {
+                sqlx::query_as(list_query!("lower(username) = $1", "", "$2"))
+                    .bind(folded(name))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            (LearnerKey::Username(name), Some(after)) => {
+                sqlx::query_as(list_query!("lower(username) = $1", " AND (purchased_at, purchase_id) < ($2, $3)", "$4"))
+                    .bind(folded(name))
+                    .bind(after.purchased_at)
+                    .bind(&after.purchase_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.into_iter().map(|row| row.into_purchase(Some)).collect()
+    }
+}

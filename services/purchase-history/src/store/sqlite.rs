@@ -1,0 +1,125 @@
+//! The SQLite store for the embedded mesh: a batch is one `BEGIN IMMEDIATE`
+//! transaction of `INSERT ... ON CONFLICT (purchase_id) DO NOTHING` rows (one
+//! prepared statement, reused), so it commits whole or not at all. Times are
+//! microseconds since the epoch.
+
+use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
+
+use super::{PurchaseRow, Store, StoreError, folded, purchase_columns, unique_in_id_order};
+use crate::domain::{LearnerKey, PageCursor, Purchase};
+
+/// Purchases in SQLite.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// A store over `pool`.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+type LitePurchaseRow = PurchaseRow<i64>;
+
+/// One list query per learner key and first-or-later page, each a static
+/// statement SQLite answers from one index in index order. Numbered
+/// parameters only: sqlx numbers bare `?` with a counter of its own.
+macro_rules! list_query {
+    ($learner:literal, $after:literal, $limit:literal) => {
+        concat!(
+            "SELECT ",
+            purchase_columns!(),
+            " FROM purchases WHERE ",
+            $learner,
+            $after,
+            " ORDER BY purchased_at DESC, purchase_id DESC LIMIT ",
+            $limit
+        )
+    };
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert_batch(&self, purchases: &[Purchase]) -> Result<u64, StoreError> {
+        let unique = unique_in_id_order(purchases);
+        if unique.is_empty() {
+            return Ok(0);
+        }
+        let recorded_at = Utc::now().timestamp_micros();
+        // IMMEDIATE takes the write lock up front: concurrent batches queue on
+        // the busy timeout instead of failing to upgrade a read transaction.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut stored = 0;
+        for p in unique {
+            stored += sqlx::query(
+                "INSERT INTO purchases (purchase_id, lms_user_id, username, order_number, product_key, title,
+                                        currency_code, amount, purchased_at, source, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (purchase_id) DO NOTHING",
+            )
+            .bind(&p.purchase_id)
+            .bind(p.lms_user_id)
+            .bind(&p.username)
+            .bind(&p.order_number)
+            .bind(&p.product_key)
+            .bind(&p.title)
+            .bind(&p.price.currency_code)
+            .bind(&p.price.amount)
+            .bind(p.purchased_at.timestamp_micros())
+            .bind(&p.source)
+            .bind(recorded_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn list(
+        &self,
+        learner: &LearnerKey,
+        after: Option<&PageCursor>,
+        limit: i64,
+    ) -> Result<Vec<Purchase>, StoreError> {
+        let limit = limit.max(0);
+        let rows: Vec<LitePurchaseRow> = match (learner, after) {
+            (LearnerKey::LmsUserId(id), None) => {
+                sqlx::query_as(list_query!("lms_user_id = ?1", "", "?2"))
+                    .bind(id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            (LearnerKey::LmsUserId(id), Some(after)) => {
+                sqlx::query_as(list_query!("lms_user_id = ?1", " AND (purchased_at, purchase_id) < (?2, ?3)", "?4"))
+                    .bind(id)
+                    .bind(after.purchased_at.timestamp_micros())
+                    .bind(&after.purchase_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            (LearnerKey::Username(name), None) => {
+                sqlx::query_as(list_query!("lower(username) = ?1", "", "?2"))
+                    .bind(folded(name))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            (LearnerKey::Username(name), Some(after)) => {
+                sqlx::query_as(list_query!("lower(username) = ?1", " AND (purchased_at, purchase_id) < (?2, ?3)", "?4"))
+                    .bind(folded(name))
+                    .bind(after.purchased_at.timestamp_micros())
+                    .bind(&after.purchase_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.into_iter().map(|row| row.into_purchase(DateTime::from_timestamp_micros)).collect()
+    }
+}
