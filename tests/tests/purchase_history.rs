@@ -1,0 +1,70 @@
+//! PurchaseHistory inside the whole mesh: a learner renamed in CustomerIdentity
+//! keeps the purchases stored under their old username.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
+
+use std::time::Duration;
+
+use commerce_mesh::Component;
+use kit::shutdown::Shutdown;
+use proto::commerce::identity::v1::UpsertCustomerRequest;
+use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
+use proto::commerce::purchases::v1::purchase_history_service_client::PurchaseHistoryServiceClient;
+use proto::commerce::purchases::v1::{ListPurchasesRequest, list_purchases_request};
+
+const GUARD: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_learner_keeps_their_purchase_history() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
+    config.use_ephemeral_ports();
+    let database = config.database(Component::PurchaseHistory).expect("purchase history's database");
+    let mesh = commerce_mesh::start(config, Shutdown::new()).await.expect("mesh starts");
+    for component in [Component::PurchaseHistory, Component::CustomerIdentity] {
+        mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");
+    }
+    let mut identity =
+        CustomerIdentityServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::CustomerIdentity)).unwrap());
+    let link = |username: &str| UpsertCustomerRequest {
+        customer_id: "cust-9".into(),
+        lms_user_id: "909".into(),
+        lms_username: username.into(),
+        email: String::new(),
+        expected_version: None,
+    };
+    identity.upsert_customer(link("grace")).await.expect("linked");
+
+    // Purchases stored under the old username, as the consumer stores them.
+    let store = purchase_history::store::for_database(&kit::db::Database::open(&database).unwrap());
+    let purchases: Vec<purchase_history::domain::Purchase> = (0..3)
+        .map(|n| purchase_history::domain::Purchase {
+            purchase_id: format!("p-{n}"),
+            lms_user_id: 909,
+            username: "grace".into(),
+            order_number: format!("EDX-{n}"),
+            product_key: "course-v1:edX+DemoX+T1".into(),
+            title: "Demo".into(),
+            price: purchase_history::domain::Price { currency_code: "USD".into(), amount: "10".into() },
+            purchased_at: chrono::DateTime::from_timestamp(1_763_000_000 + n, 0).unwrap(),
+            source: "test".into(),
+        })
+        .collect();
+    assert_eq!(store.insert_batch(&purchases).await.unwrap(), 3);
+
+    identity.upsert_customer(link("grace_h")).await.expect("renamed");
+    let mut history =
+        PurchaseHistoryServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::PurchaseHistory)).unwrap());
+    let list = |username: &str| ListPurchasesRequest {
+        learner: Some(list_purchases_request::Learner::Username(username.into())),
+        page_size: 0,
+        page_token: String::new(),
+    };
+    let listed = history.list_purchases(list("grace_h")).await.expect("listed").into_inner();
+    let ids: Vec<&str> = listed.purchases.iter().map(|p| p.purchase_id.as_str()).collect();
+    assert_eq!(ids, ["p-2", "p-1", "p-0"], "the new name finds the purchases made under the old one");
+    // A name CustomerIdentity does not know answers from the stored usernames.
+    let unknown = history.list_purchases(list("GRACE")).await.expect("listed").into_inner();
+    assert_eq!(unknown.purchases.len(), 3, "the stored username, compared case-insensitively");
+    mesh.stop().await.expect("clean stop");
+}
