@@ -508,8 +508,11 @@ const RUNS_AND_SEATS: &str = "WITH run AS (
          WHERE course_runs.product_key = EXCLUDED.product_key
          RETURNING course_run_key
      ), gone AS (
-         DELETE FROM seats USING run
-         WHERE seats.course_run_key = run.course_run_key
+         -- `= ANY($2)` lets even a cached generic plan use the seats key index;
+         -- joining `run` alone was planned as a scan of every seat.
+         DELETE FROM seats
+         WHERE seats.course_run_key = ANY($2::text[])
+           AND seats.course_run_key IN (SELECT course_run_key FROM run)
            AND (seats.course_run_key, seats.mode) NOT IN (SELECT r, m FROM unnest($9::text[], $10::text[]) AS n(r, m))
      ), seat AS (
          INSERT INTO seats (course_run_key, mode, position, price_currency, price_amount, sku, upgrade_deadline)
