@@ -14,7 +14,7 @@
 //! | `catalog_ingest.sources_dir` | `MESH_CATALOG_INGEST__SOURCES_DIR` | `config/catalog/sources` (absent: the two built-in example sources) |
 //! | `catalog_ingest.max_concurrent_ingests` | `MESH_CATALOG_INGEST__MAX_CONCURRENT_INGESTS` | `32` (then wait up to `max_queue_wait`, `250ms`, then shed) |
 //! | `catalog_ingest.discovery.url` | `MESH_CATALOG_INGEST__DISCOVERY__URL` | unset: no downstream calls |
-//! | `purchase_history.consumer.batch` | `MESH_PURCHASE_HISTORY__CONSUMER__BATCH` | `500` entries per read (`consumer.reclaim_idle` `30s`, `consumer.max_deliveries` `5`, then dead-lettered) |
+//! | `purchase_history.consumer.batch` | `MESH_PURCHASE_HISTORY__CONSUMER__BATCH` | `1000` entries per read (`consumer.reclaim_idle` `30s`, `consumer.max_deliveries` `5`, then dead-lettered) |
 //! | `purchase_history.customer_identity_url` | `MESH_PURCHASE_HISTORY__CUSTOMER_IDENTITY_URL` | `http://127.0.0.1:50052` (`up` uses its own) |
 //! | `fulfillment.check_course_runs` | `MESH_FULFILLMENT__CHECK_COURSE_RUNS` | `false`; `true`: only runs the catalog sells in the mode bought are accepted (`fulfillment.catalog_url`, `http://127.0.0.1:50053`; `up` uses its own) |
 //! | `fulfillment.customer_identity_url` | `MESH_FULFILLMENT__CUSTOMER_IDENTITY_URL` | `http://127.0.0.1:50052` (`up` uses its own) |

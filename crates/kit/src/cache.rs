@@ -442,7 +442,7 @@ impl RedisCache {
     /// A lazily connecting client of `url` (`redis://host:6379/0`). Calls fail
     /// fast (1 s) while Redis is unreachable, so reads fall back quickly.
     pub fn connect(url: &str, config: &CacheConfig) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)?;
+        let client = crate::redis_tcp::client(url)?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(1)))

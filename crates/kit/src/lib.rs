@@ -28,6 +28,7 @@ pub mod db;
 pub mod error;
 pub mod json;
 pub mod metrics;
+mod redis_tcp;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

@@ -123,7 +123,7 @@ impl RedisStreams {
     /// A lazily connecting client of `url` (`redis://host:6379/0`), remembering
     /// published event ids for [`DEFAULT_DEDUPE_WINDOW`]. Fails only on a malformed URL.
     pub fn new(url: &str) -> Result<Self, BusError> {
-        let client = redis::Client::open(url)?;
+        let client = crate::redis_tcp::client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECTION_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
