@@ -38,3 +38,6 @@ pub mod trace;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+
+#[cfg(feature = "bench")]
+pub mod bench;

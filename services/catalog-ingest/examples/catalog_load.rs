@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 use catalog_ingest::CatalogIngestApi;
 use catalog_ingest::transform::Sources;
 use clap::{Parser, ValueEnum};
+use kit::bench::{ms, percentile, thousands, with_database};
 use kit::client::TracedChannel;
 use kit::db::{Database, DatabaseConfig};
 use kit::serve::GrpcServer;
@@ -199,37 +200,6 @@ fn parse_setting(raw: &str) -> Result<(String, String), String> {
         return Err(format!("{raw:?}: name and value must be letters, digits, _ and ."));
     }
     Ok((name.to_string(), value.to_string()))
-}
-
-/// `url` with its database replaced by `database` and `application_name` set.
-fn with_database(url: &str, database: &str, application: &str) -> String {
-    let base = url.split('?').next().unwrap_or(url);
-    let slash = base.rfind('/').filter(|&at| at > "postgres://".len()).unwrap_or(base.len());
-    format!("{}/{database}?application_name={application}", &base[..slash])
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// 12345.6 -> "12,346".
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 // ---------------------------------------------------------------- sources and payloads

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use kit::bench::percentile;
 use proto::commerce::identity::v1 as pb;
 use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
 use tokio_stream::StreamExt;
@@ -81,13 +82,6 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn mib(kib: u64) -> String {
     format!("{:.0} MiB", kib as f64 / 1024.0)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 struct Phase {

@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use kit::bench::{ms, percentile, thousands, with_database};
 use kit::bus::Delivery;
 use kit::bus::consumer::{BatchHandler, ConsumerConfig, Verdict};
 use kit::db::{Database, DatabaseConfig};
@@ -111,37 +112,6 @@ const HARNESS_APP: &str = "purchases-bench";
 const TARGET_ID: i64 = 1;
 const TARGET_USERNAME: &str = "Bench_Target";
 const TARGET_PURCHASES: u64 = 1_000;
-
-/// `url` with its database replaced by `database` and `application_name` set.
-fn with_database(url: &str, database: &str, application: &str) -> String {
-    let base = url.split('?').next().unwrap_or(url);
-    let slash = base.rfind('/').filter(|&at| at > "postgres://".len()).unwrap_or(base.len());
-    format!("{}/{database}?application_name={application}", &base[..slash])
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// 12345.6 -> "12,346".
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 // ---------------------------------------------------------------- observation
 
