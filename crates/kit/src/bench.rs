@@ -1,5 +1,5 @@
 //! What the load harnesses (`services/*/examples/*_load.rs`) share: latency
-//! percentiles and the way they print figures. Behind the `bench` feature,
+//! percentiles, the way they print figures, and CPU use read from /proc. Behind the `bench` feature,
 //! enabled only from dev-dependencies.
 //!
 //! ```
@@ -12,7 +12,8 @@
 //! assert_eq!(thousands(12345.6), "12,346");
 //! ```
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// The `p` quantile (0 to 1) of latencies sorted ascending, nearest rank; zero when empty.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -46,4 +47,58 @@ pub fn with_database(url: &str, database: &str, application: &str) -> String {
     let base = url.split('?').next().unwrap_or(url);
     let slash = base.rfind('/').filter(|&at| at > "postgres://".len()).unwrap_or(base.len());
     format!("{}/{database}?application_name={application}", &base[..slash])
+}
+
+/// Cumulative CPU ticks of the machine, and of this process, Postgres and
+/// Redis by pid (from /proc): two snapshots give who used the CPU between them.
+pub struct CpuSnapshot {
+    /// When it was taken.
+    pub at: Instant,
+    /// Ticks the machine was busy (neither idle nor waiting on IO).
+    pub busy: u64,
+    /// Ticks waiting on IO.
+    pub iowait: u64,
+    /// All ticks.
+    pub total: u64,
+    /// Per pid: who it is (`this_process`, "Postgres", "Redis") and its user + system ticks.
+    pub by_pid: HashMap<u32, (&'static str, u64)>,
+}
+
+/// Reads /proc now; this process is labelled `this_process`.
+pub fn cpu_snapshot(this_process: &'static str) -> CpuSnapshot {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0);
+    let iowait = fields.get(4).copied().unwrap_or(0);
+    let me = std::process::id();
+    let mut by_pid = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let who = if pid == me {
+            this_process
+        } else if comm == "postgres" {
+            "Postgres"
+        } else if comm.starts_with("redis-server") {
+            "Redis"
+        } else {
+            continue;
+        };
+        // After the comm: state is field 3; utime and stime are fields 14 and 15.
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = rest.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + rest.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        by_pid.insert(pid, (who, ticks));
+    }
+    CpuSnapshot { at: Instant::now(), busy: total - idle - iowait, iowait, total, by_pid }
 }

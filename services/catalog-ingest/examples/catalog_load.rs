@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use catalog_ingest::CatalogIngestApi;
 use catalog_ingest::transform::Sources;
 use clap::{Parser, ValueEnum};
-use kit::bench::{ms, percentile, thousands, with_database};
+use kit::bench::{CpuSnapshot, cpu_snapshot, ms, percentile, thousands, with_database};
 use kit::client::TracedChannel;
 use kit::db::{Database, DatabaseConfig};
 use kit::serve::GrpcServer;
@@ -335,16 +335,6 @@ fn event(source: &str, event_id: String, seconds: i64, payload: &Value) -> pb::I
 
 // ---------------------------------------------------------------- observation
 
-/// Cumulative CPU ticks: of the machine (busy, iowait, total), and of this
-/// process and Postgres (by pid, so processes that come and go are counted).
-struct CpuSnapshot {
-    at: Instant,
-    busy: u64,
-    iowait: u64,
-    total: u64,
-    by_pid: HashMap<u32, (&'static str, u64)>,
-}
-
 const ME: &str = "this process (service + callers)";
 const POSTGRES: &str = "Postgres";
 /// Postgres processes by what they serve (from `pg_stat_activity`), so other
@@ -352,42 +342,6 @@ const POSTGRES: &str = "Postgres";
 const PG_SERVICE: &str = "Postgres, the service's backends";
 const PG_SHARED: &str = "Postgres, background processes (WAL writer, checkpointer, ...) and the harness's probes";
 const PG_OTHER: &str = "Postgres, other databases' backends";
-
-fn cpu_snapshot() -> CpuSnapshot {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> =
-        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    let total: u64 = fields.iter().sum();
-    let idle = fields.get(3).copied().unwrap_or(0);
-    let iowait = fields.get(4).copied().unwrap_or(0);
-    let me = std::process::id();
-    let mut by_pid = HashMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let who = if pid == me {
-            ME
-        } else if comm == "postgres" {
-            POSTGRES
-        } else {
-            continue;
-        };
-        // After the comm: state is field 3; utime and stime are fields 14 and 15.
-        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = rest.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + rest.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        by_pid.insert(pid, (who, ticks));
-    }
-    CpuSnapshot { at: Instant::now(), busy: total - idle - iowait, iowait, total, by_pid }
-}
 
 async fn wal_position(admin: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8").fetch_one(admin).await.unwrap()
@@ -526,11 +480,11 @@ impl Sampler {
             (samples, counts, postgres)
         });
         let wal = wal_position(admin).await;
-        Self { stop, task, cpu: cpu_snapshot(), wal, admin: admin.clone() }
+        Self { stop, task, cpu: cpu_snapshot(ME), wal, admin: admin.clone() }
     }
 
     async fn finish(self) -> Observed {
-        let end = cpu_snapshot();
+        let end = cpu_snapshot(ME);
         let wal_bytes = wal_position(&self.admin).await - self.wal;
         self.stop.cancel();
         let (samples, waits, postgres) = self.task.await.unwrap();

@@ -41,7 +41,7 @@ use clap::Parser;
 use fulfillment::lms::LmsConfig;
 use fulfillment::worker::WorkerConfig;
 use fulfillment::{Config, Fulfillment};
-use kit::bench::{ms, percentile, thousands, with_database};
+use kit::bench::{CpuSnapshot, cpu_snapshot, ms, percentile, thousands, with_database};
 use kit::db::{Database, DatabaseConfig};
 use kit::serve::GrpcServer;
 use kit::shutdown::Shutdown;
@@ -220,54 +220,6 @@ async fn start_stub(latency: Duration) -> (Arc<Stub>, String) {
 
 // ---------------------------------------------------------------- observation
 
-/// Cumulative CPU ticks: of the machine (busy, iowait, total), and of this
-/// process, Postgres and Redis (by pid, so processes that come and go are counted).
-struct CpuSnapshot {
-    at: Instant,
-    busy: u64,
-    iowait: u64,
-    total: u64,
-    by_pid: HashMap<u32, (&'static str, u64)>,
-}
-
-fn cpu_snapshot() -> CpuSnapshot {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> =
-        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    let total: u64 = fields.iter().sum();
-    let idle = fields.get(3).copied().unwrap_or(0);
-    let iowait = fields.get(4).copied().unwrap_or(0);
-    let me = std::process::id();
-    let mut by_pid = HashMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let who = if pid == me {
-            "this process (service + harness + stub LMS)"
-        } else if comm == "postgres" {
-            "Postgres"
-        } else if comm.starts_with("redis-server") {
-            "Redis"
-        } else {
-            continue;
-        };
-        // After the comm: state is field 3; utime and stime are fields 14 and 15.
-        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = rest.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + rest.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        by_pid.insert(pid, (who, ticks));
-    }
-    CpuSnapshot { at: Instant::now(), busy: total - idle - iowait, iowait, total, by_pid }
-}
-
 /// What the service's Postgres connections did, sampled every 100 ms during a phase.
 struct Sampler {
     stop: Shutdown,
@@ -314,12 +266,12 @@ impl Sampler {
             }
             (samples, counts)
         });
-        Self { stop, task, cpu: cpu_snapshot() }
+        Self { stop, task, cpu: cpu_snapshot("this process (service + harness + stub LMS)") }
     }
 
     /// Markdown: CPU per process and the wait profile of the service's connections.
     async fn finish(self) -> String {
-        let end = cpu_snapshot();
+        let end = cpu_snapshot("this process (service + harness + stub LMS)");
         self.stop.cancel();
         let (samples, counts) = self.task.await.unwrap();
         let seconds = end.at.duration_since(self.cpu.at).as_secs_f64().max(1e-9);

@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use kit::bench::{ms, percentile, thousands, with_database};
+use kit::bench::{CpuSnapshot, cpu_snapshot, ms, percentile, thousands, with_database};
 use kit::bus::Delivery;
 use kit::bus::consumer::{BatchHandler, ConsumerConfig, Verdict};
 use kit::db::{Database, DatabaseConfig};
@@ -115,53 +115,6 @@ const TARGET_PURCHASES: u64 = 1_000;
 
 // ---------------------------------------------------------------- observation
 
-/// Cumulative CPU ticks of the machine and of this process, Postgres and Redis (by pid).
-struct CpuSnapshot {
-    at: Instant,
-    busy: u64,
-    iowait: u64,
-    total: u64,
-    by_pid: HashMap<u32, (&'static str, u64)>,
-}
-
-fn cpu_snapshot() -> CpuSnapshot {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> =
-        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    let total: u64 = fields.iter().sum();
-    let idle = fields.get(3).copied().unwrap_or(0);
-    let iowait = fields.get(4).copied().unwrap_or(0);
-    let me = std::process::id();
-    let mut by_pid = HashMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let who = if pid == me {
-            "this process (service + harness)"
-        } else if comm == "postgres" {
-            "Postgres"
-        } else if comm.starts_with("redis-server") {
-            "Redis"
-        } else {
-            continue;
-        };
-        // After the comm: utime and stime are fields 14 and 15.
-        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = rest.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + rest.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        by_pid.insert(pid, (who, ticks));
-    }
-    CpuSnapshot { at: Instant::now(), busy: total - idle - iowait, iowait, total, by_pid }
-}
-
 /// CPU per process, and what the service's Postgres connections did, sampled every 100 ms.
 struct Sampler {
     stop: Shutdown,
@@ -206,12 +159,12 @@ impl Sampler {
             }
             (samples, counts)
         });
-        Self { stop, task, cpu: cpu_snapshot() }
+        Self { stop, task, cpu: cpu_snapshot("this process (service + harness)") }
     }
 
     /// One line of CPU figures and one of connection states.
     async fn finish(self) -> (String, String) {
-        let end = cpu_snapshot();
+        let end = cpu_snapshot("this process (service + harness)");
         self.stop.cancel();
         let (samples, counts) = self.task.await.unwrap();
         let seconds = end.at.duration_since(self.cpu.at).as_secs_f64().max(1e-9);
