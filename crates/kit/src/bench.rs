@@ -102,3 +102,11 @@ pub fn cpu_snapshot(this_process: &'static str) -> CpuSnapshot {
     }
     CpuSnapshot { at: Instant::now(), busy: total - idle - iowait, iowait, total, by_pid }
 }
+
+/// Drops (forcing out its connections) and creates the database `name`
+/// through `admin`, so every benchmark run starts empty.
+pub async fn recreate_database(admin: &sqlx::PgPool, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(admin).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin).await?;
+    Ok(())
+}

@@ -567,11 +567,7 @@ struct Service {
 
 /// A fresh `catalog_bench`, migrated, and the service over it on 127.0.0.1:0.
 async fn start(args: &Args, admin: &PgPool, sources: Sources) -> Service {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")))
-        .execute(admin)
-        .await
-        .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DATABASE}"))).execute(admin).await.unwrap();
+    kit::bench::recreate_database(admin, DATABASE).await.expect("bench database recreated");
     for (name, value) in &args.db_setting {
         let sql = format!("ALTER DATABASE {DATABASE} SET {name} = '{value}'");
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(admin).await.unwrap();

@@ -142,11 +142,7 @@ async fn main() {
     let args = Args::parse();
     let admin = sqlx::PgPool::connect(&args.postgres).await.expect("Postgres reachable");
     if !args.skip_import {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DATABASE}"))).execute(&admin).await.unwrap();
+        kit::bench::recreate_database(&admin, DATABASE).await.expect("bench database recreated");
     }
     let database_url = {
         let mut url = args.postgres.clone();

@@ -511,11 +511,7 @@ async fn main() {
     // The database, fresh unless reused.
     let admin = PgPoolOptions::new().max_connections(2).connect(&args.database_url).await.expect("Postgres reachable");
     if !args.skip_accept {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DATABASE}"))).execute(&admin).await.unwrap();
+        kit::bench::recreate_database(&admin, DATABASE).await.expect("bench database recreated");
     }
     let db_config = DatabaseConfig {
         url: with_database(&args.database_url, DATABASE, SERVICE_APP),
