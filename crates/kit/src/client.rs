@@ -11,8 +11,11 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
 
@@ -42,16 +45,117 @@ pub enum ClientError {
         /// Why it is invalid.
         source: tonic::transport::Error,
     },
+    /// A `dns:///` address without a host and port.
+    #[error("invalid gRPC address {address:?}: {reason}")]
+    InvalidTarget {
+        /// The address given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
-/// A lazily connected, traced channel to `address` (`http://host:port`).
-/// Connection failures surface as UNAVAILABLE on the calls themselves.
+/// A lazily connected, traced channel to `address`. Connection failures
+/// surface as UNAVAILABLE on the calls themselves.
+///
+/// - `http://host:port`: one HTTP/2 connection to whatever `host` resolves to.
+/// - `dns:///host:port` (gRPC's naming syntax): every address `host` resolves
+///   to, re-resolved every [`RESOLVE_EVERY`], with requests balanced across
+///   them. Use it for a headless Kubernetes service, whose name resolves to
+///   every ready pod: a single connection to a ClusterIP would pin all calls
+///   to one pod. Must be called inside a tokio runtime.
 pub fn channel(address: &str) -> Result<TracedChannel, ClientError> {
-    let endpoint = Endpoint::from_shared(address.to_string())
+    match address.strip_prefix(DNS_SCHEME) {
+        Some(target) => {
+            let target = target.trim_start_matches('/').to_string();
+            let (host, port) = split_host_port(&target).ok_or_else(|| ClientError::InvalidTarget {
+                address: address.to_string(),
+                reason: "expected dns:///host:port".into(),
+            })?;
+            Ok(traced(resolved_channel(host, port, RESOLVE_EVERY, DnsResolver)))
+        }
+        None => Ok(traced(endpoint(address)?.connect_lazy())),
+    }
+}
+
+/// The scheme of addresses resolved to every endpoint and balanced across.
+pub const DNS_SCHEME: &str = "dns:";
+
+/// How often a `dns:///` address is resolved again, to follow pods coming and going.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+
+fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
+    Ok(Endpoint::from_shared(address.to_string())
         .map_err(|source| ClientError::InvalidAddress { address: address.to_string(), source })?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    Ok(traced(endpoint.connect_lazy()))
+        .tcp_nodelay(true))
+}
+
+fn split_host_port(target: &str) -> Option<(String, u16)> {
+    let (host, port) = target.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// Turns a host name into the addresses to balance across.
+pub trait Resolve: Send + Sync + 'static {
+    /// Every address of `host`, with `port`.
+    fn resolve(&self, host: &str, port: u16) -> impl Future<Output = std::io::Result<Vec<SocketAddr>>> + Send;
+}
+
+/// The system resolver (as `getaddrinfo` answers: Kubernetes DNS in a cluster).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DnsResolver;
+
+impl Resolve for DnsResolver {
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
+}
+
+/// A channel balanced across every address `resolver` gives for `host`,
+/// followed as it changes. The resolving task ends when the channel is dropped.
+pub fn resolved_channel(host: String, port: u16, every: Duration, resolver: impl Resolve) -> Channel {
+    let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+    tokio::spawn(async move {
+        let mut current: BTreeSet<SocketAddr> = BTreeSet::new();
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let resolved: BTreeSet<SocketAddr> = match resolver.resolve(&host, port).await {
+                Ok(addresses) => addresses.into_iter().collect(),
+                Err(error) => {
+                    // Keep the endpoints we have: a DNS hiccup must not empty the pool.
+                    tracing::warn!(%host, %error, "cannot resolve the gRPC peer; keeping its known addresses");
+                    continue;
+                }
+            };
+            if resolved.is_empty() {
+                tracing::warn!(%host, "the gRPC peer resolves to no address; keeping its known addresses");
+                continue;
+            }
+            for gone in current.difference(&resolved) {
+                if changes.send(Change::Remove(*gone)).await.is_err() {
+                    return;
+                }
+            }
+            for new in resolved.difference(&current) {
+                let Ok(endpoint) = endpoint(&format!("http://{new}")) else { continue };
+                if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
+                    return;
+                }
+            }
+            if resolved != current {
+                tracing::debug!(%host, addresses = resolved.len(), "gRPC peer addresses changed");
+            }
+            current = resolved;
+        }
+    });
+    channel
 }
 
 /// Wraps an existing channel with the client trace layers.

@@ -86,8 +86,13 @@ where
 
 /// RESOURCE_EXHAUSTED with `RetryInfo`: the caller may try again after `retry_after`.
 pub fn throttled(message: impl Into<String>, retry_after: Duration) -> Status {
+    with_retry_info(Code::ResourceExhausted, message, retry_after)
+}
+
+/// `code` with `RetryInfo`: the caller may try again after `retry_after`.
+pub fn with_retry_info(code: Code, message: impl Into<String>, retry_after: Duration) -> Status {
     let details = ErrorDetails::with_retry_info(Some(retry_after));
-    Status::with_error_details(Code::ResourceExhausted, message, details)
+    Status::with_error_details(code, message, details)
 }
 
 /// The `ErrorInfo` reason of a status, if it carries one.

@@ -1,0 +1,94 @@
+//! `dns:///` channels: requests balanced across every resolved address, and
+//! the pool following the resolver as pods come and go.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kit::client::{Resolve, resolved_channel};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A resolver whose answer the test changes.
+#[derive(Clone, Default)]
+struct Pods(Arc<Mutex<Vec<SocketAddr>>>);
+
+impl Resolve for Pods {
+    async fn resolve(&self, _host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+}
+
+/// A health server on `ip` reporting service "pod" as `status`: the status
+/// tells which pod answered.
+async fn pod(ip: [u8; 4], status: ServingStatus) -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (reporter, service) = tonic_health::server::health_reporter();
+    match status {
+        ServingStatus::Serving => reporter.set_service_status("pod", tonic_health::ServingStatus::Serving).await,
+        _ => reporter.set_service_status("pod", tonic_health::ServingStatus::NotServing).await,
+    }
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+        drop(reporter);
+    });
+    address
+}
+
+async fn statuses_seen(client: &mut HealthClient<tonic::transport::Channel>, calls: usize) -> Vec<i32> {
+    let mut seen = Vec::new();
+    for _ in 0..calls {
+        let answer = client.check(HealthCheckRequest { service: "pod".into() }).await.unwrap().into_inner();
+        if !seen.contains(&answer.status) {
+            seen.push(answer.status);
+        }
+    }
+    seen.sort();
+    seen
+}
+
+#[tokio::test]
+async fn calls_are_balanced_across_every_resolved_address_and_follow_changes() {
+    // Two "pods" on two loopback addresses, as a headless service resolves.
+    let first = pod([127, 0, 0, 1], ServingStatus::Serving).await;
+    let second = pod([127, 0, 0, 2], ServingStatus::NotServing).await;
+    let pods = Pods::default();
+    *pods.0.lock().unwrap() = vec![first, second];
+
+    let channel = resolved_channel("pods.example".into(), 0, Duration::from_millis(20), pods.clone());
+    let mut client = HealthClient::new(channel);
+    let both = vec![ServingStatus::Serving as i32, ServingStatus::NotServing as i32];
+    assert_eq!(statuses_seen(&mut client, 200).await, both, "both pods answer");
+
+    // The second pod goes away: once the resolver has been asked again, only
+    // the first answers. Bounded wait for the change to be picked up.
+    *pods.0.lock().unwrap() = vec![first];
+    let mut settled = false;
+    for _ in 0..200 {
+        if statuses_seen(&mut client, 50).await == vec![ServingStatus::Serving as i32] {
+            settled = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(settled, "the removed pod stopped receiving calls");
+}
+
+#[test]
+fn a_dns_address_needs_a_host_and_port() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _guard = runtime.enter();
+    assert!(kit::client::channel("dns:///fulfillment:50051").is_ok());
+    assert!(kit::client::channel("dns:///fulfillment").is_err());
+    assert!(kit::client::channel("dns:///:50051").is_err());
+}
