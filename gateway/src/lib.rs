@@ -7,7 +7,15 @@
 //! validates the bindings at start-up, answers `/healthz`, and answers every
 //! other path 501 with a `google.rpc.Status` body.
 
+pub mod auth;
 pub mod binding;
+pub mod codec;
+pub mod metrics;
+pub mod openapi;
+pub mod router;
 pub mod server;
+pub mod status;
+pub mod template;
+pub mod transcode;
 
-pub use server::{Config, GatewayError, run};
+pub use server::{Config, CorsConfig, Gateway, GatewayError, run, serve};

@@ -1,31 +1,109 @@
-//! The gateway's HTTP server.
+//! The gateway's HTTP server: every `google.api.http` binding routed to its
+//! RPC, behind authentication, limits, tracing and metrics.
+//!
+//! A request goes: concurrency gate → route → token → scopes → body (size
+//! limit) → request message → upstream call (deadline) → response JSON. Every
+//! refusal on the way is a `google.rpc.Status` JSON body ([`crate::status`]),
+//! and a refused request never reaches a service.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use opentelemetry::global;
+use opentelemetry_http::HeaderExtractor;
+use prost_reflect::{DescriptorPool, MessageDescriptor};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::auth::{AuthConfig, AuthSetupError, Authenticator, Caller};
 use crate::binding::{InvalidBindings, method_bindings};
+use crate::codec::DynamicCodec;
+use crate::metrics::HttpMetrics;
+use crate::openapi::{self, ApiInfo};
+use crate::router::{Route, RouteConflicts, RouteMatch, RouteTable};
+use crate::status::{ErrorRenderer, NoStatusMessage};
+use crate::template::{PathTemplate, TemplateError};
+use crate::transcode;
+
+/// The metadata key carrying the authenticated caller's token subject to the service.
+pub const SUBJECT_METADATA: &str = "x-authenticated-subject";
+/// The header (and metadata key) carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The gateway's settings.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Config {
     /// Where the HTTP server listens.
     pub listen: SocketAddr,
+    /// Each gRPC service's address, by full service name
+    /// (`commerce.fulfillment.v1.FulfillmentService`): `http://host:port`, or
+    /// `dns:///host:port` to balance across every address a (headless) name resolves to.
+    pub upstreams: BTreeMap<String, String>,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// The longest a request may take; passed on as the gRPC deadline.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// The largest request body accepted; larger ones are answered 413.
+    pub max_body_bytes: usize,
+    /// Requests in flight at once; more wait up to `queue_timeout`, then get 503.
+    pub max_concurrent_requests: usize,
+    /// How long a request may wait for a slot under `max_concurrent_requests`.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// Cross-origin access for browsers.
+    pub cors: CorsConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstreams: BTreeMap::new(),
+            auth: AuthConfig::default(),
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+            max_concurrent_requests: 1024,
+            queue_timeout: Duration::from_millis(500),
+            cors: CorsConfig::default(),
+        }
     }
 }
 
-/// Why the gateway stopped with an error.
+/// Which browser origins may call the gateway. Empty (the default): no CORS
+/// headers at all, so browsers refuse cross-origin calls.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct CorsConfig {
+    /// Origins such as `https://admin.example.com`; `*` allows any.
+    pub allowed_origins: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+/// Why the gateway cannot start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// The embedded descriptors do not decode.
@@ -34,29 +112,500 @@ pub enum GatewayError {
     /// Some RPC lacks an http rule or an access rule.
     #[error("{0}")]
     Bindings(#[from] InvalidBindings),
+    /// A path template does not parse.
+    #[error("{method}: {source}")]
+    Template {
+        /// The RPC.
+        method: String,
+        /// The parse error.
+        source: TemplateError,
+    },
+    /// A rule does not fit its RPC's messages.
+    #[error("{method}: {reason}")]
+    Rule {
+        /// The RPC.
+        method: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// Two rules would match the same request.
+    #[error("{0}")]
+    Conflicts(#[from] RouteConflicts),
+    /// A service has RPCs to serve but no upstream address.
+    #[error("no upstream address for {service}: set gateway.upstreams.\"{service}\"")]
+    MissingUpstream {
+        /// The service's full name.
+        service: String,
+    },
+    /// An upstream address is invalid.
+    #[error("upstream of {service}: {source}")]
+    Upstream {
+        /// The service's full name.
+        service: String,
+        /// Why.
+        source: kit::client::ClientError,
+    },
+    /// The descriptors lack the error model.
+    #[error("{0}")]
+    ErrorModel(#[from] NoStatusMessage),
+    /// Token verification cannot be set up.
+    #[error("authentication: {0}")]
+    Auth(#[from] AuthSetupError),
+    /// A CORS origin is not a valid header value.
+    #[error("cors.allowed_origins: {0:?} is not a valid origin")]
+    CorsOrigin(String),
     /// The server failed.
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Serves until `shutdown` is cancelled. Fails at once if any RPC lacks its
-/// http rule or access rule.
-pub async fn run(listener: TcpListener, shutdown: kit::shutdown::Shutdown) -> Result<(), GatewayError> {
-    let bindings = method_bindings(&proto::descriptor_pool()?)?;
+/// One RPC as a route leads to it.
+#[derive(Debug)]
+struct Rpc {
+    /// `/package.Service/Method`.
+    grpc_path: PathAndQuery,
+    output: MessageDescriptor,
+    input: MessageDescriptor,
+    body: String,
+    response_body: String,
+    scopes: Vec<String>,
+    upstream: Arc<Upstream>,
+    /// The request is newline-delimited JSON, one message a line.
+    client_streaming: bool,
+}
+
+/// One gRPC service's channel.
+#[derive(Debug)]
+struct Upstream {
+    service: String,
+    channel: kit::client::TracedChannel,
+}
+
+/// The gateway, built from descriptors and configuration: serve it with
+/// [`Gateway::router`] or [`serve`].
+#[derive(Clone)]
+pub struct Gateway(Arc<Inner>);
+
+struct Inner {
+    routes: RouteTable<Rpc>,
+    upstreams: Vec<Arc<Upstream>>,
+    auth: Authenticator,
+    errors: ErrorRenderer,
+    openapi: Bytes,
+    gate: kit::throttle::ConcurrencyGate,
+    metrics: HttpMetrics,
+    registry: kit::metrics::Metrics,
+    config: Config,
+}
+
+impl Gateway {
+    /// Routes every binding in `pool`'s `commerce.*` services. Fails when an
+    /// RPC lacks a rule or an access option, a rule does not fit its messages,
+    /// two rules would match the same request, or a service has no upstream.
+    pub async fn new(
+        pool: &DescriptorPool,
+        config: Config,
+        metrics: &kit::metrics::Metrics,
+    ) -> Result<Self, GatewayError> {
+        let bindings = method_bindings(pool)?;
+        let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+        let mut routes = Vec::new();
+        for binding in &bindings {
+            let method = &binding.method;
+            let service = method.parent_service().full_name().to_string();
+            let upstream = match upstreams.get(&service) {
+                Some(upstream) => upstream.clone(),
+                None => {
+                    let address = config
+                        .upstreams
+                        .get(&service)
+                        .ok_or_else(|| GatewayError::MissingUpstream { service: service.clone() })?;
+                    let channel = kit::client::channel(address)
+                        .map_err(|source| GatewayError::Upstream { service: service.clone(), source })?;
+                    let upstream = Arc::new(Upstream { service: service.clone(), channel });
+                    upstreams.insert(service.clone(), upstream.clone());
+                    upstream
+                }
+            };
+            if method.is_server_streaming() {
+                // A stream of answers has no single JSON body to give; such an
+                // RPC is for gRPC clients.
+                return Err(GatewayError::Rule {
+                    method: method.full_name().into(),
+                    reason: "server-streaming RPCs cannot be served over REST; remove its google.api.http rule".into(),
+                });
+            }
+            let grpc_path = format!("/{service}/{}", method.name())
+                .parse::<PathAndQuery>()
+                .map_err(|e| GatewayError::Rule { method: method.full_name().into(), reason: e.to_string() })?;
+            for http in &binding.http {
+                let template = PathTemplate::parse(&http.path)
+                    .map_err(|source| GatewayError::Template { method: method.full_name().into(), source })?;
+                transcode::check_rule(
+                    &method.input(),
+                    &method.output(),
+                    &http.body,
+                    &template.variables(),
+                    &http.response_body,
+                )
+                .map_err(|reason| GatewayError::Rule { method: method.full_name().into(), reason })?;
+                routes.push(Route {
+                    verb: http.verb.clone(),
+                    label: format!("{} ({} {})", method.full_name(), http.verb, http.path),
+                    template,
+                    value: Rpc {
+                        grpc_path: grpc_path.clone(),
+                        input: method.input(),
+                        output: method.output(),
+                        body: http.body.clone(),
+                        response_body: http.response_body.clone(),
+                        scopes: binding.scopes.clone(),
+                        upstream: upstream.clone(),
+                        client_streaming: method.is_client_streaming(),
+                    },
+                });
+            }
+        }
+        let routes = RouteTable::new(routes)?;
+        // The error details' types: from the given descriptors when they have
+        // them, else from the mesh's own, which always do.
+        let errors = match ErrorRenderer::new(pool) {
+            Ok(errors) => errors,
+            Err(_) => ErrorRenderer::new(&proto::descriptor_pool()?)?,
+        };
+        let info = ApiInfo { title: "commerce-mesh".into(), version: env!("CARGO_PKG_VERSION").into() };
+        let openapi = serde_json::to_vec_pretty(&openapi::document(pool, &bindings, &info)).unwrap_or_default();
+        let auth = Authenticator::new(&config.auth).await?;
+        Ok(Self(Arc::new(Inner {
+            routes,
+            upstreams: upstreams.into_values().collect(),
+            auth,
+            errors,
+            openapi: openapi.into(),
+            gate: kit::throttle::ConcurrencyGate::new(config.max_concurrent_requests.max(1), config.queue_timeout),
+            metrics: HttpMetrics::register(metrics),
+            registry: metrics.clone(),
+            config,
+        })))
+    }
+
+    /// How many REST routes are served.
+    pub fn route_count(&self) -> usize {
+        self.0.routes.routes().len()
+    }
+
+    /// The axum app: `/healthz`, `/readyz`, `/openapi.json`, `/metrics`, and
+    /// every binding.
+    pub fn router(&self) -> Result<Router, GatewayError> {
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/openapi.json", get(openapi_json))
+            .route("/metrics", get(metrics_text))
+            .fallback(transcode_request)
+            .with_state(self.clone());
+        let app = match cors(&self.0.config.cors)? {
+            Some(cors) => app.layer(cors),
+            None => app,
+        };
+        // Outermost: every answer, even a CORS refusal, carries the request id.
+        Ok(app.layer(PropagateRequestIdLayer::x_request_id()).layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))
+    }
+}
+
+fn cors(config: &CorsConfig) -> Result<Option<CorsLayer>, GatewayError> {
+    if config.allowed_origins.is_empty() {
+        return Ok(None);
+    }
+    let origins = if config.allowed_origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        let origins = config
+            .allowed_origins
+            .iter()
+            .map(|origin| HeaderValue::from_str(origin).map_err(|_| GatewayError::CorsOrigin(origin.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(origins)
+    };
+    let request_id = http::HeaderName::from_static(REQUEST_ID_HEADER);
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods(tower_http::cors::Any)
+            .allow_headers([AUTHORIZATION, CONTENT_TYPE, request_id.clone()])
+            .expose_headers([request_id, http::header::RETRY_AFTER, WWW_AUTHENTICATE])
+            .max_age(config.max_age),
+    ))
+}
+
+/// Serves `gateway` on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Gateway,
+    shutdown: kit::shutdown::Shutdown,
+) -> Result<(), GatewayError> {
     let address = listener.local_addr()?;
-    tracing::info!(%address, rpcs = bindings.len(), "gateway listening");
-    let app = Router::new().route("/healthz", get(|| async { "ok" })).fallback(not_built);
+    let app = gateway.router()?;
+    tracing::info!(%address, routes = gateway.route_count(), "gateway listening");
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     tracing::info!("gateway stopped");
     Ok(())
 }
 
-/// 501 with a `google.rpc.Status` body, as every gateway error will be.
-async fn not_built() -> impl IntoResponse {
-    let status = serde_json::json!({
-        "code": 12,
-        "message": "REST transcoding is not built yet; call the gRPC services directly",
-        "details": [],
+/// Builds the gateway over the mesh's own descriptors and serves it.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    metrics: &kit::metrics::Metrics,
+    shutdown: kit::shutdown::Shutdown,
+) -> Result<(), GatewayError> {
+    let gateway = Gateway::new(&proto::descriptor_pool()?, config, metrics).await?;
+    serve(listener, gateway, shutdown).await
+}
+
+async fn openapi_json(State(gateway): State<Gateway>) -> Response {
+    ([(CONTENT_TYPE, "application/json")], gateway.0.openapi.clone()).into_response()
+}
+
+async fn metrics_text(State(gateway): State<Gateway>) -> Response {
+    ([(CONTENT_TYPE, kit::metrics::OPENMETRICS_CONTENT_TYPE)], gateway.0.registry.encode()).into_response()
+}
+
+/// 200 when every upstream answers SERVING to a health check of its service,
+/// else 503; the body lists each upstream's answer.
+async fn readyz(State(gateway): State<Gateway>) -> Response {
+    let checks = gateway.0.upstreams.iter().map(|upstream| async move {
+        let mut client = HealthClient::new(upstream.channel.clone());
+        let check = client.check(HealthCheckRequest { service: upstream.service.clone() });
+        let answer = match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok(answer)) => ServingStatus::try_from(answer.into_inner().status)
+                .map(|status| status.as_str_name().to_string())
+                .unwrap_or_else(|_| "UNKNOWN".into()),
+            Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+            Err(_) => "no answer in 2 s".into(),
+        };
+        (upstream.service.clone(), answer)
     });
-    (StatusCode::NOT_IMPLEMENTED, axum::Json(status))
+    let answers: BTreeMap<String, String> = futures::future::join_all(checks).await.into_iter().collect();
+    let ready = answers.values().all(|answer| answer == "SERVING");
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({ "ready": ready, "upstreams": answers });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Every request that is not one of the fixed paths: traced, measured, then handled.
+async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        request.id = tracing::field::Empty,
+    );
+    let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    if let Err(error) = span.set_parent(parent) {
+        tracing::debug!(%error, "cannot continue the caller's trace");
+    }
+    let mut route = "unmatched".to_string();
+    let response = handle(&gateway, request, &span, &mut route).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    gateway.0.metrics.observe(&method, &route, status, started.elapsed());
+    response
+}
+
+async fn handle(gateway: &Gateway, request: Request, span: &Span, route_label: &mut String) -> Response {
+    let inner = &gateway.0;
+    let errors = &inner.errors;
+    let Some(_admitted) = inner.gate.enter().await else {
+        let status = kit::error::with_retry_info(
+            Code::Unavailable,
+            "the gateway is at its concurrency limit; retry shortly",
+            Duration::from_secs(1),
+        );
+        return errors.response(&status);
+    };
+    let (parts, body) = request.into_parts();
+    let request_id = parts.headers.get(REQUEST_ID_HEADER).cloned();
+    if let Some(id) = request_id.as_ref().and_then(|id| id.to_str().ok()) {
+        span.record("request.id", id);
+    }
+    let verb = parts.method.as_str();
+    let (route, bindings) = match inner.routes.find(verb, parts.uri.path()) {
+        RouteMatch::Found { route, bindings } => (route, bindings),
+        RouteMatch::BadPathValue(bad) => {
+            let mut violations = kit::error::BadRequest::new();
+            violations.field(bad.field, bad.reason);
+            return errors.response(&violations.into_status());
+        }
+        RouteMatch::MethodNotAllowed { allowed } => {
+            let status = tonic::Status::unimplemented(format!(
+                "{verb} is not served on {}; allowed: {}",
+                parts.uri.path(),
+                allowed.join(", ")
+            ));
+            let mut response = errors.response_with(StatusCode::METHOD_NOT_ALLOWED, &status);
+            if let Ok(allow) = HeaderValue::from_str(&allowed.join(", ")) {
+                response.headers_mut().insert(ALLOW, allow);
+            }
+            return response;
+        }
+        RouteMatch::NotFound => {
+            return errors.response(&tonic::Status::not_found(format!("no route for {verb} {}", parts.uri.path())));
+        }
+    };
+    *route_label = route.template.text().to_string();
+    span.record("http.route", route_label.as_str());
+    span.record("otel.name", format!("{verb} {route_label}"));
+    let rpc = &route.value;
+
+    let caller = match authorize(&inner.auth, &parts.headers, &rpc.scopes).await {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal.response(errors),
+    };
+
+    if let Some(length) = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && length > inner.config.max_body_bytes
+    {
+        return too_large(errors, inner.config.max_body_bytes);
+    }
+    let body = match Limited::new(body, inner.config.max_body_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<LengthLimitError>() => return too_large(errors, inner.config.max_body_bytes),
+        Err(error) => {
+            let mut violations = kit::error::BadRequest::new();
+            violations.field("body", format!("cannot read the request body: {error}"));
+            return errors.response(&violations.into_status());
+        }
+    };
+
+    let messages = match request_messages(rpc, &bindings, parts.uri.query(), &body) {
+        Ok(messages) => messages,
+        Err(error) => {
+            let mut violations = kit::error::BadRequest::new();
+            violations.field(error.field, error.description);
+            return errors.response(&violations.into_status());
+        }
+    };
+
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    if let Ok(subject) = MetadataValue::try_from(caller.subject.as_str()) {
+        metadata.insert(SUBJECT_METADATA, subject);
+    }
+    if let Some(id) = request_id.as_ref().and_then(|id| MetadataValue::try_from(id.as_bytes()).ok()) {
+        metadata.insert(REQUEST_ID_HEADER, id);
+    }
+    let call = call(rpc, messages, metadata, inner.config.request_timeout);
+    let answer = tokio::time::timeout(inner.config.request_timeout, call).await;
+    let reply = match answer {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(status)) => return errors.response(&status),
+        Err(_) => {
+            let status = tonic::Status::deadline_exceeded(format!(
+                "{} did not answer within {:?}",
+                rpc.upstream.service, inner.config.request_timeout
+            ));
+            return errors.response(&status);
+        }
+    };
+    match transcode::response_json(&reply, &rpc.response_body) {
+        Ok(json) => ([(CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot render the response");
+            errors.response(&tonic::Status::internal("cannot render the response"))
+        }
+    }
+}
+
+/// The request message, or for a client-streaming RPC one message per line of
+/// newline-delimited JSON (blank lines skipped), each filled from the path too.
+fn request_messages(
+    rpc: &Rpc,
+    bindings: &[crate::template::Binding],
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Vec<prost_reflect::DynamicMessage>, transcode::TranscodeError> {
+    if !rpc.client_streaming {
+        return transcode::request_message(&rpc.input, &rpc.body, bindings, query, body).map(|m| vec![m]);
+    }
+    body.split(|byte| *byte == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(index, line)| {
+            transcode::request_message(&rpc.input, &rpc.body, bindings, query, line).map_err(|error| {
+                transcode::TranscodeError {
+                    field: format!("body[line {}].{}", index + 1, error.field).replace(".body", ""),
+                    description: error.description,
+                }
+            })
+        })
+        .collect()
+}
+
+/// Calls the RPC on its upstream: unary, or client-streaming with every message.
+async fn call(
+    rpc: &Rpc,
+    messages: Vec<prost_reflect::DynamicMessage>,
+    metadata: tonic::metadata::MetadataMap,
+    timeout: Duration,
+) -> Result<prost_reflect::DynamicMessage, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(rpc.upstream.channel.clone());
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(format!("{} unavailable: {e}", rpc.upstream.service)))?;
+    let codec = DynamicCodec::new(rpc.output.clone());
+    let reply = if rpc.client_streaming {
+        let mut request = tonic::Request::from_parts(metadata, Default::default(), futures::stream::iter(messages));
+        request.set_timeout(timeout);
+        grpc.client_streaming(request, rpc.grpc_path.clone(), codec).await?
+    } else {
+        let Some(message) = messages.into_iter().next() else {
+            return Err(tonic::Status::internal("no request message"));
+        };
+        let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
+        request.set_timeout(timeout);
+        grpc.unary(request, rpc.grpc_path.clone(), codec).await?
+    };
+    Ok(reply.into_inner())
+}
+
+fn too_large(errors: &ErrorRenderer, limit: usize) -> Response {
+    let status = tonic::Status::new(Code::ResourceExhausted, format!("the request body exceeds {limit} bytes"));
+    errors.response_with(StatusCode::PAYLOAD_TOO_LARGE, &status)
+}
+
+/// A caller refused before any service is called.
+enum Refusal {
+    Unauthenticated { reason: String, challenge: HeaderValue },
+    Forbidden { reason: String, challenge: HeaderValue },
+}
+
+impl Refusal {
+    fn response(self, errors: &ErrorRenderer) -> Response {
+        let (status, challenge) = match self {
+            Refusal::Unauthenticated { reason, challenge } => (tonic::Status::unauthenticated(reason), challenge),
+            Refusal::Forbidden { reason, challenge } => (tonic::Status::permission_denied(reason), challenge),
+        };
+        let mut response = errors.response(&status);
+        response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        response
+    }
+}
+
+async fn authorize(auth: &Authenticator, headers: &HeaderMap, scopes: &[String]) -> Result<Caller, Refusal> {
+    let caller = auth.authenticate(headers.get(AUTHORIZATION)).await.map_err(|refused| Refusal::Unauthenticated {
+        challenge: refused.www_authenticate(),
+        reason: refused.to_string(),
+    })?;
+    caller
+        .require(scopes)
+        .map_err(|refused| Refusal::Forbidden { challenge: refused.www_authenticate(), reason: refused.to_string() })?;
+    Ok(caller)
 }

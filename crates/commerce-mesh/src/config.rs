@@ -25,6 +25,11 @@
 //! | `<service>.database.url` | `MESH_FULFILLMENT__DATABASE__URL`, ... | unset: as above |
 //! | `gateway.listen` | `MESH_GATEWAY__LISTEN` | `127.0.0.1:8080` |
 //! | `gateway.admin_listen` | `MESH_GATEWAY__ADMIN_LISTEN` | `127.0.0.1:9080`: the admin port of `serve gateway` |
+//! | `gateway.fulfillment_url`, `.customer_identity_url`, `.catalog_ingest_url`, `.purchase_history_url` | `MESH_GATEWAY__FULFILLMENT_URL`, ... | `http://127.0.0.1:50051` to `:50054` (`up` uses its own); `dns:///host:port` balances across every address of a headless service |
+//! | `gateway.request_timeout` | `MESH_GATEWAY__REQUEST_TIMEOUT` | `30s`, passed on as the gRPC deadline (504 when it passes) |
+//! | `gateway.max_body_bytes` | `MESH_GATEWAY__MAX_BODY_BYTES` | `1048576` (larger bodies: 413) |
+//! | `gateway.max_concurrent_requests` | `MESH_GATEWAY__MAX_CONCURRENT_REQUESTS` | `1024` in flight; more wait `gateway.queue_timeout` (`500ms`), then 503 |
+//! | `gateway.cors.allowed_origins` | `MESH_GATEWAY__CORS__ALLOWED_ORIGINS` | empty: no CORS; `["*"]` or a list of origins |
 //! | `admin_listen` | `MESH_ADMIN_LISTEN` | `127.0.0.1:9090`: the admin port of `up`, with every component's metrics |
 //! | `telemetry.log_filter` | `MESH_TELEMETRY__LOG_FILTER` (or `RUST_LOG`) | `info` |
 //! | `telemetry.log_format` | `MESH_TELEMETRY__LOG_FORMAT` | `json` (or `text`) |
@@ -43,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::Component;
 
 /// Settings of the whole mesh.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct MeshConfig {
     /// Where embedded storage keeps its files.
@@ -91,19 +96,52 @@ pub struct ServiceConfig<S = NoSettings> {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NoSettings {}
 
-/// Where the REST gateway listens.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// The REST gateway: where it listens, the services it calls, and its HTTP
+/// settings (`auth`, limits, `cors`), which sit beside `listen`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct GatewayConfig {
-    /// The HTTP listen address.
-    pub listen: SocketAddr,
     /// The admin port (`/metrics`, `/healthz`) when the gateway runs alone (`serve`).
     pub admin_listen: SocketAddr,
+    /// Fulfillment's gRPC address: `http://host:port`, or `dns:///host:port` to
+    /// balance across every pod of a headless service.
+    pub fulfillment_url: String,
+    /// CustomerIdentity's gRPC address.
+    pub customer_identity_url: String,
+    /// CatalogIngest's gRPC address.
+    pub catalog_ingest_url: String,
+    /// PurchaseHistory's gRPC address.
+    pub purchase_history_url: String,
+    /// The gateway's own settings: `listen`, `auth`, `request_timeout`,
+    /// `max_body_bytes`, `max_concurrent_requests`, `queue_timeout`, `cors`.
+    #[serde(flatten)]
+    pub http: gateway::Config,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self { listen: gateway::Config::default().listen, admin_listen: local(9080) }
+        Self {
+            admin_listen: local(9080),
+            fulfillment_url: "http://127.0.0.1:50051".into(),
+            customer_identity_url: "http://127.0.0.1:50052".into(),
+            catalog_ingest_url: "http://127.0.0.1:50053".into(),
+            purchase_history_url: "http://127.0.0.1:50054".into(),
+            http: gateway::Config::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The gateway's settings with each service's upstream filled in (an
+    /// upstream already set in `upstreams` wins).
+    pub fn gateway_settings(&self) -> gateway::Config {
+        let mut settings = self.http.clone();
+        let urls =
+            [&self.fulfillment_url, &self.customer_identity_url, &self.catalog_ingest_url, &self.purchase_history_url];
+        for (service, url) in proto::COMMERCE_SERVICES.iter().zip(urls) {
+            settings.upstreams.entry(service.to_string()).or_insert_with(|| url.clone());
+        }
+        settings
     }
 }
 
@@ -174,7 +212,7 @@ impl MeshConfig {
     fn placement(&self, component: Component) -> Placement<'_> {
         match component {
             Component::Gateway => {
-                Placement { listen: self.gateway.listen, admin_listen: self.gateway.admin_listen, database: None }
+                Placement { listen: self.gateway.http.listen, admin_listen: self.gateway.admin_listen, database: None }
             }
             Component::Fulfillment => self.fulfillment.placement(),
             Component::CustomerIdentity => self.customer_identity.placement(),
@@ -197,7 +235,7 @@ impl MeshConfig {
     /// `component`'s listen and admin addresses, to set.
     fn addresses_mut(&mut self, component: Component) -> (&mut SocketAddr, &mut SocketAddr) {
         match component {
-            Component::Gateway => (&mut self.gateway.listen, &mut self.gateway.admin_listen),
+            Component::Gateway => (&mut self.gateway.http.listen, &mut self.gateway.admin_listen),
             Component::Fulfillment => (&mut self.fulfillment.listen, &mut self.fulfillment.admin_listen),
             Component::CustomerIdentity => {
                 (&mut self.customer_identity.listen, &mut self.customer_identity.admin_listen)

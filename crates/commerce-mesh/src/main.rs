@@ -34,6 +34,22 @@ enum Command {
         /// A service, or `all`.
         target: MigrateTarget,
     },
+    /// Print a development token for the gateway, signed with the development
+    /// secret (configured, or the one `up` writes under the data directory).
+    Token {
+        /// Scopes the token carries, comma-separated (see /openapi.json, x-required-scopes).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Carry every scope any RPC requires.
+        #[arg(long)]
+        all_scopes: bool,
+        /// The token's subject, passed to services as `x-authenticated-subject`.
+        #[arg(long, default_value = "developer")]
+        subject: String,
+        /// How long the token is valid, such as `1h` or `30m`.
+        #[arg(long, default_value = "1h", value_parser = humantime_serde::re::humantime::parse_duration)]
+        ttl: Duration,
+    },
     /// Stream a CSV of customer links (header: customer_id, lms_user_id,
     /// lms_username, email) into a running CustomerIdentity.
     ImportCustomers {
@@ -98,6 +114,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { target } => {
             commerce_mesh::migrate(target, &config).await.map(drop).map_err(anyhow::Error::from)
+        }
+        Command::Token { scopes, all_scopes, subject, ttl } => {
+            let scopes = if all_scopes { commerce_mesh::dev_tokens::every_scope() } else { scopes };
+            commerce_mesh::dev_tokens::mint(&config, &subject, scopes, ttl)
+                .map(|token| println!("{token}"))
+                .map_err(anyhow::Error::from)
         }
         Command::ImportCustomers { file, identity, batch_size, show_rejections } => {
             let endpoint = identity.unwrap_or_else(|| format!("http://{}", config.listen(Component::CustomerIdentity)));

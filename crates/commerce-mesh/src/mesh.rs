@@ -136,12 +136,32 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
     }
     // Peers in this process call each other where they actually listen (ports may be ephemeral).
     let mut config = config;
+    let development_tokens = !crate::dev_tokens::has_key_source(&config.gateway.http.auth);
+    if development_tokens {
+        let secret = crate::dev_tokens::load_or_create_secret(&config.data_dir)
+            .map_err(|e| MeshError::Setup { component: Component::Gateway, reason: e.to_string() })?;
+        tracing::warn!(
+            file = %config.data_dir.join(crate::dev_tokens::SECRET_FILE).display(),
+            "the gateway accepts development tokens (`commerce-mesh token`); configure gateway.auth.jwks_url for real callers"
+        );
+        config.gateway.http.auth.development_secret = Some(secret);
+    }
     if let Some(identity) = addresses.get(&Component::CustomerIdentity) {
         config.fulfillment.settings.customer_identity_url = format!("http://{identity}");
         config.purchase_history.settings.customer_identity_url = format!("http://{identity}");
     }
     if let Some(catalog) = addresses.get(&Component::CatalogIngest) {
         config.fulfillment.settings.catalog_url = format!("http://{catalog}");
+        config.gateway.catalog_ingest_url = format!("http://{catalog}");
+    }
+    if let Some(identity) = addresses.get(&Component::CustomerIdentity) {
+        config.gateway.customer_identity_url = format!("http://{identity}");
+    }
+    if let Some(fulfillment) = addresses.get(&Component::Fulfillment) {
+        config.gateway.fulfillment_url = format!("http://{fulfillment}");
+    }
+    if let Some(purchases) = addresses.get(&Component::PurchaseHistory) {
+        config.gateway.purchase_history_url = format!("http://{purchases}");
     }
     let mut tasks = JoinSet::new();
     for (component, listener) in listeners {
@@ -159,6 +179,7 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
         tasks,
         data_dir: config.data_dir,
         shared_database: config.database_url,
+        development_tokens,
     })
 }
 
@@ -171,6 +192,8 @@ pub struct RunningMesh {
     tasks: JoinSet<(&'static str, Result<(), MeshError>)>,
     data_dir: std::path::PathBuf,
     shared_database: Option<String>,
+    /// The gateway verifies tokens with the development secret `up` made.
+    development_tokens: bool,
 }
 
 impl RunningMesh {
@@ -213,6 +236,14 @@ impl RunningMesh {
             text.push_str(&format!("  {:<18} {scheme}://{}\n", component.name(), self.address(component)));
         }
         text.push_str(&format!("  {:<18} {}/metrics\n", "metrics", self.admin_url()));
+        text.push_str(&format!("  {:<18} {}/openapi.json\n", "openapi", self.url(Component::Gateway)));
+        if self.development_tokens {
+            text.push_str(&format!(
+                "  {:<18} commerce-mesh token --all-scopes (development tokens, secret in {})\n",
+                "tokens",
+                self.data_dir.join(crate::dev_tokens::SECRET_FILE).display()
+            ));
+        }
         text
     }
 
@@ -274,7 +305,7 @@ async fn run(
     shutdown: Shutdown,
 ) -> Result<(), MeshError> {
     if component == Component::Gateway {
-        return Ok(gateway::run(listener, shutdown).await?);
+        return Ok(gateway::run(listener, config.gateway.gateway_settings(), metrics, shutdown).await?);
     }
     let database = config.database(component)?;
     let migrations = component.migrations().ok_or(ConfigProblem::NoDatabase)?;

@@ -1,0 +1,162 @@
+//! Development tokens: the HS256 secret `up` verifies with when no token
+//! verification is configured, and `commerce-mesh token`, which mints tokens
+//! with it.
+//!
+//! `up` on pure defaults must let a new user call the gateway, yet nothing
+//! may be reachable without a token. So the first `up` writes a random
+//! secret to `data_dir/gateway-development-secret` (mode 0600) and uses it;
+//! `token` reads the same file. `serve gateway` never does this: a deployed
+//! gateway must be given a JWKS (or a secret) explicitly.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gateway::auth::{AuthConfig, DevelopmentClaims, MintError, Secret};
+
+use crate::MeshConfig;
+
+/// The file, under `data_dir`, holding the development secret `up` made.
+pub const SECRET_FILE: &str = "gateway-development-secret";
+
+/// Why no development token can be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum DevTokenError {
+    /// Neither a configured secret nor the one `up` writes.
+    #[error(
+        "no development secret: set MESH_GATEWAY__AUTH__DEVELOPMENT_SECRET, or run `commerce-mesh up` once \
+         (it writes {0})"
+    )]
+    NoSecret(PathBuf),
+    /// The secret file cannot be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The claims cannot be signed.
+    #[error("cannot mint the token: {0}")]
+    Mint(#[from] MintError),
+    /// No scope was asked for.
+    #[error("name the scopes the token carries: --scopes a,b (or --all-scopes)")]
+    NoScopes,
+}
+
+/// True when `auth` has some way to verify tokens.
+pub fn has_key_source(auth: &AuthConfig) -> bool {
+    auth.development_secret.is_some()
+        || auth.jwks_file.as_ref().is_some_and(|path| !path.as_os_str().is_empty())
+        || auth.jwks_url.as_ref().is_some_and(|url| !url.is_empty())
+}
+
+/// The secret in `data_dir`, written first (random, 0600) when absent.
+pub fn load_or_create_secret(data_dir: &Path) -> Result<Secret, DevTokenError> {
+    let path = data_dir.join(SECRET_FILE);
+    if let Some(secret) = read_secret(&path)? {
+        return Ok(secret);
+    }
+    let file_error = |source| DevTokenError::File { path: path.clone(), source };
+    std::fs::create_dir_all(data_dir).map_err(file_error)?;
+    // Two v4 UUIDs: 244 random bits from the OS generator, as 64 hex digits.
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut file) => std::io::Write::write_all(&mut file, secret.as_bytes()).map_err(file_error)?,
+        // Another process wrote it first: use theirs.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(file_error(error)),
+    }
+    read_secret(&path)?.ok_or(DevTokenError::NoSecret(path))
+}
+
+fn read_secret(path: &Path) -> Result<Option<Secret>, DevTokenError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(Some(Secret::new(text.trim().to_string()))),
+        Ok(_) => Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(DevTokenError::File { path: path.to_path_buf(), source }),
+    }
+}
+
+/// The secret `token` signs with: the configured one, else the one `up` wrote.
+pub fn signing_secret(config: &MeshConfig) -> Result<Secret, DevTokenError> {
+    if let Some(secret) = &config.gateway.http.auth.development_secret {
+        return Ok(secret.clone());
+    }
+    let path = config.data_dir.join(SECRET_FILE);
+    read_secret(&path)?.ok_or(DevTokenError::NoSecret(path))
+}
+
+/// Every scope some RPC of the mesh requires, sorted.
+pub fn every_scope() -> Vec<String> {
+    let Ok(pool) = proto::descriptor_pool() else { return Vec::new() };
+    let Ok(bindings) = gateway::binding::method_bindings(&pool) else { return Vec::new() };
+    let mut scopes: Vec<String> = bindings.into_iter().flat_map(|binding| binding.scopes).collect();
+    scopes.sort();
+    scopes.dedup();
+    scopes
+}
+
+/// A development token for `subject` carrying `scopes`, valid for `ttl`, with
+/// the issuer and audience the gateway is configured to expect.
+pub fn mint(config: &MeshConfig, subject: &str, scopes: Vec<String>, ttl: Duration) -> Result<String, DevTokenError> {
+    if scopes.is_empty() {
+        return Err(DevTokenError::NoScopes);
+    }
+    let auth = &config.gateway.http.auth;
+    let claims = DevelopmentClaims {
+        issuer: auth.issuer.clone(),
+        audience: auth.audience.clone(),
+        subject: subject.to_string(),
+        scopes,
+        ttl,
+    };
+    Ok(gateway::auth::mint_development_token(&signing_secret(config)?, &claims)?)
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_is_made_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_secret(&dir.path().join("data")).unwrap();
+        let again = load_or_create_secret(&dir.path().join("data")).unwrap();
+        assert_eq!(first.expose(), again.expose());
+        assert_eq!(first.expose().len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("data").join(SECRET_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn minting_needs_a_secret_and_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = MeshConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        assert!(matches!(
+            mint(&config, "dev", vec!["a".into()], Duration::from_secs(60)),
+            Err(DevTokenError::NoSecret(_))
+        ));
+        load_or_create_secret(&config.data_dir).unwrap();
+        assert!(matches!(mint(&config, "dev", vec![], Duration::from_secs(60)), Err(DevTokenError::NoScopes)));
+        let token = mint(&config, "dev", vec!["a".into()], Duration::from_secs(60)).unwrap();
+        assert_eq!(token.split('.').count(), 3);
+    }
+
+    #[test]
+    fn every_scope_lists_the_mesh_scopes() {
+        let scopes = every_scope();
+        assert!(scopes.contains(&"fulfillment:write".to_string()));
+        assert!(scopes.contains(&"purchases:read".to_string()));
+        assert!(scopes.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+}
