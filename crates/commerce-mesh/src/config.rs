@@ -29,6 +29,9 @@
 //! | `gateway.request_timeout` | `MESH_GATEWAY__REQUEST_TIMEOUT` | `30s`, passed on as the gRPC deadline (504 when it passes) |
 //! | `gateway.max_body_bytes` | `MESH_GATEWAY__MAX_BODY_BYTES` | `1048576` (larger bodies: 413) |
 //! | `gateway.max_concurrent_requests` | `MESH_GATEWAY__MAX_CONCURRENT_REQUESTS` | `1024` in flight; more wait `gateway.queue_timeout` (`500ms`), then 503 |
+//! | `gateway.auth.jwks_url` or `.jwks_file` | `MESH_GATEWAY__AUTH__JWKS_URL`, `..._JWKS_FILE` | unset; RS256 tokens are verified against this JWKS (the URL re-fetched every `auth.jwks_refresh`, `5m`, and on an unknown `kid`) |
+//! | `gateway.auth.issuer`, `.audience` | `MESH_GATEWAY__AUTH__ISSUER`, `..._AUDIENCE` | `commerce-mesh`, `commerce-mesh`: a token's `iss` and `aud` must match (`auth.leeway`, `30s`, for `exp`/`nbf`) |
+//! | `gateway.auth.development_secret` | `MESH_GATEWAY__AUTH__DEVELOPMENT_SECRET` | unset; HS256 tokens signed with it are accepted (`commerce-mesh token`). `up` with no key source makes one in `data_dir/gateway-development-secret`; `serve gateway` needs one of the three |
 //! | `gateway.cors.allowed_origins` | `MESH_GATEWAY__CORS__ALLOWED_ORIGINS` | empty: no CORS; `["*"]` or a list of origins |
 //! | `admin_listen` | `MESH_ADMIN_LISTEN` | `127.0.0.1:9090`: the admin port of `up`, with every component's metrics |
 //! | `telemetry.log_filter` | `MESH_TELEMETRY__LOG_FILTER` (or `RUST_LOG`) | `info` |
