@@ -393,13 +393,22 @@ async fn readyz(State(gateway): State<Gateway>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Every request that is not one of the fixed paths: traced, measured, then handled.
+/// Every request that is not one of the fixed paths: routed, traced, measured, then handled.
 async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> Response {
     let started = Instant::now();
     let method = request.method().as_str().to_string();
+    // Routed first, so the span is named after its route from the start
+    // (`GET /v1/customers/{customer_id}`): an OpenTelemetry span's name cannot
+    // change once its context has been handed on.
+    let found = gateway.0.routes.find(&method, request.uri().path());
+    let route = match &found {
+        RouteMatch::Found { route, .. } => route.template.text(),
+        _ => "unmatched",
+    };
+    let name = if let RouteMatch::Found { .. } = &found { format!("{method} {route}") } else { method.clone() };
     let span = tracing::info_span!(
         "http",
-        otel.name = %method,
+        otel.name = %name,
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.request.method = %method,
@@ -408,22 +417,24 @@ async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> 
         http.response.status_code = tracing::field::Empty,
         request.id = tracing::field::Empty,
     );
+    if let RouteMatch::Found { .. } = &found {
+        span.record("http.route", route);
+    }
     let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
     if let Err(error) = span.set_parent(parent) {
         tracing::debug!(%error, "cannot continue the caller's trace");
     }
-    let mut route = "unmatched".to_string();
-    let response = handle(&gateway, request, &span, &mut route).instrument(span.clone()).await;
+    let response = handle(&gateway, request, found, &span).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
     if response.status().is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    gateway.0.metrics.observe(&method, &route, status, started.elapsed());
+    gateway.0.metrics.observe(&method, route, status, started.elapsed());
     response
 }
 
-async fn handle(gateway: &Gateway, request: Request, span: &Span, route_label: &mut String) -> Response {
+async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>, span: &Span) -> Response {
     let inner = &gateway.0;
     let errors = &inner.errors;
     let Some(_admitted) = inner.gate.enter().await else {
@@ -440,7 +451,7 @@ async fn handle(gateway: &Gateway, request: Request, span: &Span, route_label: &
         span.record("request.id", id);
     }
     let verb = parts.method.as_str();
-    let (route, bindings) = match inner.routes.find(verb, parts.uri.path()) {
+    let (route, bindings) = match found {
         RouteMatch::Found { route, bindings } => (route, bindings),
         RouteMatch::BadPathValue(bad) => {
             let mut violations = kit::error::BadRequest::new();
@@ -463,9 +474,6 @@ async fn handle(gateway: &Gateway, request: Request, span: &Span, route_label: &
             return errors.response(&tonic::Status::not_found(format!("no route for {verb} {}", parts.uri.path())));
         }
     };
-    *route_label = route.template.text().to_string();
-    span.record("http.route", route_label.as_str());
-    span.record("otel.name", format!("{verb} {route_label}"));
     let rpc = &route.value;
 
     let caller = match authorize(&inner.auth, &parts.headers, &rpc.scopes).await {

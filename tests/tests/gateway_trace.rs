@@ -1,0 +1,82 @@
+//! A REST request continues the caller's trace: the gateway's server span is a
+//! child of the incoming `traceparent`, and its call to the service carries the
+//! trace on, received by an in-process OTLP collector.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
+
+use std::time::Duration;
+
+use commerce_mesh::Component;
+use kit::shutdown::Shutdown;
+use kit::telemetry::TelemetryConfig;
+use mesh_tests::collector::{CollectedSpan, Collector};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn one<'a>(spans: &'a [CollectedSpan], name: &str, kind: i32) -> &'a CollectedSpan {
+    let found: Vec<_> = spans.iter().filter(|s| s.name == name && s.kind == kind).collect();
+    assert_eq!(found.len(), 1, "one {name} span of kind {kind} in {spans:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_request_continues_the_callers_trace_into_the_service() {
+    let mut collector = Collector::start().await.expect("collector");
+    let telemetry = kit::telemetry::init(&TelemetryConfig {
+        otlp_endpoint: Some(collector.endpoint().to_string()),
+        service_name: "gateway-trace-test".into(),
+        ..Default::default()
+    })
+    .expect("telemetry");
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
+    config.use_ephemeral_ports();
+    let mesh = commerce_mesh::start(config.clone(), Shutdown::new()).await.expect("mesh starts");
+    mesh_tests::health::wait_serving(&mesh.grpc_url(Component::CustomerIdentity), Duration::from_secs(30))
+        .await
+        .expect("ready");
+    let token =
+        commerce_mesh::dev_tokens::mint(&config, "tracer", vec!["identity:read".into()], Duration::from_secs(60))
+            .expect("token");
+
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/customers/c-404", mesh.url(Component::Gateway)))
+        .bearer_auth(token)
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    let flushing = tokio::task::spawn_blocking(move || {
+        telemetry.force_flush();
+        telemetry
+    });
+    let telemetry = flushing.await.expect("flush");
+    let spans = collector
+        .wait_until(Duration::from_secs(30), |spans| spans.iter().filter(|s| s.trace_id == TRACE_ID).count() >= 3)
+        .await;
+
+    let gateway = one(&spans, "GET /v1/customers/{customer_id}", 2);
+    let to_service = one(&spans, "commerce.identity.v1.CustomerIdentityService/GetCustomer", 3);
+    let in_service = one(&spans, "commerce.identity.v1.CustomerIdentityService/GetCustomer", 2);
+    for span in [gateway, to_service, in_service] {
+        assert_eq!(span.trace_id, TRACE_ID, "{} continues the caller's trace", span.name);
+    }
+    assert_eq!(gateway.parent_span_id, CALLER_SPAN, "the gateway's span is the caller's child");
+    assert_eq!(to_service.parent_span_id, gateway.span_id);
+    assert_eq!(in_service.parent_span_id, to_service.span_id);
+    // OpenTelemetry HTTP server conventions.
+    assert_eq!(gateway.attribute("http.request.method"), Some("GET"));
+    assert_eq!(gateway.attribute("http.route"), Some("/v1/customers/{customer_id}"));
+    assert_eq!(gateway.attribute("http.response.status_code"), Some("404"));
+    assert_eq!(gateway.attribute("url.path"), Some("/v1/customers/c-404"));
+
+    mesh.stop().await.expect("mesh stops cleanly");
+    telemetry.shutdown().await;
+}
