@@ -37,6 +37,17 @@ impl CollectedSpan {
     }
 }
 
+/// The one span in `spans` with `name` and `kind` (panics naming what was
+/// found otherwise: for tests).
+#[allow(clippy::panic)]
+pub fn one<'a>(spans: &'a [CollectedSpan], name: &str, kind: i32) -> &'a CollectedSpan {
+    let found: Vec<_> = spans.iter().filter(|s| s.name == name && s.kind == kind).collect();
+    match found.as_slice() {
+        [span] => span,
+        _ => panic!("expected one {name} span of kind {kind}, found {} in {spans:#?}", found.len()),
+    }
+}
+
 #[derive(Clone)]
 struct Recorder {
     spans: Arc<Mutex<Vec<CollectedSpan>>>,

@@ -9,16 +9,10 @@ use std::time::Duration;
 use commerce_mesh::Component;
 use kit::shutdown::Shutdown;
 use kit::telemetry::TelemetryConfig;
-use mesh_tests::collector::{CollectedSpan, Collector};
+use mesh_tests::collector::{Collector, one};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
-
-fn one<'a>(spans: &'a [CollectedSpan], name: &str, kind: i32) -> &'a CollectedSpan {
-    let found: Vec<_> = spans.iter().filter(|s| s.name == name && s.kind == kind).collect();
-    assert_eq!(found.len(), 1, "one {name} span of kind {kind} in {spans:#?}");
-    found[0]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rest_request_continues_the_callers_trace_into_the_service() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use kit::serve::GrpcServer;
 use kit::shutdown::Shutdown;
 use kit::telemetry::TelemetryConfig;
-use mesh_tests::collector::{CollectedSpan, Collector};
+use mesh_tests::collector::{Collector, one};
 use proto::commerce::fulfillment::v1::GetFulfillmentRequest;
 use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use proto::commerce::purchases::v1::purchase_history_service_client::PurchaseHistoryServiceClient;
@@ -42,12 +42,6 @@ impl PurchaseHistoryService for Relay {
         assert_eq!(status.code(), tonic::Code::NotFound);
         Ok(tonic::Response::new(ListPurchasesResponse::default()))
     }
-}
-
-fn one<'a>(spans: &'a [CollectedSpan], name: &str, kind: i32) -> &'a CollectedSpan {
-    let found: Vec<_> = spans.iter().filter(|s| s.name == name && s.kind == kind).collect();
-    assert_eq!(found.len(), 1, "one {name} span of kind {kind} in {spans:#?}");
-    found[0]
 }
 
 #[tokio::test]
