@@ -303,6 +303,7 @@ impl Gateway {
             .route("/openapi.json", get(openapi_json))
             .route("/metrics", get(metrics_text))
             .fallback(transcode_request)
+            .method_not_allowed_fallback(fixed_path_method_not_allowed)
             .with_state(self.clone());
         let app = match cors(&self.0.config.cors)? {
             Some(cors) => app.layer(cors),
@@ -361,6 +362,15 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let gateway = Gateway::new(&proto::descriptor_pool()?, config, metrics).await?;
     serve(listener, gateway, shutdown).await
+}
+
+/// Another method on `/healthz`, `/readyz`, `/openapi.json` or `/metrics`:
+/// 405 as a `google.rpc.Status`, like every other refusal.
+async fn fixed_path_method_not_allowed(State(gateway): State<Gateway>, request: Request) -> Response {
+    let status = tonic::Status::unimplemented(format!("{} is only served to GET", request.uri().path()));
+    let mut response = gateway.0.errors.response_with(StatusCode::METHOD_NOT_ALLOWED, &status);
+    response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET,HEAD"));
+    response
 }
 
 async fn openapi_json(State(gateway): State<Gateway>) -> Response {
@@ -512,12 +522,18 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
     if let Some(id) = request_id.as_ref().and_then(|id| MetadataValue::try_from(id.as_bytes()).ok()) {
         metadata.insert(REQUEST_ID_HEADER, id);
     }
+    let deadline = tokio::time::Instant::now() + inner.config.request_timeout;
     let call = call(rpc, messages, metadata, inner.config.request_timeout);
-    let answer = tokio::time::timeout(inner.config.request_timeout, call).await;
+    let answer = tokio::time::timeout_at(deadline, call).await;
     let reply = match answer {
         Ok(Ok(reply)) => reply,
-        Ok(Err(status)) => return errors.response(&status),
-        Err(_) => {
+        // tonic enforces the grpc-timeout it sends (and a tonic service the one it
+        // receives) by answering CANCELLED; the gateway cancels nothing else, so
+        // past the deadline that CANCELLED is the deadline.
+        Ok(Err(status)) if status.code() != Code::Cancelled || tokio::time::Instant::now() < deadline => {
+            return errors.response(&status);
+        }
+        Ok(Err(_)) | Err(_) => {
             let status = tonic::Status::deadline_exceeded(format!(
                 "{} did not answer within {:?}",
                 rpc.upstream.service, inner.config.request_timeout
@@ -551,7 +567,10 @@ fn request_messages(
         .map(|(index, line)| {
             transcode::request_message(&rpc.input, &rpc.body, bindings, query, line).map_err(|error| {
                 transcode::TranscodeError {
-                    field: format!("body[line {}].{}", index + 1, error.field).replace(".body", ""),
+                    field: match error.field.as_str() {
+                        "body" => format!("body[line {}]", index + 1),
+                        field => format!("body[line {}].{field}", index + 1),
+                    },
                     description: error.description,
                 }
             })
