@@ -591,15 +591,7 @@ fn well_known(message: &MessageDescriptor) -> Option<WellKnown> {
             "properties": {"@type": {"type": "string"}},
             "required": ["@type"],
         }),
-        "google.protobuf.DoubleValue"
-        | "google.protobuf.FloatValue"
-        | "google.protobuf.Int64Value"
-        | "google.protobuf.UInt64Value"
-        | "google.protobuf.Int32Value"
-        | "google.protobuf.UInt32Value"
-        | "google.protobuf.BoolValue"
-        | "google.protobuf.StringValue"
-        | "google.protobuf.BytesValue" => {
+        name if crate::transcode::WRAPPER_TYPES.contains(&name) => {
             return message.get_field_by_name("value").map(|value| WellKnown::Wrapper(value.kind()));
         }
         _ => return None,
