@@ -220,7 +220,7 @@ impl Gateway {
                         .upstreams
                         .get(&service)
                         .ok_or_else(|| GatewayError::MissingUpstream { service: service.clone() })?;
-                    let channel = kit::client::channel(address)
+                    let channel = kit::client::channel_from("gateway", address)
                         .map_err(|source| GatewayError::Upstream { service: service.clone(), source })?;
                     let upstream = Arc::new(Upstream { service: service.clone(), channel });
                     upstreams.insert(service.clone(), upstream.clone());

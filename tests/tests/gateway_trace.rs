@@ -1,6 +1,7 @@
 //! A REST request continues the caller's trace: the gateway's server span is a
 //! child of the incoming `traceparent`, and its call to the service carries the
-//! trace on, received by an in-process OTLP collector.
+//! trace on, received by an in-process OTLP collector; each component's spans
+//! carry its own service name though they share one process.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
@@ -17,11 +18,15 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rest_request_continues_the_callers_trace_into_the_service() {
     let mut collector = Collector::start().await.expect("collector");
-    let telemetry = kit::telemetry::init(&TelemetryConfig {
-        otlp_endpoint: Some(collector.endpoint().to_string()),
-        service_name: "gateway-trace-test".into(),
-        ..Default::default()
-    })
+    // As `up` does: one process, each component's spans under its own service name.
+    let telemetry = kit::telemetry::init_with_components(
+        &TelemetryConfig {
+            otlp_endpoint: Some(collector.endpoint().to_string()),
+            service_name: "gateway-trace-test".into(),
+            ..Default::default()
+        },
+        Component::span_components(),
+    )
     .expect("telemetry");
 
     let data = tempfile::tempdir().expect("tempdir");
@@ -65,6 +70,9 @@ async fn a_rest_request_continues_the_callers_trace_into_the_service() {
     assert_eq!(gateway.parent_span_id, CALLER_SPAN, "the gateway's span is the caller's child");
     assert_eq!(to_service.parent_span_id, gateway.span_id);
     assert_eq!(in_service.parent_span_id, to_service.span_id);
+    assert_eq!(gateway.service_name, "gateway");
+    assert_eq!(to_service.service_name, "gateway", "the gateway's call is the gateway's span");
+    assert_eq!(in_service.service_name, "customer-identity");
     // OpenTelemetry HTTP server conventions.
     assert_eq!(gateway.attribute("http.request.method"), Some("GET"));
     assert_eq!(gateway.attribute("http.route"), Some("/v1/customers/{customer_id}"));

@@ -53,6 +53,25 @@ impl Component {
         }
     }
 
+    /// The Rust module its code lives in, so its spans can be told apart.
+    pub fn module(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Fulfillment => "fulfillment",
+            Self::CustomerIdentity => "customer_identity",
+            Self::CatalogIngest => "catalog_ingest",
+            Self::PurchaseHistory => "purchase_history",
+        }
+    }
+
+    /// Which spans belong to which component, for a process that runs them
+    /// all (`up`): each is exported under its own `service.name`.
+    pub fn span_components() -> kit::component_spans::Components {
+        Self::DISPLAY_ORDER.iter().fold(kit::component_spans::Components::new(), |components, component| {
+            components.module(component.module(), component.name())
+        })
+    }
+
     /// The name of the service's storage: its Postgres schema and SQLite file.
     /// None for the gateway, which stores nothing.
     pub fn storage_name(self) -> Option<&'static str> {

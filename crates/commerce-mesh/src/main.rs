@@ -102,7 +102,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.telemetry.service_name = component.name().to_string();
         }
     }
-    let telemetry = kit::telemetry::init(&config.telemetry).context("starting telemetry")?;
+    // `up` runs every component in one process: each one's spans still carry its own service name.
+    let components = match &cli.command {
+        Command::Up => Component::span_components(),
+        _ => kit::component_spans::Components::new(),
+    };
+    let telemetry =
+        kit::telemetry::init_with_components(&config.telemetry, components).context("starting telemetry")?;
     let result = match cli.command {
         Command::Up => {
             let mesh = commerce_mesh::start(config, kit::shutdown::on_signal()).await?;

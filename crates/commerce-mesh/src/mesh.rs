@@ -378,7 +378,7 @@ fn grpc_server(
             let setup = |reason: String| MeshError::Setup { component, reason };
             let bus = kit::bus::open(config.redis_url.as_deref(), &config.data_dir.join("events.db"))
                 .map_err(|source| MeshError::Bus { component, source })?;
-            let channel = kit::client::channel(&settings.customer_identity_url)
+            let channel = kit::client::channel_from(component.name(), &settings.customer_identity_url)
                 .map_err(|e| setup(format!("fulfillment.customer_identity_url: {e}")))?;
             let identity =
                 proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient::new(
@@ -403,10 +403,10 @@ fn grpc_server(
             let settings = &config.purchase_history.settings;
             let bus = kit::bus::open(config.redis_url.as_deref(), &config.data_dir.join("events.db"))
                 .map_err(|source| MeshError::Bus { component, source })?;
-            let channel = kit::client::channel(&settings.customer_identity_url).map_err(|e| MeshError::Setup {
-                component,
-                reason: format!("purchase_history.customer_identity_url: {e}"),
-            })?;
+            let channel =
+                kit::client::channel_from(component.name(), &settings.customer_identity_url).map_err(|e| {
+                    MeshError::Setup { component, reason: format!("purchase_history.customer_identity_url: {e}") }
+                })?;
             let identity =
                 proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient::new(
                     channel,

@@ -19,7 +19,7 @@ use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
 
-use crate::trace::{InjectTraceContext, InjectTraceContextLayer, grpc_client_layer};
+use crate::trace::{InjectTraceContext, InjectTraceContextLayer, grpc_client_layer, grpc_client_layer_for};
 
 /// A tonic channel wrapped so every call has a client span whose context
 /// travels with the request.
@@ -65,6 +65,17 @@ pub enum ClientError {
 ///   every ready pod: a single connection to a ClusterIP would pin all calls
 ///   to one pod. Must be called inside a tokio runtime.
 pub fn channel(address: &str) -> Result<TracedChannel, ClientError> {
+    channel_with(address, grpc_client_layer())
+}
+
+/// [`channel`] for calls `component` makes: its client spans say so in
+/// `mesh.component` (see [`crate::component_spans`]).
+pub fn channel_from(component: &str, address: &str) -> Result<TracedChannel, ClientError> {
+    channel_with(address, grpc_client_layer_for(component))
+}
+
+fn channel_with(address: &str, layer: crate::trace::GrpcTraceLayer) -> Result<TracedChannel, ClientError> {
+    let traced = |channel: Channel| ServiceBuilder::new().layer(layer).layer(InjectTraceContextLayer).service(channel);
     match address.strip_prefix(DNS_SCHEME) {
         Some(target) => {
             let target = target.trim_start_matches('/').to_string();

@@ -23,6 +23,7 @@
 pub mod bus;
 pub mod cache;
 pub mod client;
+pub mod component_spans;
 pub mod config;
 pub mod db;
 pub mod error;

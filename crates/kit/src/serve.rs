@@ -37,7 +37,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::shutdown::Shutdown;
-use crate::trace::grpc_server_layer;
+use crate::trace::grpc_server_layer_for;
 
 /// How a component stops.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -203,7 +203,7 @@ impl GrpcServer {
         };
 
         let server = tonic::transport::Server::builder()
-            .layer(grpc_server_layer())
+            .layer(grpc_server_layer_for(component))
             .layer(metrics)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(accept_nodelay(listener), stop_accepting);

@@ -20,6 +20,8 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+
+use crate::component_spans::{ByComponent, Components};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::dispatcher::WeakDispatch;
@@ -126,8 +128,14 @@ impl Telemetry {
 /// Installs logging and tracing for the whole process. Must run inside a tokio
 /// runtime (the OTLP exporter needs one).
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    init_with_components(config, Components::new())
+}
+
+/// [`init`], exporting each span under the `service.name` of its component
+/// ([`crate::component_spans`]): for a process that runs several.
+pub fn init_with_components(config: &TelemetryConfig, components: Components) -> Result<Telemetry, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let (provider, exporting) = tracer_provider(config)?;
+    let (provider, exporting) = tracer_provider(config, components)?;
     global::set_tracer_provider(provider.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("commerce-mesh"));
 
@@ -153,7 +161,10 @@ fn env_filter(config: &TelemetryConfig) -> Result<EnvFilter, TelemetryError> {
     EnvFilter::builder().parse(&combined).map_err(|source| TelemetryError::Filter { filter: directives, source })
 }
 
-fn tracer_provider(config: &TelemetryConfig) -> Result<(SdkTracerProvider, bool), TelemetryError> {
+fn tracer_provider(
+    config: &TelemetryConfig,
+    components: Components,
+) -> Result<(SdkTracerProvider, bool), TelemetryError> {
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(config.service_name.clone());
@@ -166,11 +177,19 @@ fn tracer_provider(config: &TelemetryConfig) -> Result<(SdkTracerProvider, bool)
         || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "none");
     let exporting = !disabled && (config.otlp_endpoint.is_some() || from_env);
     if exporting {
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-        if let Some(endpoint) = &config.otlp_endpoint {
-            exporter = exporter.with_endpoint(endpoint.clone());
+        let otlp = || {
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(endpoint) = &config.otlp_endpoint {
+                exporter = exporter.with_endpoint(endpoint.clone());
+            }
+            exporter.build()
+        };
+        // OTEL_SERVICE_NAME names every span alike, as its user asked.
+        if components.is_empty() || std::env::var_os("OTEL_SERVICE_NAME").is_some() {
+            builder = builder.with_batch_exporter(otlp()?);
+        } else {
+            builder = builder.with_batch_exporter(ByComponent::new(components, otlp)?);
         }
-        builder = builder.with_batch_exporter(exporter.build()?);
     }
     Ok((builder.build(), exporting))
 }

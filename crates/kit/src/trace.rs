@@ -10,6 +10,7 @@
 //!   stream message, and made a span's parent on the other side.
 
 use std::num::NonZeroI32;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,18 +39,29 @@ pub type GrpcTraceLayer =
 /// A server span per RPC, continuing any trace context the caller sent.
 /// Health checks and reflection are not traced: probes would flood the traces.
 pub fn grpc_server_layer() -> GrpcTraceLayer {
-    grpc_layer(Side::Server)
+    grpc_layer(Side::Server, None)
+}
+
+/// [`grpc_server_layer`] for a named component: its spans say so in
+/// `mesh.component` (see [`crate::component_spans`]).
+pub fn grpc_server_layer_for(component: &str) -> GrpcTraceLayer {
+    grpc_layer(Side::Server, Some(component.into()))
 }
 
 /// A client span per outgoing RPC. Stack [`InjectTraceContextLayer`] inside it
 /// so the span's context reaches the server.
 pub fn grpc_client_layer() -> GrpcTraceLayer {
-    grpc_layer(Side::Client)
+    grpc_layer(Side::Client, None)
 }
 
-fn grpc_layer(side: Side) -> GrpcTraceLayer {
+/// [`grpc_client_layer`] for calls a named component makes.
+pub fn grpc_client_layer_for(component: &str) -> GrpcTraceLayer {
+    grpc_layer(Side::Client, Some(component.into()))
+}
+
+fn grpc_layer(side: Side, component: Option<Arc<str>>) -> GrpcTraceLayer {
     TraceLayer::new_for_grpc()
-        .make_span_with(RpcSpan { side })
+        .make_span_with(RpcSpan { side, component })
         .on_request(())
         .on_response(RecordStatus { side })
         .on_body_chunk(())
@@ -58,9 +70,11 @@ fn grpc_layer(side: Side) -> GrpcTraceLayer {
 }
 
 /// Makes the span of one RPC from its `:path`, `/package.Service/Method`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RpcSpan {
     side: Side,
+    /// The component whose span it is, when known.
+    component: Option<Arc<str>>,
 }
 
 impl<B> MakeSpan<B> for RpcSpan {
@@ -85,7 +99,11 @@ impl<B> MakeSpan<B> for RpcSpan {
             rpc.method = method,
             rpc.grpc.status_code = tracing::field::Empty,
             server.address = tracing::field::Empty,
+            mesh.component = tracing::field::Empty,
         );
+        if let Some(component) = &self.component {
+            span.record("mesh.component", component.as_ref());
+        }
         if self.side == Side::Client
             && let Some(host) = request.uri().host()
         {

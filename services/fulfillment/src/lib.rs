@@ -160,7 +160,8 @@ impl Fulfillment {
         config.check()?;
         let catalog = match config.check_course_runs {
             true => Some(CatalogIngestServiceClient::new(
-                kit::client::channel(&config.catalog_url).map_err(|e| ConfigError(format!("catalog_url: {e}")))?,
+                kit::client::channel_from(NAME, &config.catalog_url)
+                    .map_err(|e| ConfigError(format!("catalog_url: {e}")))?,
             )),
             false => None,
         };
