@@ -31,7 +31,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -310,7 +310,20 @@ impl Gateway {
             None => app,
         };
         // Outermost: every answer, even a CORS refusal, carries the request id.
-        Ok(app.layer(PropagateRequestIdLayer::x_request_id()).layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))
+        Ok(app.layer(PropagateRequestIdLayer::x_request_id()).layer(SetRequestIdLayer::x_request_id(RandomRequestId)))
+    }
+}
+
+/// Request ids: random (v4) UUIDs from the thread's generator, which makes no
+/// system call per request (tower-http's `MakeRequestUuid` asks the OS each time).
+#[derive(Clone, Copy, Debug)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        HeaderValue::from_str(id.hyphenated().encode_lower(&mut text)).ok().map(RequestId::new)
     }
 }
 
@@ -406,19 +419,19 @@ async fn readyz(State(gateway): State<Gateway>) -> Response {
 /// Every request that is not one of the fixed paths: routed, traced, measured, then handled.
 async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_string();
+    // A standard method clones without allocating.
+    let method = request.method().clone();
     // Routed first, so the span is named after its route from the start
     // (`GET /v1/customers/{customer_id}`): an OpenTelemetry span's name cannot
     // change once its context has been handed on.
-    let found = gateway.0.routes.find(&method, request.uri().path());
+    let found = gateway.0.routes.find(method.as_str(), request.uri().path());
     let route = match &found {
-        RouteMatch::Found { route, .. } => route.template.text(),
-        _ => "unmatched",
+        RouteMatch::Found { route, .. } => Some(route.template.text()),
+        _ => None,
     };
-    let name = if let RouteMatch::Found { .. } = &found { format!("{method} {route}") } else { method.clone() };
     let span = tracing::info_span!(
         "http",
-        otel.name = %name,
+        otel.name = %SpanName { method: &method, route },
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.request.method = %method,
@@ -427,12 +440,15 @@ async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> 
         http.response.status_code = tracing::field::Empty,
         request.id = tracing::field::Empty,
     );
-    if let RouteMatch::Found { .. } = &found {
+    if let Some(route) = route {
         span.record("http.route", route);
     }
-    let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
-    if let Err(error) = span.set_parent(parent) {
-        tracing::debug!(%error, "cannot continue the caller's trace");
+    // A disabled span (tracing filtered out) has no trace to continue.
+    if !span.is_disabled() {
+        let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+        if let Err(error) = span.set_parent(parent) {
+            tracing::debug!(%error, "cannot continue the caller's trace");
+        }
     }
     let response = handle(&gateway, request, found, &span).instrument(span.clone()).await;
     let status = response.status().as_u16();
@@ -440,8 +456,24 @@ async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> 
     if response.status().is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    gateway.0.metrics.observe(&method, route, status, started.elapsed());
+    gateway.0.metrics.observe(method.as_str(), route.unwrap_or("unmatched"), status, started.elapsed());
     response
+}
+
+/// A request span's name, `GET /v1/customers/{customer_id}` (the method alone
+/// when no route matched), written only when the span is enabled.
+struct SpanName<'a> {
+    method: &'a http::Method,
+    route: Option<&'a str>,
+}
+
+impl std::fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.route {
+            Some(route) => write!(f, "{} {route}", self.method),
+            None => f.write_str(self.method.as_str()),
+        }
+    }
 }
 
 async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>, span: &Span) -> Response {
@@ -635,4 +667,26 @@ async fn authorize(auth: &Authenticator, headers: &HeaderMap, scopes: &[String])
         .require(scopes)
         .map_err(|refused| Refusal::Forbidden { challenge: refused.www_authenticate(), reason: refused.to_string() })?;
     Ok(caller)
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_made_here_are_distinct_random_uuids_in_lower_case() {
+        let request = http::Request::new(());
+        let mut make = RandomRequestId;
+        let ids: Vec<String> = (0..1000)
+            .map(|_| make.make_request_id(&request).unwrap().header_value().to_str().unwrap().to_string())
+            .collect();
+        for id in &ids {
+            let uuid = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(uuid.get_version(), Some(uuid::Version::Random), "{id}");
+            assert_eq!(id, &uuid.hyphenated().to_string());
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 }
