@@ -67,9 +67,13 @@ impl Component {
     /// Which spans belong to which component, for a process that runs them
     /// all (`up`): each is exported under its own `service.name`.
     pub fn span_components() -> kit::component_spans::Components {
-        Self::DISPLAY_ORDER.iter().fold(kit::component_spans::Components::new(), |components, component| {
-            components.module(component.module(), component.name())
-        })
+        Self::DISPLAY_ORDER
+            .iter()
+            .fold(kit::component_spans::Components::new(), |components, component| {
+                components.module(component.module(), component.name())
+            })
+            // `up --with-dev-lms`: the LMS's spans under a name of their own, as a real LMS's would be.
+            .module("commerce_mesh::dev_lms", "dev-lms")
     }
 
     /// The name of the service's storage: its Postgres schema and SQLite file.

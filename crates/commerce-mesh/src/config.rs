@@ -33,6 +33,8 @@
 //! | `gateway.auth.issuer`, `.audience` | `MESH_GATEWAY__AUTH__ISSUER`, `..._AUDIENCE` | `commerce-mesh`, `commerce-mesh`: a token's `iss` and `aud` must match (`auth.leeway`, `30s`, for `exp`/`nbf`) |
 //! | `gateway.auth.development_secret` | `MESH_GATEWAY__AUTH__DEVELOPMENT_SECRET` | unset; HS256 tokens signed with it are accepted (`commerce-mesh token`). `up` with no key source makes one in `data_dir/gateway-development-secret`; `serve gateway` needs one of the three |
 //! | `gateway.cors.allowed_origins` | `MESH_GATEWAY__CORS__ALLOWED_ORIGINS` | empty: no CORS; `["*"]` or a list of origins |
+//! | `dev_lms.enabled` | `MESH_DEV_LMS__ENABLED` (`up --with-dev-lms`) | `false`; `true`: `up` runs the development LMS (in memory, enrollments go nowhere; never for production) and points `fulfillment.lms` at it |
+//! | `dev_lms.listen` | `MESH_DEV_LMS__LISTEN` | `127.0.0.1:18000` (also `commerce-mesh dev-lms`'s default) |
 //! | `admin_listen` | `MESH_ADMIN_LISTEN` | `127.0.0.1:9090`: the admin port of `up`, with every component's metrics |
 //! | `telemetry.log_filter` | `MESH_TELEMETRY__LOG_FILTER` (or `RUST_LOG`) | `info` |
 //! | `telemetry.log_format` | `MESH_TELEMETRY__LOG_FORMAT` | `json` (or `text`) |
@@ -77,6 +79,8 @@ pub struct MeshConfig {
     pub catalog_ingest: ServiceConfig<catalog_ingest::Config>,
     /// PurchaseHistory.
     pub purchase_history: ServiceConfig<purchase_history::Config>,
+    /// The development LMS (off unless asked).
+    pub dev_lms: crate::dev_lms::DevLmsConfig,
 }
 
 /// Where a gRPC service listens and keeps its data, and its own settings
@@ -192,6 +196,7 @@ impl Default for MeshConfig {
             customer_identity: ServiceConfig::on_ports(50052, 9052),
             catalog_ingest: ServiceConfig::on_ports(50053, 9053),
             purchase_history: ServiceConfig::on_ports(50054, 9054),
+            dev_lms: crate::dev_lms::DevLmsConfig::default(),
         }
     }
 }
@@ -253,13 +258,14 @@ impl MeshConfig {
         *self.addresses_mut(component).0 = address;
     }
 
-    /// Every component and admin port on 127.0.0.1 port 0: free ports, for tests.
+    /// Every component and admin port (and the development LMS) on 127.0.0.1 port 0: free ports, for tests.
     pub fn use_ephemeral_ports(&mut self) {
         self.admin_listen = local(0);
         for component in Component::ALL {
             let (listen, admin_listen) = self.addresses_mut(component);
             (*listen, *admin_listen) = (local(0), local(0));
         }
+        self.dev_lms.listen = local(0);
     }
 
     /// The database `component` uses: its own, else a schema in the shared

@@ -19,6 +19,7 @@
 
 mod component;
 mod config;
+pub mod dev_lms;
 pub mod dev_tokens;
 pub mod import;
 mod mesh;

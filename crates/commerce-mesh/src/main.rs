@@ -23,7 +23,18 @@ struct Cli {
 enum Command {
     /// Run every component in this process, each on its own port. With no
     /// configuration, storage is embedded (SQLite files under ./data).
-    Up,
+    Up {
+        /// Also run the development LMS and point Fulfillment at it (sets `dev_lms.enabled`).
+        #[arg(long)]
+        with_dev_lms: bool,
+    },
+    /// Run the development LMS alone: OAuth2, enrollment and entitlement endpoints
+    /// kept in memory, for trying the mesh without Open edX. Not for production.
+    DevLms {
+        /// Where it listens; default: `dev_lms.listen` (127.0.0.1:18000).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Run one component.
     Serve {
         /// Which component.
@@ -96,24 +107,45 @@ fn report(error: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config: MeshConfig = kit::config::load(cli.config.as_deref()).context("loading configuration")?;
-    if let Command::Serve { component } = &cli.command {
+    if let Command::Up { with_dev_lms: true } = &cli.command {
+        config.dev_lms.enabled = true;
+    }
+    let alone = match &cli.command {
+        Command::Serve { component } => Some(component.name()),
+        Command::DevLms { .. } => Some("dev-lms"),
+        _ => None,
+    };
+    if let Some(name) = alone {
         // One process per component: name its spans after it, unless configured.
         if config.telemetry.service_name == kit::telemetry::TelemetryConfig::default().service_name {
-            config.telemetry.service_name = component.name().to_string();
+            config.telemetry.service_name = name.to_string();
         }
     }
     // `up` runs every component in one process: each one's spans still carry its own service name.
     let components = match &cli.command {
-        Command::Up => Component::span_components(),
+        Command::Up { .. } => Component::span_components(),
         _ => kit::component_spans::Components::new(),
     };
     let telemetry =
         kit::telemetry::init_with_components(&config.telemetry, components).context("starting telemetry")?;
     let result = match cli.command {
-        Command::Up => {
+        Command::Up { .. } => {
             let mesh = commerce_mesh::start(config, kit::shutdown::on_signal()).await?;
             print!("{}", mesh.banner());
             mesh.wait().await.map_err(anyhow::Error::from)
+        }
+        Command::DevLms { listen } => {
+            let address = listen.unwrap_or(config.dev_lms.listen);
+            let credentials = commerce_mesh::dev_lms::Credentials::development();
+            let lms = commerce_mesh::dev_lms::DevLms::bind_and_start(address, credentials, kit::shutdown::on_signal())
+                .await?;
+            println!(
+                "commerce-mesh development LMS on {} (client id {}, secret {}); not for production; Ctrl-C stops it",
+                lms.url(),
+                commerce_mesh::dev_lms::CLIENT_ID,
+                commerce_mesh::dev_lms::CLIENT_SECRET
+            );
+            lms.wait().await.map_err(anyhow::Error::from)
         }
         Command::Serve { component } => {
             commerce_mesh::serve(component, &config, kit::shutdown::on_signal()).await.map_err(anyhow::Error::from)

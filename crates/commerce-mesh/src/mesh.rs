@@ -81,6 +81,9 @@ pub enum MeshError {
         /// Why.
         source: std::io::Error,
     },
+    /// The development LMS could not start or failed.
+    #[error(transparent)]
+    DevLms(#[from] crate::dev_lms::DevLmsError),
     /// A component's task panicked.
     #[error("a component crashed: {0}")]
     Crashed(#[from] tokio::task::JoinError),
@@ -124,6 +127,8 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
         listeners.push((component, bind(component, config.listen(component)).await?));
     }
     let (admin_listener, admin_address) = bind_admin(config.admin_listen).await?;
+    let dev_lms_listener =
+        if config.dev_lms.enabled { Some(crate::dev_lms::bind(config.dev_lms.listen).await?) } else { None };
     let metrics = Metrics::new();
     let mut addresses = BTreeMap::new();
     for (component, listener) in &listeners {
@@ -164,6 +169,18 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
         config.gateway.purchase_history_url = format!("http://{purchases}");
     }
     let mut tasks = JoinSet::new();
+    // Before Fulfillment's config is handed out, so Fulfillment calls it; nothing after this can fail,
+    // so a failed start never leaves it running.
+    let mut dev_lms_address = None;
+    if let Some(listener) = dev_lms_listener {
+        let lms =
+            crate::dev_lms::DevLms::start(listener, crate::dev_lms::Credentials::development(), shutdown.clone())?;
+        config.fulfillment.settings.lms.url = lms.url();
+        config.fulfillment.settings.lms.client_id = crate::dev_lms::CLIENT_ID.into();
+        config.fulfillment.settings.lms.client_secret = crate::dev_lms::CLIENT_SECRET.into();
+        dev_lms_address = Some(lms.address());
+        tasks.spawn(async move { ("dev-lms", lms.wait().await.map_err(MeshError::from)) });
+    }
     for (component, listener) in listeners {
         let config = config.clone();
         let shutdown = shutdown.clone();
@@ -180,6 +197,7 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
         data_dir: config.data_dir,
         shared_database: config.database_url,
         development_tokens,
+        dev_lms: dev_lms_address,
     })
 }
 
@@ -194,6 +212,8 @@ pub struct RunningMesh {
     shared_database: Option<String>,
     /// The gateway verifies tokens with the development secret `up` made.
     development_tokens: bool,
+    /// Where the development LMS listens, when it runs.
+    dev_lms: Option<SocketAddr>,
 }
 
 impl RunningMesh {
@@ -223,6 +243,11 @@ impl RunningMesh {
         format!("http://{}", self.admin_address)
     }
 
+    /// `http://host:port` of the development LMS, when it runs (`dev_lms.enabled`).
+    pub fn dev_lms_url(&self) -> Option<String> {
+        self.dev_lms.map(|address| format!("http://{address}"))
+    }
+
     /// What `commerce-mesh up` prints: every component's URL, the metrics URL
     /// and the storage in use.
     pub fn banner(&self) -> String {
@@ -237,6 +262,9 @@ impl RunningMesh {
         }
         text.push_str(&format!("  {:<18} {}/metrics\n", "metrics", self.admin_url()));
         text.push_str(&format!("  {:<18} {}/openapi.json\n", "openapi", self.url(Component::Gateway)));
+        if let Some(url) = self.dev_lms_url() {
+            text.push_str(&format!("  {:<18} {url} (development LMS: enrollments go nowhere)\n", "dev-lms"));
+        }
         if self.development_tokens {
             text.push_str(&format!(
                 "  {:<18} commerce-mesh token --all-scopes (development tokens, secret in {})\n",

@@ -302,3 +302,26 @@ async fn import_customers_names_a_missing_column() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("the header row has no lms_user_id column"), "{stderr}");
 }
+
+#[tokio::test]
+async fn dev_lms_prints_its_url_answers_there_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = mesh_command(dir.path()).args(["dev-lms", "--listen", "127.0.0.1:0"]).spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // Logs share stdout: the URL line is the one that starts so.
+    let mut line = next_line(&mut lines).await;
+    while !line.starts_with("commerce-mesh development LMS on ") {
+        line = next_line(&mut lines).await;
+    }
+    assert!(line.contains("not for production"), "{line}");
+    let address = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    let root = http_get(&address, "/").await;
+    assert!(root.starts_with("HTTP/1.1 200"), "{root}");
+    assert!(root.contains("DEVELOPMENT LMS"), "{root}");
+    let (status, _) = terminate_and_wait(&mut child).await;
+    assert!(status.success(), "{status:?}");
+}
