@@ -2,7 +2,9 @@
 //!
 //! [`collector::Collector`] is an in-process OTLP/gRPC trace collector: point
 //! the mesh's telemetry at it and assert on the spans it receives.
-//! [`health::wait_serving`] waits until a component is ready.
+//! [`health::wait_serving`] waits until a component is ready; [`orders`] has
+//! the orders tests place.
 
 pub mod collector;
 pub mod health;
+pub mod orders;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use commerce_mesh::Component;
 use kit::shutdown::Shutdown;
+use mesh_tests::orders::course_run_order as order;
 use prost::Message;
 use proto::commerce::catalog::v1::IngestProductEventRequest;
 use proto::commerce::catalog::v1::catalog_ingest_service_client::CatalogIngestServiceClient;
@@ -21,25 +22,6 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const GUARD: Duration = Duration::from_secs(30);
-
-fn order(number: &str, customer_id: &str) -> pb::FulfillOrderRequest {
-    pb::FulfillOrderRequest {
-        order_number: number.into(),
-        date_placed: Some(prost_types::Timestamp { seconds: 1_763_000_000, nanos: 0 }),
-        learner: Some(pb::Learner { customer_id: customer_id.into(), ..Default::default() }),
-        line_items: vec![pb::LineItem {
-            line_item_id: "1".into(),
-            product: Some(pb::line_item::Product::CourseRun(pb::CourseRunEnrollment {
-                course_run_key: "course-v1:edX+DemoX+2025_T1".into(),
-                mode: "verified".into(),
-                credit_provider_id: String::new(),
-            })),
-            price: Some(proto::commerce::r#type::v1::Money { currency_code: "USD".into(), amount: "0".into() }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_for_a_customer_is_resolved_enrolled_and_announced() {

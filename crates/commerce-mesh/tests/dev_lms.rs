@@ -1,27 +1,14 @@
-//! The development LMS against Fulfillment's real LMS client over real HTTP
-//! (token, enrollment, entitlements, refusals), and inside the whole mesh
-//! (`dev_lms.enabled`): an order placed over gRPC ends up in its enrollments.
+//! The development LMS against Fulfillment's real LMS client over real HTTP:
+//! token, enrollment, entitlements, refusals. Inside the whole mesh:
+//! `tests/tests/dev_lms.rs`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
-use std::time::Duration;
-
-use commerce_mesh::Component;
 use commerce_mesh::dev_lms::{CLIENT_ID, CLIENT_SECRET, Credentials, DevLms};
 use fulfillment::lms::{Enrollment, Entitlement, LmsClient, LmsConfig, LmsError};
 use kit::shutdown::Shutdown;
-use proto::commerce::fulfillment::v1 as pb;
-use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
-use proto::commerce::identity::v1::UpsertCustomerRequest;
-use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
 use serde_json::{Value, json};
-use tokio_stream::StreamExt;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-/// Guards against a hang, not a timing assertion: generous on purpose.
-const GUARD: Duration = Duration::from_secs(60);
 const ENROLLMENT: &str = "/api/enrollment/v1/enrollment";
 const ENTITLEMENTS: &str = "/api/entitlements/v1/entitlements/";
 
@@ -298,103 +285,4 @@ fn it_is_off_unless_asked_and_ephemeral_ports_move_it() {
     assert_eq!(config.dev_lms.listen, "127.0.0.1:18000".parse().unwrap());
     config.use_ephemeral_ports();
     assert_eq!(config.dev_lms.listen.port(), 0);
-}
-
-/// Waits (on the health Watch stream) until `url` answers SERVING.
-async fn wait_serving(url: &str) {
-    let mut health = HealthClient::new(kit::client::channel(url).expect("channel"));
-    let mut updates = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
-    tokio::time::timeout(GUARD, async {
-        while let Some(update) = updates.next().await {
-            if update.expect("health update").status() == ServingStatus::Serving {
-                return;
-            }
-        }
-        panic!("health stream ended before SERVING");
-    })
-    .await
-    .expect("becomes SERVING");
-}
-
-fn order(number: &str, customer_id: &str) -> pb::FulfillOrderRequest {
-    pb::FulfillOrderRequest {
-        order_number: number.into(),
-        date_placed: Some(prost_types::Timestamp { seconds: 1_763_000_000, nanos: 0 }),
-        learner: Some(pb::Learner { customer_id: customer_id.into(), ..Default::default() }),
-        line_items: vec![pb::LineItem {
-            line_item_id: "1".into(),
-            product: Some(pb::line_item::Product::CourseRun(pb::CourseRunEnrollment {
-                course_run_key: "course-v1:edX+DemoX+2025_T1".into(),
-                mode: "verified".into(),
-                credit_provider_id: String::new(),
-            })),
-            price: Some(proto::commerce::r#type::v1::Money { currency_code: "USD".into(), amount: "0".into() }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mesh_with_the_dev_lms_fulfills_an_order_into_it() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
-    config.use_ephemeral_ports();
-    config.dev_lms.enabled = true;
-    let mesh = commerce_mesh::start(config, Shutdown::new()).await.expect("mesh starts");
-    let lms_url = mesh.dev_lms_url().expect("the dev LMS runs");
-    let banner = mesh.banner();
-    let line = banner.lines().find(|line| line.trim_start().starts_with("dev-lms")).expect("a dev-lms line");
-    assert_eq!(
-        line.split_whitespace().take(3).collect::<Vec<_>>(),
-        ["dev-lms", lms_url.as_str(), "(development"],
-        "{banner}"
-    );
-    for component in [Component::Fulfillment, Component::CustomerIdentity] {
-        wait_serving(&mesh.grpc_url(component)).await;
-    }
-    let mut identity =
-        CustomerIdentityServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::CustomerIdentity)).unwrap());
-    identity
-        .upsert_customer(UpsertCustomerRequest {
-            customer_id: "cust-7".into(),
-            lms_user_id: "4242".into(),
-            lms_username: "ada".into(),
-            email: "ada@example.org".into(),
-            expected_version: None,
-        })
-        .await
-        .expect("customer linked");
-    let mut fulfillment =
-        FulfillmentServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::Fulfillment)).unwrap());
-    let accepted = fulfillment.fulfill_order(order("EDX-200", "cust-7")).await.expect("accepted").into_inner();
-    let id = accepted.fulfillments[0].fulfillment_id.clone();
-
-    // Bounded wait on the job's state: the worker calls the dev LMS in the background.
-    let done = tokio::time::timeout(GUARD, async {
-        loop {
-            let job = fulfillment
-                .get_fulfillment(pb::GetFulfillmentRequest { fulfillment_id: id.clone() })
-                .await
-                .expect("get")
-                .into_inner()
-                .fulfillment
-                .expect("a fulfillment");
-            match job.state() {
-                pb::FulfillmentState::Succeeded | pb::FulfillmentState::Failed => return job,
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    })
-    .await
-    .expect("the fulfillment finishes");
-    assert_eq!(done.state(), pb::FulfillmentState::Succeeded, "{:?}", done.last_error);
-
-    let enrollments: Value = reqwest::get(format!("{lms_url}/dev/enrollments")).await.unwrap().json().await.unwrap();
-    let listed = enrollments.as_array().unwrap();
-    assert_eq!(listed.len(), 1, "{enrollments}");
-    assert_eq!(listed[0]["user"], "ada", "the learner CustomerIdentity resolved");
-    assert_eq!(listed[0]["mode"], "verified");
-    assert_eq!(listed[0]["course_details"]["course_id"], "course-v1:edX+DemoX+2025_T1");
-    mesh.stop().await.expect("clean stop");
 }

@@ -1,0 +1,27 @@
+//! Orders the mesh tests place.
+
+use proto::commerce::fulfillment::v1 as pb;
+
+/// The course run [`course_run_order`] enrolls in.
+pub const COURSE_RUN: &str = "course-v1:edX+DemoX+2025_T1";
+
+/// A free one-line order for [`COURSE_RUN`] in verified mode, naming the
+/// learner only by their commerce `customer_id` (CustomerIdentity resolves it).
+pub fn course_run_order(number: &str, customer_id: &str) -> pb::FulfillOrderRequest {
+    pb::FulfillOrderRequest {
+        order_number: number.into(),
+        date_placed: Some(prost_types::Timestamp { seconds: 1_763_000_000, nanos: 0 }),
+        learner: Some(pb::Learner { customer_id: customer_id.into(), ..Default::default() }),
+        line_items: vec![pb::LineItem {
+            line_item_id: "1".into(),
+            product: Some(pb::line_item::Product::CourseRun(pb::CourseRunEnrollment {
+                course_run_key: COURSE_RUN.into(),
+                mode: "verified".into(),
+                credit_provider_id: String::new(),
+            })),
+            price: Some(proto::commerce::r#type::v1::Money { currency_code: "USD".into(), amount: "0".into() }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
