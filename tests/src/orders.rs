@@ -1,6 +1,7 @@
-//! Orders the mesh tests place.
+//! Orders the mesh tests place, and the learner who places them.
 
 use proto::commerce::fulfillment::v1 as pb;
+use proto::commerce::identity::v1::UpsertCustomerRequest;
 
 /// The course run [`course_run_order`] enrolls in.
 pub const COURSE_RUN: &str = "course-v1:edX+DemoX+2025_T1";
@@ -23,5 +24,16 @@ pub fn course_run_order(number: &str, customer_id: &str) -> pb::FulfillOrderRequ
             ..Default::default()
         }],
         ..Default::default()
+    }
+}
+
+/// Links the commerce customer `customer_id` to the LMS user `ada` (id 4242).
+pub fn link_ada(customer_id: &str) -> UpsertCustomerRequest {
+    UpsertCustomerRequest {
+        customer_id: customer_id.into(),
+        lms_user_id: "4242".into(),
+        lms_username: "ada".into(),
+        email: "ada@example.org".into(),
+        expected_version: None,
     }
 }

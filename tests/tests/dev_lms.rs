@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use commerce_mesh::Component;
 use kit::shutdown::Shutdown;
-use mesh_tests::orders::{COURSE_RUN, course_run_order};
+use mesh_tests::orders::{COURSE_RUN, course_run_order, link_ada};
 use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
-use proto::commerce::identity::v1::UpsertCustomerRequest;
 use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
 use serde_json::Value;
 
@@ -37,16 +36,7 @@ async fn the_mesh_with_the_dev_lms_fulfills_an_order_into_it() {
     }
     let mut identity =
         CustomerIdentityServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::CustomerIdentity)).unwrap());
-    identity
-        .upsert_customer(UpsertCustomerRequest {
-            customer_id: "cust-7".into(),
-            lms_user_id: "4242".into(),
-            lms_username: "ada".into(),
-            email: "ada@example.org".into(),
-            expected_version: None,
-        })
-        .await
-        .expect("customer linked");
+    identity.upsert_customer(link_ada("cust-7")).await.expect("customer linked");
     let mut fulfillment =
         FulfillmentServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::Fulfillment)).unwrap());
     let accepted =

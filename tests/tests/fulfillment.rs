@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use commerce_mesh::Component;
 use kit::shutdown::Shutdown;
-use mesh_tests::orders::course_run_order as order;
+use mesh_tests::orders::{course_run_order as order, link_ada};
 use prost::Message;
 use proto::commerce::catalog::v1::IngestProductEventRequest;
 use proto::commerce::catalog::v1::catalog_ingest_service_client::CatalogIngestServiceClient;
@@ -55,16 +55,7 @@ async fn an_order_for_a_customer_is_resolved_enrolled_and_announced() {
     assert_eq!(unknown.code(), tonic::Code::FailedPrecondition, "{unknown:?}");
     assert_eq!(kit::error::reason(&unknown).as_deref(), Some("UNKNOWN_CUSTOMER"));
 
-    identity
-        .upsert_customer(UpsertCustomerRequest {
-            customer_id: "cust-7".into(),
-            lms_user_id: "4242".into(),
-            lms_username: "ada".into(),
-            email: "ada@example.org".into(),
-            expected_version: None,
-        })
-        .await
-        .expect("customer linked");
+    identity.upsert_customer(link_ada("cust-7")).await.expect("customer linked");
     identity
         .upsert_customer(UpsertCustomerRequest {
             customer_id: "cust-gone".into(),
