@@ -317,6 +317,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
+impl AuthConfig {
+    /// True when some key source is set: a JWKS file or URL (empty counts as
+    /// unset), or a development secret.
+    pub fn has_key_source(&self) -> bool {
+        self.development_secret.is_some()
+            || self.jwks_file.as_ref().is_some_and(|path| !path.as_os_str().is_empty())
+            || self.jwks_url.as_ref().is_some_and(|url| !url.is_empty())
+    }
+}
+
 impl Authenticator {
     /// Fails when no key source is configured, the JWKS file/URL cannot be read at start,
     /// or the secret is shorter than 32 bytes.

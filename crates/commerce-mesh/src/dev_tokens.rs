@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gateway::auth::{AuthConfig, DevelopmentClaims, MintError, Secret};
+use gateway::auth::{DevelopmentClaims, MintError, Secret};
 
 use crate::MeshConfig;
 
@@ -41,13 +41,6 @@ pub enum DevTokenError {
     /// No scope was asked for.
     #[error("name the scopes the token carries: --scopes a,b (or --all-scopes)")]
     NoScopes,
-}
-
-/// True when `auth` has some way to verify tokens.
-pub fn has_key_source(auth: &AuthConfig) -> bool {
-    auth.development_secret.is_some()
-        || auth.jwks_file.as_ref().is_some_and(|path| !path.as_os_str().is_empty())
-        || auth.jwks_url.as_ref().is_some_and(|url| !url.is_empty())
 }
 
 /// The secret in `data_dir`, written first (random, 0600) when absent.

@@ -141,7 +141,7 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
     }
     // Peers in this process call each other where they actually listen (ports may be ephemeral).
     let mut config = config;
-    let development_tokens = !crate::dev_tokens::has_key_source(&config.gateway.http.auth);
+    let development_tokens = !config.gateway.http.auth.has_key_source();
     if development_tokens {
         let secret = crate::dev_tokens::load_or_create_secret(&config.data_dir)
             .map_err(|e| MeshError::Setup { component: Component::Gateway, reason: e.to_string() })?;
@@ -154,13 +154,11 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
     if let Some(identity) = addresses.get(&Component::CustomerIdentity) {
         config.fulfillment.settings.customer_identity_url = format!("http://{identity}");
         config.purchase_history.settings.customer_identity_url = format!("http://{identity}");
+        config.gateway.customer_identity_url = format!("http://{identity}");
     }
     if let Some(catalog) = addresses.get(&Component::CatalogIngest) {
         config.fulfillment.settings.catalog_url = format!("http://{catalog}");
         config.gateway.catalog_ingest_url = format!("http://{catalog}");
-    }
-    if let Some(identity) = addresses.get(&Component::CustomerIdentity) {
-        config.gateway.customer_identity_url = format!("http://{identity}");
     }
     if let Some(fulfillment) = addresses.get(&Component::Fulfillment) {
         config.gateway.fulfillment_url = format!("http://{fulfillment}");

@@ -75,7 +75,7 @@ pub fn channel_from(component: &str, address: &str) -> Result<TracedChannel, Cli
 }
 
 fn channel_with(address: &str, layer: crate::trace::GrpcTraceLayer) -> Result<TracedChannel, ClientError> {
-    let traced = |channel: Channel| ServiceBuilder::new().layer(layer).layer(InjectTraceContextLayer).service(channel);
+    let traced = |channel: Channel| traced_with(layer, channel);
     match address.strip_prefix(DNS_SCHEME) {
         Some(target) => {
             let target = target.trim_start_matches('/').to_string();
@@ -171,5 +171,9 @@ pub fn resolved_channel(host: String, port: u16, every: Duration, resolver: impl
 
 /// Wraps an existing channel with the client trace layers.
 pub fn traced(channel: Channel) -> TracedChannel {
-    ServiceBuilder::new().layer(grpc_client_layer()).layer(InjectTraceContextLayer).service(channel)
+    traced_with(grpc_client_layer(), channel)
+}
+
+fn traced_with(layer: crate::trace::GrpcTraceLayer, channel: Channel) -> TracedChannel {
+    ServiceBuilder::new().layer(layer).layer(InjectTraceContextLayer).service(channel)
 }
