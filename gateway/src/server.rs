@@ -310,8 +310,26 @@ impl Gateway {
             None => app,
         };
         // Outermost: every answer, even a CORS refusal, carries the request id.
-        Ok(app.layer(PropagateRequestIdLayer::x_request_id()).layer(SetRequestIdLayer::x_request_id(RandomRequestId)))
+        Ok(app
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
+            .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id)))
     }
+}
+
+/// The longest client-sent request id kept; services log it and pass it on.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Drops a client's `x-request-id` unless it is short printable ASCII, so a
+/// fresh one is made in its place.
+fn drop_unusable_request_id<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let usable = request.headers().get(REQUEST_ID_HEADER).is_none_or(|id| {
+        id.len() <= MAX_REQUEST_ID_LEN && !id.is_empty() && id.as_bytes().iter().all(u8::is_ascii_graphic)
+    });
+    if !usable {
+        request.headers_mut().remove(REQUEST_ID_HEADER);
+    }
+    request
 }
 
 /// Request ids: random (v4) UUIDs from the thread's generator, which makes no

@@ -21,6 +21,18 @@ async fn a_request_id_sent_is_kept_returned_and_passed_to_the_service() {
 }
 
 #[tokio::test]
+async fn an_unusable_request_id_is_replaced_by_a_fresh_one() {
+    let gateway = start().await;
+    for unusable in ["x".repeat(gateway::server::MAX_REQUEST_ID_LEN + 1), "two words".to_string()] {
+        let reply = Reply::send(gateway.request("GET", "/v1/items/a").header("x-request-id", unusable.as_str())).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let id = reply.header("x-request-id");
+        uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id:?} replaced {unusable:?} with a UUID: {e}"));
+        assert_eq!(gateway.calls.last().metadata["x-request-id"], id);
+    }
+}
+
+#[tokio::test]
 async fn a_request_without_an_id_gets_a_uuid_returned_and_passed_to_the_service() {
     let gateway = start().await;
     let reply = gateway.send("GET", "/v1/items/a", None).await;
