@@ -110,3 +110,33 @@ pub async fn recreate_database(admin: &sqlx::PgPool, name: &str) -> Result<(), s
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin).await?;
     Ok(())
 }
+
+/// The label [`connection_states`] gives a connection running no query.
+pub const IDLE: &str = "idle (no query)";
+
+/// What the Postgres connections named `application` are doing right now,
+/// counted by state: `active, on CPU`, `active, waiting on <type>:<event>`,
+/// `idle in transaction (waiting for the service)`, [`IDLE`], ... Sampled
+/// every ~100 ms during a run, it shows where the service's database time goes.
+pub async fn connection_states(admin: &sqlx::PgPool, application: &str) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT coalesce(state, ''), coalesce(wait_event_type, ''), coalesce(wait_event, ''), count(*)
+         FROM pg_stat_activity WHERE application_name = $1 GROUP BY 1, 2, 3",
+    )
+    .bind(application)
+    .fetch_all(admin)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(state, kind, event, n)| {
+            let label = match state.as_str() {
+                "active" if kind.is_empty() => "active, on CPU".to_string(),
+                "active" => format!("active, waiting on {kind}:{event}"),
+                "idle in transaction" => "idle in transaction (waiting for the service)".to_string(),
+                "idle" => IDLE.to_string(),
+                other => other.to_string(),
+            };
+            (label, n.unsigned_abs())
+        })
+        .collect())
+}

@@ -438,17 +438,7 @@ impl Sampler {
                     () = stopped.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let rows: Vec<(String, String, String, i64)> = match sqlx::query_as(
-                    "SELECT coalesce(state, ''), coalesce(wait_event_type, ''), coalesce(wait_event, ''), count(*)
-                     FROM pg_stat_activity WHERE application_name = $1 GROUP BY 1, 2, 3",
-                )
-                .bind(SERVICE_APP)
-                .fetch_all(&probe)
-                .await
-                {
-                    Ok(rows) => rows,
-                    Err(_) => continue,
-                };
+                let Ok(states) = kit::bench::connection_states(&probe, SERVICE_APP).await else { continue };
                 samples += 1;
                 let processes: Vec<(i32, String, String)> = sqlx::query_as(
                     "SELECT pid, coalesce(application_name, ''), coalesce(backend_type, '') FROM pg_stat_activity",
@@ -466,15 +456,8 @@ impl Sampler {
                     };
                     postgres.insert(pid.unsigned_abs(), label);
                 }
-                for (state, kind, event, n) in rows {
-                    let label = match state.as_str() {
-                        "active" if kind.is_empty() => "active, on CPU".to_string(),
-                        "active" => format!("active, waiting on {kind}:{event}"),
-                        "idle in transaction" => "idle in transaction (waiting for the service)".to_string(),
-                        "idle" => "idle (no query)".to_string(),
-                        other => other.to_string(),
-                    };
-                    *counts.entry(label).or_default() += n as u64;
+                for (label, n) in states {
+                    *counts.entry(label).or_default() += n;
                 }
             }
             (samples, counts, postgres)

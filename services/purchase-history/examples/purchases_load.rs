@@ -136,25 +136,10 @@ impl Sampler {
                     () = stopped.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let Ok(rows) = sqlx::query_as::<_, (String, String, String, i64)>(
-                    "SELECT coalesce(state, ''), coalesce(wait_event_type, ''), coalesce(wait_event, ''), count(*)
-                     FROM pg_stat_activity WHERE application_name = $1 GROUP BY 1, 2, 3",
-                )
-                .bind(SERVICE_APP)
-                .fetch_all(&admin)
-                .await
-                else {
-                    continue;
-                };
+                let Ok(states) = kit::bench::connection_states(&admin, SERVICE_APP).await else { continue };
                 samples += 1;
-                for (state, kind, event, n) in rows {
-                    let label = match state.as_str() {
-                        "active" if kind.is_empty() => "active, on CPU".to_string(),
-                        "active" => format!("active, waiting on {kind}:{event}"),
-                        "idle" => "idle".to_string(),
-                        other => other.to_string(),
-                    };
-                    *counts.entry(label).or_default() += n as u64;
+                for (label, n) in states {
+                    *counts.entry(label).or_default() += n;
                 }
             }
             (samples, counts)
@@ -191,7 +176,7 @@ impl Sampler {
         counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let states: Vec<String> = counts
             .into_iter()
-            .filter(|(label, _)| label != "idle")
+            .filter(|(label, _)| label != kit::bench::IDLE)
             .map(|(label, n)| format!("{label} {:.2}", n as f64 / samples.max(1) as f64))
             .collect();
         (cpu, states.join("; "))
