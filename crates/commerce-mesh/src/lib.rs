@@ -26,4 +26,4 @@ mod mesh;
 
 pub use component::{Component, MigrateTarget};
 pub use config::{GatewayConfig, MeshConfig, NoSettings, ServiceConfig};
-pub use mesh::{MeshError, RunningMesh, migrate, serve, start};
+pub use mesh::{MeshError, RunningMesh, migrate, serve, start, wait_for_migrations};

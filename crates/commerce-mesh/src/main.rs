@@ -45,6 +45,15 @@ enum Command {
         /// A service, or `all`.
         target: MigrateTarget,
     },
+    /// Apply nothing: wait until another process (the migrations Job) has
+    /// applied every migration this binary knows, then exit 0.
+    WaitForMigrations {
+        /// A service, or `all`.
+        target: MigrateTarget,
+        /// Give up (exit 1) after this long, such as `5m`.
+        #[arg(long, default_value = "10m", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Print a development token for the gateway, signed with the development
     /// secret (configured, or the one `up` writes under the data directory).
     Token {
@@ -152,6 +161,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { target } => {
             commerce_mesh::migrate(target, &config).await.map(drop).map_err(anyhow::Error::from)
+        }
+        Command::WaitForMigrations { target, timeout } => {
+            commerce_mesh::wait_for_migrations(target, &config, timeout, Duration::from_secs(2))
+                .await
+                .map_err(anyhow::Error::from)
         }
         Command::Token { scopes, all_scopes, subject, ttl } => {
             let scopes = if all_scopes { commerce_mesh::dev_tokens::every_scope() } else { scopes };

@@ -38,6 +38,14 @@ pub enum MeshError {
         /// Why.
         source: DbError,
     },
+    /// Migrations were still missing when `wait-for-migrations` gave up.
+    #[error("{component}: migrations {pending:?} not applied; run `commerce-mesh migrate`")]
+    MigrationsPending {
+        /// Which component.
+        component: Component,
+        /// The versions not applied.
+        pending: Vec<i64>,
+    },
     /// A gRPC component failed.
     #[error("{component}: {source}")]
     Serve {
@@ -116,6 +124,52 @@ pub async fn migrate(target: MigrateTarget, config: &MeshConfig) -> Result<Vec<C
         tracing::info!(%component, database = ?database, "migrated");
     }
     Ok(components)
+}
+
+/// Waits, applying nothing, until every migration of the databases `target`
+/// names has been applied by someone else (the migrations Job), polling every
+/// `poll`; fails with the versions still missing once `timeout` passes. An
+/// unreachable database counts as not migrated yet.
+pub async fn wait_for_migrations(
+    target: MigrateTarget,
+    config: &MeshConfig,
+    timeout: std::time::Duration,
+    poll: std::time::Duration,
+) -> Result<(), MeshError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut waiting = Vec::new();
+    for component in target.components() {
+        waiting.push((
+            component,
+            config.database(component)?,
+            component.migrations().ok_or(ConfigProblem::NoDatabase)?,
+        ));
+    }
+    loop {
+        let mut last = None;
+        let mut still = Vec::new();
+        for (component, database, migrations) in waiting {
+            match kit::db::pending_migrations(&database, migrations).await {
+                Ok(pending) if pending.is_empty() => tracing::info!(%component, "migrations applied"),
+                Ok(pending) => {
+                    tracing::info!(%component, ?pending, "waiting for migrations");
+                    last = Some(MeshError::MigrationsPending { component, pending });
+                    still.push((component, database, migrations));
+                }
+                Err(source) => {
+                    tracing::info!(%component, error = %source, "waiting for the database");
+                    last = Some(MeshError::Database { component, source });
+                    still.push((component, database, migrations));
+                }
+            }
+        }
+        let Some(error) = last else { return Ok(()) };
+        if tokio::time::Instant::now() + poll > deadline {
+            return Err(error);
+        }
+        waiting = still;
+        tokio::time::sleep(poll).await;
+    }
 }
 
 /// Binds every component's listener (so a taken port fails before anything

@@ -232,6 +232,38 @@ async fn migrate_all_on_postgres_gives_every_service_its_schema() {
 }
 
 #[tokio::test]
+async fn wait_for_migrations_returns_once_migrate_has_run_and_gives_up_naming_what_is_missing() {
+    let test_db = kit::testing::TestDatabase::postgres("unused").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = &test_db.config().url;
+
+    let output = mesh_command(dir.path())
+        .args(["wait-for-migrations", "fulfillment", "--timeout", "1s"])
+        .env("MESH_DATABASE_URL", url)
+        .output()
+        .await
+        .expect("run wait-for-migrations");
+    assert_eq!(output.status.code(), Some(1), "nothing was migrated");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("fulfillment: migrations [1"), "names the service and versions: {stderr}");
+
+    let mut waiting = mesh_command(dir.path())
+        .args(["wait-for-migrations", "all", "--timeout", "5m"])
+        .env("MESH_DATABASE_URL", url)
+        .spawn()
+        .expect("spawn wait-for-migrations");
+    let migrated = mesh_command(dir.path())
+        .args(["migrate", "all"])
+        .env("MESH_DATABASE_URL", url)
+        .output()
+        .await
+        .expect("migrate");
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let waited = tokio::time::timeout(HANG_GUARD, waiting.wait()).await.expect("no hang").expect("wait");
+    assert!(waited.success(), "the waiter exits 0 once every migration is applied");
+}
+
+#[tokio::test]
 async fn a_bad_setting_fails_at_once_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = mesh_command(dir.path())

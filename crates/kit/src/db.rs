@@ -241,6 +241,49 @@ pub async fn migrate(config: &DatabaseConfig, migrations: &Migrations) -> Result
     Ok(())
 }
 
+/// The versions of `migrations` not applied yet to the database `config`
+/// names (all of them when it has never been migrated). Applies nothing:
+/// for a process that waits for another (a migrations Job) to migrate.
+pub async fn pending_migrations(config: &DatabaseConfig, migrations: &Migrations) -> Result<Vec<i64>, DbError> {
+    let connect_error = |source| DbError::Connect { url: redact(&config.url), source };
+    let (migrator, applied) = match config.backend()? {
+        Backend::Postgres => {
+            let mut conn = postgres_options(config)?.connect().await.map_err(connect_error)?;
+            // to_regclass looks in search_path, that is the service's schema.
+            let migrated: bool =
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&mut conn).await?;
+            let applied: Vec<i64> = if migrated {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(&mut conn).await?
+            } else {
+                Vec::new()
+            };
+            conn.close().await?;
+            (&migrations.postgres, applied)
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlite_options(config)?.connect().await.map_err(connect_error)?;
+            let migrated: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+            )
+            .fetch_one(&mut conn)
+            .await?;
+            let applied: Vec<i64> = if migrated {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(&mut conn).await?
+            } else {
+                Vec::new()
+            };
+            conn.close().await?;
+            (&migrations.sqlite, applied)
+        }
+    };
+    Ok(migrator
+        .iter()
+        .filter(|migration| !migration.migration_type.is_down_migration())
+        .map(|migration| migration.version)
+        .filter(|version| !applied.contains(version))
+        .collect())
+}
+
 fn postgres_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
     let options = PgConnectOptions::from_str(&config.url)
         .map_err(|source| DbError::Connect { url: redact(&config.url), source })?;

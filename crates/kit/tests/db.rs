@@ -2,7 +2,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
-use kit::db::{Backend, Database, DbError, Migrations, migrate};
+use kit::db::{Backend, Database, DbError, Migrations, migrate, pending_migrations};
 use kit::testing::TestDatabase;
 
 static MIGRATIONS: Migrations = Migrations {
@@ -74,4 +74,22 @@ async fn an_unreachable_database_is_an_error_naming_it_without_its_password() {
     let text = error.to_string();
     assert!(text.contains("127.0.0.1:1"), "{text}");
     assert!(!text.contains("s3cret"), "{text}");
+}
+
+async fn pending_before_and_after_migrating(backend: Backend) -> (Vec<i64>, Vec<i64>) {
+    let test_db = TestDatabase::new(backend, "example").await;
+    let before = pending_migrations(test_db.config(), &MIGRATIONS).await.expect("pending before");
+    migrate(test_db.config(), &MIGRATIONS).await.expect("migrate");
+    let after = pending_migrations(test_db.config(), &MIGRATIONS).await.expect("pending after");
+    (before, after)
+}
+
+#[tokio::test]
+async fn postgres_pending_migrations_are_all_before_and_none_after() {
+    assert_eq!(pending_before_and_after_migrating(Backend::Postgres).await, (vec![1], vec![]));
+}
+
+#[tokio::test]
+async fn sqlite_pending_migrations_are_all_before_and_none_after() {
+    assert_eq!(pending_before_and_after_migrating(Backend::Sqlite).await, (vec![1], vec![]));
 }
