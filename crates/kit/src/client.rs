@@ -21,10 +21,37 @@ use tower::ServiceBuilder;
 
 use crate::trace::{InjectTraceContext, InjectTraceContextLayer, grpc_client_layer, grpc_client_layer_for};
 
-/// A tonic channel wrapped so every call has a client span whose context
+/// A tonic channel whose connection failures reach the caller as UNAVAILABLE
+/// statuses (tonic would otherwise report a connection lost mid-call as
+/// UNKNOWN "transport error", which callers take for a bug, not for a reason
+/// to retry).
+#[derive(Clone, Debug)]
+pub struct PeerChannel {
+    inner: Channel,
+}
+
+type GrpcRequest = http::Request<tonic::body::Body>;
+type GrpcResponse = <Channel as tower::Service<GrpcRequest>>::Response;
+
+impl tower::Service<GrpcRequest> for PeerChannel {
+    type Response = GrpcResponse;
+    type Error = tower::BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<GrpcResponse, tower::BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(connection_failed)
+    }
+
+    fn call(&mut self, request: GrpcRequest) -> Self::Future {
+        let answer = self.inner.call(request);
+        Box::pin(async move { answer.await.map_err(connection_failed) })
+    }
+}
+
+/// A [`PeerChannel`] wrapped so every call has a client span whose context
 /// travels with the request.
 pub type TracedChannel = tower_http::trace::Trace<
-    InjectTraceContext<Channel>,
+    InjectTraceContext<PeerChannel>,
     tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
     crate::trace::RpcSpan,
     (),
@@ -175,5 +202,18 @@ pub fn traced(channel: Channel) -> TracedChannel {
 }
 
 fn traced_with(layer: crate::trace::GrpcTraceLayer, channel: Channel) -> TracedChannel {
-    ServiceBuilder::new().layer(layer).layer(InjectTraceContextLayer).service(channel)
+    ServiceBuilder::new().layer(layer).layer(InjectTraceContextLayer).service(PeerChannel { inner: channel })
+}
+
+/// tonic turns a service error that is a `Status` into that status: the call
+/// ends UNAVAILABLE, naming what failed (the causes of the transport error).
+fn connection_failed(error: tonic::transport::Error) -> tower::BoxError {
+    let mut reason = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(error) = cause {
+        reason.push_str(": ");
+        reason.push_str(&error.to_string());
+        cause = error.source();
+    }
+    Box::new(tonic::Status::unavailable(format!("the connection to the peer failed ({reason})")))
 }

@@ -92,3 +92,29 @@ fn a_dns_address_needs_a_host_and_port() {
     assert!(kit::client::channel("dns:///fulfillment").is_err());
     assert!(kit::client::channel("dns:///:50051").is_err());
 }
+
+/// A peer that accepts connections and drops them at once, as a process
+/// killed mid-call does: the call ends UNAVAILABLE (retry), not UNKNOWN.
+#[tokio::test]
+async fn a_connection_dropped_by_the_peer_is_unavailable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            drop(connection);
+        }
+    });
+    let mut client = HealthClient::new(kit::client::channel(&format!("http://{address}")).unwrap());
+    let status = client.check(HealthCheckRequest { service: String::new() }).await.expect_err("no answer");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("connection to the peer failed"), "{}", status.message());
+}
+
+/// Nothing listening: UNAVAILABLE too.
+#[tokio::test]
+async fn a_refused_connection_is_unavailable() {
+    let address = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let mut client = HealthClient::new(kit::client::channel(&format!("http://{address}")).unwrap());
+    let status = client.check(HealthCheckRequest { service: String::new() }).await.expect_err("no answer");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
