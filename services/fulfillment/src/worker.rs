@@ -220,12 +220,18 @@ impl Workers {
     /// Records an attempt's outcome under its lease, and counts it.
     async fn record(&self, lease: &Lease, outcome: Outcome, label: &'static str, now: DateTime<Utc>) {
         let succeeded = matches!(outcome, Outcome::Succeeded { .. });
+        let retries = matches!(outcome, Outcome::RetryAt { .. });
         match self.store.finish(lease, outcome, now).await {
             Ok(Finished::Recorded(_)) => {
                 tracing::Span::current().record("outcome", label);
                 self.metrics.attempt(label);
                 if succeeded {
                     self.published.notify_one();
+                }
+                if retries {
+                    // The claim loop may be idle until a due time it read before this job
+                    // was rescheduled: let it read again, so the retry runs at its backoff.
+                    self.wake.notify_one();
                 }
             }
             Ok(Finished::LeaseLost) => {

@@ -478,6 +478,27 @@ async fn transient_failures_back_off_with_growing_delays_and_then_succeed(f: Fix
     assert_eq!(f.store().transitions(&id).await.unwrap().iter().filter(|t| t.to == JobState::Succeeded).count(), 1);
 }
 
+/// The workers idle for up to `idle_poll` (a minute here) or until the next
+/// due job; a job rescheduled by a failed attempt must wake them, or its retry
+/// waits for the lease or the poll instead of its backoff (50 ms here).
+async fn a_retry_runs_at_its_backoff_not_at_the_next_poll(f: Fixture) {
+    lms_answers(&f, ENROLL, ResponseTemplate::new(503).set_body_string("maintenance"), 1).await;
+    lms_answers(&f, ENROLL, ResponseTemplate::new(200).set_body_json(json!({"is_active": true})), 1).await;
+    f.run_background();
+    let accepted = f.fulfill(one_line(&order_number())).await.unwrap();
+    let id = accepted.fulfillments[0].fulfillment_id.clone();
+    // A guard far below the lease (30 s) and the poll (60 s), far above the backoff.
+    let completed = tokio::time::timeout(
+        Duration::from_secs(10),
+        f.events_for(proto::streams::FULFILLMENTS, std::slice::from_ref(&id), 1),
+    )
+    .await
+    .expect("the retry ran at its backoff, not after the lease or the poll");
+    assert_eq!(completed.len(), 1);
+    let job = f.get(&id).await;
+    assert_eq!((job.state, job.attempts), (pb::FulfillmentState::Succeeded as i32, 2));
+}
+
 async fn a_rejection_fails_at_once_with_the_lms_answer_recorded(f: Fixture) {
     lms_answers(&f, ENROLL, ResponseTemplate::new(400).set_body_string(r#"{"message": "Course run not found"}"#), 1)
         .await;
@@ -780,6 +801,12 @@ macro_rules! suite {
             #[tokio::test]
             async fn transient_failures_back_off_with_growing_delays_and_then_succeed() {
                 super::transient_failures_back_off_with_growing_delays_and_then_succeed(fixture($kind).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_retry_runs_at_its_backoff_not_at_the_next_poll() {
+                let policy =
+                    RetryPolicy { base: Duration::from_millis(50), cap: Duration::from_millis(100), ..policy() };
+                super::a_retry_runs_at_its_backoff_not_at_the_next_poll(fixture_with($kind, policy).await).await;
             }
             #[tokio::test]
             async fn a_rejection_fails_at_once_with_the_lms_answer_recorded() {
