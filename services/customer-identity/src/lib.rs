@@ -31,7 +31,7 @@ pub static MIGRATIONS: Migrations =
     Migrations { postgres: sqlx::migrate!("migrations/postgres"), sqlite: sqlx::migrate!("migrations/sqlite") };
 
 /// CustomerIdentity's own settings.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct Config {
     /// Keys the hash that replaces a retired learner's username. Keep it
@@ -39,6 +39,14 @@ pub struct Config {
     pub retirement_salt: String,
     /// The read-through cache (Redis when the mesh has `redis_url`, else in-process).
     pub cache: CacheConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The salt is a secret: a debug print says only whether it is the development one.
+        let salt = if self.retirement_salt == DEVELOPMENT_SALT { "<development>" } else { "<set>" };
+        f.debug_struct("Config").field("retirement_salt", &salt).field("cache", &self.cache).finish()
+    }
 }
 
 impl Default for Config {
@@ -72,4 +80,18 @@ pub fn service(
         cache,
         &config.retirement_salt,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_debug_print_never_shows_the_retirement_salt() {
+        let config = Config { retirement_salt: "s3cret-salt".into(), ..Config::default() };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret-salt"), "{printed}");
+        assert!(printed.contains("<set>"), "{printed}");
+        assert!(format!("{:?}", Config::default()).contains("<development>"));
+    }
 }
