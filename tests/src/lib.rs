@@ -5,6 +5,7 @@
 //! [`health::wait_serving`] waits until a component is ready; [`orders`] has
 //! the orders tests place.
 
+pub mod chaos_lms;
 pub mod collector;
 pub mod health;
 pub mod orders;

@@ -326,17 +326,35 @@ fn is_identifier(name: &str) -> bool {
         && name.len() <= 63
 }
 
-/// The URL with any password replaced by `***`.
+/// The URL with any password replaced by `***`: the userinfo's, and a
+/// `password` or `sslpassword` query parameter's (libpq and sqlx take both).
 pub fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else { return url.to_string() };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!("{}://{}:***{}", &url[..scheme_end], &userinfo[..colon], &rest[at..]),
-        None => url.to_string(),
-    }
+    let (mut redacted, after_userinfo) = match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.find(':').map_or(userinfo, |colon| &userinfo[..colon]);
+            let hidden = if user.len() < userinfo.len() { ":***" } else { "" };
+            (format!("{}://{user}{hidden}", &url[..scheme_end]), &rest[at..])
+        }
+        None => (url[..scheme_end + 3].to_string(), rest),
+    };
+    let Some((before_query, query)) = after_userinfo.split_once('?') else {
+        redacted.push_str(after_userinfo);
+        return redacted;
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword") => {
+                format!("{key}=***")
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{redacted}{before_query}?{}", pairs.join("&"))
 }
 
 #[cfg(test)]
@@ -348,6 +366,12 @@ mod tests {
         assert_eq!(redact("postgres://app:s3cret@db:5432/mesh"), "postgres://app:***@db:5432/mesh");
         assert_eq!(redact("postgres://postgres@127.0.0.1/mesh"), "postgres://postgres@127.0.0.1/mesh");
         assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+        assert_eq!(
+            redact("postgres://app@db/mesh?sslmode=require&password=s3cret&sslpassword=k3y"),
+            "postgres://app@db/mesh?sslmode=require&password=***&sslpassword=***"
+        );
+        assert_eq!(redact("postgres://app:s3cret@db?Password=s3cret"), "postgres://app:***@db?Password=***");
+        assert_eq!(redact("sqlite://data/x.db?mode=rwc"), "sqlite://data/x.db?mode=rwc");
         let config = DatabaseConfig::postgres("postgres://app:s3cret@db/mesh", "fulfillment");
         assert!(!format!("{config:?}").contains("s3cret"));
     }
