@@ -175,20 +175,8 @@ pub struct Enrollment {
     pub order_number: Option<String>,
 }
 
-/// One entitlement the LMS granted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entitlement {
-    /// Its uuid.
-    pub uuid: String,
-    /// The learner's username.
-    pub user: String,
-    /// The course UUID.
-    pub course_uuid: String,
-    /// The mode.
-    pub mode: String,
-    /// The order that bought it.
-    pub order_number: String,
-}
+/// One entitlement the LMS granted: the development LMS's record of one.
+pub type Entitlement = commerce_mesh::dev_lms::DevEntitlement;
 
 #[derive(Default)]
 struct Records {

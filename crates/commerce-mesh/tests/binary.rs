@@ -4,36 +4,21 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
+use support::{HANG_GUARD, mesh_command, wait_serving};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
-/// Guards against a hang, not a timing assertion: generous on purpose.
-const HANG_GUARD: Duration = Duration::from_secs(60);
-
-/// The binary with none of the caller's mesh or telemetry settings.
-fn mesh_command(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_commerce-mesh"));
-    command.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("MESH_") || name.starts_with("OTEL_") || name == "RUST_LOG" {
-            command.env_remove(name);
-        }
-    }
-    command
-}
 
 async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
     tokio::time::timeout(HANG_GUARD, lines.next_line())
@@ -41,22 +26,6 @@ async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
         .expect("the process keeps writing")
         .expect("stdout readable")
         .expect("the process is still running")
-}
-
-/// Waits (on the health Watch stream, no polling) until `url` answers SERVING.
-async fn wait_serving(url: &str) {
-    let mut health = HealthClient::new(kit::client::channel(url).expect("channel"));
-    let mut updates = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
-    tokio::time::timeout(HANG_GUARD, async {
-        while let Some(update) = updates.next().await {
-            if update.expect("health update").status() == ServingStatus::Serving {
-                return;
-            }
-        }
-        panic!("health stream ended before SERVING");
-    })
-    .await
-    .expect("becomes SERVING");
 }
 
 async fn listed_services(url: &str) -> BTreeSet<String> {

@@ -11,11 +11,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
+use support::{HANG_GUARD, mesh_command, wait_serving};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -27,13 +28,7 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-/// Guards against a hang, not a timing assertion: generous on purpose.
-const HANG_GUARD: Duration = Duration::from_secs(60);
 /// What the LMS answers every enrollment: a transient failure Fulfillment logs and retries.
 const LMS_OUTAGE: &str = "the LMS is down for maintenance";
 /// What Fulfillment logs when an LMS call fails (services/fulfillment/src/worker.rs).
@@ -154,22 +149,6 @@ async fn next_call(calls: &mut mpsc::UnboundedReceiver<LmsCall>) -> LmsCall {
     tokio::time::timeout(HANG_GUARD, calls.recv()).await.expect("the LMS is called").expect("the LMS runs")
 }
 
-/// Waits (on the health Watch stream, no polling) until `url` answers SERVING.
-async fn wait_serving(url: &str) {
-    let mut health = HealthClient::new(kit::client::channel(url).expect("channel"));
-    let mut updates = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
-    tokio::time::timeout(HANG_GUARD, async {
-        while let Some(update) = updates.next().await {
-            if update.expect("health update").status() == ServingStatus::Serving {
-                return;
-            }
-        }
-        panic!("health stream ended before SERVING");
-    })
-    .await
-    .expect("becomes SERVING");
-}
-
 /// The running binary's stdout, a line at a time as it comes, and all of it at the end.
 struct Output {
     lines: mpsc::UnboundedReceiver<String>,
@@ -211,18 +190,6 @@ impl Output {
         .await
         .unwrap_or_else(|_| panic!("no {what} on stdout"))
     }
-}
-
-/// The binary with none of the caller's mesh or telemetry settings.
-fn mesh_command(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_commerce-mesh"));
-    command.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("MESH_") || name.starts_with("OTEL_") || name == "RUST_LOG" {
-            command.env_remove(name);
-        }
-    }
-    command
 }
 
 async fn call(
