@@ -207,13 +207,18 @@ fn traced_with(layer: crate::trace::GrpcTraceLayer, channel: Channel) -> TracedC
 
 /// tonic turns a service error that is a `Status` into that status: the call
 /// ends UNAVAILABLE, naming what failed (the causes of the transport error).
+/// A deadline that passed stays tonic's own answer (CANCELLED, "Timeout
+/// expired"), which callers tell apart from a lost peer.
 fn connection_failed(error: tonic::transport::Error) -> tower::BoxError {
     let mut reason = error.to_string();
     let mut cause = std::error::Error::source(&error);
-    while let Some(error) = cause {
+    while let Some(inner) = cause {
+        if inner.is::<tonic::TimeoutExpired>() {
+            return Box::new(error);
+        }
         reason.push_str(": ");
-        reason.push_str(&error.to_string());
-        cause = error.source();
+        reason.push_str(&inner.to_string());
+        cause = inner.source();
     }
     Box::new(tonic::Status::unavailable(format!("the connection to the peer failed ({reason})")))
 }
