@@ -1,6 +1,8 @@
 //! Orders the mesh tests place, and the learner who places them.
 
+use kit::client::TracedChannel;
 use proto::commerce::fulfillment::v1 as pb;
+use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use proto::commerce::identity::v1::UpsertCustomerRequest;
 
 /// The course run [`course_run_order`] enrolls in.
@@ -36,4 +38,13 @@ pub fn link_ada(customer_id: &str) -> UpsertCustomerRequest {
         email: "ada@example.org".into(),
         expected_version: None,
     }
+}
+
+/// The fulfillment `id` as Fulfillment answers now (`GetFulfillment`).
+pub async fn fulfillment(
+    client: &mut FulfillmentServiceClient<TracedChannel>,
+    id: &str,
+) -> Result<pb::Fulfillment, tonic::Status> {
+    let answer = client.get_fulfillment(pb::GetFulfillmentRequest { fulfillment_id: id.into() }).await?;
+    answer.into_inner().fulfillment.ok_or_else(|| tonic::Status::internal("GetFulfillment answered no fulfillment"))
 }

@@ -46,13 +46,7 @@ async fn the_mesh_with_the_dev_lms_fulfills_an_order_into_it() {
     // Bounded wait on the job's state: the worker calls the dev LMS in the background.
     let done = tokio::time::timeout(GUARD, async {
         loop {
-            let job = fulfillment
-                .get_fulfillment(pb::GetFulfillmentRequest { fulfillment_id: id.clone() })
-                .await
-                .expect("get")
-                .into_inner()
-                .fulfillment
-                .expect("a fulfillment");
+            let job = mesh_tests::orders::fulfillment(&mut fulfillment, &id).await.expect("get");
             match job.state() {
                 pb::FulfillmentState::Succeeded | pb::FulfillmentState::Failed => return job,
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,

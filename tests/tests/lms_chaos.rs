@@ -242,13 +242,7 @@ async fn every_job_succeeds_exactly_once_through_a_chaotic_lms() {
                 if finished[index].is_some() {
                     continue;
                 }
-                let job = fulfillment
-                    .get_fulfillment(pb::GetFulfillmentRequest { fulfillment_id: id.clone() })
-                    .await
-                    .expect("get")
-                    .into_inner()
-                    .fulfillment
-                    .expect("a fulfillment");
+                let job = mesh_tests::orders::fulfillment(&mut fulfillment, id).await.expect("get");
                 match job.state() {
                     pb::FulfillmentState::Succeeded | pb::FulfillmentState::Failed => finished[index] = Some(job),
                     pb::FulfillmentState::Pending => {

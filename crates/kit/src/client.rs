@@ -36,15 +36,31 @@ type GrpcResponse = <Channel as tower::Service<GrpcRequest>>::Response;
 impl tower::Service<GrpcRequest> for PeerChannel {
     type Response = GrpcResponse;
     type Error = tower::BoxError;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<GrpcResponse, tower::BoxError>> + Send>>;
+    type Future = PeerCall;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(connection_failed)
     }
 
     fn call(&mut self, request: GrpcRequest) -> Self::Future {
-        let answer = self.inner.call(request);
-        Box::pin(async move { answer.await.map_err(connection_failed) })
+        PeerCall { answer: self.inner.call(request) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call on a [`PeerChannel`]: the channel's answer, a failed connection
+    /// made a status (no allocation per call).
+    pub struct PeerCall {
+        #[pin]
+        answer: <Channel as tower::Service<GrpcRequest>>::Future,
+    }
+}
+
+impl Future for PeerCall {
+    type Output = Result<GrpcResponse, tower::BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        self.project().answer.poll(cx).map_err(connection_failed)
     }
 }
 

@@ -12,10 +12,6 @@ use std::time::Duration;
 
 use commerce_mesh::Component;
 use tokio::process::{Child, Command};
-use tokio_stream::StreamExt;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// Guards against a hang, not a timing assertion: generous on purpose.
 pub const GUARD: Duration = Duration::from_secs(90);
@@ -324,26 +320,7 @@ impl MeshProcesses {
             .await;
             return;
         }
-        let url = format!("http://127.0.0.1:{port}");
-        // The health stream is the signal, once the process listens.
-        let mut updates = wait_until("the component listens", || {
-            let url = url.clone();
-            async move {
-                let mut health = HealthClient::new(kit::client::channel(&url).ok()?);
-                health.watch(HealthCheckRequest { service: String::new() }).await.ok().map(|r| r.into_inner())
-            }
-        })
-        .await;
-        tokio::time::timeout(GUARD, async {
-            while let Some(Ok(update)) = updates.next().await {
-                if update.status() == ServingStatus::Serving {
-                    return;
-                }
-            }
-            panic!("{component}: the health stream ended before SERVING");
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{component}: not SERVING within {GUARD:?}"));
+        super::support::wait_serving(&format!("http://127.0.0.1:{port}")).await;
     }
 
     /// Every component's log, for the failure message of a test.

@@ -16,6 +16,8 @@
 
 mod cluster;
 mod load;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

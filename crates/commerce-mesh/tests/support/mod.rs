@@ -1,4 +1,6 @@
-//! What the binary's integration tests share.
+//! What the binary's integration tests share (each uses some of it).
+
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Stdio;
@@ -14,11 +16,17 @@ use tonic_health::pb::health_client::HealthClient;
 /// Guards against a hang, not a timing assertion: generous on purpose.
 pub const HANG_GUARD: Duration = Duration::from_secs(60);
 
-/// Waits (on the health Watch stream, no polling) until `url` answers SERVING.
+/// Waits until `url` answers SERVING: on the health Watch stream, once the
+/// process listens (until then the call itself fails, and is tried again).
 pub async fn wait_serving(url: &str) {
-    let mut health = HealthClient::new(kit::client::channel(url).expect("channel"));
-    let mut updates = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
     tokio::time::timeout(HANG_GUARD, async {
+        let mut updates = loop {
+            let mut health = HealthClient::new(kit::client::channel(url).expect("channel"));
+            match health.watch(HealthCheckRequest { service: String::new() }).await {
+                Ok(updates) => break updates.into_inner(),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
         while let Some(update) = updates.next().await {
             if update.expect("health update").status() == ServingStatus::Serving {
                 return;
