@@ -15,6 +15,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::uri::PathAndQuery;
@@ -379,6 +380,12 @@ pub async fn serve(
     let address = listener.local_addr()?;
     let app = gateway.router()?;
     tracing::info!(%address, routes = gateway.route_count(), "gateway listening");
+    // Nagle's algorithm off: a response written in pieces must not wait for the client's delayed ACK.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set on an accepted connection");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     tracing::info!("gateway stopped");
     Ok(())
