@@ -9,8 +9,9 @@
 //!   [`crate::serve::GrpcServer::metrics`]);
 //! - [`serve_admin`]: `GET /metrics` (OpenMetrics text) and `GET /healthz`.
 
+use std::any::Any;
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -79,6 +80,8 @@ pub struct Metrics {
 struct Registered {
     registry: Registry,
     names: HashSet<String>,
+    /// The families [`Metrics::shared`] registered, by name, for the next component that asks.
+    shared: HashMap<String, Box<dyn Any + Send>>,
 }
 
 impl Registered {
@@ -139,6 +142,35 @@ impl Metrics {
     /// registry is not registered again (a warning is logged).
     pub fn register(&self, name: impl Into<String>, help: impl Into<String>, metric: impl Metric) {
         self.lock().register(self.component(), name.into(), help.into(), None, metric);
+    }
+
+    /// The metric several components record into: registered once under
+    /// `name`, unlabelled by any handle, from `make()` the first time; every
+    /// later call with that name (from any component's handle) answers the
+    /// same metric, so the exposition has one family. Its series must carry
+    /// the component in their own labels ([`Metrics::component`]). A name
+    /// taken by a metric of another type answers a fresh, unregistered metric
+    /// (and logs a warning), as [`Metrics::register`] does.
+    pub fn shared<M>(&self, name: &str, help: &str, make: impl FnOnce() -> M) -> M
+    where
+        M: Metric + Clone,
+    {
+        let mut registered = self.lock();
+        if let Some(existing) = registered.shared.get(name) {
+            if let Some(metric) = existing.downcast_ref::<M>() {
+                return metric.clone();
+            }
+            tracing::warn!(metric = name, "a shared metric of another type has this name; not registering it");
+            return make();
+        }
+        let metric = make();
+        if registered.names.contains(name) {
+            tracing::warn!(metric = name, "metric already registered; not sharing it");
+            return metric;
+        }
+        registered.register(None, name.to_string(), help.to_string(), None, metric.clone());
+        registered.shared.insert(name.to_string(), Box::new(metric.clone()));
+        metric
     }
 
     /// The OpenMetrics text of every metric registered through any handle on
@@ -429,6 +461,28 @@ mod tests {
         let text = metrics.encode();
         assert_eq!(text.matches("# TYPE cache_hits counter").count(), 1, "{text}");
         assert!(text.contains("cache_hits_total{component=\"a\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn a_shared_metric_is_one_family_for_every_component() {
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Labels {
+            component: String,
+        }
+        let metrics = Metrics::new();
+        let make = Family::<Labels, Counter>::default;
+        let a = metrics.for_component("a").shared("bus_trims", "Trims", make);
+        let b = metrics.for_component("b").shared("bus_trims", "Trims", make);
+        a.get_or_create(&Labels { component: "a".into() }).inc();
+        b.get_or_create(&Labels { component: "b".into() }).inc_by(2);
+
+        let text = metrics.encode();
+        assert_eq!(text.matches("# TYPE bus_trims counter").count(), 1, "{text}");
+        assert!(text.contains("bus_trims_total{component=\"a\"} 1"), "{text}");
+        assert!(text.contains("bus_trims_total{component=\"b\"} 2"), "{text}");
+        let other = metrics.shared("bus_trims", "Trims", Counter::<u64>::default);
+        other.inc();
+        assert!(!metrics.encode().contains("bus_trims_total 1"), "a metric of another type is not registered");
     }
 
     fn request(path: &str) -> Request<tonic::body::Body> {
