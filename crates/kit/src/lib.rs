@@ -11,7 +11,8 @@
 //! - [`metrics`]: the Prometheus registry, RED per RPC, and the admin port
 //!   (`/metrics`, `/healthz`);
 //! - [`cache`]: read-through cache, Redis or in-process, never stale after a write;
-//! - [`bus`]: the event bus (Redis Streams or a SQLite log): idempotent publish, consumer groups, reclaim, dead letters;
+//! - [`bus`]: the event bus (Redis Streams or a SQLite log): idempotent publish, consumer groups, reclaim, dead letters,
+//!   bounded retention;
 //! - [`db`]: connecting to and migrating Postgres or SQLite;
 //! - [`error`]: `google.rpc.Status` errors with `BadRequest`, `RetryInfo` and
 //!   `ErrorInfo` details;

@@ -1,4 +1,5 @@
-//! The event bus contract, run against every backend: Redis Streams and the SQLite log.
+//! The event bus contract, run against every backend: Redis Streams and the SQLite log,
+//! retention included (trimming what no group needs, the dedupe window, the floor, dead letters).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
@@ -7,11 +8,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kit::bus::{BusError, Delivery, EntryId, EventBus};
+use chrono::{DateTime, Utc};
+use kit::bus::{BusConfig, BusError, Delivery, EntryId, EventBus, Publication, StreamStats};
 
 /// A wait that ends early when the bus works: long enough that a slow machine
 /// never fails a test on time alone.
 const LONG_BLOCK: Duration = Duration::from_secs(30);
+
+/// Entries an approximate trim may leave beyond its target: Redis trims whole
+/// nodes of up to 100 entries (`stream-node-max-entries`); the log trims exactly.
+const NODE: u64 = 100;
 
 fn redis_url() -> String {
     std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -44,11 +50,16 @@ impl Fixture {
 
     /// A new client over the same storage (what a restarted process gets).
     fn open(&self) -> Arc<dyn EventBus> {
+        self.open_with(&BusConfig::default())
+    }
+
+    /// The same with these retention settings.
+    fn open_with(&self, config: &BusConfig) -> Arc<dyn EventBus> {
         match &self.storage {
             Storage::Redis => {
-                kit::bus::open(Some(&redis_url()), &PathBuf::from("unused.db")).expect("a valid Redis URL")
+                kit::bus::open_with(Some(&redis_url()), &PathBuf::from("unused.db"), config).expect("a valid Redis URL")
             }
-            Storage::Sqlite { path, .. } => kit::bus::open(None, path).expect("the log opens"),
+            Storage::Sqlite { path, .. } => kit::bus::open_with(None, path, config).expect("the log opens"),
         }
     }
 
@@ -323,6 +334,186 @@ async fn state_survives_reopening(fixture: Fixture) {
     assert_eq!(taken[0].payload, b"A");
 }
 
+/// Publishes `count` events `<tag>-<n>` in batches of 500 (one round trip or transaction each).
+async fn publish_many(bus: &Arc<dyn EventBus>, stream: &str, tag: &str, count: usize) {
+    let ids: Vec<String> = (0..count).map(|n| format!("{tag}-{n}")).collect();
+    for chunk in ids.chunks(500) {
+        let events: Vec<Publication<'_>> =
+            chunk.iter().map(|id| Publication { stream, event_id: id, payload: id.as_bytes() }).collect();
+        assert!(bus.publish_all(&events).await.unwrap().iter().all(|appended| *appended));
+    }
+}
+
+/// Reads everything new for `consumer`, `max` per read.
+async fn read_all(bus: &Arc<dyn EventBus>, stream: &str, group: &str, consumer: &str) -> Vec<Delivery> {
+    let mut all = Vec::new();
+    loop {
+        let got = read_now(bus, stream, group, consumer, 500).await;
+        if got.is_empty() {
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
+async fn ack_all(bus: &Arc<dyn EventBus>, stream: &str, group: &str, deliveries: &[Delivery]) {
+    for chunk in deliveries.chunks(500) {
+        bus.ack(stream, group, &chunk.iter().map(|d| d.id.clone()).collect::<Vec<_>>()).await.unwrap();
+    }
+}
+
+fn window(config: &BusConfig) -> chrono::Duration {
+    chrono::Duration::from_std(config.dedupe_window).unwrap()
+}
+
+fn after(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(duration).unwrap() + chrono::Duration::seconds(1)
+}
+
+async fn publish_all_appends_in_order_each_id_once(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    assert!(bus.publish(&stream, "a", b"A").await.unwrap());
+    let other = fixture.stream("other");
+    let event = |stream, id: &'static str| Publication { stream, event_id: id, payload: id.as_bytes() };
+    let appended = bus
+        .publish_all(&[
+            event(&stream, "a"),
+            event(&stream, "b"),
+            event(&other, "b"),
+            event(&stream, "c"),
+            event(&stream, "b"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(appended, [false, true, true, true, false]);
+    assert!(bus.publish_all(&[]).await.unwrap().is_empty());
+    assert_eq!(event_ids(&read_now(&bus, &stream, "g", "c", 10).await), ["a", "b", "c"]);
+    assert_eq!(bus.streams(), {
+        let mut used = vec![stream.clone(), other.clone()];
+        used.sort();
+        used
+    });
+}
+
+async fn trimming_keeps_every_entry_a_group_still_needs(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "fast").await.unwrap();
+    bus.ensure_group(&stream, "slow").await.unwrap();
+    publish_many(&bus, &stream, "evt", 1000).await;
+    let fast = read_all(&bus, &stream, "fast", "f").await;
+    ack_all(&bus, &stream, "fast", &fast).await;
+    // The slow group has read 600 entries and acknowledged the first 400: it still
+    // needs the 200 pending (400..600) and the 400 it never read.
+    let mut slow = read_now(&bus, &stream, "slow", "s", 500).await;
+    slow.extend(read_now(&bus, &stream, "slow", "s", 100).await);
+    ack_all(&bus, &stream, "slow", &slow[..400]).await;
+
+    let kept = bus.trim(&stream, Utc::now()).await.unwrap();
+    assert!((600..=600 + NODE).contains(&kept.entries), "{kept:?}");
+    assert!(kept.trimmed >= 400 - NODE, "{kept:?}");
+    assert_eq!(kept.dedupe_markers, 1000, "ids are remembered for the window, not for the entries' life");
+    let oldest = kept.oldest_entry.expect("entries are left");
+    assert!((Utc::now() - oldest).num_seconds() < 600, "{oldest}");
+
+    let reclaimed = bus.reclaim(&stream, "slow", "s2", Duration::ZERO, 1000).await.unwrap();
+    let expected: Vec<String> = (400..600).map(|n| format!("evt-{n}")).collect();
+    assert_eq!(reclaimed.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>(), expected, "pending entries kept");
+    ack_all(&bus, &stream, "slow", &reclaimed).await;
+    let rest = read_all(&bus, &stream, "slow", "s").await;
+    let expected: Vec<String> = (600..1000).map(|n| format!("evt-{n}")).collect();
+    assert_eq!(rest.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>(), expected, "unread entries kept");
+    ack_all(&bus, &stream, "slow", &rest).await;
+
+    let kept = bus.trim(&stream, Utc::now()).await.unwrap();
+    assert!(kept.entries <= 1 + NODE, "everything acknowledged by every group is trimmed: {kept:?}");
+    assert_eq!(bus.pending(&stream, "slow").await.unwrap(), 0);
+    assert!(!bus.publish(&stream, "evt-5", b"again").await.unwrap(), "a trimmed entry's id is still remembered");
+}
+
+async fn a_stream_without_groups_keeps_the_dedupe_window(fixture: Fixture) {
+    let config = BusConfig::default();
+    let bus = fixture.open_with(&config);
+    let stream = fixture.stream("announcements");
+    publish_many(&bus, &stream, "evt", 300).await;
+    let now = Utc::now();
+    assert_eq!(bus.trim(&stream, now).await.unwrap().entries, 300, "nobody read them: kept for the window");
+    assert_eq!(bus.trim(&stream, now + window(&config) / 2).await.unwrap().entries, 300);
+    let later = bus.trim(&stream, after(now, config.dedupe_window)).await.unwrap();
+    assert_eq!((later.entries, later.dedupe_markers, later.oldest_entry), (0, 0, None), "{later:?}");
+    assert!(later.trimmed >= 300, "{later:?}");
+    // A group created now starts at the oldest entry kept.
+    bus.publish(&stream, "fresh", b"1").await.unwrap();
+    bus.ensure_group(&stream, "late").await.unwrap();
+    assert_eq!(event_ids(&read_now(&bus, &stream, "late", "c", 10).await), ["fresh"]);
+}
+
+async fn event_ids_are_forgotten_after_the_dedupe_window(fixture: Fixture) {
+    let config = BusConfig { dedupe_window: Duration::from_secs(3600), ..BusConfig::default() };
+    let bus = fixture.open_with(&config);
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    assert!(bus.publish(&stream, "evt-1", b"first").await.unwrap());
+    let got = read_now(&bus, &stream, "g", "c", 10).await;
+    ack_all(&bus, &stream, "g", &got).await;
+    let now = Utc::now();
+    let kept = bus.trim(&stream, now + window(&config) / 2).await.unwrap();
+    assert_eq!(kept.dedupe_markers, 1, "{kept:?}");
+    assert!(!bus.publish(&stream, "evt-1", b"again").await.unwrap(), "within the window: published once");
+
+    let kept = bus.trim(&stream, after(now, config.dedupe_window)).await.unwrap();
+    assert_eq!(kept.dedupe_markers, 0, "{kept:?}");
+    assert!(bus.publish(&stream, "evt-1", b"much later").await.unwrap(), "after the window the id is new again");
+    let got = read_now(&bus, &stream, "g", "c", 10).await;
+    assert_eq!((event_ids(&got), got[0].payload.as_slice()), (vec!["evt-1"], &b"much later"[..]));
+}
+
+async fn the_floor_caps_a_stream_a_group_stopped_reading(fixture: Fixture) {
+    let config = BusConfig { max_len: 200, ..BusConfig::default() };
+    let bus = fixture.open_with(&config);
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "stalled").await.unwrap();
+    publish_many(&bus, &stream, "early", 10).await;
+    assert_eq!(read_now(&bus, &stream, "stalled", "c", 10).await.len(), 10, "read, never acknowledged");
+    publish_many(&bus, &stream, "evt", 990).await;
+
+    let kept = bus.trim(&stream, Utc::now()).await.unwrap();
+    assert!((200..=200 + NODE).contains(&kept.entries), "the floor, not the group, bounds it: {kept:?}");
+    // What the floor dropped is lost to the group: never redelivered, no longer pending.
+    assert!(bus.reclaim(&stream, "stalled", "c2", Duration::ZERO, 100).await.unwrap().is_empty());
+    assert_eq!(bus.pending(&stream, "stalled").await.unwrap(), 0);
+    let rest = read_all(&bus, &stream, "stalled", "c").await;
+    assert_eq!(rest.len() as u64, kept.entries);
+    assert_eq!(rest.last().unwrap().event_id, "evt-989", "the newest entries are the ones kept");
+    assert!(!bus.publish(&stream, "early-0", b"again").await.unwrap(), "the floor keeps the ids");
+}
+
+async fn dead_letters_are_dropped_after_their_window(fixture: Fixture) {
+    let config = BusConfig { dead_letter_window: Duration::from_secs(3600), ..BusConfig::default() };
+    let bus = fixture.open_with(&config);
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    publish_many(&bus, &stream, "poison", 2).await;
+    for delivery in read_now(&bus, &stream, "g", "c", 10).await {
+        bus.dead_letter(&stream, "g", &delivery, "cannot parse").await.unwrap();
+    }
+    let now = Utc::now();
+    let kept = bus.trim(&stream, now).await.unwrap();
+    assert_eq!(kept.dead_letters, 2, "{kept:?}");
+    assert_eq!(bus.dead_letters(&stream, 10).await.unwrap().len(), 2);
+    let kept = bus.trim(&stream, after(now, config.dead_letter_window)).await.unwrap();
+    assert_eq!(kept.dead_letters, 0, "{kept:?}");
+    assert!(bus.dead_letters(&stream, 10).await.unwrap().is_empty());
+}
+
+async fn trimming_a_stream_that_does_not_exist_keeps_nothing(fixture: Fixture) {
+    let bus = fixture.open();
+    let kept = bus.trim(&fixture.stream("nothing"), Utc::now()).await.unwrap();
+    assert_eq!(kept, StreamStats::default());
+}
+
 macro_rules! contract {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -379,6 +570,34 @@ macro_rules! contract {
             #[tokio::test]
             async fn state_survives_reopening() {
                 super::state_survives_reopening($make).await;
+            }
+            #[tokio::test]
+            async fn publish_all_appends_in_order_each_id_once() {
+                super::publish_all_appends_in_order_each_id_once($make).await;
+            }
+            #[tokio::test]
+            async fn trimming_keeps_every_entry_a_group_still_needs() {
+                super::trimming_keeps_every_entry_a_group_still_needs($make).await;
+            }
+            #[tokio::test]
+            async fn a_stream_without_groups_keeps_the_dedupe_window() {
+                super::a_stream_without_groups_keeps_the_dedupe_window($make).await;
+            }
+            #[tokio::test]
+            async fn event_ids_are_forgotten_after_the_dedupe_window() {
+                super::event_ids_are_forgotten_after_the_dedupe_window($make).await;
+            }
+            #[tokio::test]
+            async fn the_floor_caps_a_stream_a_group_stopped_reading() {
+                super::the_floor_caps_a_stream_a_group_stopped_reading($make).await;
+            }
+            #[tokio::test]
+            async fn dead_letters_are_dropped_after_their_window() {
+                super::dead_letters_are_dropped_after_their_window($make).await;
+            }
+            #[tokio::test]
+            async fn trimming_a_stream_that_does_not_exist_keeps_nothing() {
+                super::trimming_a_stream_that_does_not_exist_keeps_nothing($make).await;
             }
         }
     };

@@ -20,7 +20,7 @@ use fulfillment::lms::LmsConfig;
 use fulfillment::store::{Claimed, Store};
 use fulfillment::worker::WorkerConfig;
 use fulfillment::{Config, Fulfillment};
-use kit::bus::{BusError, Delivery, EventBus};
+use kit::bus::{BusError, Delivery, EventBus, Publication};
 use kit::client::TracedChannel;
 use kit::db::{Backend, Database};
 use kit::serve::GrpcServer;
@@ -568,26 +568,42 @@ async fn a_job_whose_worker_vanished_is_finished_once_by_another(f: Fixture) {
     assert_eq!(f.get(&id).await.attempts, 2);
 }
 
-/// Publishes to the real bus but reports failure from the `fail_after`-th
-/// publish on: a relay that crashed after publishing, before stamping.
+/// Publishes to the real bus but reports failure once `fail_after` events
+/// were published: a relay that crashed after publishing, before stamping.
 struct LostAcknowledgements {
     bus: Arc<dyn EventBus>,
     published: AtomicUsize,
     fail_after: usize,
 }
 
-#[async_trait::async_trait]
-impl EventBus for LostAcknowledgements {
-    async fn publish(&self, stream: &str, event_id: &str, payload: &[u8]) -> Result<bool, BusError> {
-        let appended = self.bus.publish(stream, event_id, payload).await?;
-        if self.published.fetch_add(1, Ordering::SeqCst) + 1 >= self.fail_after {
+impl LostAcknowledgements {
+    fn answer<T>(&self, published: usize, appended: T) -> Result<T, BusError> {
+        if self.published.fetch_add(published, Ordering::SeqCst) + published >= self.fail_after {
             return Err(BusError::Malformed {
-                stream: stream.into(),
-                id: event_id.into(),
+                stream: String::new(),
+                id: String::new(),
                 reason: "connection lost".into(),
             });
         }
         Ok(appended)
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for LostAcknowledgements {
+    async fn publish(&self, stream: &str, event_id: &str, payload: &[u8]) -> Result<bool, BusError> {
+        let appended = self.bus.publish(stream, event_id, payload).await?;
+        self.answer(1, appended)
+    }
+    async fn publish_all(&self, events: &[Publication<'_>]) -> Result<Vec<bool>, BusError> {
+        let appended = self.bus.publish_all(events).await?;
+        self.answer(events.len(), appended)
+    }
+    async fn trim(&self, stream: &str, now: DateTime<Utc>) -> Result<kit::bus::StreamStats, BusError> {
+        self.bus.trim(stream, now).await
+    }
+    fn streams(&self) -> Vec<String> {
+        self.bus.streams()
     }
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
         self.bus.ensure_group(stream, group).await
@@ -624,16 +640,22 @@ async fn outbox_events_are_published_once_across_a_relay_restart(f: Fixture) {
     }
     assert_eq!(f.store().unpublished(100).await.unwrap().len(), 6);
 
-    // The first relay publishes three events, but the third's acknowledgement is lost.
-    let crashing = fulfillment::outbox::OutboxRelay::new(
-        Arc::clone(f.store()),
+    // The first relay publishes two batches of two events, but the second batch's acknowledgement is lost.
+    let mut crashing = fulfillment::outbox::OutboxRelay::new(
+        Arc::clone(f.store()) as _,
         Arc::new(LostAcknowledgements { bus: Arc::clone(&f.bus), published: AtomicUsize::new(0), fail_after: 3 }),
         Arc::new(tokio::sync::Notify::new()),
     );
+    crashing.batch = 2;
+    assert_eq!(crashing.publish_pending().await.unwrap(), 2);
     assert!(crashing.publish_pending().await.is_err());
-    assert_eq!(f.store().unpublished(100).await.unwrap().len(), 4, "two stamped, the third published but not stamped");
+    assert_eq!(
+        f.store().unpublished(100).await.unwrap().len(),
+        4,
+        "two stamped, the next two published but not stamped"
+    );
 
-    // A new relay (the restart) publishes the rest, the third again: the bus keeps it once.
+    // A new relay (the restart) publishes the rest, those two again: the bus keeps each once.
     let restarted = f.fulfillment.relay();
     assert_eq!(restarted.publish_pending().await.unwrap(), 4);
     assert_eq!(restarted.publish_pending().await.unwrap(), 0);

@@ -10,6 +10,13 @@
 //! row again after a crash appends nothing: with idempotent consumers, every
 //! event takes effect once.
 //!
+//! Nothing grows without bound ([`BusConfig`]): [`EventBus::trim`] drops the
+//! entries every consumer group has acknowledged (and, on a stream no group
+//! reads, the entries older than the dedupe window), forgets published event
+//! ids after the dedupe window, drops dead letters after theirs, and caps every
+//! stream at about [`BusConfig::max_len`] entries whatever the groups still
+//! need. A [`Retention`] task runs it for every stream a client used.
+//!
 //! A read cancelled while it waits (a `select!` on shutdown) may leave entries
 //! pending for its consumer without returning them: they are reclaimed later,
 //! like the entries of a consumer that crashed.
@@ -33,16 +40,34 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 pub mod consumer;
 mod redis;
+mod retention;
 mod sqlite;
 
-pub use self::redis::{DEFAULT_DEDUPE_WINDOW, RedisStreams};
+pub use self::redis::RedisStreams;
+pub use self::retention::{
+    BusConfig, BusConfigError, DEFAULT_DEDUPE_WINDOW, Retention, RetentionMetrics, StreamLabels, StreamStats,
+};
 pub use self::sqlite::SqliteLog;
+
+/// One event to append, for [`EventBus::publish_all`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Publication<'a> {
+    /// The stream it goes to.
+    pub stream: &'a str,
+    /// The producer's id of the event: appended once per stream within the dedupe window.
+    pub event_id: &'a str,
+    /// The event.
+    pub payload: &'a [u8],
+}
 
 /// One entry as a consumer receives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,9 +156,15 @@ impl BusError {
 #[async_trait::async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// Appends an event. Idempotent per `event_id` on a stream: publishing an id already published
-    /// (within the dedupe window, default 7 days on Redis, forever in the log) appends nothing and answers Ok(false);
-    /// a new id answers Ok(true). This is what makes an outbox relay "publish once in effect" across restarts.
+    /// within the dedupe window ([`BusConfig::dedupe_window`], 7 days by default) appends nothing and
+    /// answers Ok(false); a new id answers Ok(true). This is what makes an outbox relay "publish once in
+    /// effect" across restarts.
     async fn publish(&self, stream: &str, event_id: &str, payload: &[u8]) -> Result<bool, BusError>;
+    /// Appends events in order, each as [`publish`](EventBus::publish) would (an id repeated in the
+    /// batch is appended once), in one round trip (Redis: a pipeline) or one transaction (the log);
+    /// answers one flag per event. On an error some events may have been appended: publish them
+    /// again, the dedupe keeps each once.
+    async fn publish_all(&self, events: &[Publication<'_>]) -> Result<Vec<bool>, BusError>;
     /// Creates the consumer group if missing, starting at the beginning of the stream (creating the stream too).
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError>;
     /// New entries for this consumer, at most `max`, waiting up to `block` when there are none
@@ -165,6 +196,16 @@ pub trait EventBus: Send + Sync + 'static {
     async fn dead_letters(&self, stream: &str, max: usize) -> Result<Vec<DeadLetter>, BusError>;
     /// Entries in the group not yet acknowledged (pending) — for the stream-lag metric and tests.
     async fn pending(&self, stream: &str, group: &str) -> Result<u64, BusError>;
+    /// Applies the retention of [`BusConfig`] to `stream` as of `now`: drops the entries no group
+    /// still needs (none read them yet, none has them pending; on a stream without groups, those
+    /// older than the dedupe window), the entries beyond about `max_len` (even if a group still
+    /// needs them), the event ids published before the dedupe window, and the dead letters older
+    /// than theirs. Each call does a bounded amount of work per round, a few rounds at most; what
+    /// is left waits for the next call. Answers what the stream keeps.
+    async fn trim(&self, stream: &str, now: DateTime<Utc>) -> Result<StreamStats, BusError>;
+    /// The streams this client has published to or made a group on since it was opened, in name
+    /// order: what its [`Retention`] task trims.
+    fn streams(&self) -> Vec<String>;
 }
 
 /// The dead-letter stream of `stream`.
@@ -172,11 +213,53 @@ pub fn dead_letter_stream(stream: &str) -> String {
     format!("{stream}.dead")
 }
 
-/// The bus a component uses: Redis Streams when `redis_url` is given, else the SQLite log at `log_path`.
-/// Connects lazily either way; fails only on a malformed URL or an uncreatable directory.
+/// The bus a component uses: Redis Streams when `redis_url` is given, else the SQLite log at `log_path`,
+/// with the default [`BusConfig`]. Connects lazily either way; fails only on a malformed URL or an
+/// uncreatable directory.
 pub fn open(redis_url: Option<&str>, log_path: &Path) -> Result<Arc<dyn EventBus>, BusError> {
+    open_with(redis_url, log_path, &BusConfig::default())
+}
+
+/// [`open`] with the given retention settings.
+pub fn open_with(redis_url: Option<&str>, log_path: &Path, config: &BusConfig) -> Result<Arc<dyn EventBus>, BusError> {
     Ok(match redis_url {
-        Some(url) => Arc::new(RedisStreams::new(url)?),
-        None => Arc::new(SqliteLog::open(log_path)?),
+        Some(url) => Arc::new(RedisStreams::new(url)?.with_config(*config)),
+        None => Arc::new(SqliteLog::open(log_path)?.with_config(*config)),
     })
+}
+
+/// The streams a client used, for [`EventBus::streams`].
+#[derive(Debug, Default)]
+struct KnownStreams(Mutex<BTreeSet<String>>);
+
+impl KnownStreams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // A set of names stays whole whatever panicked while holding it.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn note(&self, stream: &str) {
+        let mut known = self.lock();
+        if !known.contains(stream) {
+            known.insert(stream.to_string());
+        }
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+}
+
+/// Milliseconds since the epoch, never negative (a cutoff before 1970 keeps everything).
+fn epoch_millis(time: DateTime<Utc>) -> i64 {
+    time.timestamp_millis().max(0)
+}
+
+/// `time - window`, saturating at the epoch.
+fn before(time: DateTime<Utc>, window: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(window)
+        .ok()
+        .and_then(|window| time.checked_sub_signed(window))
+        .unwrap_or(DateTime::UNIX_EPOCH)
+        .max(DateTime::UNIX_EPOCH)
 }

@@ -1,21 +1,29 @@
 //! The Redis Streams backend, for production.
 //!
-//! Keys: the stream itself; `<stream>:published:<event_id>` remembers a
-//! published event id for the dedupe window; `<stream>.dead` is the
-//! dead-letter stream. Entries carry the fields `event_id` and `payload`.
-//! Scripts touch several keys of one stream, so on a Redis Cluster a stream's
-//! name needs a hash tag (`{orders}.paid`) to keep them in one slot.
+//! Keys: the stream itself; `<stream>:published`, a sorted set of the event
+//! ids published within the dedupe window, scored by publish time (ms);
+//! `<stream>.dead` is the dead-letter stream. Entries carry the fields
+//! `event_id` and `payload`. Scripts touch several keys of one stream, so on a
+//! Redis Cluster a stream's name needs a hash tag (`{orders}.paid`) to keep
+//! them in one slot.
+//!
+//! Why one sorted set per stream rather than a key per event id with a TTL:
+//! a key costs Redis a dictionary entry, its name (the stream's name again),
+//! an expiry entry and an object; a set member costs its id and a score. The
+//! set is pruned by [`EventBus::trim`] with ZREMRANGEBYRANK, a bounded number
+//! of members per call (docs/OPERATIONS.md has the measured bytes per event).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
-use super::{BusError, DeadLetter, Delivery, EntryId, EventBus, dead_letter_stream};
-
-/// How long a published event id is remembered by default.
-pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+use super::{
+    BusConfig, BusError, DeadLetter, Delivery, EntryId, EventBus, KnownStreams, Publication, StreamStats, before,
+    dead_letter_stream, epoch_millis,
+};
 
 /// How long any command but a blocking read may take before it fails.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,19 +34,86 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle dedicated connections kept for blocking reads.
 const MAX_IDLE_BLOCKING: usize = 8;
 
-/// Checks the dedupe marker and appends, atomically. The marker is set after
-/// the append rather than with `SET NX` before it: if the append failed (a key
-/// of the wrong type, out of memory) a marker set first would make the event
-/// "published" forever without any entry; inside one script both orders are
+/// Entries (or markers) one trim script removes at most from each key: a few
+/// milliseconds of Redis's time, so a trim never stalls other clients.
+const TRIM_LIMIT: u64 = 10_000;
+
+/// Trim scripts one [`EventBus::trim`] runs at most; what is left waits for the next trim.
+const TRIM_ROUNDS: usize = 20;
+
+/// Checks the dedupe marker and appends, atomically, capping the stream at
+/// about `max_len` entries (the safety net, nearly free at append time). The
+/// marker is set after the append rather than before it: if the append failed
+/// (a key of the wrong type, out of memory) a marker set first would make the
+/// event "published" without any entry; inside one script both orders are
 /// equally atomic.
-/// KEYS: stream, marker. ARGV: event id, payload, window in seconds.
+/// KEYS: stream, markers. ARGV: event id, payload, now in ms, max len.
 const PUBLISH_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 1 then
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   return 0
 end
-redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[1], 'payload', ARGV[2])
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'event_id', ARGV[1], 'payload', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return 1
+";
+
+/// Trims a stream, its dead-letter stream and its markers, and answers what
+/// they keep; all in one script, so no read, ack or group creation comes
+/// between deciding what no group needs and dropping it.
+///
+/// What a group still needs starts at its last delivered entry (everything
+/// before it was delivered) or its oldest pending entry, whichever is older;
+/// the stream keeps everything from the oldest such entry of all groups on
+/// (XTRIM MINID). A stream without groups keeps the dedupe window instead.
+/// Then the MAXLEN floor, whatever the groups need. Approximate (`~`) trims
+/// remove whole nodes only, which is what makes them cheap; LIMIT bounds the
+/// work of one call.
+/// KEYS: stream, dead-letter stream, markers.
+/// ARGV: window cutoff in ms, dead-letter cutoff in ms, max len, limit.
+/// Answers: removed from the stream, from the dead-letter stream, markers
+/// removed, stream length, oldest entry id (or ''), markers, dead letters.
+const TRIM_SCRIPT: &str = r"
+local limit = tonumber(ARGV[4])
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function older(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local removed, dead_removed, markers_removed = 0, 0, 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local keep = false
+  for _, fields in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local group = {}
+    for i = 1, #fields, 2 do group[fields[i]] = fields[i + 1] end
+    local need = group['last-delivered-id']
+    if group['pending'] > 0 then
+      local oldest = redis.call('XPENDING', KEYS[1], group['name'])[2]
+      if oldest and older(oldest, need) then need = oldest end
+    end
+    if not keep or older(need, keep) then keep = need end
+  end
+  if not keep then keep = ARGV[1] .. '-0' end
+  removed = redis.call('XTRIM', KEYS[1], 'MINID', '~', keep, 'LIMIT', limit)
+    + redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[3], 'LIMIT', limit)
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  dead_removed = redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[2] .. '-0', 'LIMIT', limit)
+    + redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[3], 'LIMIT', limit)
+end
+local expired = redis.call('ZCOUNT', KEYS[3], '-inf', '(' .. ARGV[1])
+if expired > 0 then
+  markers_removed = math.min(expired, limit)
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, markers_removed - 1)
+end
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local oldest = ''
+if first then oldest = first[1] end
+return {removed, dead_removed, markers_removed, redis.call('XLEN', KEYS[1]), oldest,
+  redis.call('ZCARD', KEYS[3]), redis.call('XLEN', KEYS[2])}
 ";
 
 /// Claims stale pending entries and answers each with its delivery count
@@ -83,10 +158,12 @@ return 1
 pub struct RedisStreams {
     connection: ConnectionManager,
     blocking: Arc<BlockingConnections>,
-    dedupe_window: Duration,
+    config: BusConfig,
+    streams: Arc<KnownStreams>,
     publish: Arc<redis::Script>,
     reclaim: Arc<redis::Script>,
     dead_letter: Arc<redis::Script>,
+    trim: Arc<redis::Script>,
 }
 
 /// Connections for blocking reads. A blocking XREADGROUP holds its connection
@@ -120,8 +197,8 @@ impl BlockingConnections {
 }
 
 impl RedisStreams {
-    /// A lazily connecting client of `url` (`redis://host:6379/0`), remembering
-    /// published event ids for [`DEFAULT_DEDUPE_WINDOW`]. Fails only on a malformed URL.
+    /// A lazily connecting client of `url` (`redis://host:6379/0`), with the
+    /// default [`BusConfig`]. Fails only on a malformed URL.
     pub fn new(url: &str) -> Result<Self, BusError> {
         let client = crate::redis_tcp::client(url)?;
         let config = ConnectionManagerConfig::new()
@@ -132,17 +209,32 @@ impl RedisStreams {
         Ok(Self {
             connection,
             blocking: Arc::new(BlockingConnections { client, idle: Mutex::new(Vec::new()) }),
-            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            config: BusConfig::default(),
+            streams: Arc::new(KnownStreams::default()),
             publish: Arc::new(redis::Script::new(PUBLISH_SCRIPT)),
             reclaim: Arc::new(redis::Script::new(RECLAIM_SCRIPT)),
             dead_letter: Arc::new(redis::Script::new(DEAD_LETTER_SCRIPT)),
+            trim: Arc::new(redis::Script::new(TRIM_SCRIPT)),
         })
     }
 
-    /// The same client, remembering published event ids for `window` (at least a second).
-    pub fn with_dedupe_window(mut self, window: Duration) -> Self {
-        self.dedupe_window = window;
+    /// The same client with these retention settings.
+    pub fn with_config(mut self, config: BusConfig) -> Self {
+        self.config = config;
         self
+    }
+
+    /// The publish script for one event, as of `now_ms`.
+    fn publication<'a>(&'a self, event: &Publication<'_>, now_ms: i64) -> redis::ScriptInvocation<'a> {
+        self.streams.note(event.stream);
+        let mut invocation = self.publish.key(event.stream);
+        invocation
+            .key(markers_key(event.stream))
+            .arg(event.event_id)
+            .arg(event.payload)
+            .arg(now_ms)
+            .arg(self.config.max_len.max(1));
+        invocation
     }
 
     /// Turns entries into deliveries; an entry `publish` did not write (no
@@ -177,6 +269,11 @@ impl RedisStreams {
     }
 }
 
+/// The sorted set of `stream`'s published event ids.
+fn markers_key(stream: &str) -> String {
+    format!("{stream}:published")
+}
+
 /// NOGROUP (no such stream or group) becomes [`BusError::NoGroup`].
 fn group_error(stream: &str, group: &str) -> impl FnOnce(redis::RedisError) -> BusError {
     move |error| {
@@ -192,19 +289,31 @@ fn millis(duration: Duration) -> u64 {
 impl EventBus for RedisStreams {
     async fn publish(&self, stream: &str, event_id: &str, payload: &[u8]) -> Result<bool, BusError> {
         let mut connection = self.connection.clone();
-        let appended: i64 = self
-            .publish
-            .key(stream)
-            .key(format!("{stream}:published:{event_id}"))
-            .arg(event_id)
-            .arg(payload)
-            .arg(self.dedupe_window.as_secs().max(1))
-            .invoke_async(&mut connection)
-            .await?;
+        let event = Publication { stream, event_id, payload };
+        let appended: i64 = self.publication(&event, epoch_millis(Utc::now())).invoke_async(&mut connection).await?;
         Ok(appended == 1)
     }
 
+    async fn publish_all(&self, events: &[Publication<'_>]) -> Result<Vec<bool>, BusError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_ms = epoch_millis(Utc::now());
+        let invocations: Vec<_> = events.iter().map(|event| self.publication(event, now_ms)).collect();
+        // One round trip; Redis runs the scripts in this order. The script is
+        // loaded first, as a pipeline cannot fall back from EVALSHA by itself.
+        let mut pipeline = redis::pipe();
+        pipeline.load_script(&self.publish).ignore();
+        for invocation in &invocations {
+            pipeline.invoke_script(invocation);
+        }
+        let mut connection = self.connection.clone();
+        let appended: Vec<i64> = pipeline.query_async(&mut connection).await?;
+        Ok(appended.into_iter().map(|n| n == 1).collect())
+    }
+
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
+        self.streams.note(stream);
         let mut connection = self.connection.clone();
         let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -379,6 +488,86 @@ impl EventBus for RedisStreams {
             _ => Err(BusError::malformed(stream, "", "XPENDING summary has no count")),
         }
     }
+
+    async fn trim(&self, stream: &str, now: DateTime<Utc>) -> Result<StreamStats, BusError> {
+        let window_cutoff = epoch_millis(before(now, self.config.dedupe_window));
+        let dead_cutoff = epoch_millis(before(now, self.config.dead_letter_window));
+        let (dead, markers) = (dead_letter_stream(stream), markers_key(stream));
+        let mut connection = self.connection.clone();
+        let mut trimmed = 0;
+        let mut round = 0;
+        loop {
+            round += 1;
+            let reply: Value = self
+                .trim
+                .key(stream)
+                .key(&dead)
+                .key(&markers)
+                .arg(window_cutoff)
+                .arg(dead_cutoff)
+                .arg(self.config.max_len.max(1))
+                .arg(TRIM_LIMIT)
+                .invoke_async(&mut connection)
+                .await?;
+            let reply = TrimReply::parse(stream, reply)?;
+            trimmed += reply.removed + reply.dead_removed;
+            // An approximate trim removes whole nodes, so "near the limit" means "maybe more".
+            let more = reply.removed.max(reply.dead_removed) >= TRIM_LIMIT / 2 || reply.markers_removed >= TRIM_LIMIT;
+            if !more || round >= TRIM_ROUNDS {
+                return Ok(StreamStats {
+                    entries: reply.entries,
+                    oldest_entry: reply.oldest_entry,
+                    dedupe_markers: reply.markers,
+                    dead_letters: reply.dead_letters,
+                    trimmed,
+                });
+            }
+        }
+    }
+
+    fn streams(&self) -> Vec<String> {
+        self.streams.list()
+    }
+}
+
+/// What one run of [`TRIM_SCRIPT`] answers.
+struct TrimReply {
+    removed: u64,
+    dead_removed: u64,
+    markers_removed: u64,
+    entries: u64,
+    oldest_entry: Option<DateTime<Utc>>,
+    markers: u64,
+    dead_letters: u64,
+}
+
+impl TrimReply {
+    fn parse(stream: &str, reply: Value) -> Result<Self, BusError> {
+        let malformed = |reason: &str| BusError::malformed(stream, "", format!("trim reply: {reason}"));
+        let items = array(reply).ok_or_else(|| malformed("not an array"))?;
+        let [removed, dead_removed, markers_removed, entries, oldest, markers, dead_letters] =
+            <[Value; 7]>::try_from(items).map_err(|_| malformed("not seven values"))?;
+        let count = |value: Value| match value {
+            Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
+            _ => Err(malformed("a count is not an integer")),
+        };
+        let oldest = bytes(oldest).ok_or_else(|| malformed("the oldest id is not a string"))?;
+        Ok(Self {
+            removed: count(removed)?,
+            dead_removed: count(dead_removed)?,
+            markers_removed: count(markers_removed)?,
+            entries: count(entries)?,
+            oldest_entry: entry_time(&String::from_utf8_lossy(&oldest)),
+            markers: count(markers)?,
+            dead_letters: count(dead_letters)?,
+        })
+    }
+}
+
+/// When Redis appended the entry `id` (`<ms>-<seq>`); None for '' or an id Redis would not make.
+fn entry_time(id: &str) -> Option<DateTime<Utc>> {
+    let millis = id.split_once('-')?.0.parse::<i64>().ok()?;
+    DateTime::from_timestamp_millis(millis)
 }
 
 /// A stream entry as Redis answers it: its id and its field/value pairs.

@@ -4,25 +4,42 @@
 //! write transaction at a time, so numbers commit in order: a reader that has
 //! seen entry `n` committed never later finds a smaller one appear, and a
 //! group's position is a single number (`last_delivered_seq`). Reads, acks,
-//! reclaims and dead-lettering run in `BEGIN IMMEDIATE` transactions (the write
-//! lock first), so two consumers never take the same entry.
+//! reclaims, dead-lettering and trims run in `BEGIN IMMEDIATE` transactions
+//! (the write lock first), so two consumers never take the same entry and a
+//! trim never drops one a group still needs.
+//!
+//! Published event ids live in `published` for the dedupe window, apart from
+//! the entries: an entry goes as soon as every group acknowledged it, its id
+//! stays. The same retention as Redis (`EventBus::trim`).
 
 use std::path::Path;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{Notify, OnceCell};
 
-use super::{BusError, DeadLetter, Delivery, EntryId, EventBus};
+use super::{
+    BusConfig, BusError, DeadLetter, Delivery, EntryId, EventBus, KnownStreams, Publication, StreamStats, before,
+    epoch_millis,
+};
 
 /// How often a blocked reader looks for entries published by another process
 /// (publishes in this process wake it at once).
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// The log's own schema, created on first use; the log is not a service database, so no migrations.
+/// Rows one trim transaction deletes at most from each table: the write lock
+/// is held briefly, so publishers and readers wait little.
+const TRIM_LIMIT: i64 = 10_000;
+
+/// Trim transactions one [`EventBus::trim`] runs at most; what is left waits for the next trim.
+const TRIM_ROUNDS: usize = 20;
+
+/// The log's own schema, created on first use; the log is not a service database, so no migrations
+/// (`PRAGMA user_version` says which of [`UPGRADES`] a file has had).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -58,7 +75,22 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at     INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_stream ON dead_letters (stream, seq);
+CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters (stream, dead_at);
+CREATE TABLE IF NOT EXISTS published (
+    stream       TEXT    NOT NULL,
+    event_id     TEXT    NOT NULL,
+    published_at INTEGER NOT NULL,
+    PRIMARY KEY (stream, event_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS published_by_age ON published (stream, published_at);
 ";
+
+/// What a log file written by an older release needs, in order; the n-th runs once, when
+/// `user_version` is below n. 1: ids published before `published` existed were kept by
+/// `entries` alone, which trimming now empties.
+const UPGRADES: &[&str] = &[
+    "INSERT OR IGNORE INTO published (stream, event_id, published_at) SELECT stream, event_id, published_at FROM entries",
+];
 
 /// The embedded backend: a durable log in a SQLite file (WAL), for embedded mode.
 #[derive(Clone)]
@@ -67,6 +99,8 @@ pub struct SqliteLog {
     schema: Arc<OnceCell<()>>,
     /// Woken by every publish of this instance, so blocked readers need not wait for a poll.
     published: Arc<Notify>,
+    config: BusConfig,
+    streams: Arc<KnownStreams>,
 }
 
 impl SqliteLog {
@@ -89,7 +123,19 @@ impl SqliteLog {
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options);
-        Ok(Self { pool, schema: Arc::new(OnceCell::new()), published: Arc::new(Notify::new()) })
+        Ok(Self {
+            pool,
+            schema: Arc::new(OnceCell::new()),
+            published: Arc::new(Notify::new()),
+            config: BusConfig::default(),
+            streams: Arc::new(KnownStreams::default()),
+        })
+    }
+
+    /// The same log with these retention settings.
+    pub fn with_config(mut self, config: BusConfig) -> Self {
+        self.config = config;
+        self
     }
 
     /// Closes every connection, waiting for those in use to be returned.
@@ -98,8 +144,173 @@ impl SqliteLog {
     }
 
     async fn ready(&self) -> Result<&SqlitePool, BusError> {
-        self.schema.get_or_try_init(|| async { sqlx::raw_sql(SCHEMA).execute(&self.pool).await.map(drop) }).await?;
+        self.schema.get_or_try_init(|| self.create_schema()).await?;
         Ok(&self.pool)
+    }
+
+    /// Creates the tables, then upgrades a file an older release wrote. Another
+    /// process may do the same at once: the upgrade checks the version under the write lock.
+    async fn create_schema(&self) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(SCHEMA).execute(&self.pool).await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *tx).await?;
+        let done = usize::try_from(version).unwrap_or(0);
+        if done < UPGRADES.len() {
+            for upgrade in &UPGRADES[done..] {
+                sqlx::raw_sql(*upgrade).execute(&mut *tx).await?;
+            }
+            // PRAGMA takes no bind parameters; the number is ours.
+            let set = format!("PRAGMA user_version = {}", UPGRADES.len());
+            sqlx::raw_sql(sqlx::AssertSqlSafe(set)).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Appends `events` in one transaction (one disk flush); answers one flag per event.
+    async fn append(&self, events: &[Publication<'_>]) -> Result<Vec<bool>, BusError> {
+        let pool = self.ready().await?;
+        let now = now_millis();
+        let mut appended = Vec::with_capacity(events.len());
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        for event in events {
+            self.streams.note(event.stream);
+            let new = sqlx::query(
+                "INSERT INTO published (stream, event_id, published_at) VALUES (?, ?, ?)
+                 ON CONFLICT (stream, event_id) DO NOTHING",
+            )
+            .bind(event.stream)
+            .bind(event.event_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            // An id whose marker was pruned while its entry waits unread is still on the stream.
+            let added = new
+                && sqlx::query(
+                    "INSERT INTO entries (stream, event_id, payload, published_at) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (stream, event_id) DO NOTHING",
+                )
+                .bind(event.stream)
+                .bind(event.event_id)
+                .bind(event.payload)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+            appended.push(added);
+        }
+        tx.commit().await?;
+        if appended.contains(&true) {
+            // Wakes readers of every stream; one that finds nothing for its stream waits again.
+            self.published.notify_waiters();
+        }
+        Ok(appended)
+    }
+
+    /// One trim transaction: at most [`TRIM_LIMIT`] rows from each table. Answers
+    /// whether it hit a limit (more may be left), and the rows deleted from the
+    /// stream and its dead letters.
+    async fn trim_round(&self, stream: &str, now: DateTime<Utc>) -> Result<(bool, u64), BusError> {
+        let window_cutoff = epoch_millis(before(now, self.config.dedupe_window));
+        let dead_cutoff = epoch_millis(before(now, self.config.dead_letter_window));
+        let max_len = i64::try_from(self.config.max_len.max(1)).unwrap_or(i64::MAX);
+        let mut tx = self.ready().await?.begin_with("BEGIN IMMEDIATE").await?;
+        // What a group still needs starts after its last delivered entry, or at its oldest
+        // pending one. (Redis keeps the last delivered entry too; here the acknowledged
+        // entry goes, so its id, kept unique by `entries`, is free once the window ends.)
+        let groups_need: Option<i64> = sqlx::query_scalar(
+            "SELECT min(min(g.last_delivered_seq + 1,
+                            coalesce((SELECT min(p.seq) FROM pending p WHERE p.stream = g.stream AND p.grp = g.grp),
+                                     g.last_delivered_seq + 1)))
+             FROM consumer_groups g WHERE g.stream = ?",
+        )
+        .bind(stream)
+        .fetch_one(&mut *tx)
+        .await?;
+        // Without groups, the entries of the dedupe window: from the first one published since.
+        let keep_from = match groups_need {
+            Some(seq) => seq,
+            None => sqlx::query_scalar(
+                "SELECT coalesce((SELECT seq FROM entries WHERE stream = ?1 AND published_at >= ?2 ORDER BY seq LIMIT 1),
+                                 (SELECT max(seq) + 1 FROM entries WHERE stream = ?1), 0)",
+            )
+            .bind(stream)
+            .bind(window_cutoff)
+            .fetch_one(&mut *tx)
+            .await?,
+        };
+        // The floor: the newest `max_len` entries stay whatever the groups need.
+        let floor = floor_seq(&mut tx, "entries", stream, max_len).await?;
+        let keep_from = keep_from.max(floor.unwrap_or(0));
+        let removed = sqlx::query(
+            "DELETE FROM entries WHERE seq IN
+                 (SELECT seq FROM entries WHERE stream = ? AND seq < ? ORDER BY seq LIMIT ?)",
+        )
+        .bind(stream)
+        .bind(keep_from)
+        .bind(TRIM_LIMIT)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Only the floor drops entries a group has pending: their pending rows go with them
+        // (Redis's XAUTOCLAIM forgets such entries the same way).
+        if let Some(floor) = floor {
+            sqlx::query("DELETE FROM pending WHERE stream = ? AND seq < ?")
+                .bind(stream)
+                .bind(floor)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let dead_floor = floor_seq(&mut tx, "dead_letters", stream, max_len).await?;
+        let dead_removed = sqlx::query(
+            "DELETE FROM dead_letters WHERE seq IN
+                 (SELECT seq FROM dead_letters WHERE stream = ?1 AND (dead_at < ?2 OR seq < ?3) LIMIT ?4)",
+        )
+        .bind(stream)
+        .bind(dead_cutoff)
+        .bind(dead_floor.unwrap_or(0))
+        .bind(TRIM_LIMIT)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let markers_removed = sqlx::query(
+            "DELETE FROM published WHERE stream = ?1 AND event_id IN
+                 (SELECT event_id FROM published WHERE stream = ?1 AND published_at < ?2 LIMIT ?3)",
+        )
+        .bind(stream)
+        .bind(window_cutoff)
+        .bind(TRIM_LIMIT)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        let limit = u64::try_from(TRIM_LIMIT).unwrap_or(u64::MAX);
+        let more = removed >= limit || dead_removed >= limit || markers_removed >= limit;
+        Ok((more, removed + dead_removed))
+    }
+
+    /// What `stream` keeps.
+    async fn stats(&self, stream: &str, trimmed: u64) -> Result<StreamStats, BusError> {
+        let pool = self.ready().await?;
+        let (entries, oldest, markers, dead_letters): (i64, Option<i64>, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM entries WHERE stream = ?1),
+                    (SELECT published_at FROM entries WHERE stream = ?1 ORDER BY seq LIMIT 1),
+                    (SELECT count(*) FROM published WHERE stream = ?1),
+                    (SELECT count(*) FROM dead_letters WHERE stream = ?1)",
+        )
+        .bind(stream)
+        .fetch_one(pool)
+        .await?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(StreamStats {
+            entries: count(entries),
+            oldest_entry: oldest.and_then(DateTime::from_timestamp_millis),
+            dedupe_markers: count(markers),
+            dead_letters: count(dead_letters),
+            trimmed,
+        })
     }
 
     /// One attempt at [`EventBus::read`], without waiting.
@@ -139,19 +350,20 @@ impl SqliteLog {
         let Some(&(newest, _, _)) = rows.last() else {
             return Ok(Vec::new());
         };
-        let now = now_millis();
-        for (seq, _, _) in &rows {
-            sqlx::query(
-                "INSERT INTO pending (stream, grp, seq, consumer, delivered_at, delivery_count) VALUES (?, ?, ?, ?, ?, 1)",
-            )
-            .bind(stream)
-            .bind(group)
-            .bind(seq)
-            .bind(consumer)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // The rows just read, in one statement: no entry can appear between `last` and
+        // `newest` meanwhile, as this transaction holds the write lock.
+        sqlx::query(
+            "INSERT INTO pending (stream, grp, seq, consumer, delivered_at, delivery_count)
+             SELECT stream, ?2, seq, ?3, ?4, 1 FROM entries WHERE stream = ?1 AND seq > ?5 AND seq <= ?6",
+        )
+        .bind(stream)
+        .bind(group)
+        .bind(consumer)
+        .bind(now_millis())
+        .bind(last)
+        .bind(newest)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE consumer_groups SET last_delivered_seq = ? WHERE stream = ? AND grp = ?")
             .bind(newest)
             .bind(stream)
@@ -171,6 +383,35 @@ impl SqliteLog {
     }
 }
 
+/// The oldest of the newest `max_len` rows of `stream` in `table` (`entries` or
+/// `dead_letters`), when there are more. Sequence numbers are shared by every
+/// stream, so a span of at most `max_len` numbers proves there are not more
+/// without counting (the common case, which costs two index probes).
+async fn floor_seq(
+    tx: &mut sqlx::SqliteConnection,
+    table: &'static str,
+    stream: &str,
+    max_len: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    // Apart, each aggregate is one probe of the (stream, seq) index.
+    let span: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT (SELECT max(seq) FROM {table} WHERE stream = ?1) - (SELECT min(seq) FROM {table} WHERE stream = ?1) + 1"
+    )))
+    .bind(stream)
+    .fetch_one(&mut *tx)
+    .await?;
+    if span.is_none_or(|span| span <= max_len) {
+        return Ok(None);
+    }
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT seq FROM {table} WHERE stream = ? ORDER BY seq DESC LIMIT 1 OFFSET ?"
+    )))
+    .bind(stream)
+    .bind(max_len - 1)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
 /// The log's sequence number in an [`EntryId`].
 fn seq_of(stream: &str, id: &EntryId) -> Result<i64, BusError> {
     id.0.parse().map_err(|_| BusError::malformed(stream, &id.0, "not a log sequence number"))
@@ -188,27 +429,19 @@ fn limit(max: usize) -> i64 {
 #[async_trait::async_trait]
 impl EventBus for SqliteLog {
     async fn publish(&self, stream: &str, event_id: &str, payload: &[u8]) -> Result<bool, BusError> {
-        let pool = self.ready().await?;
-        let appended = sqlx::query(
-            "INSERT INTO entries (stream, event_id, payload, published_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (stream, event_id) DO NOTHING",
-        )
-        .bind(stream)
-        .bind(event_id)
-        .bind(payload)
-        .bind(now_millis())
-        .execute(pool)
-        .await?
-        .rows_affected()
-            == 1;
-        if appended {
-            // Wakes readers of every stream; one that finds nothing for its stream waits again.
-            self.published.notify_waiters();
+        let appended = self.append(&[Publication { stream, event_id, payload }]).await?;
+        Ok(appended.first() == Some(&true))
+    }
+
+    async fn publish_all(&self, events: &[Publication<'_>]) -> Result<Vec<bool>, BusError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(appended)
+        self.append(events).await
     }
 
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
+        self.streams.note(stream);
         let pool = self.ready().await?;
         sqlx::query(
             "INSERT INTO consumer_groups (stream, grp, last_delivered_seq) VALUES (?, ?, 0)
@@ -253,16 +486,13 @@ impl EventBus for SqliteLog {
             return Ok(());
         }
         let seqs = ids.iter().map(|id| seq_of(stream, id)).collect::<Result<Vec<_>, _>>()?;
-        let mut tx = self.ready().await?.begin_with("BEGIN IMMEDIATE").await?;
-        for seq in seqs {
-            sqlx::query("DELETE FROM pending WHERE stream = ? AND grp = ? AND seq = ?")
-                .bind(stream)
-                .bind(group)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        // The numbers travel as one JSON array: one statement whatever the batch.
+        sqlx::query("DELETE FROM pending WHERE stream = ? AND grp = ? AND seq IN (SELECT value FROM json_each(?))")
+            .bind(stream)
+            .bind(group)
+            .bind(serde_json::Value::from(seqs).to_string())
+            .execute(self.ready().await?)
+            .await?;
         Ok(())
     }
 
@@ -380,5 +610,21 @@ impl EventBus for SqliteLog {
         .fetch_optional(pool)
         .await?;
         count.map(|count| u64::try_from(count).unwrap_or(0)).ok_or_else(|| BusError::no_group(stream, group))
+    }
+
+    async fn trim(&self, stream: &str, now: DateTime<Utc>) -> Result<StreamStats, BusError> {
+        let mut trimmed = 0;
+        for _ in 0..TRIM_ROUNDS {
+            let (more, removed) = self.trim_round(stream, now).await?;
+            trimmed += removed;
+            if !more {
+                break;
+            }
+        }
+        self.stats(stream, trimmed).await
+    }
+
+    fn streams(&self) -> Vec<String> {
+        self.streams.list()
     }
 }
