@@ -13,6 +13,7 @@
 //! - [`cache`]: read-through cache, Redis or in-process, never stale after a write;
 //! - [`bus`]: the event bus (Redis Streams or a SQLite log): idempotent publish, consumer groups, reclaim, dead letters,
 //!   bounded retention;
+//! - [`outbox`]: the transactional outbox's rows, SQL and relay (publish, stamp, prune after a window);
 //! - [`db`]: connecting to and migrating Postgres or SQLite;
 //! - [`error`]: `google.rpc.Status` errors with `BadRequest`, `RetryInfo` and
 //!   `ErrorInfo` details;
@@ -30,6 +31,7 @@ pub mod db;
 pub mod error;
 pub mod json;
 pub mod metrics;
+pub mod outbox;
 mod redis_tcp;
 pub mod serve;
 pub mod shutdown;

@@ -6,7 +6,8 @@
 //! (validation, repeat detection, the retry policy); [`store`] the Postgres and
 //! SQLite backends, whose jobs table is the queue; `migrations/` their schemas.
 //! Behind the API run the [`worker`]s, which call the LMS through [`lms`], and
-//! the [`outbox`] relay, which publishes what succeeded to the event bus.
+//! the [`outbox`] relay, which publishes what succeeded to the event bus and
+//! deletes published rows after `outbox.retention`.
 //!
 //! ```text
 //! FulfillOrder ─► jobs table (PENDING) ─► Workers ─claim/lease─► LMS
@@ -30,6 +31,7 @@ use std::time::Duration;
 use kit::bus::EventBus;
 use kit::client::TracedChannel;
 use kit::db::{Database, Migrations};
+use kit::outbox::{OutboxConfig, OutboxMetrics};
 use proto::commerce::catalog::v1::catalog_ingest_service_client::CatalogIngestServiceClient;
 use proto::commerce::fulfillment::v1::fulfillment_service_server::FulfillmentServiceServer;
 use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
@@ -74,6 +76,8 @@ pub struct Config {
     pub check_course_runs: bool,
     /// Where CatalogIngest answers, for `check_course_runs`.
     pub catalog_url: String,
+    /// How long published outbox rows are kept.
+    pub outbox: OutboxConfig,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             customer_identity_url: "http://127.0.0.1:50052".into(),
             check_course_runs: false,
             catalog_url: "http://127.0.0.1:50053".into(),
+            outbox: OutboxConfig::default(),
         }
     }
 }
@@ -119,6 +124,7 @@ impl Config {
         if self.clock_skew > Duration::from_secs(86_400) {
             return problem("clock_skew must be at most 24h");
         }
+        self.outbox.check().map_err(|e| ConfigError(e.to_string()))?;
         Ok(())
     }
 }
@@ -132,6 +138,7 @@ pub struct Fulfillment {
     catalog: Option<CatalogIngestServiceClient<TracedChannel>>,
     config: Config,
     metrics: Arc<FulfillmentMetrics>,
+    outbox_metrics: OutboxMetrics,
     wake: Arc<Notify>,
     published: Arc<Notify>,
 }
@@ -167,6 +174,8 @@ impl Fulfillment {
         };
         let metrics = Arc::new(FulfillmentMetrics::default());
         metrics.register(registry);
+        let outbox_metrics = OutboxMetrics::default();
+        outbox_metrics.register("fulfillment_outbox", registry);
         Ok(Self {
             store,
             lms: LmsClient::new(&config.lms).map_err(|e| ConfigError(format!("lms: {e}")))?,
@@ -175,6 +184,7 @@ impl Fulfillment {
             catalog,
             config: config.clone(),
             metrics,
+            outbox_metrics,
             wake: Arc::new(Notify::new()),
             published: Arc::new(Notify::new()),
         })
@@ -207,14 +217,16 @@ impl Fulfillment {
         )
     }
 
-    /// The outbox relay (not yet running).
+    /// The outbox relay (not yet running), with `outbox` retention.
     pub fn relay(&self) -> OutboxRelay {
-        OutboxRelay::new(Arc::clone(&self.store), Arc::clone(&self.bus), Arc::clone(&self.published))
+        OutboxRelay::new(Arc::clone(&self.store) as _, Arc::clone(&self.bus), Arc::clone(&self.published))
+            .with_config(self.config.outbox)
+            .with_metrics(self.outbox_metrics.clone())
     }
 
-    /// Runs the workers, the relay and the queue gauges until `shutdown`. The
-    /// workers finish the attempts in flight, then the relay publishes what
-    /// they recorded before it stops.
+    /// Runs the workers, the relay (publishing, pruning) and the queue gauges
+    /// until `shutdown`. The workers finish the attempts in flight, then the
+    /// relay publishes what they recorded before it stops.
     pub async fn run_background(&self, shutdown: CancellationToken) {
         let gauges =
             Arc::clone(&self.metrics).refresh_every(Arc::clone(&self.store), Duration::from_secs(5), shutdown.clone());
@@ -233,9 +245,11 @@ impl Fulfillment {
         tokio::join!(workers, relay, gauges, listen);
     }
 
-    /// Reads the queue gauges from the store now (they refresh every few seconds while running).
+    /// Reads the queue and outbox gauges from the store now (they refresh every few seconds while running).
     pub async fn refresh_metrics(&self) -> Result<(), store::StoreError> {
-        self.metrics.refresh(self.store.as_ref()).await
+        self.metrics.refresh(self.store.as_ref()).await?;
+        self.relay().refresh_backlog(chrono::Utc::now()).await?;
+        Ok(())
     }
 
     /// The store (for tests and tools).
@@ -261,5 +275,6 @@ mod tests {
         assert!(refused(|c| c.workers.lease = Duration::ZERO).contains("workers.lease"));
         assert!(refused(|c| c.retry.max_attempts = 0).contains("retry.max_attempts"));
         assert!(refused(|c| c.clock_skew = Duration::from_secs(u64::MAX)).contains("clock_skew"));
+        assert!(refused(|c| c.outbox.prune_every = Duration::ZERO).contains("outbox.prune_every"));
     }
 }

@@ -1,6 +1,7 @@
 //! Fulfillment's own Prometheus metrics: the queue (jobs by state, age of the
-//! oldest pending job, unpublished outbox rows), attempts by outcome, and the
-//! LMS's latency and answers.
+//! oldest pending job), attempts by outcome, and the LMS's latency and
+//! answers. The outbox's (`fulfillment_outbox_*`) are the relay's,
+//! `kit::outbox::OutboxMetrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -45,8 +46,6 @@ pub struct FulfillmentMetrics {
     pub jobs: Family<StateLabel, Gauge>,
     /// Seconds the longest-waiting due PENDING job has waited past its due time; 0 when none.
     pub oldest_pending_age: Gauge<f64, AtomicU64>,
-    /// Outbox rows not yet published.
-    pub outbox_unpublished: Gauge,
     /// LMS attempts by outcome.
     pub attempts: Family<OutcomeLabel, Counter>,
     /// LMS call latency in seconds.
@@ -60,7 +59,6 @@ impl Default for FulfillmentMetrics {
         Self {
             jobs: Family::default(),
             oldest_pending_age: Gauge::default(),
-            outbox_unpublished: Gauge::default(),
             attempts: Family::default(),
             lms_duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             lms_answers: Family::default(),
@@ -80,11 +78,6 @@ impl FulfillmentMetrics {
             "fulfillment_oldest_pending_age_seconds",
             "Seconds the longest-waiting due PENDING fulfillment job has waited for a worker",
             self.oldest_pending_age.clone(),
-        );
-        metrics.register(
-            "fulfillment_outbox_unpublished",
-            "Outbox events not yet published to the event bus",
-            self.outbox_unpublished.clone(),
         );
         metrics.register("fulfillment_attempts", "LMS attempts by outcome", self.attempts.clone());
         metrics.register("fulfillment_lms_duration_seconds", "LMS call latency", self.lms_duration.clone());
@@ -111,7 +104,6 @@ impl FulfillmentMetrics {
         }
         let age = stats.oldest_due.map_or(0.0, |due| (now - due).as_seconds_f64().max(0.0));
         self.oldest_pending_age.set(age);
-        self.outbox_unpublished.set(stats.unpublished);
         Ok(())
     }
 

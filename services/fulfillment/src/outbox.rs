@@ -1,26 +1,23 @@
 //! Events out: what a SUCCEEDED job announces ([`completion_events`], written
 //! to the outbox in the same transaction as the state change), and the
-//! [`OutboxRelay`] that publishes outbox rows to the event bus.
+//! [`OutboxRelay`] (`kit::outbox::Relay`, shared with every service that has
+//! an outbox) that publishes outbox rows to the event bus and deletes them
+//! after the retention window.
 //!
 //! Event ids are derived from the fulfillment id, and the bus publishes an id
 //! once: a relay that dies between publishing and stamping a row publishes it
 //! again on restart, and nothing new reaches the stream.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
-use kit::bus::EventBus;
+pub use kit::outbox::{Relay as OutboxRelay, RelayError};
 use kit::time::to_timestamp;
 use kit::trace::TextContext;
 use prost::Message;
 use proto::commerce::events::v1::{self as events, event_envelope::Payload};
 use proto::commerce::r#type::v1::Money;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::domain::Product;
-use crate::store::{FulfillmentJob, OutboxEvent, Store};
+use crate::store::{FulfillmentJob, OutboxEvent};
 
 /// The `FulfillmentCompleted` and `PurchaseRecorded` events of a job that just succeeded.
 pub fn completion_events(
@@ -102,81 +99,4 @@ fn envelope(
         payload: Some(payload),
     };
     OutboxEvent { event_id, stream: stream.into(), payload: envelope.encode_to_vec() }
-}
-
-/// Publishes outbox rows to the bus, oldest first, and stamps them published.
-pub struct OutboxRelay {
-    store: Arc<dyn Store>,
-    bus: Arc<dyn EventBus>,
-    wake: Arc<Notify>,
-    /// How often to look when nobody in this process wakes the relay (rows
-    /// written by another process).
-    pub poll: Duration,
-    /// Rows per round.
-    pub batch: i64,
-}
-
-impl OutboxRelay {
-    /// A relay from `store` to `bus`; `wake` is notified whenever this process writes outbox rows.
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn EventBus>, wake: Arc<Notify>) -> Self {
-        Self { store, bus, wake, poll: Duration::from_secs(1), batch: 256 }
-    }
-
-    /// Publishes until `shutdown`, waiting for work without polling faster than `poll`.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut failures = 0u32;
-        loop {
-            let wait = match self.publish_pending().await {
-                Ok(0) => {
-                    failures = 0;
-                    self.poll
-                }
-                Ok(_) => {
-                    failures = 0;
-                    continue;
-                }
-                Err(error) => {
-                    failures = failures.saturating_add(1);
-                    let wait = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(failures.min(6)));
-                    tracing::warn!(%error, retry_in = ?wait, "outbox relay could not publish; retrying");
-                    wait
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    /// One round: publishes up to `batch` rows and answers how many.
-    pub async fn publish_pending(&self) -> Result<usize, RelayError> {
-        let entries = self.store.unpublished(self.batch).await?;
-        let mut published = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let result = self.bus.publish(&entry.event.stream, &entry.event.event_id, &entry.event.payload).await;
-            if let Err(error) = result {
-                // Stamp what did go out, so it is not offered to the bus again.
-                self.store.mark_published(&published, Utc::now()).await?;
-                return Err(error.into());
-            }
-            published.push(entry.seq);
-        }
-        if !published.is_empty() {
-            self.store.mark_published(&published, Utc::now()).await?;
-        }
-        Ok(published.len())
-    }
-}
-
-/// Why a relay round stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    /// The outbox could not be read or stamped.
-    #[error("outbox: {0}")]
-    Store(#[from] crate::store::StoreError),
-    /// The bus refused or could not be reached.
-    #[error("event bus: {0}")]
-    Bus(#[from] kit::bus::BusError),
 }

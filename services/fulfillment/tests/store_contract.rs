@@ -200,8 +200,9 @@ async fn the_outbox_is_published_in_order_and_stamped(f: Fixture) {
         f.store.finish(&claimed.lease, done, t0()).await.unwrap();
     }
     let stats = f.store.stats(t0()).await.unwrap();
-    assert_eq!(stats.unpublished, 4);
     assert!(stats.by_state.iter().all(|(_, n)| *n == 0), "{:?}", stats.by_state);
+    let backlog = f.store.backlog().await.unwrap();
+    assert_eq!((backlog.unpublished, backlog.oldest_unpublished), (4, Some(t0())));
     let outbox = f.store.unpublished(3).await.unwrap();
     assert_eq!(outbox.len(), 3);
     assert!(outbox.windows(2).all(|w| w[0].seq < w[1].seq));
@@ -210,7 +211,27 @@ async fn the_outbox_is_published_in_order_and_stamped(f: Fixture) {
     assert_eq!(rest.len(), 2);
     assert_eq!(rest[0].seq, outbox[2].seq, "the unstamped rows, oldest first");
     assert!(rest[1].seq > outbox[2].seq);
-    assert_eq!(f.store.stats(t0()).await.unwrap().unpublished, 2);
+    assert_eq!(f.store.backlog().await.unwrap().unpublished, 2);
+}
+
+async fn published_outbox_rows_are_pruned_after_the_window(f: Fixture) {
+    f.store.insert_order(&order("EDX-P", &["l1", "l2"]), t0()).await.unwrap();
+    for (i, claimed) in f.store.claim(2, Duration::from_secs(10), t0()).await.unwrap().into_iter().enumerate() {
+        let done = Outcome::Succeeded { entitlement_uuid: None, events: events(&format!("p{i}")) };
+        f.store.finish(&claimed.lease, done, t0()).await.unwrap();
+    }
+    let outbox = f.store.unpublished(10).await.unwrap();
+    f.store.mark_published(&[outbox[0].seq], t0()).await.unwrap();
+    f.store.mark_published(&[outbox[1].seq], t0() + secs(60)).await.unwrap();
+    f.store.mark_published(&[outbox[1].seq], t0() + secs(999)).await.unwrap(); // stamped once: keeps its time
+
+    assert_eq!(f.store.prune_published(t0(), 100).await.unwrap(), 0, "published at the cutoff: kept");
+    assert_eq!(f.store.prune_published(t0() + secs(61), 1).await.unwrap(), 1, "at most the limit");
+    assert_eq!(f.store.prune_published(t0() + secs(61), 100).await.unwrap(), 1);
+    assert_eq!(f.store.prune_published(t0() + secs(10_000), 100).await.unwrap(), 0, "unpublished rows stay");
+    let left: Vec<i64> = f.store.unpublished(10).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(left, [outbox[2].seq, outbox[3].seq]);
+    assert_eq!(f.store.backlog().await.unwrap().unpublished, 2);
 }
 
 async fn stats_count_unfinished_states_and_the_longest_wait(f: Fixture) {
@@ -286,6 +307,10 @@ macro_rules! contract {
             #[tokio::test]
             async fn the_outbox_is_published_in_order_and_stamped() {
                 super::the_outbox_is_published_in_order_and_stamped(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn published_outbox_rows_are_pruned_after_the_window() {
+                super::published_outbox_rows_are_pruned_after_the_window(fixture($kind).await).await;
             }
             #[tokio::test]
             async fn stats_count_unfinished_states_and_the_longest_wait() {

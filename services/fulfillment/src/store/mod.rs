@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kit::db::Database;
+pub use kit::outbox::{OutboxEntry, OutboxEvent};
+use kit::outbox::{OutboxError, OutboxStore};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -94,26 +96,6 @@ pub struct Claimed {
     pub lease: Lease,
 }
 
-/// An event to publish, written with the state change that caused it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboxEvent {
-    /// Unique per event; the bus publishes each id once.
-    pub event_id: String,
-    /// The stream it goes to.
-    pub stream: String,
-    /// The encoded `EventEnvelope`.
-    pub payload: Vec<u8>,
-}
-
-/// An unpublished outbox row.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboxEntry {
-    /// Its place in the outbox: the relay publishes in this order.
-    pub seq: i64,
-    /// The event.
-    pub event: OutboxEvent,
-}
-
 /// How an attempt ended, as the holder of the lease records it.
 #[derive(Clone, Debug)]
 pub enum Outcome {
@@ -181,8 +163,6 @@ pub struct QueueStats {
     pub by_state: Vec<(JobState, i64)>,
     /// The due time of the PENDING job that has waited longest past it.
     pub oldest_due: Option<DateTime<Utc>>,
-    /// Outbox rows not yet published.
-    pub unpublished: i64,
 }
 
 /// Why a store operation did not happen.
@@ -201,9 +181,18 @@ pub enum StoreError {
     },
 }
 
-/// Fulfillment jobs, their transitions and the outbox.
+impl From<OutboxError> for StoreError {
+    fn from(error: OutboxError) -> Self {
+        match error {
+            OutboxError::Database(error) => Self::Database(error),
+        }
+    }
+}
+
+/// Fulfillment jobs, their transitions and the outbox (read, stamped and pruned through
+/// [`OutboxStore`], whose SQL is `kit::outbox`'s).
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: OutboxStore {
     /// (line_item_id, fingerprint) of every job stored for an order.
     async fn order_fingerprints(&self, order_number: &str) -> Result<Vec<(String, String)>, StoreError>;
 
@@ -241,12 +230,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for metrics, as of `now`.
     async fn stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError>;
-
-    /// Unpublished outbox rows, oldest first, at most `limit`.
-    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEntry>, StoreError>;
-
-    /// Stamps outbox rows as published.
-    async fn mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Notifies `wake` whenever another process stores work, until `shutdown`
     /// (Postgres: `LISTEN`). Returns at once where only this process writes (SQLite).

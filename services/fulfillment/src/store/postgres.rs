@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kit::outbox::{Backlog, OutboxEntry, OutboxError, OutboxStore};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, OutboxEntry, OutboxEvent, Outcome, QueueStats, Redriven,
-    Store, StoreError, Transition, TransitionRow, Written, job_columns,
+    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, Outcome, QueueStats, Redriven, Store, StoreError,
+    Transition, TransitionRow, Written, job_columns,
 };
 use crate::domain::JobState;
 
@@ -230,7 +231,7 @@ impl Store for PostgresStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        insert_events(&mut tx, written.events, now).await?;
+        kit::outbox::postgres::insert(&mut tx, written.events, now).await?;
         tx.commit().await?;
         Ok(Finished::Recorded(Box::new(job)))
     }
@@ -292,18 +293,16 @@ impl Store for PostgresStore {
 
     async fn stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
         // Each count uses a partial index: SUCCEEDED rows, which only grow, are never scanned.
-        let (pending, in_progress, failed, oldest_due, unpublished): (i64, i64, i64, Option<DateTime<Utc>>, i64) =
-            sqlx::query_as(
-                "SELECT (SELECT count(*) FROM fulfillments WHERE state = 'PENDING'),
-                        (SELECT count(*) FROM fulfillments WHERE state = 'IN_PROGRESS'),
-                        (SELECT count(*) FROM fulfillments WHERE state = 'FAILED'),
-                        (SELECT min(next_attempt_at) FROM fulfillments
-                         WHERE state = 'PENDING' AND next_attempt_at <= $1),
-                        (SELECT count(*) FROM outbox WHERE published_at IS NULL)",
-            )
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await?;
+        let (pending, in_progress, failed, oldest_due): (i64, i64, i64, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM fulfillments WHERE state = 'PENDING'),
+                    (SELECT count(*) FROM fulfillments WHERE state = 'IN_PROGRESS'),
+                    (SELECT count(*) FROM fulfillments WHERE state = 'FAILED'),
+                    (SELECT min(next_attempt_at) FROM fulfillments
+                     WHERE state = 'PENDING' AND next_attempt_at <= $1)",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(QueueStats {
             by_state: vec![
                 (JobState::Pending, pending),
@@ -311,33 +310,7 @@ impl Store for PostgresStore {
                 (JobState::Failed, failed),
             ],
             oldest_due,
-            unpublished,
         })
-    }
-
-    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEntry>, StoreError> {
-        let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT seq, event_id, stream, payload FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, event_id, stream, payload)| OutboxEntry {
-                seq,
-                event: OutboxEvent { event_id, stream, payload },
-            })
-            .collect())
-    }
-
-    async fn mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET published_at = $2 WHERE seq = ANY($1) AND published_at IS NULL")
-            .bind(seqs)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     async fn listen_for_work(&self, wake: Arc<Notify>, shutdown: CancellationToken) {
@@ -373,26 +346,22 @@ async fn announce_work(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result
     Ok(())
 }
 
-async fn insert_events(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    events: &[OutboxEvent],
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
+/// The outbox's SQL is `kit::outbox`'s, shared with every service that has one.
+#[async_trait::async_trait]
+impl OutboxStore for PostgresStore {
+    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEntry>, OutboxError> {
+        Ok(kit::outbox::postgres::unpublished(&self.pool, limit).await?)
     }
-    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-    let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
-    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, stream, payload, create_time)
-         SELECT e, s, p, $4 FROM unnest($1::text[], $2::text[], $3::bytea[]) AS o(e, s, p)",
-    )
-    .bind(&ids)
-    .bind(&streams)
-    .bind(&payloads)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+
+    async fn mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<(), OutboxError> {
+        Ok(kit::outbox::postgres::mark_published(&self.pool, seqs, now).await?)
+    }
+
+    async fn prune_published(&self, published_before: DateTime<Utc>, limit: i64) -> Result<u64, OutboxError> {
+        Ok(kit::outbox::postgres::prune_published(&self.pool, published_before, limit).await?)
+    }
+
+    async fn backlog(&self) -> Result<Backlog, OutboxError> {
+        Ok(kit::outbox::postgres::backlog(&self.pool).await?)
+    }
 }

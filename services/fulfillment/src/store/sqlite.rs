@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kit::outbox::{Backlog, OutboxEntry, OutboxError, OutboxStore};
 use sqlx::SqlitePool;
 
 use super::{
-    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, OutboxEntry, OutboxEvent, Outcome, QueueStats, Redriven,
-    Store, StoreError, Transition, TransitionRow, Written, duration_micros, from_micros, job_columns, micros,
+    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, Outcome, QueueStats, Redriven, Store, StoreError,
+    Transition, TransitionRow, Written, duration_micros, from_micros, job_columns, micros,
 };
 use crate::domain::JobState;
 
@@ -203,15 +204,7 @@ impl Store for SqliteStore {
         let job = job(row)?;
         transition(&mut tx, &job.id, Some(JobState::InProgress), written.state, job.attempts, Some(&lease.token), now)
             .await?;
-        for event in written.events {
-            sqlx::query("INSERT INTO outbox (event_id, stream, payload, create_time) VALUES (?, ?, ?, ?)")
-                .bind(&event.event_id)
-                .bind(&event.stream)
-                .bind(&event.payload)
-                .bind(micros(now))
-                .execute(&mut *tx)
-                .await?;
-        }
+        kit::outbox::sqlite::insert(&mut tx, written.events, now).await?;
         tx.commit().await?;
         Ok(Finished::Recorded(Box::new(job)))
     }
@@ -279,37 +272,26 @@ impl Store for SqliteStore {
         .bind(micros(now))
         .fetch_one(&self.pool)
         .await?;
-        let unpublished: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;
-        Ok(QueueStats { by_state, oldest_due: oldest_due.map(from_micros), unpublished })
+        Ok(QueueStats { by_state, oldest_due: oldest_due.map(from_micros) })
+    }
+}
+
+/// The outbox's SQL is `kit::outbox`'s, shared with every service that has one.
+#[async_trait::async_trait]
+impl OutboxStore for SqliteStore {
+    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEntry>, OutboxError> {
+        Ok(kit::outbox::sqlite::unpublished(&self.pool, limit).await?)
     }
 
-    async fn unpublished(&self, limit: i64) -> Result<Vec<OutboxEntry>, StoreError> {
-        let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT seq, event_id, stream, payload FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, event_id, stream, payload)| OutboxEntry {
-                seq,
-                event: OutboxEvent { event_id, stream, payload },
-            })
-            .collect())
+    async fn mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<(), OutboxError> {
+        Ok(kit::outbox::sqlite::mark_published(&self.pool, seqs, now).await?)
     }
 
-    async fn mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for seq in seqs {
-            sqlx::query("UPDATE outbox SET published_at = ? WHERE seq = ? AND published_at IS NULL")
-                .bind(micros(now))
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+    async fn prune_published(&self, published_before: DateTime<Utc>, limit: i64) -> Result<u64, OutboxError> {
+        Ok(kit::outbox::sqlite::prune_published(&self.pool, published_before, limit).await?)
+    }
+
+    async fn backlog(&self) -> Result<Backlog, OutboxError> {
+        Ok(kit::outbox::sqlite::backlog(&self.pool).await?)
     }
 }
