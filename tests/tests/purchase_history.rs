@@ -68,3 +68,55 @@ async fn a_renamed_learner_keeps_their_purchase_history() {
     assert_eq!(unknown.purchases.len(), 3, "the stored username, compared case-insensitively");
     mesh.stop().await.expect("clean stop");
 }
+
+/// The purchases stream inside the whole mesh: once the consumer has
+/// acknowledged what was recorded, PurchaseHistory's retention task trims the
+/// stream to nothing and says so on the admin port (the ids stay remembered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purchases_stream_is_trimmed_once_consumed_and_reported() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
+    config.use_ephemeral_ports();
+    config.bus.trim_every = Duration::from_millis(20);
+    let mesh = commerce_mesh::start(config, Shutdown::new()).await.expect("mesh starts");
+    let url = mesh.grpc_url(Component::PurchaseHistory);
+    mesh_tests::health::wait_serving(&url, GUARD).await.expect("ready");
+    let mut history = PurchaseHistoryServiceClient::new(kit::client::channel(&url).unwrap());
+    for n in 0..3 {
+        let purchase = proto::commerce::purchases::v1::Purchase {
+            purchase_id: format!("p-trim-{n}"),
+            lms_user_id: "4242".into(),
+            username: "trimmed".into(),
+            price: Some(proto::commerce::r#type::v1::Money { currency_code: "USD".into(), amount: "10".into() }),
+            purchased_at: Some(prost_types::Timestamp { seconds: 1_763_000_000 + n, nanos: 0 }),
+            ..Default::default()
+        };
+        let request =
+            proto::commerce::purchases::v1::RecordPurchaseRequest { purchase: Some(purchase), ..Default::default() };
+        history.record_purchase(request).await.expect("recorded");
+    }
+
+    let labels = format!(r#"{{component="purchase-history",stream="{}"}}"#, proto::streams::PURCHASES);
+    let wanted = [format!("bus_stream_entries{labels} 0"), format!("bus_stream_dedupe_markers{labels} 3")];
+    let deadline = std::time::Instant::now() + GUARD;
+    let metrics = loop {
+        let text = reqwest::get(format!("{}/metrics", mesh.admin_url())).await.unwrap().text().await.unwrap();
+        if wanted.iter().all(|line| text.contains(line.as_str())) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{wanted:?} never appeared in\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(metrics.contains(&format!("bus_stream_oldest_entry_age_seconds{labels} 0.0")), "{metrics}");
+    let listed = history
+        .list_purchases(ListPurchasesRequest {
+            learner: Some(list_purchases_request::Learner::LmsUserId("4242".into())),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("listed")
+        .into_inner();
+    assert_eq!(listed.purchases.len(), 3, "consumed before it was trimmed");
+    mesh.stop().await.expect("clean stop");
+}

@@ -6,6 +6,10 @@
 //! | `data_dir` | `MESH_DATA_DIR` | `./data` (SQLite files, one per service) |
 //! | `database_url` | `MESH_DATABASE_URL` | unset: SQLite; a `postgres://` URL puts every service in a schema of its own there |
 //! | `redis_url` | `MESH_REDIS_URL` | unset: in-process caches and the event log in `data_dir/events.db`; a `redis://` URL puts caches and event streams in Redis |
+//! | `bus.dedupe_window` | `MESH_BUS__DEDUPE_WINDOW` | `7d`: a published event id is remembered this long (publishing it again appends nothing); entries of a stream no consumer group reads are kept as long |
+//! | `bus.max_len` | `MESH_BUS__MAX_LEN` | `2000000` entries per stream at most (about), even unread ones: the safety net against a consumer group that stopped reading |
+//! | `bus.dead_letter_window` | `MESH_BUS__DEAD_LETTER_WINDOW` | `7d`: dead letters are kept this long |
+//! | `bus.trim_every` | `MESH_BUS__TRIM_EVERY` | `30s`: each component trims the streams it uses (acknowledged entries, expired ids and dead letters) this often |
 //! | `fulfillment.lms.url` | `MESH_FULFILLMENT__LMS__URL` | `http://127.0.0.1:18000` |
 //! | `fulfillment.lms.client_id`, `.client_secret` | `MESH_FULFILLMENT__LMS__CLIENT_ID`, `..._SECRET` | empty: the LMS's OAuth2 client |
 //! | `fulfillment.lms.request_timeout` | `MESH_FULFILLMENT__LMS__REQUEST_TIMEOUT` | `10s` (connect: `lms.connect_timeout`, `2s`) |
@@ -18,6 +22,7 @@
 //! | `purchase_history.customer_identity_url` | `MESH_PURCHASE_HISTORY__CUSTOMER_IDENTITY_URL` | `http://127.0.0.1:50052` (`up` uses its own) |
 //! | `fulfillment.check_course_runs` | `MESH_FULFILLMENT__CHECK_COURSE_RUNS` | `false`; `true`: only runs the catalog sells in the mode bought are accepted (`fulfillment.catalog_url`, `http://127.0.0.1:50053`; `up` uses its own) |
 //! | `fulfillment.customer_identity_url` | `MESH_FULFILLMENT__CUSTOMER_IDENTITY_URL` | `http://127.0.0.1:50052` (`up` uses its own) |
+//! | `fulfillment.outbox.retention` | `MESH_FULFILLMENT__OUTBOX__RETENTION` | `7d`: published outbox rows are deleted this long after publishing (`outbox.prune_every`, `1m`) |
 //! | `customer_identity.retirement_salt` | `MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT` | a development value (warned about) |
 //! | `customer_identity.cache.ttl` | `MESH_CUSTOMER_IDENTITY__CACHE__TTL` | `5m` (misses: `cache.negative_ttl`, `5s`) |
 //! | `<service>.listen` | `MESH_FULFILLMENT__LISTEN`, ... | `127.0.0.1:50051` to `:50054` |
@@ -62,6 +67,8 @@ pub struct MeshConfig {
     pub database_url: Option<String>,
     /// Redis for caches and the event bus; unset: in-process caches and a SQLite event log.
     pub redis_url: Option<String>,
+    /// What the event bus keeps, and for how long.
+    pub bus: kit::bus::BusConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
     /// How gRPC components stop.
@@ -188,6 +195,7 @@ impl Default for MeshConfig {
             data_dir: PathBuf::from("data"),
             database_url: None,
             redis_url: None,
+            bus: kit::bus::BusConfig::default(),
             telemetry: TelemetryConfig::default(),
             serve: ServeOptions::default(),
             admin_listen: local(9090),

@@ -403,8 +403,8 @@ async fn run(
     let background = {
         let shutdown = shutdown.clone();
         async move {
-            if let (Some(background), Ok(())) = (background, ready_signal.await) {
-                background.run(shutdown).await;
+            if ready_signal.await.is_ok() {
+                futures::future::join_all(background.into_iter().map(|work| work.run(shutdown.clone()))).await;
             }
         }
     };
@@ -431,6 +431,8 @@ enum Background {
     Fulfillment(Box<fulfillment::Fulfillment>),
     /// PurchaseHistory's consumer of the purchases stream.
     PurchaseHistory(Box<purchase_history::PurchaseHistory>),
+    /// Trimming the streams the component's bus client uses ([`open_bus`]).
+    BusRetention(kit::bus::Retention),
 }
 
 impl Background {
@@ -438,8 +440,29 @@ impl Background {
         match self {
             Background::Fulfillment(fulfillment) => fulfillment.run_background(shutdown).await,
             Background::PurchaseHistory(history) => history.run_background(shutdown).await,
+            Background::BusRetention(retention) => retention.run(shutdown).await,
         }
     }
+}
+
+/// The component's event bus (Redis Streams with `redis_url`, else the log in
+/// `data_dir`), with the mesh's retention; the task that trims the streams it
+/// uses is added to `background`, so every component with a bus trims.
+fn open_bus(
+    component: Component,
+    config: &MeshConfig,
+    metrics: &Metrics,
+    background: &mut Vec<Background>,
+) -> Result<std::sync::Arc<dyn kit::bus::EventBus>, MeshError> {
+    config.bus.check().map_err(|e| MeshError::Setup { component, reason: e.to_string() })?;
+    let bus = kit::bus::open_with(config.redis_url.as_deref(), &config.data_dir.join("events.db"), &config.bus)
+        .map_err(|source| MeshError::Bus { component, source })?;
+    background.push(Background::BusRetention(kit::bus::Retention::new(
+        std::sync::Arc::clone(&bus),
+        config.bus.trim_every,
+        metrics,
+    )));
+    Ok(bus)
 }
 
 /// The gRPC server of a service component, over its database, recording into
@@ -449,15 +472,15 @@ fn grpc_server(
     db: &Database,
     config: &MeshConfig,
     metrics: &Metrics,
-) -> Result<(GrpcServer, Option<Background>), MeshError> {
+) -> Result<(GrpcServer, Vec<Background>), MeshError> {
     let server = GrpcServer::new(component.name()).metrics(metrics.clone());
-    Ok(match component {
+    let mut background = Vec::new();
+    let server = match component {
         Component::Gateway => return Err(ConfigProblem::NoDatabase.into()),
         Component::Fulfillment => {
             let settings = &config.fulfillment.settings;
             let setup = |reason: String| MeshError::Setup { component, reason };
-            let bus = kit::bus::open(config.redis_url.as_deref(), &config.data_dir.join("events.db"))
-                .map_err(|source| MeshError::Bus { component, source })?;
+            let bus = open_bus(component, config, metrics, &mut background)?;
             let channel = kit::client::channel_from(component.name(), &settings.customer_identity_url)
                 .map_err(|e| setup(format!("fulfillment.customer_identity_url: {e}")))?;
             let identity =
@@ -466,23 +489,24 @@ fn grpc_server(
                 );
             let fulfillment = fulfillment::Fulfillment::new(db, bus, identity, settings, metrics)
                 .map_err(|e| setup(e.to_string()))?;
-            (server.service(fulfillment.service()), Some(Background::Fulfillment(Box::new(fulfillment))))
+            let server = server.service(fulfillment.service());
+            background.push(Background::Fulfillment(Box::new(fulfillment)));
+            server
         }
         Component::CustomerIdentity => {
             let settings = &config.customer_identity.settings;
             let cache = customer_identity::cache(settings, config.redis_url.as_deref())
                 .map_err(|source| MeshError::Cache { component, source })?;
-            (server.service(customer_identity::service(db, cache, settings)), None)
+            server.service(customer_identity::service(db, cache, settings))
         }
         Component::CatalogIngest => {
             let service = catalog_ingest::service(db, &config.catalog_ingest.settings)
                 .map_err(|e| MeshError::Setup { component, reason: e.to_string() })?;
-            (server.service(service), None)
+            server.service(service)
         }
         Component::PurchaseHistory => {
             let settings = &config.purchase_history.settings;
-            let bus = kit::bus::open(config.redis_url.as_deref(), &config.data_dir.join("events.db"))
-                .map_err(|source| MeshError::Bus { component, source })?;
+            let bus = open_bus(component, config, metrics, &mut background)?;
             let channel =
                 kit::client::channel_from(component.name(), &settings.customer_identity_url).map_err(|e| {
                     MeshError::Setup { component, reason: format!("purchase_history.customer_identity_url: {e}") }
@@ -492,7 +516,10 @@ fn grpc_server(
                     channel,
                 );
             let history = purchase_history::PurchaseHistory::new(db, bus, identity, settings, metrics);
-            (server.service(history.service()), Some(Background::PurchaseHistory(Box::new(history))))
+            let server = server.service(history.service());
+            background.push(Background::PurchaseHistory(Box::new(history)));
+            server
         }
-    })
+    };
+    Ok((server, background))
 }
