@@ -69,6 +69,7 @@ async fn a_hundred_thousand_events_leave_the_outbox_bounded(backend: Backend) {
     let redis = (backend == Backend::Postgres).then_some("redis://127.0.0.1:6379");
     let bus: Arc<dyn EventBus> = kit::bus::open_with(redis, &dir.path().join("events.db"), &bus_config).unwrap();
     let stream = format!("outbox-retention-test-{}", uuid::Uuid::new_v4().simple());
+    let _cleanup = redis.map(|_| RedisKeys(stream.clone()));
     let mut relay = OutboxRelay::new(Arc::clone(&store) as _, Arc::clone(&bus), Arc::new(tokio::sync::Notify::new()))
         .with_config(OutboxConfig { retention: RETENTION, ..OutboxConfig::default() });
     relay.batch = i64::try_from(ROUND).unwrap();
@@ -106,15 +107,17 @@ async fn a_hundred_thousand_events_leave_the_outbox_bounded(backend: Backend) {
     eprintln!(
         "{backend:?}: {EVENTS} outbox events published in {took:.1?}; the table never held more than {largest} rows"
     );
-    if redis.is_some() {
-        let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-        let _: i64 = redis::cmd("DEL")
-            .arg(&stream)
-            .arg(format!("{stream}:published"))
-            .query_async(&mut connection)
-            .await
-            .unwrap();
+}
+
+/// Removes the test's stream from Redis however the test ends (streams have no expiry).
+struct RedisKeys(String);
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else { return };
+        let Ok(mut connection) = client.get_connection() else { return };
+        let _: Result<i64, _> =
+            redis::cmd("DEL").arg(&self.0).arg(format!("{}:published", self.0)).query(&mut connection);
     }
 }
 

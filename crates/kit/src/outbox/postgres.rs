@@ -51,13 +51,17 @@ pub async fn mark_published(pool: &PgPool, seqs: &[i64], now: DateTime<Utc>) -> 
 }
 
 /// Deletes at most `limit` rows published before `published_before` (through `outbox_published`).
+/// `= ANY(ARRAY(...))` rather than `IN (...)`: the planner then looks each row up by its key
+/// instead of hashing a scan of the whole table, which it prefers for a large batch.
 pub async fn prune_published(pool: &PgPool, published_before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE published_at < $1 LIMIT $2)")
-        .bind(published_before)
-        .bind(limit)
-        .execute(pool)
-        .await?
-        .rows_affected())
+    Ok(sqlx::query(
+        "DELETE FROM outbox WHERE seq = ANY(ARRAY(SELECT seq FROM outbox WHERE published_at < $1 LIMIT $2))",
+    )
+    .bind(published_before)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// The unpublished rows at a glance (through `outbox_unpublished`).
