@@ -196,12 +196,14 @@ pub trait EventBus: Send + Sync + 'static {
     async fn dead_letters(&self, stream: &str, max: usize) -> Result<Vec<DeadLetter>, BusError>;
     /// Entries in the group not yet acknowledged (pending) — for the stream-lag metric and tests.
     async fn pending(&self, stream: &str, group: &str) -> Result<u64, BusError>;
-    /// Applies the retention of [`BusConfig`] to `stream` as of `now`: drops the entries no group
-    /// still needs (none read them yet, none has them pending; on a stream without groups, those
-    /// older than the dedupe window), the entries beyond about `max_len` (even if a group still
-    /// needs them), the event ids published before the dedupe window, and the dead letters older
-    /// than theirs. Each call does a bounded amount of work per round, a few rounds at most; what
-    /// is left waits for the next call. Answers what the stream keeps.
+    /// Applies the retention of [`BusConfig`] to `stream` as of `now`: drops the entries every
+    /// consumer group has acknowledged (a group needs what it has not read and what it has
+    /// pending; Redis keeps its last delivered entry too, and trims whole nodes of up to 100
+    /// entries), on a stream without groups the entries older than the dedupe window, the entries
+    /// beyond about `max_len` (even those a group still needs), the event ids published before the
+    /// dedupe window, and the dead letters older than theirs. Each call does a bounded amount of
+    /// work per round, a few rounds at most; what is left waits for the next call. Answers what
+    /// the stream keeps.
     async fn trim(&self, stream: &str, now: DateTime<Utc>) -> Result<StreamStats, BusError>;
     /// The streams this client has published to or made a group on since it was opened, in name
     /// order: what its [`Retention`] task trims.
