@@ -351,6 +351,32 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+    fn retention_windows_and_floor_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MESH_BUS__DEDUPE_WINDOW", "1d");
+            jail.set_env("MESH_BUS__MAX_LEN", "500000");
+            jail.set_env("MESH_BUS__DEAD_LETTER_WINDOW", "30d");
+            jail.set_env("MESH_BUS__TRIM_EVERY", "5s");
+            jail.set_env("MESH_FULFILLMENT__OUTBOX__RETENTION", "2d");
+            let config: MeshConfig = kit::config::load(None).map_err(|e| e.to_string())?;
+            let day = std::time::Duration::from_secs(86_400);
+            assert_eq!(
+                config.bus,
+                kit::bus::BusConfig {
+                    dedupe_window: day,
+                    max_len: 500_000,
+                    dead_letter_window: 30 * day,
+                    trim_every: std::time::Duration::from_secs(5),
+                }
+            );
+            assert_eq!(config.fulfillment.settings.outbox.retention, 2 * day);
+            assert_eq!(MeshConfig::default().bus, kit::bus::BusConfig::default());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn ephemeral_ports_free_the_admin_ports_too() {
         let mut config = MeshConfig::default();
         config.use_ephemeral_ports();
