@@ -9,7 +9,10 @@
 //! - **Deadline.** A unary call that has not answered within `rpc_timeout`
 //!   (or the caller's `grpc-timeout`, when shorter) ends DEADLINE_EXCEEDED
 //!   and its handler is dropped. Streaming calls (an import of millions of
-//!   rows is one call) run as long as their caller's deadline allows.
+//!   rows is one call) run as long as their caller's deadline allows. tonic's
+//!   transport enforces the caller's deadline too, outside this layer, and
+//!   answers CANCELLED if its timer fires first; the caller's own client
+//!   gives up at that moment anyway.
 //!
 //! Health checks and reflection are neither shed nor timed out: load
 //! balancers and operators must still see a busy component.
