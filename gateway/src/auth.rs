@@ -5,11 +5,17 @@
 //! each verifier accepts exactly one algorithm with keys of its own kind: a
 //! token can never choose how it is checked (no `alg: none`, no HS256 token
 //! "signed" with an RSA public key).
+//!
+//! A token naming a key id the JWKS does not hold is refused at once; the
+//! set is fetched again in the background (one fetch at a time, at most once
+//! per `jwks_refetch_cooldown`), so a rotated-in key works on the caller's
+//! retry and no request ever waits on the identity provider.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -372,7 +378,7 @@ impl Authenticator {
             ));
         }
         let claims = match header.alg.as_str() {
-            "RS256" => self.verify_rs256(token, header.kid.as_deref()).await?,
+            "RS256" => self.verify_rs256(token, header.kid.as_deref())?,
             "HS256" => self.verify_hs256(token)?,
             "none" => return Err(Unauthenticated::invalid_token("unsigned tokens (alg none) are not accepted")),
             _ => return Err(Unauthenticated::invalid_token("the token's signing algorithm is not accepted")),
@@ -380,16 +386,19 @@ impl Authenticator {
         caller_from(&claims)
     }
 
-    async fn verify_rs256(&self, token: &str, kid: Option<&str>) -> Result<Map<String, Value>, Unauthenticated> {
+    fn verify_rs256(&self, token: &str, kid: Option<&str>) -> Result<Map<String, Value>, Unauthenticated> {
         let keys = match &self.inner.jwks {
             None => return Err(Unauthenticated::invalid_token("RS256 tokens are not accepted: no JWKS is configured")),
             Some(Jwks::File { keys, .. }) => Arc::clone(keys),
             Some(Jwks::Url { remote, .. }) => {
                 let keys = remote.current();
-                match kid {
-                    Some(kid) if !keys.by_kid.contains_key(kid) => remote.refetch_for_unknown_kid(kid).await,
-                    _ => keys,
+                if let Some(kid) = kid
+                    && !keys.by_kid.contains_key(kid)
+                {
+                    // Refused now; a rotated-in key is there for the caller's retry.
+                    RemoteJwks::refetch_in_background(remote);
                 }
+                keys
             }
         };
         let key = keys.find(kid).ok_or_else(|| {
@@ -621,8 +630,11 @@ struct RemoteJwks {
     http: reqwest::Client,
     url: String,
     keys: RwLock<Arc<KeySet>>,
-    /// When a token naming an unknown key id last caused a fetch.
-    last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When a token naming an unknown key id last caused a fetch; the lock is
+    /// held only to read and set it, never across a fetch.
+    last_refetch: Mutex<Option<Instant>>,
+    /// A fetch caused by an unknown key id is running.
+    refetching: AtomicBool,
     refetch_cooldown: Duration,
 }
 
@@ -631,27 +643,46 @@ impl RemoteJwks {
         Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Replaces the keys with freshly fetched ones; on failure the old keys stay.
+    /// Replaces the keys with freshly fetched ones; on failure the old keys
+    /// stay. No lock is held while fetching.
     async fn refresh(&self) -> Result<(), JwksError> {
         let keys = fetch_jwks(&self.http, &self.url).await?;
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
         Ok(())
     }
 
-    /// A key rotation shows as a token naming a kid we do not know yet; fetch
-    /// again, but at most once per cooldown so bogus kids cannot flood the JWKS server.
-    async fn refetch_for_unknown_kid(&self, kid: &str) -> Arc<KeySet> {
-        // One refetch at a time: concurrent requests wait for it, then use its keys.
-        let mut last_refetch = self.last_refetch.lock().await;
-        let keys = self.current();
-        if keys.by_kid.contains_key(kid) || last_refetch.is_some_and(|at| at.elapsed() < self.refetch_cooldown) {
-            return keys;
+    /// A key rotation shows as a token naming a kid we do not know yet: fetch
+    /// the set again in the background, one fetch at a time and at most once
+    /// per cooldown, so bogus kids can neither flood the JWKS server nor make
+    /// any request wait for it.
+    fn refetch_in_background(remote: &Arc<Self>) {
+        if remote.refetching.swap(true, Ordering::AcqRel) {
+            return;
         }
-        *last_refetch = Some(Instant::now());
-        if let Err(error) = self.refresh().await {
-            tracing::warn!(url = %self.url, %error, "JWKS refetch for an unknown key id failed; keeping the old keys");
+        {
+            let mut last_refetch = remote.last_refetch.lock().unwrap_or_else(PoisonError::into_inner);
+            if last_refetch.is_some_and(|at| at.elapsed() < remote.refetch_cooldown) {
+                remote.refetching.store(false, Ordering::Release);
+                return;
+            }
+            *last_refetch = Some(Instant::now());
         }
-        self.current()
+        let refetch = Refetching(Arc::clone(remote));
+        tokio::spawn(async move {
+            let remote = &refetch.0;
+            if let Err(error) = remote.refresh().await {
+                tracing::warn!(url = %remote.url, %error, "JWKS refetch for an unknown key id failed; keeping the old keys");
+            }
+        });
+    }
+}
+
+/// Marks a background refetch as running until dropped, however its task ends.
+struct Refetching(Arc<RemoteJwks>);
+
+impl Drop for Refetching {
+    fn drop(&mut self) {
+        self.0.refetching.store(false, Ordering::Release);
     }
 }
 
@@ -672,7 +703,8 @@ async fn start_remote_jwks(url: &str, config: &AuthConfig) -> Result<Jwks, AuthS
         http,
         url: url.to_owned(),
         keys: RwLock::new(Arc::new(keys)),
-        last_refetch: tokio::sync::Mutex::new(None),
+        last_refetch: Mutex::new(None),
+        refetching: AtomicBool::new(false),
         refetch_cooldown: config.jwks_refetch_cooldown,
     });
     let refresher = runtime.spawn(refresh_periodically(Arc::clone(&remote), config.jwks_refresh));

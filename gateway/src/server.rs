@@ -1,10 +1,17 @@
 //! The gateway's HTTP server: every `google.api.http` binding routed to its
 //! RPC, behind authentication, limits, tracing and metrics.
 //!
-//! A request goes: concurrency gate → route → token → scopes → body (size
-//! limit) → request message → upstream call (deadline) → response JSON. Every
-//! refusal on the way is a `google.rpc.Status` JSON body ([`crate::status`]),
-//! and a refused request never reaches a service.
+//! A request goes: headers (read within `header_read_timeout`) → route →
+//! token → scopes → body (size limit, read within `body_read_timeout`) →
+//! request message → concurrency gate → upstream call (deadline) → response
+//! JSON. Every refusal on the way is a `google.rpc.Status` JSON body
+//! ([`crate::status`]), and a refused request never reaches a service.
+//!
+//! Only a request that is authenticated, authorized and read whole takes one
+//! of the `max_concurrent_requests` permits: a flood of bad tokens, or a
+//! client trickling its headers or body, holds none of them. The server
+//! speaks HTTP/1.1 ([`serve`]); a connection idle or sending its headers for
+//! longer than `header_read_timeout` is closed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,9 +22,8 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -73,6 +79,15 @@ pub struct Config {
     /// How long a request may wait for a slot under `max_concurrent_requests`.
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// How long a client may take to send a request's headers, and how long
+    /// a kept-alive connection may sit idle before its next request; then the
+    /// connection is closed. Zero: no limit.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body; then it is
+    /// answered 408 and the connection closed. Zero: no limit.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// Cross-origin access for browsers.
     pub cors: CorsConfig,
 }
@@ -87,6 +102,8 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 1024,
             queue_timeout: Duration::from_millis(500),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(15),
             cors: CorsConfig::default(),
         }
     }
@@ -195,7 +212,6 @@ struct Inner {
     openapi: Bytes,
     gate: kit::throttle::ConcurrencyGate,
     metrics: HttpMetrics,
-    registry: kit::metrics::Metrics,
     config: Config,
 }
 
@@ -285,7 +301,6 @@ impl Gateway {
             openapi: openapi.into(),
             gate: kit::throttle::ConcurrencyGate::new(config.max_concurrent_requests.max(1), config.queue_timeout),
             metrics: HttpMetrics::register(metrics),
-            registry: metrics.clone(),
             config,
         })))
     }
@@ -295,14 +310,14 @@ impl Gateway {
         self.0.routes.routes().len()
     }
 
-    /// The axum app: `/healthz`, `/readyz`, `/openapi.json`, `/metrics`, and
-    /// every binding.
+    /// The axum app: `/healthz`, `/readyz`, `/openapi.json`, and every
+    /// binding. Metrics are not here: they are on the admin port
+    /// (`kit::metrics::serve_admin`), never on the public one.
     pub fn router(&self) -> Result<Router, GatewayError> {
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/openapi.json", get(openapi_json))
-            .route("/metrics", get(metrics_text))
             .fallback(transcode_request)
             .method_not_allowed_fallback(fixed_path_method_not_allowed)
             .with_state(self.clone());
@@ -371,7 +386,16 @@ fn cors(config: &CorsConfig) -> Result<Option<CorsLayer>, GatewayError> {
     ))
 }
 
-/// Serves `gateway` on `listener` until `shutdown` is cancelled.
+/// Serves `gateway` on `listener` over HTTP/1.1 until `shutdown` is
+/// cancelled, then lets requests in flight finish.
+///
+/// Not `axum::serve`: it has no header-read timeout, so a client trickling
+/// its headers (or idling between requests) would hold its connection for
+/// ever. Here each connection gets `header_read_timeout` for each request's
+/// headers, counted from the end of the previous answer, so an idle
+/// kept-alive connection is closed too; the body's own timeout is the
+/// handler's. HTTP/2 is left to the ingress in front (it has no header-read
+/// timeout in hyper).
 pub async fn serve(
     listener: TcpListener,
     gateway: Gateway,
@@ -379,17 +403,48 @@ pub async fn serve(
 ) -> Result<(), GatewayError> {
     let address = listener.local_addr()?;
     let app = gateway.router()?;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    let header_read_timeout = Some(gateway.0.config.header_read_timeout).filter(|timeout| !timeout.is_zero());
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
     tracing::info!(%address, routes = gateway.route_count(), "gateway listening");
-    // Nagle's algorithm off: a response written in pieces must not wait for the client's delayed ACK.
-    let listener = listener.tap_io(|stream| {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, say: the listener stays, and a
+                // pause keeps the loop from spinning while none are freed.
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        // Nagle's algorithm off: a response written in pieces must not wait for the client's delayed ACK.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY not set on an accepted connection");
         }
-    });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                // A client that went away, or one too slow with its headers.
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Idle connections close now; those with a request in flight after its answer.
+    connections.shutdown().await;
     tracing::info!("gateway stopped");
     Ok(())
 }
+
+/// How long the accept loop pauses after an error accepting a connection.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Builds the gateway over the mesh's own descriptors and serves it.
 pub async fn run(
@@ -402,7 +457,7 @@ pub async fn run(
     serve(listener, gateway, shutdown).await
 }
 
-/// Another method on `/healthz`, `/readyz`, `/openapi.json` or `/metrics`:
+/// Another method on `/healthz`, `/readyz` or `/openapi.json`:
 /// 405 as a `google.rpc.Status`, like every other refusal.
 async fn fixed_path_method_not_allowed(State(gateway): State<Gateway>, request: Request) -> Response {
     let status = tonic::Status::unimplemented(format!("{} is only served to GET", request.uri().path()));
@@ -413,10 +468,6 @@ async fn fixed_path_method_not_allowed(State(gateway): State<Gateway>, request: 
 
 async fn openapi_json(State(gateway): State<Gateway>) -> Response {
     ([(CONTENT_TYPE, "application/json")], gateway.0.openapi.clone()).into_response()
-}
-
-async fn metrics_text(State(gateway): State<Gateway>) -> Response {
-    ([(CONTENT_TYPE, kit::metrics::OPENMETRICS_CONTENT_TYPE)], gateway.0.registry.encode()).into_response()
 }
 
 /// 200 when every upstream answers SERVING to a health check of its service,
@@ -504,14 +555,6 @@ impl std::fmt::Display for SpanName<'_> {
 async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>, span: &Span) -> Response {
     let inner = &gateway.0;
     let errors = &inner.errors;
-    let Some(_admitted) = inner.gate.enter().await else {
-        let status = kit::error::with_retry_info(
-            Code::Unavailable,
-            "the gateway is at its concurrency limit; retry shortly",
-            Duration::from_secs(1),
-        );
-        return errors.response(&status);
-    };
     let (parts, body) = request.into_parts();
     let request_id = parts.headers.get(REQUEST_ID_HEADER).cloned();
     if let Some(id) = request_id.as_ref().and_then(|id| id.to_str().ok()) {
@@ -553,10 +596,19 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
     {
         return too_large(errors, inner.config.max_body_bytes);
     }
-    let body = match Limited::new(body, inner.config.max_body_bytes).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<LengthLimitError>() => return too_large(errors, inner.config.max_body_bytes),
-        Err(error) => {
+    let read = Limited::new(body, inner.config.max_body_bytes).collect();
+    let read_timeout = Some(inner.config.body_read_timeout).filter(|timeout| !timeout.is_zero());
+    let read = async {
+        match read_timeout {
+            Some(timeout) => tokio::time::timeout(timeout, read).await,
+            None => Ok(read.await),
+        }
+    };
+    let body = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => return too_large(errors, inner.config.max_body_bytes),
+        Err(_) => return body_too_slow(errors, inner.config.body_read_timeout),
+        Ok(Err(error)) => {
             let mut violations = kit::error::BadRequest::new();
             violations.field("body", format!("cannot read the request body: {error}"));
             return errors.response(&violations.into_status());
@@ -570,6 +622,17 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
             violations.field(error.field, error.description);
             return errors.response(&violations.into_status());
         }
+    };
+
+    // Only now, with the caller known and the request read whole, does it
+    // take a permit: nothing that fails or stalls before this holds one.
+    let Some(_admitted) = inner.gate.enter().await else {
+        let status = kit::error::with_retry_info(
+            Code::Unavailable,
+            "the gateway is at its concurrency limit; retry shortly",
+            Duration::from_secs(1),
+        );
+        return errors.response(&status);
     };
 
     let mut metadata = tonic::metadata::MetadataMap::new();
@@ -658,6 +721,15 @@ async fn call(
         grpc.unary(request, rpc.grpc_path.clone(), codec).await?
     };
     Ok(reply.into_inner())
+}
+
+/// 408 for a body not sent within `limit`; the connection is closed, as the
+/// rest of the body may still be on its way.
+fn body_too_slow(errors: &ErrorRenderer, limit: Duration) -> Response {
+    let status = tonic::Status::deadline_exceeded(format!("the request body was not sent within {limit:?}"));
+    let mut response = errors.response_with(StatusCode::REQUEST_TIMEOUT, &status);
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn too_large(errors: &ErrorRenderer, limit: usize) -> Response {

@@ -486,8 +486,17 @@ async fn a_jwks_url_that_cannot_be_read_at_start_is_a_setup_error() {
     assert!(matches!(error, AuthSetupError::Jwks { source: JwksError::Request(_), .. }), "{error}");
 }
 
+/// Waits (at most 10 s) until the JWKS server has had `count` requests.
+async fn wait_for_jwks_requests(server: &MockServer, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while jwks_requests(server).await < count {
+        assert!(std::time::Instant::now() < deadline, "the JWKS was never fetched {count} times");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
-async fn a_rotated_key_is_fetched_when_a_token_names_its_kid() {
+async fn a_rotated_key_is_refused_once_and_accepted_after_the_background_fetch() {
     let server = jwks_server().await;
     // First the old set, then the set with the rotated-in key 2.
     Mock::given(method("GET")).respond_with(jwks_answer(JWKS_KEY1)).up_to_n_times(1).mount(&server).await;
@@ -495,12 +504,22 @@ async fn a_rotated_key_is_fetched_when_a_token_names_its_kid() {
     let authenticator = authenticator(&url_config(&server)).await;
     assert_eq!(jwks_requests(&server).await, 1);
 
-    let caller = accepted(&authenticator, &rs256(KEY2, Some("test-key-2"), &claims())).await;
+    let key2_token = rs256(KEY2, Some("test-key-2"), &claims());
+    // Refused at once, without waiting for the fetch it starts.
+    refused(&authenticator, &key2_token, "names no known signing key").await;
+    wait_for_jwks_requests(&server, 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let caller = loop {
+        match authenticator.authenticate(Some(&bearer(&key2_token))).await {
+            Ok(caller) => break caller,
+            Err(rejection) => assert!(std::time::Instant::now() < deadline, "never accepted: {rejection}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(caller.subject, "learner-42");
-    assert_eq!(jwks_requests(&server).await, 2);
 
     // Known now: no more fetches.
-    accepted(&authenticator, &rs256(KEY2, Some("test-key-2"), &claims())).await;
+    accepted(&authenticator, &key2_token).await;
     accepted(&authenticator, &key1_token(&claims())).await;
     assert_eq!(jwks_requests(&server).await, 2);
 }
@@ -516,25 +535,35 @@ async fn unknown_kids_refetch_the_jwks_at_most_once_per_cooldown() {
     let key2_token = rs256(KEY2, Some("test-key-2"), &claims());
 
     refused(&authenticator, &key2_token, "names no known signing key").await;
-    assert_eq!(jwks_requests(&server).await, 2, "the first unknown kid fetches the JWKS again");
+    wait_for_jwks_requests(&server, 2).await;
 
     // Within the cooldown, neither the same nor another unknown kid fetches again,
     // even though the server would now answer with key 2.
-    refused(&authenticator, &key2_token, "names no known signing key").await;
-    refused(&authenticator, &rs256(KEY2, Some("made-up"), &claims()), "names no known signing key").await;
+    for _ in 0..10 {
+        refused(&authenticator, &key2_token, "names no known signing key").await;
+        refused(&authenticator, &rs256(KEY2, Some("made-up"), &claims()), "names no known signing key").await;
+    }
+    // No fetch was started (the cooldown is checked before one is spawned);
+    // yield anyway, so one wrongly started would have reached the server.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
     assert_eq!(jwks_requests(&server).await, 2);
     accepted(&authenticator, &key1_token(&claims())).await;
 }
 
 #[tokio::test]
-async fn without_a_cooldown_every_unknown_kid_refetches() {
+async fn without_a_cooldown_unknown_kids_keep_refetching_one_fetch_at_a_time() {
     let server = jwks_server().await;
     Mock::given(method("GET")).respond_with(jwks_answer(JWKS_KEY1)).mount(&server).await;
     let config = AuthConfig { jwks_refetch_cooldown: Duration::ZERO, ..url_config(&server) };
     let authenticator = authenticator(&config).await;
-    for expected_requests in 2..5 {
+    // Each refusal starts a fetch unless one is still running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while jwks_requests(&server).await < 5 {
+        assert!(std::time::Instant::now() < deadline, "unknown kids stopped causing fetches");
         refused(&authenticator, &rs256(KEY2, Some("test-key-2"), &claims()), "names no known signing key").await;
-        assert_eq!(jwks_requests(&server).await, expected_requests);
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -173,12 +173,15 @@ async fn openapi_json_documents_the_echo_routes() {
 }
 
 #[tokio::test]
-async fn metrics_count_requests_by_route_template() {
+async fn metrics_count_requests_by_route_template_on_the_admin_port_only() {
     let gateway = start().await;
     assert_eq!(gateway.send("GET", "/v1/items/abc", None).await.status, 200);
     assert_eq!(gateway.send("GET", "/v1/items/def", None).await.status, 200);
     assert_eq!(gateway.send("GET", "/nowhere/at/all", None).await.status, 404);
-    let reply = Reply::send(gateway.client.get(gateway.url("/metrics"))).await;
+    let public = Reply::send(gateway.client.get(gateway.url("/metrics"))).await;
+    assert_eq!(public.status, 404, "metrics are not on the public port: {public:?}");
+    assert!(!public.text.contains("gateway_http_requests"), "{public:?}");
+    let reply = Reply::send(gateway.client.get(format!("{}/metrics", gateway.admin))).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     let text = &reply.text;
     let line = |needle: &str| text.lines().find(|line| line.contains(needle) && !line.starts_with('#'));
@@ -239,7 +242,7 @@ async fn over_the_concurrency_limit_a_request_is_shed_with_retry_after() {
 #[tokio::test]
 async fn other_methods_on_the_fixed_paths_are_405_with_a_status_body() {
     let gateway = start().await;
-    for path in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
         let reply = Reply::send(gateway.client.post(gateway.url(path))).await;
         assert_eq!(reply.status, 405, "{path}");
         assert_eq!(reply.json["code"], 12, "{path}: {}", reply.text);

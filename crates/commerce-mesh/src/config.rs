@@ -28,13 +28,16 @@
 //! | `<service>.listen` | `MESH_FULFILLMENT__LISTEN`, ... | `127.0.0.1:50051` to `:50054` |
 //! | `<service>.admin_listen` | `MESH_FULFILLMENT__ADMIN_LISTEN`, ... | `127.0.0.1:9051` to `:9054`: `/metrics` and `/healthz` of `serve <service>` |
 //! | `<service>.database.url` | `MESH_FULFILLMENT__DATABASE__URL`, ... | unset: as above |
+//! | `<service>.database.statement_timeout` | `MESH_FULFILLMENT__DATABASE__STATEMENT_TIMEOUT`, ... | `10s`: Postgres cancels a statement (lock waits included) past it; `0s` turns it off; migrations run without it. Without `database.url` it applies to the shared database |
 //! | `gateway.listen` | `MESH_GATEWAY__LISTEN` | `127.0.0.1:8080` |
 //! | `gateway.admin_listen` | `MESH_GATEWAY__ADMIN_LISTEN` | `127.0.0.1:9080`: the admin port of `serve gateway` |
 //! | `gateway.fulfillment_url`, `.customer_identity_url`, `.catalog_ingest_url`, `.purchase_history_url` | `MESH_GATEWAY__FULFILLMENT_URL`, ... | `http://127.0.0.1:50051` to `:50054` (`up` uses its own); `dns:///host:port` balances across every address of a headless service |
 //! | `gateway.request_timeout` | `MESH_GATEWAY__REQUEST_TIMEOUT` | `30s`, passed on as the gRPC deadline (504 when it passes) |
 //! | `gateway.max_body_bytes` | `MESH_GATEWAY__MAX_BODY_BYTES` | `1048576` (larger bodies: 413) |
-//! | `gateway.max_concurrent_requests` | `MESH_GATEWAY__MAX_CONCURRENT_REQUESTS` | `1024` in flight; more wait `gateway.queue_timeout` (`500ms`), then 503 |
-//! | `gateway.auth.jwks_url` or `.jwks_file` | `MESH_GATEWAY__AUTH__JWKS_URL`, `..._JWKS_FILE` | unset; RS256 tokens are verified against this JWKS (the URL re-fetched every `auth.jwks_refresh`, `5m`, and on an unknown `kid`) |
+//! | `gateway.max_concurrent_requests` | `MESH_GATEWAY__MAX_CONCURRENT_REQUESTS` | `1024` in flight; more wait `gateway.queue_timeout` (`500ms`), then 503. Taken only once a request is authenticated and its body read |
+//! | `gateway.header_read_timeout` | `MESH_GATEWAY__HEADER_READ_TIMEOUT` | `10s` to send a request's headers, and the longest a kept-alive connection idles; then it is closed |
+//! | `gateway.body_read_timeout` | `MESH_GATEWAY__BODY_READ_TIMEOUT` | `15s` to send a request's body; then 408 and the connection is closed |
+//! | `gateway.auth.jwks_url` or `.jwks_file` | `MESH_GATEWAY__AUTH__JWKS_URL`, `..._JWKS_FILE` | unset; RS256 tokens are verified against this JWKS (the URL re-fetched every `auth.jwks_refresh`, `5m`, and in the background on an unknown `kid`, which is refused meanwhile; at most once per `auth.jwks_refetch_cooldown`, `30s`) |
 //! | `gateway.auth.issuer`, `.audience` | `MESH_GATEWAY__AUTH__ISSUER`, `..._AUDIENCE` | `commerce-mesh`, `commerce-mesh`: a token's `iss` and `aud` must match (`auth.leeway`, `30s`, for `exp`/`nbf`) |
 //! | `gateway.auth.development_secret` | `MESH_GATEWAY__AUTH__DEVELOPMENT_SECRET` | unset; HS256 tokens signed with it are accepted (`commerce-mesh token`). `up` with no key source makes one in `data_dir/gateway-development-secret`; `serve gateway` needs one of the three |
 //! | `gateway.cors.allowed_origins` | `MESH_GATEWAY__CORS__ALLOWED_ORIGINS` | empty: no CORS; `["*"]` or a list of origins |
@@ -44,6 +47,8 @@
 //! | `telemetry.log_filter` | `MESH_TELEMETRY__LOG_FILTER` (or `RUST_LOG`) | `info` |
 //! | `telemetry.log_format` | `MESH_TELEMETRY__LOG_FORMAT` | `json` (or `text`) |
 //! | `telemetry.otlp_endpoint` | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset: no span export |
+//! | `serve.rpc_timeout` | `MESH_SERVE__RPC_TIMEOUT` | `30s`: a unary call past it ends DEADLINE_EXCEEDED (a caller's shorter deadline wins; streaming calls have only the caller's); `0s`: none |
+//! | `serve.max_concurrent_rpcs` | `MESH_SERVE__MAX_CONCURRENT_RPCS` | `1024` calls at once per component; one more is refused at once, UNAVAILABLE with `RetryInfo` (health and reflection never) |
 //! | `serve.shutdown_grace` | `MESH_SERVE__SHUTDOWN_GRACE` | `0s` |
 //! | `serve.drain_timeout` | `MESH_SERVE__DRAIN_TIMEOUT` | `4s` |
 
@@ -127,7 +132,8 @@ pub struct GatewayConfig {
     /// PurchaseHistory's gRPC address.
     pub purchase_history_url: String,
     /// The gateway's own settings: `listen`, `auth`, `request_timeout`,
-    /// `max_body_bytes`, `max_concurrent_requests`, `queue_timeout`, `cors`.
+    /// `max_body_bytes`, `max_concurrent_requests`, `queue_timeout`,
+    /// `header_read_timeout`, `body_read_timeout`, `cors`.
     #[serde(flatten)]
     pub http: gateway::Config,
 }
@@ -280,20 +286,29 @@ impl MeshConfig {
     /// Postgres, else its SQLite file in `data_dir`.
     pub fn database(&self, component: Component) -> Result<DatabaseConfig, ConfigProblem> {
         let name = component.storage_name().ok_or(ConfigProblem::NoDatabase)?;
-        if let Some(own) = self.placement(component).database {
+        let own = self.placement(component).database;
+        if let Some(own) = own.filter(|own| !own.url.is_empty()) {
             let mut own = own.clone();
             if own.schema.is_none() && own.backend().is_ok_and(|b| b == kit::db::Backend::Postgres) {
                 own.schema = Some(name.to_string());
             }
             return Ok(own);
         }
-        match &self.database_url {
+        let shared = match &self.database_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Ok(DatabaseConfig::postgres(url.clone(), name))
+                DatabaseConfig::postgres(url.clone(), name)
             }
-            Some(_) => Err(ConfigProblem::SharedDatabaseNotPostgres),
-            None => Ok(DatabaseConfig::sqlite_file(self.data_dir.join(format!("{name}.db")))),
-        }
+            Some(_) => return Err(ConfigProblem::SharedDatabaseNotPostgres),
+            None => DatabaseConfig::sqlite_file(self.data_dir.join(format!("{name}.db"))),
+        };
+        // A service's database settings without a URL (say, only its
+        // `statement_timeout`) apply to the shared database or SQLite file.
+        Ok(match own {
+            Some(own) => {
+                DatabaseConfig { url: shared.url, schema: own.schema.clone().or(shared.schema), ..own.clone() }
+            }
+            None => shared,
+        })
     }
 }
 
@@ -324,6 +339,19 @@ mod tests {
         let db = config.database(Component::Fulfillment).unwrap();
         assert_eq!(db.url, "postgres://own/f");
         assert_eq!(db.schema.as_deref(), Some("fulfillment"));
+    }
+
+    #[test]
+    fn a_service_database_without_a_url_tunes_the_shared_one() {
+        let mut config = MeshConfig { database_url: Some("postgres://shared/mesh".into()), ..Default::default() };
+        config.fulfillment.database =
+            Some(DatabaseConfig { statement_timeout: std::time::Duration::from_secs(30), ..DatabaseConfig::default() });
+        let db = config.database(Component::Fulfillment).unwrap();
+        assert_eq!(db.url, "postgres://shared/mesh");
+        assert_eq!(db.schema.as_deref(), Some("fulfillment"));
+        assert_eq!(db.statement_timeout, std::time::Duration::from_secs(30));
+        let other = config.database(Component::CustomerIdentity).unwrap();
+        assert_eq!(other.statement_timeout, DatabaseConfig::default().statement_timeout);
     }
 
     #[test]

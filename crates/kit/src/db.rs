@@ -46,11 +46,22 @@ pub struct DatabaseConfig {
     /// How long to wait for a connection before failing.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// Postgres only: the longest one statement may run (lock waits
+    /// included) before the server cancels it; set on every pooled
+    /// connection. Zero: no limit. Migrations run without it.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: String::new(), schema: None, max_connections: 10, acquire_timeout: Duration::from_secs(5) }
+        Self {
+            url: String::new(),
+            schema: None,
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -62,6 +73,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("schema", &self.schema)
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
             .finish()
     }
 }
@@ -208,7 +220,11 @@ pub async fn migrate(config: &DatabaseConfig, migrations: &Migrations) -> Result
     // stays Send in generic async contexts.
     match config.backend()? {
         Backend::Postgres => {
-            let options = postgres_options(config)?;
+            // No statement timeout: a migration may rewrite or index a large
+            // table, and waits on the migrator's advisory lock while another
+            // process migrates; cut short, it would roll back and fail every
+            // deploy. Migrations run once, from the Job, not on a request's path.
+            let options = postgres_options_with(config, Duration::ZERO)?;
             if let Some(schema) = &config.schema {
                 let mut conn = options.connect().await.map_err(connect_error)?;
                 // DDL takes no bind parameters; the name was checked to be a plain identifier.
@@ -285,13 +301,23 @@ pub async fn pending_migrations(config: &DatabaseConfig, migrations: &Migrations
 }
 
 fn postgres_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
+    postgres_options_with(config, config.statement_timeout)
+}
+
+/// The connect options with `statement_timeout` in the startup parameters,
+/// so every connection has it from its first statement (no `SET` per checkout).
+fn postgres_options_with(config: &DatabaseConfig, statement_timeout: Duration) -> Result<PgConnectOptions, DbError> {
     let options = PgConnectOptions::from_str(&config.url)
         .map_err(|source| DbError::Connect { url: redact(&config.url), source })?;
+    // Milliseconds: Postgres's unit for it; 0 turns it off.
+    let statement_timeout = statement_timeout.as_millis().to_string();
+    let mut parameters = vec![("statement_timeout", statement_timeout.as_str())];
     match &config.schema {
-        Some(schema) if !is_identifier(schema) => Err(DbError::InvalidSchema(schema.clone())),
-        Some(schema) => Ok(options.options([("search_path", schema.as_str())])),
-        None => Ok(options),
+        Some(schema) if !is_identifier(schema) => return Err(DbError::InvalidSchema(schema.clone())),
+        Some(schema) => parameters.push(("search_path", schema.as_str())),
+        None => {}
     }
+    Ok(options.options(parameters))
 }
 
 fn sqlite_options(config: &DatabaseConfig) -> Result<SqliteConnectOptions, DbError> {

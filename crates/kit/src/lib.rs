@@ -7,6 +7,8 @@
 //!   outgoing gRPC and HTTP calls;
 //! - [`serve`]: the one way a gRPC component starts (health, reflection,
 //!   tracing, graceful shutdown);
+//! - [`protect`]: a deadline on every call and load shedding past a concurrency
+//!   limit, as one tower layer that [`serve`] puts in front of every service;
 //! - [`client`]: traced gRPC channels between components;
 //! - [`metrics`]: the Prometheus registry, RED per RPC, and the admin port
 //!   (`/metrics`, `/healthz`);
@@ -32,6 +34,7 @@ pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod outbox;
+pub mod protect;
 mod redis_tcp;
 pub mod serve;
 pub mod shutdown;

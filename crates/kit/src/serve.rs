@@ -2,7 +2,9 @@
 //!
 //! A [`GrpcServer`] serves the component's services together with
 //! `grpc.health.v1.Health` and server reflection (v1 and v1alpha), behind the
-//! server trace layer and, with [`GrpcServer::metrics`], RED metrics per RPC.
+//! server trace layer and, with [`GrpcServer::metrics`], RED metrics per RPC,
+//! and protected by [`crate::protect`]: a deadline on every unary call
+//! (`rpc_timeout`) and load shedding past `max_concurrent_rpcs`.
 //! Health answers NOT_SERVING until the component says it is ready (migrations
 //! ran, dependencies answer), then SERVING. On shutdown it goes NOT_SERVING
 //! first, waits `shutdown_grace` so load balancers notice, stops accepting, and
@@ -22,6 +24,7 @@
 //! # }
 //! ```
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
@@ -36,13 +39,23 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::metrics::{GrpcMetricsLayer, Metrics};
+use crate::protect::{ProtectLayer, Protection};
 use crate::shutdown::Shutdown;
 use crate::trace::grpc_server_layer_for;
 
-/// How a component stops.
+/// How a component protects itself and how it stops.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct ServeOptions {
+    /// The longest a unary call may run; past it the call ends
+    /// DEADLINE_EXCEEDED and its handler is dropped. A caller's shorter
+    /// `grpc-timeout` wins; streaming calls have only the caller's. Zero: no
+    /// limit of the server's own.
+    #[serde(with = "humantime_serde")]
+    pub rpc_timeout: Duration,
+    /// Calls running at once (health and reflection not counted); one more
+    /// is refused at once with UNAVAILABLE and `RetryInfo`.
+    pub max_concurrent_rpcs: usize,
     /// After health goes NOT_SERVING and before the listener closes, so load
     /// balancers stop sending new calls. 0 for a single process; a few seconds
     /// on Kubernetes.
@@ -55,7 +68,12 @@ pub struct ServeOptions {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        Self { shutdown_grace: Duration::ZERO, drain_timeout: Duration::from_secs(4) }
+        Self {
+            rpc_timeout: Duration::from_secs(30),
+            max_concurrent_rpcs: 1024,
+            shutdown_grace: Duration::ZERO,
+            drain_timeout: Duration::from_secs(4),
+        }
     }
 }
 
@@ -125,7 +143,7 @@ impl GrpcServer {
         self
     }
 
-    /// Sets how the server stops.
+    /// Sets how the server protects itself and stops.
     pub fn options(mut self, options: ServeOptions) -> Self {
         self.options = options;
         self
@@ -172,6 +190,11 @@ impl GrpcServer {
         }
         routes.add_service(reflection_v1.build_v1()?);
         routes.add_service(reflection_v1alpha.build_v1alpha()?);
+        let protection = ProtectLayer::new(Protection {
+            max_concurrent_rpcs: options.max_concurrent_rpcs,
+            rpc_timeout: options.rpc_timeout,
+            streaming_methods: streaming_methods(&descriptors, &services),
+        });
 
         let readiness = {
             let health = health.clone();
@@ -205,6 +228,9 @@ impl GrpcServer {
         let server = tonic::transport::Server::builder()
             .layer(grpc_server_layer_for(component))
             .layer(metrics)
+            // Inside the trace and metrics layers, so a shed or timed-out call is
+            // traced and counted with its status like any other.
+            .layer(protection)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(accept_nodelay(listener), stop_accepting);
 
@@ -241,9 +267,82 @@ fn accept_nodelay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std
     })
 }
 
+/// The full paths (`/package.Service/Method`) of the streaming methods of
+/// `services`, from the descriptors given for reflection.
+fn streaming_methods(descriptors: &[&'static [u8]], services: &[&'static str]) -> HashSet<String> {
+    use prost::Message as _;
+    let mut streaming = HashSet::new();
+    // Reflection has decoded every set already; one it could not read never gets here.
+    for set in descriptors.iter().filter_map(|bytes| prost_types::FileDescriptorSet::decode(*bytes).ok()) {
+        for file in &set.file {
+            let package = file.package();
+            for service in &file.service {
+                let name = if package.is_empty() {
+                    service.name().to_string()
+                } else {
+                    format!("{package}.{}", service.name())
+                };
+                if !services.contains(&name.as_str()) {
+                    continue;
+                }
+                for method in &service.method {
+                    if method.client_streaming() || method.server_streaming() {
+                        streaming.insert(format!("/{name}/{}", method.name()));
+                    }
+                }
+            }
+        }
+    }
+    streaming
+}
+
 async fn set_status(health: &HealthReporter, services: &[&'static str], status: ServingStatus) {
     health.set_service_status("", status).await;
     for name in services {
         health.set_service_status(*name, status).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use prost::Message as _;
+    use prost_types::{FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto, ServiceDescriptorProto};
+
+    use super::*;
+
+    fn method(name: &str, client_streaming: bool, server_streaming: bool) -> MethodDescriptorProto {
+        MethodDescriptorProto {
+            name: Some(name.into()),
+            client_streaming: Some(client_streaming),
+            server_streaming: Some(server_streaming),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn streaming_methods_of_the_served_services_are_found_in_the_descriptors() {
+        let service = |name: &str| ServiceDescriptorProto {
+            name: Some(name.into()),
+            method: vec![
+                method("Get", false, false),
+                method("Import", true, false),
+                method("Watch", false, true),
+                method("Chat", true, true),
+            ],
+            ..Default::default()
+        };
+        let set = FileDescriptorSet {
+            file: vec![FileDescriptorProto {
+                name: Some("a.proto".into()),
+                package: Some("shop.v1".into()),
+                service: vec![service("Served"), service("NotServed")],
+                ..Default::default()
+            }],
+        };
+        let bytes: &'static [u8] = Box::leak(set.encode_to_vec().into_boxed_slice());
+        let mut found: Vec<String> = streaming_methods(&[bytes], &["shop.v1.Served"]).into_iter().collect();
+        found.sort();
+        assert_eq!(found, ["/shop.v1.Served/Chat", "/shop.v1.Served/Import", "/shop.v1.Served/Watch"]);
     }
 }

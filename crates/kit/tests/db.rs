@@ -1,8 +1,12 @@
-//! `kit::db` against real Postgres and SQLite: the same checks on both.
+//! `kit::db` against real Postgres and SQLite: the same checks on both; on
+//! Postgres, every pooled connection's `statement_timeout`, which migrations
+//! run without.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
-use kit::db::{Backend, Database, DbError, Migrations, migrate, pending_migrations};
+use std::time::Duration;
+
+use kit::db::{Backend, Database, DatabaseConfig, DbError, Migrations, migrate, pending_migrations};
 use kit::testing::TestDatabase;
 
 static MIGRATIONS: Migrations = Migrations {
@@ -92,4 +96,63 @@ async fn postgres_pending_migrations_are_all_before_and_none_after() {
 #[tokio::test]
 async fn sqlite_pending_migrations_are_all_before_and_none_after() {
     assert_eq!(pending_before_and_after_migrating(Backend::Sqlite).await, (vec![1], vec![]));
+}
+
+/// Migrations with a statement longer than the statement timeout the test below sets.
+static SLOW_MIGRATIONS: Migrations = Migrations {
+    postgres: sqlx::migrate!("tests/migrations/slow/postgres"),
+    sqlite: sqlx::migrate!("tests/migrations/slow/sqlite"),
+};
+
+#[tokio::test]
+async fn postgres_connections_have_the_default_statement_timeout() {
+    let test_db = TestDatabase::postgres("example").await;
+    assert_eq!(test_db.config().statement_timeout, Duration::from_secs(10));
+    let Database::Postgres(pool) = Database::open(test_db.config()).expect("open") else {
+        panic!("a postgres URL opens a postgres pool");
+    };
+    let shown: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(&pool).await.expect("show");
+    assert_eq!(shown, "10s");
+}
+
+#[tokio::test]
+async fn statement_timeout_is_set_on_every_pooled_connection_and_cancels_a_long_statement() {
+    let test_db = TestDatabase::postgres("example").await;
+    let config = DatabaseConfig { statement_timeout: Duration::from_millis(250), ..test_db.config().clone() };
+    migrate(&config, &SLOW_MIGRATIONS).await.expect("migrations run without the statement timeout");
+    let Database::Postgres(pool) = Database::open(&config).expect("open") else {
+        panic!("a postgres URL opens a postgres pool");
+    };
+    // Several connections at once, so each is a pooled connection of its own.
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        connections.push(pool.acquire().await.expect("a connection"));
+    }
+    for connection in &mut connections {
+        let shown: String =
+            sqlx::query_scalar("SHOW statement_timeout").fetch_one(&mut **connection).await.expect("show");
+        assert_eq!(shown, "250ms");
+    }
+    drop(connections);
+
+    let error = sqlx::query("SELECT pg_sleep(5)").execute(&pool).await.expect_err("cancelled by the server");
+    let code = match &error {
+        sqlx::Error::Database(database) => database.code().map(|code| code.into_owned()),
+        _ => None,
+    };
+    assert_eq!(code.as_deref(), Some("57014"), "query_canceled: {error}");
+    // The connection is usable after the cancel, and the schema is where migrations put it.
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM slow_notes").fetch_one(&pool).await.expect("count");
+    assert_eq!(tables, 0);
+}
+
+#[tokio::test]
+async fn zero_turns_the_statement_timeout_off() {
+    let test_db = TestDatabase::postgres("example").await;
+    let config = DatabaseConfig { statement_timeout: Duration::ZERO, ..test_db.config().clone() };
+    let Database::Postgres(pool) = Database::open(&config).expect("open") else {
+        panic!("a postgres URL opens a postgres pool");
+    };
+    let shown: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(&pool).await.expect("show");
+    assert_eq!(shown, "0");
 }

@@ -358,6 +358,8 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 pub struct Running {
     /// `http://127.0.0.1:port`.
     pub base: String,
+    /// The admin port's `http://127.0.0.1:port` (`/metrics`, `/healthz`).
+    pub admin: String,
     /// Calls that reached the upstream.
     pub calls: Calls,
     /// The upstream's held Slow calls.
@@ -448,12 +450,16 @@ pub async fn start_with(adjust: impl FnOnce(&mut gateway::Config)) -> Running {
     let Upstream { address, calls, slow, health } = echo_upstream(&pool).await;
     let mut config = config(address);
     adjust(&mut config);
-    let gateway = gateway::Gateway::new(&pool, config, &kit::metrics::Metrics::new()).await.unwrap();
+    let metrics = kit::metrics::Metrics::new();
+    let gateway = gateway::Gateway::new(&pool, config, &metrics).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = gateway.router().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Running { base, calls, slow, health, client: reqwest::Client::builder().no_proxy().build().unwrap() }
+    // The gateway's own server (timeouts included), as `serve gateway` runs it.
+    tokio::spawn(async move { gateway::serve(listener, gateway, kit::shutdown::Shutdown::new()).await.unwrap() });
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = format!("http://{}", admin_listener.local_addr().unwrap());
+    tokio::spawn(kit::metrics::serve_admin(admin_listener, metrics, std::future::pending()));
+    Running { base, admin, calls, slow, health, client: reqwest::Client::builder().no_proxy().build().unwrap() }
 }
 
 /// Starts the echo upstream and a gateway with the default settings.
