@@ -327,6 +327,20 @@ mod tests {
     }
 
     #[test]
+    fn source_quotas_fall_back_to_one_replica_unless_configured() {
+        use figment::Figment;
+        use figment::providers::{Format, Serialized, Toml};
+        let quota = MeshConfig::default().catalog_ingest.settings.quota;
+        assert_eq!((quota.expected_replicas, quota.redis_timeout), (1, std::time::Duration::from_millis(200)));
+        let text = "[catalog_ingest.quota]\nexpected_replicas = 4\nredis_timeout = \"50ms\"\n";
+        let config: MeshConfig =
+            Figment::from(Serialized::defaults(MeshConfig::default())).merge(Toml::string(text)).extract().unwrap();
+        let quota = config.catalog_ingest.settings.quota;
+        assert_eq!((quota.expected_replicas, quota.redis_timeout), (4, std::time::Duration::from_millis(50)));
+        assert_eq!(quota.key_prefix, "quota:");
+    }
+
+    #[test]
     fn default_ports_are_distinct() {
         let config = MeshConfig::default();
         let mut ports: Vec<u16> = Component::ALL.iter().map(|c| config.listen(*c).port()).collect();
