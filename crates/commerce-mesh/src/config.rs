@@ -17,6 +17,7 @@
 //! | `fulfillment.workers.concurrency` | `MESH_FULFILLMENT__WORKERS__CONCURRENCY` | `128` LMS calls in flight: at least the target rate × (LMS latency + ~40 ms); lease `workers.lease`, `60s` |
 //! | `catalog_ingest.sources_dir` | `MESH_CATALOG_INGEST__SOURCES_DIR` | `config/catalog/sources` (absent: the two built-in example sources) |
 //! | `catalog_ingest.max_concurrent_ingests` | `MESH_CATALOG_INGEST__MAX_CONCURRENT_INGESTS` | `32` (then wait up to `max_queue_wait`, `250ms`, then shed) |
+//! | `catalog_ingest.quota.expected_replicas` | `MESH_CATALOG_INGEST__QUOTA__EXPECTED_REPLICAS` | `1`; with `redis_url` each source's quota is shared by every replica through Redis, and while Redis does not answer each replica admits the quota divided by this (`quota.redis_timeout` `200ms`, tried again every `quota.retry_every` `1s`; keys `quota.key_prefix` + source, `quota:`) |
 //! | `catalog_ingest.discovery.url` | `MESH_CATALOG_INGEST__DISCOVERY__URL` | unset: no downstream calls |
 //! | `purchase_history.consumer.batch` | `MESH_PURCHASE_HISTORY__CONSUMER__BATCH` | `1000` entries per read (`consumer.reclaim_idle` `30s`, `consumer.max_deliveries` `5`, then dead-lettered) |
 //! | `purchase_history.customer_identity_url` | `MESH_PURCHASE_HISTORY__CUSTOMER_IDENTITY_URL` | `http://127.0.0.1:50052` (`up` uses its own) |
@@ -359,6 +360,20 @@ mod tests {
         let config = MeshConfig { database_url: Some("sqlite://all.db".into()), ..Default::default() };
         assert!(matches!(config.database(Component::Fulfillment), Err(ConfigProblem::SharedDatabaseNotPostgres)));
         assert!(matches!(MeshConfig::default().database(Component::Gateway), Err(ConfigProblem::NoDatabase)));
+    }
+
+    #[test]
+    fn source_quotas_fall_back_to_one_replica_unless_configured() {
+        use figment::Figment;
+        use figment::providers::{Format, Serialized, Toml};
+        let quota = MeshConfig::default().catalog_ingest.settings.quota;
+        assert_eq!((quota.expected_replicas, quota.redis_timeout), (1, std::time::Duration::from_millis(200)));
+        let text = "[catalog_ingest.quota]\nexpected_replicas = 4\nredis_timeout = \"50ms\"\n";
+        let config: MeshConfig =
+            Figment::from(Serialized::defaults(MeshConfig::default())).merge(Toml::string(text)).extract().unwrap();
+        let quota = config.catalog_ingest.settings.quota;
+        assert_eq!((quota.expected_replicas, quota.redis_timeout), (4, std::time::Duration::from_millis(50)));
+        assert_eq!(quota.key_prefix, "quota:");
     }
 
     #[test]

@@ -500,8 +500,9 @@ fn grpc_server(
             server.service(customer_identity::service(db, cache, settings))
         }
         Component::CatalogIngest => {
-            let service = catalog_ingest::service(db, &config.catalog_ingest.settings)
-                .map_err(|e| MeshError::Setup { component, reason: e.to_string() })?;
+            let service =
+                catalog_ingest::service(db, &config.catalog_ingest.settings, config.redis_url.as_deref(), metrics)
+                    .map_err(|e| MeshError::Setup { component, reason: e.to_string() })?;
             server.service(service)
         }
         Component::PurchaseHistory => {

@@ -21,8 +21,8 @@
 //!   `ErrorInfo` details;
 //! - [`time`]: protobuf `Timestamp` to and from `chrono`, range-checked;
 //! - [`json`]: protobuf `Struct` to and from JSON;
-//! - [`throttle`]: a rate quota per key (governor) and a concurrency gate that
-//!   queues briefly, then sheds.
+//! - [`throttle`]: a rate quota per key, in process (governor) or shared by every
+//!   replica (Redis), and a concurrency gate that queues briefly, then sheds.
 
 pub mod bus;
 pub mod cache;

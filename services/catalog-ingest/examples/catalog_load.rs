@@ -39,7 +39,10 @@
 //! events/s for `--seconds` by a `tokio::time::interval` of its own
 //! (`--missed-tick burst|skip`), every tick sending one event on a task of its
 //! own, so a slow answer never delays the next send. Both sources at once; the
-//! harness counts what each had accepted and refused.
+//! harness counts what each had accepted and refused. `--redis-url` keeps the
+//! quotas in Redis (as `serve` does with `MESH_REDIS_URL`); `--replicas N`
+//! runs N service instances over the one database, events spread across them
+//! round robin, so they share one quota per source through Redis.
 //!
 //! During each phase the harness samples, every 100 ms, what the service's
 //! Postgres connections are doing (`pg_stat_activity`, by `application_name`),
@@ -64,7 +67,7 @@ use kit::client::TracedChannel;
 use kit::db::{Database, DatabaseConfig};
 use kit::serve::GrpcServer;
 use kit::shutdown::Shutdown;
-use kit::throttle::ConcurrencyGate;
+use kit::throttle::{ConcurrencyGate, QuotaMetrics, Quotas, SharedQuotaConfig};
 use proto::commerce::catalog::v1 as pb;
 use proto::commerce::catalog::v1::catalog_ingest_service_client::CatalogIngestServiceClient;
 use proto::commerce::catalog::v1::catalog_ingest_service_server::CatalogIngestServiceServer;
@@ -166,6 +169,13 @@ struct Args {
     /// What the offering interval does with a tick it could not fire on time.
     #[arg(long, value_enum, default_value = "burst")]
     missed_tick: Missed,
+    /// Keep the quotas in this Redis (cluster-wide, as `serve` does with MESH_REDIS_URL); unset: in process.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Service instances in this process over the one database, callers spread across them (round robin
+    /// per event): with --redis-url they share one quota per source, without it each has its own.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 const DATABASE: &str = "catalog_bench";
@@ -568,19 +578,33 @@ async fn start(args: &Args, admin: &PgPool, sources: Sources) -> Service {
         .connect(&with_database(&args.database_url, DATABASE, HARNESS_APP))
         .await
         .unwrap();
-    let gate = ConcurrencyGate::new(args.gate, args.gate_wait);
-    let api = CatalogIngestApi::new(catalog_ingest::store::for_database(&database), Arc::new(sources), gate, None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let sources = Arc::new(sources);
     let shutdown = Shutdown::new();
-    tokio::spawn(GrpcServer::new("catalog-bench").service(CatalogIngestServiceServer::new(api)).run(
-        listener,
-        async { Ok::<(), std::io::Error>(()) },
-        shutdown.clone(),
-    ));
-    let clients = (0..args.connections.max(1))
-        .map(|_| CatalogIngestServiceClient::new(kit::client::channel(&url).unwrap()))
-        .collect();
+    // Keys of this run only: a run never inherits an earlier run's quota state.
+    let quota_config =
+        SharedQuotaConfig { key_prefix: format!("bench-{}:", uuid::Uuid::new_v4().simple()), ..Default::default() };
+    let mut clients = Vec::new();
+    for _ in 0..args.replicas.max(1) {
+        let gate = ConcurrencyGate::new(args.gate, args.gate_wait);
+        let api = CatalogIngestApi::new(catalog_ingest::store::for_database(&database), sources.clone(), gate, None);
+        let api = match &args.redis_url {
+            Some(url) => api.with_quotas(
+                Quotas::cluster(url, sources.quotas(), quota_config.clone(), QuotaMetrics::default())
+                    .expect("a Redis URL"),
+            ),
+            None => api,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(GrpcServer::new("catalog-bench").service(CatalogIngestServiceServer::new(api)).run(
+            listener,
+            async { Ok::<(), std::io::Error>(()) },
+            shutdown.clone(),
+        ));
+        clients.extend(
+            (0..args.connections.max(1)).map(|_| CatalogIngestServiceClient::new(kit::client::channel(&url).unwrap())),
+        );
+    }
     Service { clients, shutdown, probe }
 }
 
@@ -884,7 +908,7 @@ struct Offered {
 }
 
 async fn offer(
-    client: Client,
+    clients: Vec<Client>,
     source: &'static str,
     (quota, burst): (u32, u32),
     args: &Args,
@@ -919,8 +943,9 @@ async fn offer(
             event(BOOTCAMP, format!("t-{k}"), 1_000 + i64::from(k), &bootcamp_payload(&template, &format!("t{k:06}")))
         };
         k += 1;
+        let client = clients[k as usize % clients.len()].clone();
         let (mut client, in_flight, max_in_flight, answers) =
-            (client.clone(), Arc::clone(&in_flight), Arc::clone(&max_in_flight), Arc::clone(&answers));
+            (client, Arc::clone(&in_flight), Arc::clone(&max_in_flight), Arc::clone(&answers));
         tasks.push(tokio::spawn(async move {
             let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
             max_in_flight.fetch_max(now, Ordering::Relaxed);
@@ -954,8 +979,8 @@ async fn run_throttle(args: &Args, admin: &PgPool, report: &mut String) {
 
     let sampler = Sampler::start(admin).await;
     let start_at = tokio::time::Instant::now() + Duration::from_millis(50);
-    let exec = offer(service.clients[0].clone(), EXEC, exec_quota, args, start_at);
-    let bootcamp = offer(service.clients[service.clients.len() - 1].clone(), BOOTCAMP, bootcamp_quota, args, start_at);
+    let exec = offer(service.clients.clone(), EXEC, exec_quota, args, start_at);
+    let bootcamp = offer(service.clients.clone(), BOOTCAMP, bootcamp_quota, args, start_at);
     let (exec, bootcamp) = tokio::join!(exec, bootcamp);
     let observed = sampler.finish().await;
 
@@ -1057,8 +1082,13 @@ async fn main() {
             let _ = writeln!(
                 report,
                 "Throttle: both sources at once on Postgres, each offered {}× its quota for {} s by its own \
-                 `tokio::time::interval` (MissedTickBehavior::{:?}), one task per event.\n",
-                args.offered, args.seconds, args.missed_tick
+                 `tokio::time::interval` (MissedTickBehavior::{:?}), one task per event; {} service instance(s), \
+                 quotas {}.\n",
+                args.offered,
+                args.seconds,
+                args.missed_tick,
+                args.replicas.max(1),
+                if args.redis_url.is_some() { "in Redis (shared)" } else { "in process (each instance its own)" }
             );
             run_throttle(&args, &admin, &mut report).await;
         }

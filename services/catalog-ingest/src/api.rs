@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kit::error::{BadRequest, with_reason};
-use kit::throttle::{ConcurrencyGate, Throttle};
+use kit::throttle::{ConcurrencyGate, Quotas};
 use kit::time::{from_timestamp, to_timestamp};
 use proto::commerce::catalog::v1 as pb;
 use proto::commerce::catalog::v1::catalog_ingest_service_server::CatalogIngestService;
@@ -48,7 +48,7 @@ fn echo(value: &str) -> String {
 pub struct CatalogIngestApi {
     store: Arc<dyn Store>,
     sources: Arc<Sources>,
-    throttle: Arc<Throttle>,
+    quotas: Arc<Quotas>,
     gate: ConcurrencyGate,
     discovery: Option<Discovery>,
     clock_skew: Duration,
@@ -56,16 +56,23 @@ pub struct CatalogIngestApi {
 
 impl CatalogIngestApi {
     /// The API over `store` with the configured `sources` (each with its
-    /// quota), at most `gate`'s ingestions at once, and the optional `discovery` downstream.
+    /// quota, kept in this process), at most `gate`'s ingestions at once, and
+    /// the optional `discovery` downstream.
     pub fn new(
         store: Arc<dyn Store>,
         sources: Arc<Sources>,
         gate: ConcurrencyGate,
         discovery: Option<Discovery>,
     ) -> Self {
-        let quotas = sources.names().filter_map(|name| Some((name.to_string(), sources.get(name)?.quota())));
-        let throttle = Arc::new(Throttle::new(quotas.collect::<Vec<_>>()));
-        Self { store, sources, throttle, gate, discovery, clock_skew: DEFAULT_CLOCK_SKEW }
+        let quotas = Arc::new(Quotas::in_process(sources.quotas()));
+        Self { store, sources, quotas, gate, discovery, clock_skew: DEFAULT_CLOCK_SKEW }
+    }
+
+    /// The same with the sources' quotas kept in `quotas` (cluster-wide in
+    /// Redis when several replicas run); keyed by source name.
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = Arc::new(quotas);
+        self
     }
 
     /// How far in the future `occurred_at` may be (default five minutes): an
@@ -260,7 +267,7 @@ impl CatalogIngestService for CatalogIngestApi {
                 known.join(", ")
             )));
         };
-        if let Err(wait) = self.throttle.check(&envelope.source) {
+        if let Err(wait) = self.quotas.check(&envelope.source).await {
             return Err(kit::error::throttled(
                 format!("source {} is over its quota; retry after {wait:?}", envelope.source),
                 wait,

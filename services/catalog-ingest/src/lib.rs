@@ -9,7 +9,7 @@
 //! events downstream when configured.
 //!
 //! ```text
-//! IngestProductEvent ─► source known? ─► quota (governor, per source) ─► gate (global concurrency)
+//! IngestProductEvent ─► source known? ─► quota (per source: Redis GCRA, else governor) ─► gate (global concurrency)
 //!   ─► replay? ─► VALIDATE ─► TRANSFORM ─► [instructors ─► course ─► course runs ─► seats] ─► discovery
 //!                                          └──────────── one transaction ────────────┘
 //! ```
@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kit::db::{Database, Migrations};
-use kit::throttle::ConcurrencyGate;
+use kit::metrics::Metrics;
+use kit::throttle::{ConcurrencyGate, QuotaMetrics, Quotas, SharedQuotaConfig};
 use proto::commerce::catalog::v1::catalog_ingest_service_server::CatalogIngestServiceServer;
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,10 @@ pub struct Config {
     pub max_queue_wait: Duration,
     /// The optional downstream discovery API.
     pub discovery: DiscoveryConfig,
+    /// The sources' quotas when Redis keeps them (`redis_url` set): shared by
+    /// every replica; while Redis does not answer, each replica admits its
+    /// quota divided by `quota.expected_replicas`.
+    pub quota: SharedQuotaConfig,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             max_concurrent_ingests: 32,
             max_queue_wait: Duration::from_millis(250),
             discovery: DiscoveryConfig::default(),
+            quota: SharedQuotaConfig::default(),
         }
     }
 }
@@ -86,6 +92,9 @@ pub enum SetupError {
     /// The discovery settings are unusable.
     #[error(transparent)]
     Discovery(#[from] discovery::DiscoveryError),
+    /// The quota store cannot be used (a malformed Redis URL).
+    #[error(transparent)]
+    Quota(#[from] kit::throttle::ThrottleError),
 }
 
 /// The configured sources: `sources_dir`, or the built-in examples when the
@@ -102,10 +111,27 @@ pub fn sources(config: &Config) -> Result<Sources, SetupError> {
     Ok(Sources::load_dir(&config.sources_dir)?)
 }
 
-/// The gRPC service over the service's database, ready to hand to [`kit::serve::GrpcServer::service`].
-pub fn service(db: &Database, config: &Config) -> Result<CatalogIngestServiceServer<CatalogIngestApi>, SetupError> {
+/// The gRPC service over the service's database, ready to hand to
+/// [`kit::serve::GrpcServer::service`]. With `redis_url` the sources' quotas
+/// are cluster-wide in Redis (the quota's metrics registered in `metrics`);
+/// without, in this process.
+pub fn service(
+    db: &Database,
+    config: &Config,
+    redis_url: Option<&str>,
+    metrics: &Metrics,
+) -> Result<CatalogIngestServiceServer<CatalogIngestApi>, SetupError> {
     let sources = Arc::new(sources(config)?);
+    let quotas = match redis_url {
+        Some(url) => {
+            let quota_metrics = QuotaMetrics::default();
+            quota_metrics.register(NAME, metrics);
+            Quotas::cluster(url, sources.quotas(), config.quota.clone(), quota_metrics)?
+        }
+        None => Quotas::in_process(sources.quotas()),
+    };
     let gate = ConcurrencyGate::new(config.max_concurrent_ingests, config.max_queue_wait);
     let discovery = Discovery::new(&config.discovery)?;
-    Ok(CatalogIngestServiceServer::new(CatalogIngestApi::new(store::for_database(db), sources, gate, discovery)))
+    let api = CatalogIngestApi::new(store::for_database(db), sources, gate, discovery).with_quotas(quotas);
+    Ok(CatalogIngestServiceServer::new(api))
 }

@@ -260,6 +260,11 @@ impl Sources {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
     }
+
+    /// Each source's quota, keyed by the source's name.
+    pub fn quotas(&self) -> Vec<(String, Quota)> {
+        self.by_name.iter().map(|(name, transformer)| (name.clone(), transformer.quota)).collect()
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -488,3 +488,61 @@ macro_rules! suite {
 
 suite!(postgres, Backend::Postgres);
 suite!(sqlite, Backend::Sqlite);
+
+/// Two replicas of the API over one database, their quotas in one Redis: a
+/// source's burst is spent across both, not once per replica.
+#[tokio::test]
+async fn replicas_sharing_redis_share_each_source_quota() {
+    use kit::throttle::{QuotaMetrics, Quotas, SharedQuotaConfig};
+    let db = TestDatabase::new(Backend::Postgres, catalog_ingest::NAME).await;
+    kit::db::migrate(db.config(), &catalog_ingest::MIGRATIONS).await.expect("migrate");
+    let redis_url = std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    // Keys of this test only, so parallel runs do not share a quota.
+    let config =
+        SharedQuotaConfig { key_prefix: format!("test-{}:", uuid::Uuid::new_v4().simple()), ..Default::default() };
+    let shutdown = Shutdown::new();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let sources = Arc::new(sources(true));
+        let quotas = Quotas::cluster(&redis_url, sources.quotas(), config.clone(), QuotaMetrics::default()).unwrap();
+        let database = Database::open(db.config()).expect("open");
+        let api = CatalogIngestApi::new(
+            catalog_ingest::store::for_database(&database),
+            sources,
+            ConcurrencyGate::new(4, Duration::from_millis(50)),
+            None,
+        )
+        .with_quotas(quotas);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(GrpcServer::new("catalog-test").service(CatalogIngestServiceServer::new(api)).run(
+            listener,
+            async { Ok::<(), std::io::Error>(()) },
+            shutdown.clone(),
+        ));
+        replicas.push(CatalogIngestServiceClient::new(kit::client::channel(&url).unwrap()));
+    }
+    let exec = example(EXEC, "course.upserted");
+    let started = std::time::Instant::now();
+    let (mut admitted, mut throttled) = (0, Vec::new());
+    // Alternate between the replicas until both have refused.
+    while throttled.len() < 2 {
+        for client in &replicas {
+            let request = event(EXEC, &format!("r-{admitted}-{}", throttled.len()), "course.upserted", 1_000, &exec);
+            match client.clone().ingest_product_event(request).await {
+                Ok(_) => admitted += 1,
+                Err(status) => throttled.push(status),
+            }
+        }
+        assert!(admitted <= 20, "never throttled");
+    }
+    shutdown.cancel();
+    // The tightened quota's burst of 3 between both, plus what 1/s refilled meanwhile.
+    let refilled = started.elapsed().as_secs() as i64;
+    assert!((3..=3 + refilled).contains(&admitted), "{admitted} admitted by two replicas");
+    for status in throttled {
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let wait = kit::error::retry_after(&status).expect("RetryInfo");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+    }
+}
