@@ -1,0 +1,289 @@
+//! Money: an ISO 4217 currency code and an exact decimal amount, never a float.
+
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::invalid::{Invalid, clip};
+
+/// Longest amount accepted, in characters (an exact decimal holds at most 28 digits anyway).
+pub const MAX_AMOUNT_LEN: usize = 40;
+
+/// An ISO 4217 currency code: three upper-case ASCII letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CurrencyCode([u8; 3]);
+
+impl CurrencyCode {
+    /// Accepts three upper-case ASCII letters (`USD`, `EUR`).
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw.as_bytes() {
+            &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Self([a, b, c])),
+            _ => Err(Invalid::new(format!("must be an ISO 4217 code such as USD, got {:?}", clip(raw)))),
+        }
+    }
+
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        // Three ASCII letters by construction.
+        std::str::from_utf8(&self.0).unwrap_or("XXX")
+    }
+}
+
+impl std::fmt::Display for CurrencyCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which part of a money value was refused, so the caller's error can name the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoneyPart {
+    /// `currency_code`
+    CurrencyCode,
+    /// `amount`
+    Amount,
+}
+
+impl MoneyPart {
+    /// The field's name in `commerce.type.v1.Money`.
+    pub fn field(self) -> &'static str {
+        match self {
+            MoneyPart::CurrencyCode => "currency_code",
+            MoneyPart::Amount => "amount",
+        }
+    }
+}
+
+/// A refused money value: which part, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {invalid}", part.field())]
+pub struct MoneyError {
+    /// The part at fault.
+    pub part: MoneyPart,
+    /// Why.
+    pub invalid: Invalid,
+}
+
+/// Parses an exact decimal: an optional `-` when `signed`, digits, and
+/// optionally `.` and digits. No `+`, exponent, spaces or separators, which
+/// the decimal crate would otherwise take: what one service reads must read
+/// the same in every language a caller uses.
+fn parse_amount(raw: &str, signed: bool) -> Result<Decimal, Invalid> {
+    if raw.is_empty() {
+        return Err(Invalid::new("must not be empty"));
+    }
+    if raw.len() > MAX_AMOUNT_LEN {
+        return Err(Invalid::new(format!("must be at most {MAX_AMOUNT_LEN} characters")));
+    }
+    let digits = match raw.strip_prefix('-') {
+        Some(_) if !signed => return Err(Invalid::new("must not be negative")),
+        Some(rest) => rest,
+        None => raw,
+    };
+    let (whole, fraction) = digits.split_once('.').map_or((digits, None), |(w, f)| (w, Some(f)));
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(whole) || fraction.is_some_and(|f| !all_digits(f)) {
+        return Err(Invalid::new(format!("must be a decimal such as \"149.00\", got {:?}", clip(raw))));
+    }
+    let mut amount = Decimal::from_str_exact(raw)
+        .map_err(|_| Invalid::new("has more digits than an exact decimal holds (28 significant digits)"))?;
+    // "-0" is zero: one spelling of it, whoever sent it.
+    if amount.is_zero() {
+        amount.set_sign_positive(true);
+    }
+    Ok(amount)
+}
+
+/// A price paid or asked: never negative; a free line is `"0"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawMoney", into = "RawMoney")]
+pub struct Price {
+    currency: CurrencyCode,
+    amount: Decimal,
+}
+
+impl Price {
+    /// Accepts a currency code and a non-negative exact decimal; the error names the part.
+    pub fn parse(currency_code: &str, amount: &str) -> Result<Self, MoneyError> {
+        let currency = CurrencyCode::parse(currency_code)
+            .map_err(|invalid| MoneyError { part: MoneyPart::CurrencyCode, invalid })?;
+        let amount = parse_amount(amount, false).map_err(|invalid| MoneyError { part: MoneyPart::Amount, invalid })?;
+        Ok(Self { currency, amount })
+    }
+
+    /// The currency.
+    pub fn currency(&self) -> CurrencyCode {
+        self.currency
+    }
+
+    /// The amount, exact, with the scale it was written with (`149.00` keeps two places).
+    pub fn amount(&self) -> Decimal {
+        self.amount
+    }
+
+    /// The amount as the wire carries it: `"149.00"`.
+    pub fn amount_text(&self) -> String {
+        self.amount.to_string()
+    }
+
+    /// True for a free line.
+    pub fn is_free(&self) -> bool {
+        self.amount.is_zero()
+    }
+}
+
+/// An amount of money that may be negative (a refund, a correction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawMoney", into = "RawMoney")]
+pub struct Money {
+    currency: CurrencyCode,
+    amount: Decimal,
+}
+
+impl Money {
+    /// Accepts a currency code and an exact decimal, negative or not; the error names the part.
+    pub fn parse(currency_code: &str, amount: &str) -> Result<Self, MoneyError> {
+        let currency = CurrencyCode::parse(currency_code)
+            .map_err(|invalid| MoneyError { part: MoneyPart::CurrencyCode, invalid })?;
+        let amount = parse_amount(amount, true).map_err(|invalid| MoneyError { part: MoneyPart::Amount, invalid })?;
+        Ok(Self { currency, amount })
+    }
+
+    /// The currency.
+    pub fn currency(&self) -> CurrencyCode {
+        self.currency
+    }
+
+    /// The amount, exact.
+    pub fn amount(&self) -> Decimal {
+        self.amount
+    }
+
+    /// The amount as the wire carries it.
+    pub fn amount_text(&self) -> String {
+        self.amount.to_string()
+    }
+}
+
+impl From<Price> for Money {
+    fn from(price: Price) -> Self {
+        Self { currency: price.currency, amount: price.amount }
+    }
+}
+
+/// The wire and storage form of money (`{"currency_code": "USD", "amount": "149.00"}`).
+#[derive(Serialize, Deserialize)]
+struct RawMoney {
+    currency_code: String,
+    amount: String,
+}
+
+impl TryFrom<RawMoney> for Price {
+    type Error = MoneyError;
+    fn try_from(raw: RawMoney) -> Result<Self, MoneyError> {
+        Self::parse(&raw.currency_code, &raw.amount)
+    }
+}
+
+impl From<Price> for RawMoney {
+    fn from(price: Price) -> Self {
+        Self { currency_code: price.currency.as_str().to_owned(), amount: price.amount_text() }
+    }
+}
+
+impl TryFrom<RawMoney> for Money {
+    type Error = MoneyError;
+    fn try_from(raw: RawMoney) -> Result<Self, MoneyError> {
+        Self::parse(&raw.currency_code, &raw.amount)
+    }
+}
+
+impl From<Money> for RawMoney {
+    fn from(money: Money) -> Self {
+        Self { currency_code: money.currency.as_str().to_owned(), amount: money.amount_text() }
+    }
+}
+
+impl TryFrom<&proto::commerce::r#type::v1::Money> for Price {
+    type Error = MoneyError;
+    fn try_from(money: &proto::commerce::r#type::v1::Money) -> Result<Self, MoneyError> {
+        Self::parse(&money.currency_code, &money.amount)
+    }
+}
+
+impl From<&Price> for proto::commerce::r#type::v1::Money {
+    fn from(price: &Price) -> Self {
+        Self { currency_code: price.currency.as_str().to_owned(), amount: price.amount_text() }
+    }
+}
+
+impl TryFrom<&proto::commerce::r#type::v1::Money> for Money {
+    type Error = MoneyError;
+    fn try_from(money: &proto::commerce::r#type::v1::Money) -> Result<Self, MoneyError> {
+        Self::parse(&money.currency_code, &money.amount)
+    }
+}
+
+impl From<&Money> for proto::commerce::r#type::v1::Money {
+    fn from(money: &Money) -> Self {
+        Self { currency_code: money.currency.as_str().to_owned(), amount: money.amount_text() }
+    }
+}
+
+impl FromStr for CurrencyCode {
+    type Err = Invalid;
+    fn from_str(raw: &str) -> Result<Self, Invalid> {
+        Self::parse(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn prices_are_exact_and_never_negative() {
+        let price = Price::parse("USD", "149.00").unwrap();
+        assert_eq!(price.amount_text(), "149.00", "the scale is kept");
+        assert_eq!(price.currency().as_str(), "USD");
+        assert!(Price::parse("USD", "0").unwrap().is_free());
+        assert_eq!(Price::parse("USD", "-0").unwrap_err().part, MoneyPart::Amount);
+        assert_eq!(Price::parse("USD", "-5").unwrap_err().invalid.reason(), "must not be negative");
+        for bad in ["", "1e3", "+1", "1_000", " 1", "1.", ".5", "1,00", "NaN", "0x10", &"9".repeat(29)] {
+            assert_eq!(Price::parse("USD", bad).unwrap_err().part, MoneyPart::Amount, "{bad:?}");
+        }
+        for bad in ["usd", "US", "USDD", "U$D", ""] {
+            assert_eq!(Price::parse(bad, "1").unwrap_err().part, MoneyPart::CurrencyCode, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn money_may_be_negative_and_zero_has_one_sign() {
+        assert_eq!(Money::parse("EUR", "-12.50").unwrap().amount_text(), "-12.50");
+        assert_eq!(Money::parse("EUR", "-0.00").unwrap().amount_text(), "0.00");
+        assert!(Money::parse("EUR", "--1").is_err());
+    }
+
+    #[test]
+    fn serde_and_proto_go_through_the_parser() {
+        let price: Price = serde_json::from_str(r#"{"currency_code":"USD","amount":"49.99"}"#).unwrap();
+        assert_eq!(serde_json::to_string(&price).unwrap(), r#"{"currency_code":"USD","amount":"49.99"}"#);
+        assert!(serde_json::from_str::<Price>(r#"{"currency_code":"USD","amount":"-1"}"#).is_err());
+        let wire = proto::commerce::r#type::v1::Money::from(&price);
+        assert_eq!(Price::try_from(&wire), Ok(price));
+    }
+
+    proptest! {
+        /// A price written once reads back the same, in value and in text.
+        #[test]
+        fn prices_round_trip(whole in "[0-9]{1,14}", fraction in proptest::option::of("[0-9]{1,8}")) {
+            let raw = match &fraction { Some(f) => format!("{whole}.{f}"), None => whole.clone() };
+            let price = Price::parse("USD", &raw).unwrap();
+            prop_assert_eq!(Price::parse("USD", &price.amount_text()), Ok(price));
+            prop_assert_eq!(price.amount(), Decimal::from_str(&raw).unwrap());
+        }
+    }
+}
