@@ -39,6 +39,19 @@ impl BadRequest {
         self
     }
 
+    /// The value of a parse that succeeded; otherwise records `field` with the
+    /// parser's reason and answers `None`, so every bad field of a request is
+    /// named in one answer.
+    pub fn check<T, E: std::fmt::Display>(&mut self, field: impl Into<String>, parsed: Result<T, E>) -> Option<T> {
+        match parsed {
+            Ok(value) => Some(value),
+            Err(reason) => {
+                self.field(field, reason.to_string());
+                None
+            }
+        }
+    }
+
     /// True when nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.violations.is_empty()

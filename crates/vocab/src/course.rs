@@ -56,6 +56,13 @@ pub(crate) fn key_part_ok(part: &str) -> bool {
     !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
 }
 
+impl std::ops::Deref for CourseRunKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for CourseRunKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -83,12 +90,20 @@ pub struct CourseUuid(String);
 impl CourseUuid {
     /// Accepts any form the `uuid` crate reads; keeps the hyphenated lower-case form.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let uuid = uuid::Uuid::parse_str(raw).map_err(|_| Invalid::new(format!("must be a UUID, got {:?}", clip(raw))))?;
+        let uuid =
+            uuid::Uuid::parse_str(raw).map_err(|_| Invalid::new(format!("must be a UUID, got {:?}", clip(raw))))?;
         Ok(Self(uuid.hyphenated().to_string()))
     }
 
     /// The UUID, hyphenated, lower case.
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for CourseUuid {
+    type Target = str;
+    fn deref(&self) -> &str {
         &self.0
     }
 }
@@ -145,6 +160,13 @@ impl From<&CourseUuid> for ProductKey {
     }
 }
 
+impl std::ops::Deref for ProductKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for ProductKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -174,7 +196,15 @@ mod tests {
     fn course_run_keys_have_three_parts() {
         let key = CourseRunKey::parse("course-v1:MITx+6.00x+2026_T1").unwrap();
         assert_eq!(key.course_key(), "MITx+6.00x");
-        for bad in ["", "course-v1:", "course-v1:A+B", "course-v1:A+B+C+D", "course-v1:A++C", "course-v1:A+B C+D", "MITx/6.00x/2026"] {
+        for bad in [
+            "",
+            "course-v1:",
+            "course-v1:A+B",
+            "course-v1:A+B+C+D",
+            "course-v1:A++C",
+            "course-v1:A+B C+D",
+            "MITx/6.00x/2026",
+        ] {
             assert!(CourseRunKey::parse(bad).is_err(), "{bad:?}");
         }
         let long = format!("course-v1:{}+N+R", "O".repeat(MAX_KEY_LEN));

@@ -43,6 +43,13 @@ macro_rules! identifier {
             }
         }
 
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.0)
@@ -94,6 +101,10 @@ identifier!(
 identifier!(
     /// The system that reported an order or a purchase (a commerce platform, a line of business).
     SourceSystem
+);
+identifier!(
+    /// A fulfillment job (one line item of an order), as Fulfillment names it in its API and events.
+    FulfillmentId
 );
 identifier!(
     /// A credit provider of a credit-mode enrollment.

@@ -9,7 +9,8 @@ use std::borrow::Cow;
 pub struct Invalid(Cow<'static, str>);
 
 impl Invalid {
-    pub(crate) fn new(reason: impl Into<Cow<'static, str>>) -> Self {
+    /// A reason, for a rule of a service's own (its callers read it beside the field's path).
+    pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
         Self(reason.into())
     }
 

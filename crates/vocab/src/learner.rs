@@ -158,6 +158,13 @@ fn unreachable_key_length() -> ! {
     panic!("HMAC-SHA256 refused a key length")
 }
 
+impl std::ops::Deref for LmsUsername {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for LmsUsername {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

@@ -25,6 +25,7 @@
 //! learner's placeholder ([`LmsUsername::is_retired`]).
 
 mod course;
+pub mod empty_as_none;
 mod id;
 mod invalid;
 mod learner;
@@ -32,7 +33,9 @@ mod money;
 mod text;
 
 pub use course::{CourseRunKey, CourseUuid, MAX_KEY_LEN, ProductKey};
-pub use id::{CreditProviderId, CustomerId, LineItemId, MAX_ID_LEN, OrderId, OrderNumber, PurchaseId, SourceSystem};
+pub use id::{
+    CreditProviderId, CustomerId, FulfillmentId, LineItemId, MAX_ID_LEN, OrderId, OrderNumber, PurchaseId, SourceSystem,
+};
 pub use invalid::Invalid;
 pub use learner::{LmsUserId, LmsUsername, RETIRED_PREFIX, RetirementKey};
 pub use money::{CurrencyCode, MAX_AMOUNT_LEN, Money, MoneyError, MoneyPart, Price};

@@ -18,9 +18,14 @@ use proto::commerce::identity::v1::customer_identity_service_client::CustomerIde
 use tokio::sync::Notify;
 use tonic::{Code, Request, Response, Status};
 
+use vocab::{
+    CourseRunKey, CourseUuid, CustomerId, FulfillmentId, LineItemId, LmsUserId, LmsUsername, OrderId, OrderNumber,
+    Price, SourceSystem, Title,
+};
+
 use crate::domain::{
-    CourseRunKey, ErrorKind, JobState, Learner, LearnerRef, MAX_LINE_ITEMS, MAX_TITLE_LEN, Mode, Order, OrderHeader,
-    OrderLine, Price, Product, Repeat, compare_repeat, parse_id, parse_user_id, parse_username,
+    ErrorKind, JobState, Learner, LearnerRef, MAX_LINE_ITEMS, Mode, Order, OrderHeader, OrderLine, Product, Repeat,
+    compare_repeat,
 };
 use crate::store::{FulfillmentJob, NewJob, Redriven, Store, StoreError};
 use kit::time::to_timestamp;
@@ -77,7 +82,7 @@ impl FulfillmentApi {
                     Code::FailedPrecondition,
                     format!("{field}: {why}"),
                     reason,
-                    [("course_run_key", key.to_string()), ("line_item_id", line.line_item_id.clone())],
+                    [("course_run_key", key.to_string()), ("line_item_id", line.line_item_id.to_string())],
                 )
             };
             let mut request = Request::new(catalog::GetCourseRunRequest { course_run_key: key.to_string() });
@@ -116,10 +121,10 @@ impl FulfillmentApi {
             LearnerRef::Lms(learner) => return Ok(learner.clone()),
             LearnerRef::Customer { customer_id } => customer_id,
         };
-        let mut request = Request::new(identity::GetCustomerRequest { customer_id: customer_id.clone() });
+        let mut request = Request::new(identity::GetCustomerRequest { customer_id: customer_id.to_string() });
         request.set_timeout(IDENTITY_TIMEOUT);
         let found = self.identity.clone().get_customer(request).await;
-        let metadata = [("customer_id", customer_id.clone())];
+        let metadata = [("customer_id", customer_id.to_string())];
         let customer = match found {
             Ok(response) => response.into_inner().customer,
             Err(status) if status.code() == Code::NotFound => {
@@ -158,7 +163,7 @@ impl FulfillmentApi {
                 metadata,
             ));
         }
-        match (parse_user_id(&customer.lms_user_id), parse_username(&customer.lms_username)) {
+        match (LmsUserId::parse(&customer.lms_user_id), LmsUsername::parse(&customer.lms_username)) {
             (Ok(lms_user_id), Ok(lms_username)) => {
                 Ok(Learner { customer_id: Some(customer_id.clone()), lms_user_id, lms_username })
             }
@@ -249,7 +254,7 @@ impl FulfillmentService for FulfillmentApi {
     ) -> Result<Response<pb::ListOrderFulfillmentsResponse>, Status> {
         let request = request.get_ref();
         let mut bad = BadRequest::new();
-        let number = parse_id(&request.order_number).map_err(|e| bad.field("order_number", e)).ok();
+        let number = bad.check("order_number", OrderNumber::parse(&request.order_number));
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => {
@@ -269,8 +274,9 @@ impl FulfillmentService for FulfillmentApi {
             },
         };
         bad.into_result()?;
-        let number = number.unwrap_or_default();
-        let mut jobs = self.store.list_order(&number, from, i64::from(page_size) + 1).await.map_err(store_status)?;
+        let Some(number) = number else { return Err(Status::invalid_argument("order_number")) };
+        let mut jobs =
+            self.store.list_order(number.as_str(), from, i64::from(page_size) + 1).await.map_err(store_status)?;
         let next_page_token = if jobs.len() > page_size as usize {
             jobs.truncate(page_size as usize);
             jobs.last().map(|j| format!("position:{}", j.spec.position + 1)).unwrap_or_default()
@@ -310,10 +316,11 @@ fn not_found(id: &str) -> Status {
 
 #[allow(clippy::result_large_err)]
 fn parse_fulfillment_id(raw: &str) -> Result<String, Status> {
-    let mut bad = BadRequest::new();
-    let id = parse_id(raw).map_err(|e| bad.field("fulfillment_id", e)).ok();
-    bad.into_result()?;
-    Ok(id.unwrap_or_default())
+    FulfillmentId::parse(raw).map(String::from).map_err(|reason| {
+        let mut bad = BadRequest::new();
+        bad.field("fulfillment_id", reason.to_string());
+        bad.into_status()
+    })
 }
 
 /// Parses and validates an order, naming every bad field.
@@ -324,15 +331,15 @@ pub fn parse_order(
     clock_skew: Duration,
 ) -> Result<Order, Status> {
     let mut bad = BadRequest::new();
-    let order_number = parse_id(&request.order_number).map_err(|e| bad.field("order_number", e)).ok();
-    let optional_id = |bad: &mut BadRequest, field: &str, raw: &str| {
-        if raw.is_empty() {
-            return String::new();
-        }
-        parse_id(raw).map_err(|e| bad.field(field, e)).unwrap_or_default()
+    let order_number = bad.check("order_number", OrderNumber::parse(&request.order_number));
+    let order_id = match request.order_id.as_str() {
+        "" => None,
+        raw => bad.check("order_id", OrderId::parse(raw)),
     };
-    let order_id = optional_id(&mut bad, "order_id", &request.order_id);
-    let source_system = optional_id(&mut bad, "source_system", &request.source_system);
+    let source_system = match request.source_system.as_str() {
+        "" => None,
+        raw => bad.check("source_system", SourceSystem::parse(raw)),
+    };
     let date_placed = match &request.date_placed {
         None => {
             bad.field("date_placed", "is required");
@@ -364,28 +371,26 @@ pub fn parse_order(
     let mut lines = Vec::with_capacity(request.line_items.len());
     for (i, item) in request.line_items.iter().enumerate() {
         let at = |field: &str| format!("line_items[{i}].{field}");
-        let line_item_id = parse_id(&item.line_item_id).map_err(|e| bad.field(at("line_item_id"), e)).ok();
+        let line_item_id = bad.check(at("line_item_id"), LineItemId::parse(&item.line_item_id));
         if let Some(id) = &line_item_id
-            && request.line_items[..i].iter().any(|earlier| earlier.line_item_id == *id)
+            && request.line_items[..i].iter().any(|earlier| earlier.line_item_id == id.as_str())
         {
-            bad.field(at("line_item_id"), format!("{id:?} appears more than once in the order"));
+            bad.field(at("line_item_id"), format!("{:?} appears more than once in the order", id.as_str()));
         }
         let product = parse_product(&mut bad, i, item.product.as_ref());
-        if item.title.chars().count() > MAX_TITLE_LEN {
-            bad.field(at("title"), format!("must be at most {MAX_TITLE_LEN} characters"));
-        }
+        let title = bad.check(at("title"), Title::parse(&item.title));
         let price = match &item.price {
             // Purchase history records every purchase with its price, free ones at "0".
             None => {
                 bad.field(at("price"), "is required (\"0\" for a free item)");
                 None
             }
-            Some(money) => Price::parse(&money.currency_code, &money.amount)
-                .map_err(|(field, e)| bad.field(at(&format!("price.{field}")), e))
+            Some(money) => Price::try_from(money)
+                .map_err(|e| bad.field(at(&format!("price.{}", e.part.field())), e.invalid.to_string()))
                 .ok(),
         };
-        if let (Some(line_item_id), Some(product)) = (line_item_id, product) {
-            lines.push(OrderLine { line_item_id, product, title: item.title.clone(), price });
+        if let (Some(line_item_id), Some(product), Some(title), Some(price)) = (line_item_id, product, title, price) {
+            lines.push(OrderLine { line_item_id, product, title, price });
         }
     }
     bad.into_result()?;
@@ -414,7 +419,7 @@ fn parse_learner(bad: &mut BadRequest, learner: Option<&pb::Learner>) -> Option<
     };
     let customer_id = match learner.customer_id.as_str() {
         "" => None,
-        raw => parse_id(raw).map_err(|e| bad.field("learner.customer_id", e)).ok(),
+        raw => bad.check("learner.customer_id", CustomerId::parse(raw)),
     };
     match (learner.lms_user_id.as_str(), learner.lms_username.as_str()) {
         ("", "") if learner.customer_id.is_empty() => {
@@ -423,18 +428,18 @@ fn parse_learner(bad: &mut BadRequest, learner: Option<&pb::Learner>) -> Option<
         }
         ("", "") => customer_id.map(|customer_id| LearnerRef::Customer { customer_id }),
         (id, "") => {
-            let _ = parse_user_id(id).map_err(|e| bad.field("learner.lms_user_id", e));
+            bad.check("learner.lms_user_id", LmsUserId::parse(id));
             bad.field("learner.lms_username", "is required with lms_user_id");
             None
         }
         ("", name) => {
-            let _ = parse_username(name).map_err(|e| bad.field("learner.lms_username", e));
+            bad.check("learner.lms_username", LmsUsername::parse(name));
             bad.field("learner.lms_user_id", "is required with lms_username");
             None
         }
         (id, name) => {
-            let lms_user_id = parse_user_id(id).map_err(|e| bad.field("learner.lms_user_id", e)).ok();
-            let lms_username = parse_username(name).map_err(|e| bad.field("learner.lms_username", e)).ok();
+            let lms_user_id = bad.check("learner.lms_user_id", LmsUserId::parse(id));
+            let lms_username = bad.check("learner.lms_username", LmsUsername::parse(name));
             let customer_ok = learner.customer_id.is_empty() || customer_id.is_some();
             match (lms_user_id, lms_username) {
                 (Some(lms_user_id), Some(lms_username)) if customer_ok => {
@@ -454,21 +459,15 @@ fn parse_product(bad: &mut BadRequest, i: usize, product: Option<&pb::line_item:
             None
         }
         Some(pb::line_item::Product::CourseRun(run)) => {
-            let key = CourseRunKey::parse(&run.course_run_key)
-                .map_err(|e| bad.field(at("course_run.course_run_key"), e))
-                .ok();
-            let mode = Mode::parse(&run.mode).map_err(|e| bad.field(at("course_run.mode"), e)).ok();
+            let key = bad.check(at("course_run.course_run_key"), CourseRunKey::parse(&run.course_run_key));
+            let mode = bad.check(at("course_run.mode"), Mode::parse(&run.mode));
             let (key, mode) = (key?, mode?);
-            Product::course_run(key, mode, &run.credit_provider_id)
-                .map_err(|e| bad.field(at("course_run.credit_provider_id"), e))
-                .ok()
+            bad.check(at("course_run.credit_provider_id"), Product::course_run(key, mode, &run.credit_provider_id))
         }
         Some(pb::line_item::Product::Entitlement(entitlement)) => {
-            let mode = Mode::parse(&entitlement.mode).map_err(|e| bad.field(at("entitlement.mode"), e)).ok();
-            let product = Product::entitlement(&entitlement.course_uuid, mode.unwrap_or(Mode::Verified))
-                .map_err(|e| bad.field(at("entitlement.course_uuid"), e))
-                .ok();
-            mode.and(product)
+            let mode = bad.check(at("entitlement.mode"), Mode::parse(&entitlement.mode));
+            let course_uuid = bad.check(at("entitlement.course_uuid"), CourseUuid::parse(&entitlement.course_uuid));
+            Some(Product::Entitlement { course_uuid: course_uuid?, mode: mode? })
         }
     }
 }
@@ -490,29 +489,29 @@ pub fn to_proto(job: &FulfillmentJob) -> pb::Fulfillment {
             pb::line_item::Product::CourseRun(pb::CourseRunEnrollment {
                 course_run_key: course_run_key.as_str().into(),
                 mode: mode.as_str().into(),
-                credit_provider_id: credit_provider_id.clone().unwrap_or_default(),
+                credit_provider_id: credit_provider_id.as_ref().map(|id| id.to_string()).unwrap_or_default(),
             })
         }
         Product::Entitlement { course_uuid, mode } => pb::line_item::Product::Entitlement(pb::ProgramEntitlement {
-            course_uuid: course_uuid.clone(),
+            course_uuid: course_uuid.to_string(),
             mode: mode.as_str().into(),
         }),
     };
     pb::Fulfillment {
         fulfillment_id: job.id.clone(),
-        order_number: spec.header.order_number.clone(),
-        order_id: spec.header.order_id.clone(),
-        line_item_id: spec.line.line_item_id.clone(),
+        order_number: spec.header.order_number.to_string(),
+        order_id: spec.header.order_id.as_ref().map(|id| id.to_string()).unwrap_or_default(),
+        line_item_id: spec.line.line_item_id.to_string(),
         learner: Some(pb::Learner {
-            customer_id: spec.learner.customer_id.clone().unwrap_or_default(),
-            lms_user_id: spec.learner.lms_user_id.clone(),
-            lms_username: spec.learner.lms_username.clone(),
+            customer_id: spec.learner.customer_id.as_ref().map(|id| id.to_string()).unwrap_or_default(),
+            lms_user_id: spec.learner.lms_user_id.to_string(),
+            lms_username: spec.learner.lms_username.to_string(),
         }),
         line_item: Some(pb::LineItem {
-            line_item_id: spec.line.line_item_id.clone(),
+            line_item_id: spec.line.line_item_id.to_string(),
             product: Some(product),
-            title: spec.line.title.clone(),
-            price: spec.line.price.as_ref().map(proto::commerce::r#type::v1::Money::from),
+            title: spec.line.title.to_string(),
+            price: Some(proto::commerce::r#type::v1::Money::from(&spec.line.price)),
         }),
         state: state_to_proto(job.state) as i32,
         attempts: i32::try_from(job.attempts).unwrap_or(i32::MAX),

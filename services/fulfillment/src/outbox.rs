@@ -28,39 +28,33 @@ pub fn completion_events(
 ) -> Vec<OutboxEvent> {
     let spec = &job.spec;
     let (course_run_key, course_uuid) = match &spec.line.product {
-        Product::CourseRun { course_run_key, .. } => (course_run_key.as_str().to_string(), String::new()),
-        Product::Entitlement { course_uuid, .. } => (String::new(), course_uuid.clone()),
+        Product::CourseRun { course_run_key, .. } => (course_run_key.to_string(), String::new()),
+        Product::Entitlement { course_uuid, .. } => (String::new(), course_uuid.to_string()),
     };
     let completed = events::FulfillmentCompleted {
         fulfillment_id: job.id.clone(),
-        order_number: spec.header.order_number.clone(),
-        line_item_id: spec.line.line_item_id.clone(),
-        lms_user_id: spec.learner.lms_user_id.clone(),
-        lms_username: spec.learner.lms_username.clone(),
+        order_number: spec.header.order_number.to_string(),
+        line_item_id: spec.line.line_item_id.to_string(),
+        lms_user_id: spec.learner.lms_user_id.to_string(),
+        lms_username: spec.learner.lms_username.to_string(),
         course_run_key,
         course_uuid,
         mode: spec.line.product.mode().as_str().to_string(),
         entitlement_uuid: entitlement_uuid.unwrap_or_default().to_string(),
         completed_at: Some(to_timestamp(completed_at)),
     };
+    // Every field below is a vocab value Fulfillment parsed, so PurchaseHistory,
+    // parsing the same fields with the same types, accepts it.
     let purchase = events::PurchaseRecorded {
         purchase_id: format!("fulfillment:{}", job.id),
-        lms_user_id: spec.learner.lms_user_id.clone(),
-        username: spec.learner.lms_username.clone(),
-        order_number: spec.header.order_number.clone(),
+        lms_user_id: spec.learner.lms_user_id.to_string(),
+        username: spec.learner.lms_username.to_string(),
+        order_number: spec.header.order_number.to_string(),
         product_key: spec.line.product.key().to_string(),
-        title: spec.line.title.clone(),
-        price: spec
-            .line
-            .price
-            .as_ref()
-            .map(|p| Money { currency_code: p.currency_code.clone(), amount: p.amount.clone() }),
+        title: spec.line.title.to_string(),
+        price: Some(Money::from(&spec.line.price)),
         purchased_at: Some(to_timestamp(spec.header.date_placed)),
-        source: if spec.header.source_system.is_empty() {
-            crate::NAME.into()
-        } else {
-            spec.header.source_system.clone()
-        },
+        source: spec.header.source_system.as_deref().unwrap_or(crate::NAME).to_string(),
     };
     vec![
         envelope(

@@ -262,10 +262,10 @@ impl Workers {
                     course_run_key: course_run_key.as_str(),
                     email_opt_in: header.email_opt_in,
                     order_number: &header.order_number,
-                    order_id: &header.order_id,
+                    order_id: header.order_id.as_deref().unwrap_or_default(),
                     line_item_id: &spec.line.line_item_id,
                     date_placed: header.date_placed,
-                    source_system: &header.source_system,
+                    source_system: header.source_system.as_deref().unwrap_or_default(),
                     credit_provider_id: credit_provider_id.as_deref(),
                 };
                 self.lms.enroll(&enrollment).await.map(|r| (None, r.status))

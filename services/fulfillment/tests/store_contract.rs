@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fulfillment::domain::{
-    CourseRunKey, ErrorKind, JobError, JobState, Learner, LearnerRef, Mode, Order, OrderHeader, OrderLine, Product,
+    ErrorKind, JobError, JobState, Learner, LearnerRef, Mode, Order, OrderHeader, OrderLine, Product,
 };
 use fulfillment::store::{Finished, NewJob, OutboxEvent, Outcome, Redriven, Store, for_database, stored_time};
 use kit::db::{Backend, Database};
 use kit::testing::TestDatabase;
+use vocab::{
+    CourseRunKey, CustomerId, LineItemId, LmsUserId, LmsUsername, OrderId, OrderNumber, Price, SourceSystem, Title,
+};
 
 struct Fixture {
     store: Arc<dyn Store>,
@@ -36,30 +39,34 @@ fn secs(n: i64) -> chrono::Duration {
 fn order(number: &str, line_ids: &[&str]) -> Vec<NewJob> {
     let order = Order {
         header: OrderHeader {
-            order_number: number.into(),
-            order_id: "internal-1".into(),
+            order_number: OrderNumber::parse(number).unwrap(),
+            order_id: Some(OrderId::parse("internal-1").unwrap()),
             order_version: 3,
             date_placed: t0(),
-            source_system: "commercetools".into(),
+            source_system: Some(SourceSystem::parse("commercetools").unwrap()),
             email_opt_in: true,
         },
-        learner: LearnerRef::Customer { customer_id: "c-1".into() },
+        learner: LearnerRef::Customer { customer_id: CustomerId::parse("c-1").unwrap() },
         lines: line_ids
             .iter()
             .map(|id| OrderLine {
-                line_item_id: (*id).into(),
+                line_item_id: LineItemId::parse(id).unwrap(),
                 product: Product::course_run(
                     CourseRunKey::parse("course-v1:edX+DemoX+T1").unwrap(),
                     Mode::Verified,
                     "",
                 )
                 .unwrap(),
-                title: "Demo".into(),
-                price: None,
+                title: Title::parse("Demo").unwrap(),
+                price: Price::parse("USD", "49.00").unwrap(),
             })
             .collect(),
     };
-    let learner = Learner { customer_id: Some("c-1".into()), lms_user_id: "42".into(), lms_username: "ada".into() };
+    let learner = Learner {
+        customer_id: Some(CustomerId::parse("c-1").unwrap()),
+        lms_user_id: LmsUserId::parse("42").unwrap(),
+        lms_username: LmsUsername::parse("ada").unwrap(),
+    };
     order
         .jobs(&learner)
         .into_iter()
@@ -94,12 +101,12 @@ async fn an_order_is_stored_once_in_line_order(f: Fixture) {
     assert!(listed.iter().all(|j| j.state == JobState::Pending && j.attempts == 0 && j.next_attempt_at == Some(t0())));
     assert_eq!(listed[0].spec, jobs[0].spec, "the spec reads back as written");
     assert_eq!(listed[0].traceparent, jobs[0].traceparent, "the accepting call's trace context is kept");
-    assert_eq!(f.store.list_order("EDX-1", 1, 1).await.unwrap()[0].spec.line.line_item_id, "l2");
+    assert_eq!(f.store.list_order("EDX-1", 1, 1).await.unwrap()[0].spec.line.line_item_id.as_str(), "l2");
     let mut fingerprints = f.store.order_fingerprints("EDX-1").await.unwrap();
     fingerprints.sort();
     assert_eq!(fingerprints.len(), 3);
     assert_eq!(fingerprints[0], ("l1".to_string(), jobs[0].spec.fingerprint.clone()));
-    assert_eq!(f.store.get(&jobs[1].id).await.unwrap().unwrap().spec.line.line_item_id, "l2");
+    assert_eq!(f.store.get(&jobs[1].id).await.unwrap().unwrap().spec.line.line_item_id.as_str(), "l2");
     assert!(f.store.get("nope").await.unwrap().is_none());
 }
 

@@ -78,8 +78,8 @@ impl Store for SqliteStore {
                  ON CONFLICT (order_number, line_item_id) DO NOTHING",
             )
             .bind(&new.id)
-            .bind(&new.spec.header.order_number)
-            .bind(&new.spec.line.line_item_id)
+            .bind(new.spec.header.order_number.as_str())
+            .bind(new.spec.line.line_item_id.as_str())
             .bind(new.spec.position)
             .bind(spec)
             .bind(&new.spec.fingerprint)
