@@ -117,6 +117,11 @@ impl Price {
         self.currency
     }
 
+    /// The currency's code, as the wire carries it.
+    pub fn currency_code(&self) -> &str {
+        self.currency.as_str()
+    }
+
     /// The amount, exact, with the scale it was written with (`149.00` keeps two places).
     pub fn amount(&self) -> Decimal {
         self.amount
@@ -153,6 +158,11 @@ impl Money {
     /// The currency.
     pub fn currency(&self) -> CurrencyCode {
         self.currency
+    }
+
+    /// The currency's code, as the wire carries it.
+    pub fn currency_code(&self) -> &str {
+        self.currency.as_str()
     }
 
     /// The amount, exact.

@@ -19,6 +19,8 @@ use proto::commerce::purchases::v1 as pb;
 use proto::commerce::purchases::v1::purchase_history_service_server::PurchaseHistoryService;
 use tonic::{Code, Request, Response, Status};
 
+use vocab::{LmsUserId, LmsUsername};
+
 use crate::domain::{LearnerKey, PageCursor, Purchase, Violation};
 use crate::store::Store;
 
@@ -56,19 +58,14 @@ impl PurchaseHistoryApi {
         let mut bad = BadRequest::new();
         let username = match learner {
             Some(Learner::LmsUserId(id)) => {
-                return match id.parse::<i64>() {
-                    // Canonical decimal only: no sign, no leading zeros.
-                    Ok(n) if n > 0 && n.to_string() == *id => Ok(LearnerKey::LmsUserId(n)),
-                    _ => {
-                        bad.field("lms_user_id", format!("must be a positive decimal integer, got {id:?}"));
-                        Err(bad.into_status())
-                    }
-                };
+                let id = bad.check("lms_user_id", LmsUserId::parse(id));
+                bad.into_result()?;
+                return id.map(LearnerKey::LmsUserId).ok_or_else(|| Status::invalid_argument("lms_user_id"));
             }
-            Some(Learner::Username(name)) if !name.is_empty() && name.chars().count() <= 100 => name,
-            Some(Learner::Username(_)) => {
-                bad.field("username", "must be 1 to 100 characters");
-                return Err(bad.into_status());
+            Some(Learner::Username(name)) => {
+                let name = bad.check("username", LmsUsername::parse(name));
+                bad.into_result()?;
+                name.ok_or_else(|| Status::invalid_argument("username"))?
             }
             None => {
                 bad.field("learner", "is required: username or lms_user_id");
@@ -76,11 +73,11 @@ impl PurchaseHistoryApi {
             }
         };
         let mut request = Request::new(identity::LookupCustomerRequest {
-            key: Some(identity::lookup_customer_request::Key::LmsUsername(username.clone())),
+            key: Some(identity::lookup_customer_request::Key::LmsUsername(username.to_string())),
         });
         request.set_timeout(IDENTITY_TIMEOUT);
         match self.identity.clone().lookup_customer(request).await {
-            Ok(found) => match found.into_inner().customer.and_then(|c| c.lms_user_id.parse::<i64>().ok()) {
+            Ok(found) => match found.into_inner().customer.and_then(|c| LmsUserId::parse(&c.lms_user_id).ok()) {
                 Some(id) => Ok(LearnerKey::LmsUserId(id)),
                 None => Ok(LearnerKey::Username(username.clone())),
             },
@@ -129,7 +126,7 @@ impl PurchaseHistoryService for PurchaseHistoryApi {
             tracing::error!(%error, "could not append a purchase to the stream");
             Status::unavailable("the purchases stream is unavailable; repeat the request with the same purchase_id")
         })?;
-        Ok(Response::new(pb::RecordPurchaseResponse { purchase_id: purchase.purchase_id }))
+        Ok(Response::new(pb::RecordPurchaseResponse { purchase_id: purchase.purchase_id.into() }))
     }
 
     async fn list_purchases(

@@ -30,10 +30,11 @@ impl PurchaseRecorder {
     }
 }
 
-/// A message's purchase and trace, or why it can never be stored.
-fn decode(delivery: &Delivery) -> Result<(Purchase, TextContext), String> {
-    let envelope =
-        EventEnvelope::decode(delivery.payload.as_slice()).map_err(|e| format!("not an EventEnvelope: {e}"))?;
+/// A message's purchase and trace, or why it can never be stored: the
+/// consumer's whole parser, public so the seam's property test
+/// (`tests/tests/seams.rs`) holds Fulfillment's events against it.
+pub fn decode(payload: &[u8]) -> Result<(Purchase, TextContext), String> {
+    let envelope = EventEnvelope::decode(payload).map_err(|e| format!("not an EventEnvelope: {e}"))?;
     let trace = TextContext { traceparent: envelope.traceparent, tracestate: envelope.tracestate };
     match envelope.payload {
         Some(Payload::PurchaseRecorded(event)) => {
@@ -51,7 +52,7 @@ fn decode(delivery: &Delivery) -> Result<(Purchase, TextContext), String> {
 #[async_trait::async_trait]
 impl BatchHandler for PurchaseRecorder {
     async fn handle(&self, batch: &[Delivery]) -> Result<Vec<Verdict>, Box<dyn std::error::Error + Send + Sync>> {
-        let decoded: Vec<Result<(Purchase, TextContext), String>> = batch.iter().map(decode).collect();
+        let decoded: Vec<Result<(Purchase, TextContext), String>> = batch.iter().map(|delivery| decode(&delivery.payload)).collect();
         let purchases: Vec<Purchase> = decoded.iter().filter_map(|d| d.as_ref().ok().map(|(p, _)| p.clone())).collect();
         let stored = self.store.insert_batch(&purchases).await?;
         tracing::debug!(received = batch.len(), valid = purchases.len(), new = stored, "purchases stored");

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use kit::db::{Backend, Database};
 use kit::testing::TestDatabase;
-use purchase_history::domain::{LearnerKey, PageCursor, Price, Purchase};
+use purchase_history::domain::{LearnerKey, PageCursor, Purchase};
+use vocab::{LmsUserId, LmsUsername, OrderNumber, Price, ProductKey, PurchaseId, SourceSystem, Title};
 use purchase_history::store::{Store, for_database};
 
 struct Fixture {
@@ -33,16 +34,24 @@ fn at(seconds: i64) -> DateTime<Utc> {
 
 fn purchase(id: &str, lms_user_id: i64, username: &str, purchased_at: DateTime<Utc>) -> Purchase {
     Purchase {
-        purchase_id: id.into(),
-        lms_user_id,
-        username: username.into(),
-        order_number: format!("EDX-{id}"),
-        product_key: "course-v1:edX+DemoX+T1".into(),
-        title: "Demo: “quotes” and ünïcode".into(),
-        price: Price { currency_code: "USD".into(), amount: "149.00".into() },
+        purchase_id: PurchaseId::parse(id).unwrap(),
+        lms_user_id: uid(lms_user_id),
+        username: name(username),
+        order_number: Some(OrderNumber::parse(&format!("EDX-{id}")).unwrap()),
+        product_key: Some(ProductKey::parse("course-v1:edX+DemoX+T1").unwrap()),
+        title: Title::parse("Demo: “quotes” and ünïcode").unwrap(),
+        price: Price::parse("USD", "149.00").unwrap(),
         purchased_at,
-        source: "fulfillment".into(),
+        source: Some(SourceSystem::parse("fulfillment").unwrap()),
     }
+}
+
+fn uid(id: i64) -> LmsUserId {
+    LmsUserId::new(id).unwrap()
+}
+
+fn name(username: &str) -> LmsUsername {
+    LmsUsername::parse(username).unwrap()
 }
 
 fn ids(purchases: &[Purchase]) -> Vec<&str> {
@@ -63,7 +72,7 @@ async fn a_batch_stores_each_purchase_once(f: Fixture) {
     assert_eq!(f.store.insert_batch(&overlapping).await.unwrap(), 1, "only the new purchase of an overlapping batch");
     assert_eq!(f.store.insert_batch(&[]).await.unwrap(), 0);
 
-    let stored = all(&*f.store, &LearnerKey::LmsUserId(7)).await;
+    let stored = all(&*f.store, &LearnerKey::LmsUserId(uid(7))).await;
     assert_eq!(ids(&stored), ["p-3", "p-empty", "p-2", "p-1"]);
     assert_eq!(stored[3], batch[0], "every field reads back as written, microseconds and exact amount included");
     assert_eq!(stored[1], empty, "absent optional fields read back empty");
@@ -72,13 +81,13 @@ async fn a_batch_stores_each_purchase_once(f: Fixture) {
 async fn a_repeated_id_keeps_its_first_content(f: Fixture) {
     let first = purchase("p-1", 7, "ada", at(1));
     let mut other = purchase("p-1", 8, "bob", at(9));
-    other.price.amount = "1.00".into();
+    other.price = Price::parse("USD", "1.00").unwrap();
     let mut in_batch_repeat = first.clone();
-    in_batch_repeat.title = "a later copy in the same batch".into();
+    in_batch_repeat.title = Title::parse("a later copy in the same batch").unwrap();
     assert_eq!(f.store.insert_batch(&[first.clone(), in_batch_repeat]).await.unwrap(), 1);
     assert_eq!(f.store.insert_batch(&[other]).await.unwrap(), 0);
-    assert_eq!(all(&*f.store, &LearnerKey::LmsUserId(7)).await, [first]);
-    assert!(all(&*f.store, &LearnerKey::LmsUserId(8)).await.is_empty());
+    assert_eq!(all(&*f.store, &LearnerKey::LmsUserId(uid(7))).await, [first]);
+    assert!(all(&*f.store, &LearnerKey::LmsUserId(uid(8))).await.is_empty());
 }
 
 async fn lists_newest_first_by_lms_user_id(f: Fixture) {
@@ -89,11 +98,11 @@ async fn lists_newest_first_by_lms_user_id(f: Fixture) {
         purchase("p-other", 8, "bob", at(50)),
     ];
     f.store.insert_batch(&batch).await.unwrap();
-    let listed = all(&*f.store, &LearnerKey::LmsUserId(7)).await;
+    let listed = all(&*f.store, &LearnerKey::LmsUserId(uid(7))).await;
     assert_eq!(ids(&listed), ["p-new", "p-mid", "p-old"], "a rename does not split the history by id");
-    let first_two = f.store.list(&LearnerKey::LmsUserId(7), None, 2).await.unwrap();
+    let first_two = f.store.list(&LearnerKey::LmsUserId(uid(7)), None, 2).await.unwrap();
     assert_eq!(ids(&first_two), ["p-new", "p-mid"]);
-    assert!(all(&*f.store, &LearnerKey::LmsUserId(9)).await.is_empty());
+    assert!(all(&*f.store, &LearnerKey::LmsUserId(uid(9))).await.is_empty());
 }
 
 async fn lists_by_username_case_insensitively(f: Fixture) {
@@ -105,12 +114,11 @@ async fn lists_by_username_case_insensitively(f: Fixture) {
     ];
     f.store.insert_batch(&batch).await.unwrap();
     for key in ["ada_l", "ADA_L", "Ada_L"] {
-        let listed = all(&*f.store, &LearnerKey::Username(key.into())).await;
+        let listed = all(&*f.store, &LearnerKey::Username(name(key))).await;
         assert_eq!(ids(&listed), ["p-2", "p-1"], "{key}");
-        assert_eq!(listed[1].username, "Ada_L", "the username is kept as written");
+        assert_eq!(listed[1].username.as_str(), "Ada_L", "the username is kept as written");
     }
-    assert!(all(&*f.store, &LearnerKey::Username("ada".into())).await.is_empty(), "no prefix match");
-    assert!(all(&*f.store, &LearnerKey::Username("\u{212A}ada_l".into())).await.is_empty());
+    assert!(all(&*f.store, &LearnerKey::Username(name("ada"))).await.is_empty(), "no prefix match");
 }
 
 async fn pages_cover_every_purchase_once_in_order(f: Fixture) {
@@ -118,7 +126,7 @@ async fn pages_cover_every_purchase_once_in_order(f: Fixture) {
     let batch: Vec<Purchase> =
         (0..23).map(|n| purchase(&format!("p-{:02}", (n * 7) % 23), 7, "ada", at(((n * 7) % 23) / 3))).collect();
     f.store.insert_batch(&batch).await.unwrap();
-    let learner = LearnerKey::LmsUserId(7);
+    let learner = LearnerKey::LmsUserId(uid(7));
     let everything = all(&*f.store, &learner).await;
     assert_eq!(everything.len(), 23);
     let mut paged = Vec::new();
@@ -138,7 +146,7 @@ async fn pages_cover_every_purchase_once_in_order(f: Fixture) {
 
 async fn pages_stay_stable_while_newer_purchases_arrive(f: Fixture) {
     for (learner, lms_user_id, username) in
-        [(LearnerKey::LmsUserId(7), 7, "ada"), (LearnerKey::Username("BOB".into()), 8, "bob")]
+        [(LearnerKey::LmsUserId(uid(7)), 7, "ada"), (LearnerKey::Username(name("BOB")), 8, "bob")]
     {
         let batch: Vec<Purchase> =
             (0..12).map(|n| purchase(&format!("{username}-{n:02}"), lms_user_id, username, at(n))).collect();
@@ -174,7 +182,7 @@ async fn equal_times_are_ordered_by_purchase_id(f: Fixture) {
         .insert_batch(&[purchase("p-later", 7, "ada", at(1)), purchase("p-earlier", 7, "ada", at(-1))])
         .await
         .unwrap();
-    let learner = LearnerKey::LmsUserId(7);
+    let learner = LearnerKey::LmsUserId(uid(7));
     let expected = ["p-later", "p-c", "p-b", "p-a", "p-E", "p-D", "p-0", "p-earlier"];
     assert_eq!(ids(&all(&*f.store, &learner).await), expected);
     // A page boundary inside the tie continues with the next id, skipping and repeating none.
@@ -184,7 +192,7 @@ async fn equal_times_are_ordered_by_purchase_id(f: Fixture) {
         let page = f.store.list(&learner, after.as_ref(), 2).await.unwrap();
         let Some(last) = page.last() else { break };
         after = Some(PageCursor::after(last));
-        paged.extend(page.iter().map(|p| p.purchase_id.clone()));
+        paged.extend(page.iter().map(|p| p.purchase_id.to_string()));
     }
     assert_eq!(paged, expected);
 }
@@ -208,7 +216,7 @@ async fn concurrent_inserts_of_one_batch_store_each_purchase_once(f: Fixture) {
         stored += writer.await.unwrap();
     }
     assert_eq!(stored, 200, "the writers' counts of new purchases add up to the batch");
-    let listed = all(&*f.store, &LearnerKey::LmsUserId(7)).await;
+    let listed = all(&*f.store, &LearnerKey::LmsUserId(uid(7))).await;
     let mut listed_ids: Vec<&str> = ids(&listed);
     listed_ids.sort_unstable();
     listed_ids.dedup();

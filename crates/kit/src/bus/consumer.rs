@@ -77,6 +77,10 @@ pub struct ConsumerMetrics {
     pub pending: Gauge,
     /// Entries moved to the dead-letter stream.
     pub dead_letters: Counter,
+    /// Entries the handler refused as invalid: a producer wrote what this
+    /// consumer cannot read, a seam failure worth paging on (also counted in
+    /// `dead_letters`).
+    pub refused: Counter,
     /// Entries per handled batch.
     pub batch_size: Histogram,
     /// Seconds to handle and acknowledge a batch.
@@ -88,6 +92,7 @@ impl Default for ConsumerMetrics {
         Self {
             pending: Gauge::default(),
             dead_letters: Counter::default(),
+            refused: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         }
@@ -106,6 +111,11 @@ impl ConsumerMetrics {
             format!("{prefix}_dead_letters"),
             "Entries moved to the dead-letter stream",
             self.dead_letters.clone(),
+        );
+        metrics.register(
+            format!("{prefix}_refused"),
+            "Entries the consumer refused as invalid (a producer and this consumer disagree: a seam failure)",
+            self.refused.clone(),
         );
         metrics.register(format!("{prefix}_batch_size"), "Entries per handled batch", self.batch_size.clone());
         metrics.register(
@@ -213,7 +223,20 @@ impl Consumer {
             for (delivery, verdict) in fresh.iter().zip(verdicts) {
                 match verdict {
                     Verdict::Settled => settled.push(delivery.id.clone()),
-                    Verdict::Refused(reason) => self.dead_letter(delivery, &reason).await?,
+                    Verdict::Refused(reason) => {
+                        // Every producer parses with the same vocabulary, so this should never happen:
+                        // say so loudly, with what an operator needs to find and replay the event.
+                        tracing::error!(
+                            stream = %self.stream,
+                            group = %self.group,
+                            entry = %delivery.id,
+                            event_id = %delivery.event_id,
+                            %reason,
+                            "seam failure: a consumer refused an event; it is in the dead-letter stream"
+                        );
+                        self.metrics.refused.inc();
+                        self.dead_letter(delivery, &reason).await?
+                    }
                 }
             }
             self.bus.ack(&self.stream, &self.group, &settled).await?;

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use kit::db::Database;
 
-use crate::domain::{LearnerKey, PageCursor, Price, Purchase};
+use vocab::{LmsUserId, LmsUsername, OrderNumber, Price, ProductKey, PurchaseId, SourceSystem, Title};
+
+use crate::domain::{LearnerKey, PageCursor, Purchase};
 
 /// Why a store operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -103,23 +105,41 @@ struct PurchaseRow<T> {
     source: String,
 }
 
+/// An optional column: empty when the purchase did not say.
+fn optional(raw: &str) -> Option<&str> {
+    (!raw.is_empty()).then_some(raw)
+}
+
 impl<T> PurchaseRow<T> {
     fn into_purchase(self, time: impl Fn(T) -> Option<DateTime<Utc>>) -> Result<Purchase, StoreError> {
         let purchased_at = time(self.purchased_at).ok_or_else(|| StoreError::Corrupt {
             purchase_id: self.purchase_id.clone(),
             reason: "purchased_at is not a representable time".into(),
         })?;
+        // Stored only after Purchase parsing: a row that no longer parses was changed behind our back.
+        let corrupt = |field: &str, reason: String| StoreError::Corrupt {
+            purchase_id: self.purchase_id.clone(),
+            reason: format!("{field} {reason}"),
+        };
         Ok(Purchase {
-            purchase_id: self.purchase_id,
-            lms_user_id: self.lms_user_id,
-            username: self.username,
-            order_number: self.order_number,
-            product_key: self.product_key,
-            title: self.title,
-            // Stored only after Purchase parsing, so read back as written.
-            price: Price { currency_code: self.currency_code, amount: self.amount },
+            purchase_id: PurchaseId::parse(&self.purchase_id).map_err(|e| corrupt("purchase_id", e.to_string()))?,
+            lms_user_id: LmsUserId::new(self.lms_user_id).map_err(|e| corrupt("lms_user_id", e.to_string()))?,
+            username: LmsUsername::parse(&self.username).map_err(|e| corrupt("username", e.to_string()))?,
+            order_number: optional(&self.order_number)
+                .map(OrderNumber::parse)
+                .transpose()
+                .map_err(|e| corrupt("order_number", e.to_string()))?,
+            product_key: optional(&self.product_key)
+                .map(ProductKey::parse)
+                .transpose()
+                .map_err(|e| corrupt("product_key", e.to_string()))?,
+            title: Title::parse(&self.title).map_err(|e| corrupt("title", e.to_string()))?,
+            price: Price::parse(&self.currency_code, &self.amount).map_err(|e| corrupt("price", e.to_string()))?,
             purchased_at,
-            source: self.source,
+            source: optional(&self.source)
+                .map(SourceSystem::parse)
+                .transpose()
+                .map_err(|e| corrupt("source", e.to_string()))?,
         })
     }
 }
@@ -132,15 +152,15 @@ mod tests {
 
     fn purchase(id: &str, title: &str) -> Purchase {
         Purchase {
-            purchase_id: id.into(),
-            lms_user_id: 1,
-            username: "ada".into(),
-            order_number: String::new(),
-            product_key: String::new(),
-            title: title.into(),
-            price: Price { currency_code: "USD".into(), amount: "1".into() },
+            purchase_id: PurchaseId::parse(id).unwrap(),
+            lms_user_id: LmsUserId::new(1).unwrap(),
+            username: LmsUsername::parse("ada").unwrap(),
+            order_number: None,
+            product_key: None,
+            title: Title::parse(title).unwrap(),
+            price: Price::parse("USD", "1").unwrap(),
             purchased_at: DateTime::from_timestamp(0, 0).unwrap(),
-            source: String::new(),
+            source: None,
         }
     }
 

@@ -56,15 +56,15 @@ impl Store for PostgresStore {
         let (mut times, mut sources) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for p in unique {
             ids.push(p.purchase_id.as_str());
-            users.push(p.lms_user_id);
+            users.push(p.lms_user_id.get());
             usernames.push(p.username.as_str());
-            orders.push(p.order_number.as_str());
-            products.push(p.product_key.as_str());
+            orders.push(p.order_number.as_deref().unwrap_or_default());
+            products.push(p.product_key.as_deref().unwrap_or_default());
             titles.push(p.title.as_str());
-            currencies.push(p.price.currency_code.as_str());
-            amounts.push(p.price.amount.as_str());
+            currencies.push(p.price.currency_code());
+            amounts.push(p.price.amount_text());
             times.push(p.purchased_at);
-            sources.push(p.source.as_str());
+            sources.push(p.source.as_deref().unwrap_or_default());
         }
         // ORDER BY keeps the id order the batch was sorted in, so concurrent
         // overlapping batches lock index entries in one order (no deadlock).
@@ -103,32 +103,32 @@ impl Store for PostgresStore {
         let rows: Vec<PgPurchaseRow> = match (learner, after) {
             (LearnerKey::LmsUserId(id), None) => {
                 sqlx::query_as(list_query!("lms_user_id = $1", "", "$2"))
-                    .bind(id)
+                    .bind(id.get())
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
             }
             (LearnerKey::LmsUserId(id), Some(after)) => {
                 sqlx::query_as(list_query!("lms_user_id = $1", " AND (purchased_at, purchase_id) < ($2, $3)", "$4"))
-                    .bind(id)
+                    .bind(id.get())
                     .bind(after.purchased_at)
-                    .bind(&after.purchase_id)
+                    .bind(after.purchase_id.as_str())
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
             }
             (LearnerKey::Username(name), None) => {
                 sqlx::query_as(list_query!("lower(username) = $1", "", "$2"))
-                    .bind(folded(name))
+                    .bind(folded(name.as_str()))
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
             }
             (LearnerKey::Username(name), Some(after)) => {
                 sqlx::query_as(list_query!("lower(username) = $1", " AND (purchased_at, purchase_id) < ($2, $3)", "$4"))
-                    .bind(folded(name))
+                    .bind(folded(name.as_str()))
                     .bind(after.purchased_at)
-                    .bind(&after.purchase_id)
+                    .bind(after.purchase_id.as_str())
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?

@@ -60,16 +60,16 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (purchase_id) DO NOTHING",
             )
-            .bind(&p.purchase_id)
-            .bind(p.lms_user_id)
-            .bind(&p.username)
-            .bind(&p.order_number)
-            .bind(&p.product_key)
-            .bind(&p.title)
-            .bind(&p.price.currency_code)
-            .bind(&p.price.amount)
+            .bind(p.purchase_id.as_str())
+            .bind(p.lms_user_id.get())
+            .bind(p.username.as_str())
+            .bind(p.order_number.as_deref().unwrap_or_default())
+            .bind(p.product_key.as_deref().unwrap_or_default())
+            .bind(p.title.as_str())
+            .bind(p.price.currency_code())
+            .bind(p.price.amount_text())
             .bind(p.purchased_at.timestamp_micros())
-            .bind(&p.source)
+            .bind(p.source.as_deref().unwrap_or_default())
             .bind(recorded_at)
             .execute(&mut *tx)
             .await?
@@ -89,32 +89,32 @@ impl Store for SqliteStore {
         let rows: Vec<LitePurchaseRow> = match (learner, after) {
             (LearnerKey::LmsUserId(id), None) => {
                 sqlx::query_as(list_query!("lms_user_id = ?1", "", "?2"))
-                    .bind(id)
+                    .bind(id.get())
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
             }
             (LearnerKey::LmsUserId(id), Some(after)) => {
                 sqlx::query_as(list_query!("lms_user_id = ?1", " AND (purchased_at, purchase_id) < (?2, ?3)", "?4"))
-                    .bind(id)
+                    .bind(id.get())
                     .bind(after.purchased_at.timestamp_micros())
-                    .bind(&after.purchase_id)
+                    .bind(after.purchase_id.as_str())
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
             }
             (LearnerKey::Username(name), None) => {
                 sqlx::query_as(list_query!("lower(username) = ?1", "", "?2"))
-                    .bind(folded(name))
+                    .bind(folded(name.as_str()))
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
             }
             (LearnerKey::Username(name), Some(after)) => {
                 sqlx::query_as(list_query!("lower(username) = ?1", " AND (purchased_at, purchase_id) < (?2, ?3)", "?4"))
-                    .bind(folded(name))
+                    .bind(folded(name.as_str()))
                     .bind(after.purchased_at.timestamp_micros())
-                    .bind(&after.purchase_id)
+                    .bind(after.purchase_id.as_str())
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
