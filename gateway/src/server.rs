@@ -650,14 +650,22 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
         // tonic enforces the grpc-timeout it sends (and a tonic service the one it
         // receives) by answering CANCELLED; the gateway cancels nothing else, so
         // past the deadline that CANCELLED is the deadline.
-        Ok(Err(status)) if status.code() != Code::Cancelled || tokio::time::Instant::now() < deadline => {
-            return errors.response(&status);
+        // Every other answer is the service's own, passed on as it is.
+        Ok(Err(status)) if status.code() != Code::Cancelled => return errors.response(&status),
+        // A call cancelled before the deadline (a reset stream, a service going
+        // away mid-call): the upstream is unavailable, not our bug.
+        Ok(Err(status))
+            if tokio::time::Instant::now() < deadline
+                && kit::error::classify_peer(&status) != kit::error::PeerFailure::Deadline =>
+        {
+            return errors.response(&kit::error::from_peer(&rpc.upstream.service, "answering", &status));
         }
         Ok(Err(_)) | Err(_) => {
-            let status = tonic::Status::deadline_exceeded(format!(
-                "{} did not answer within {:?}",
-                rpc.upstream.service, inner.config.request_timeout
-            ));
+            let status = kit::error::with_retry_info(
+                Code::DeadlineExceeded,
+                format!("{} did not answer within {:?}", rpc.upstream.service, inner.config.request_timeout),
+                kit::error::RETRY_AFTER,
+            );
             return errors.response(&status);
         }
     };

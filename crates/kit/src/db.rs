@@ -352,6 +352,93 @@ fn is_identifier(name: &str) -> bool {
         && name.len() <= 63
 }
 
+/// What a store failure means for the caller: the one classification every
+/// service's store errors go through ([`store_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// The database is down, unreachable, overloaded, timed out, or the
+    /// transaction lost to a concurrent one: repeating the request may succeed.
+    Unavailable,
+    /// The data broke a rule the database enforces (a constraint, a value out
+    /// of range) that the service did not expect: the same request fails the same way.
+    Constraint,
+    /// Anything else (a query, a decode, a type): a bug of ours.
+    Bug,
+}
+
+/// Classifies a database error, on Postgres (by SQLSTATE class) and SQLite
+/// (by result code).
+pub fn classify(error: &sqlx::Error) -> StoreFailure {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreFailure::Unavailable,
+        sqlx::Error::Database(database) => match database.code() {
+            Some(code) => classify_code(&code),
+            None => StoreFailure::Bug,
+        },
+        _ => StoreFailure::Bug,
+    }
+}
+
+/// Postgres SQLSTATEs are five characters (some all digits); SQLite's
+/// (extended) result codes are numbers of at most four digits.
+fn classify_code(code: &str) -> StoreFailure {
+    if code.len() < 5
+        && let Ok(sqlite) = code.parse::<u32>()
+    {
+        // The primary result code is the low byte of an extended one.
+        return match sqlite & 0xff {
+            5 | 6 | 10 | 13 | 14 | 15 => StoreFailure::Unavailable, // BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL
+            18..=20 => StoreFailure::Constraint,                    // TOOBIG, CONSTRAINT, MISMATCH
+            _ => StoreFailure::Bug,
+        };
+    }
+    match code.get(..2).unwrap_or_default() {
+        // connection exception, insufficient resources, operator intervention (a
+        // cancelled statement: statement_timeout), system error, object not in
+        // prerequisite state (a lock not available)
+        "08" | "53" | "57" | "58" | "55" => StoreFailure::Unavailable,
+        // serialization failure, deadlock: the transaction lost to a concurrent one
+        "40" => StoreFailure::Unavailable,
+        // data exception, integrity constraint violation, program limit exceeded
+        "22" | "23" | "54" => StoreFailure::Constraint,
+        _ => StoreFailure::Bug,
+    }
+}
+
+/// The status a caller gets for a failure of `store` (`"the fulfillment
+/// store"`): UNAVAILABLE with `RetryInfo` (503 with Retry-After through the
+/// gateway) when it may pass, FAILED_PRECONDITION for data the database
+/// refused, INTERNAL otherwise. The database's own message is logged here and
+/// never answered: it names tables, columns, values.
+///
+/// ```
+/// let status = kit::db::store_status("the purchase store", &sqlx::Error::PoolTimedOut);
+/// assert_eq!(status.code(), tonic::Code::Unavailable);
+/// assert!(kit::error::retry_after(&status).is_some());
+/// ```
+pub fn store_status(store: &str, error: &sqlx::Error) -> tonic::Status {
+    let failure = classify(error);
+    tracing::error!(store, %error, ?failure, "store failed");
+    match failure {
+        StoreFailure::Unavailable => crate::error::with_retry_info(
+            tonic::Code::Unavailable,
+            format!("{store} is unavailable; repeat the request"),
+            crate::error::RETRY_AFTER,
+        ),
+        StoreFailure::Constraint => crate::error::with_reason(
+            tonic::Code::FailedPrecondition,
+            format!("{store} refused the data; nothing was changed"),
+            "STORE_REFUSED",
+            std::iter::empty::<(String, String)>(),
+        ),
+        StoreFailure::Bug => tonic::Status::internal(format!("{store} failed; this is logged")),
+    }
+}
+
 /// The URL with any password replaced by `***`: the userinfo's, and a
 /// `password` or `sslpassword` query parameter's (libpq and sqlx take both).
 pub fn redact(url: &str) -> String {
@@ -386,6 +473,43 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_failures_are_classified_by_code_on_both_backends() {
+        for (code, failure) in [
+            ("08006", StoreFailure::Unavailable),
+            ("57014", StoreFailure::Unavailable),
+            ("40001", StoreFailure::Unavailable),
+            ("40P01", StoreFailure::Unavailable),
+            ("53300", StoreFailure::Unavailable),
+            ("23505", StoreFailure::Constraint),
+            ("22001", StoreFailure::Constraint),
+            ("42P01", StoreFailure::Bug),
+            ("5", StoreFailure::Unavailable),
+            ("517", StoreFailure::Unavailable),
+            ("2067", StoreFailure::Constraint),
+            ("1", StoreFailure::Bug),
+        ] {
+            assert_eq!(classify_code(code), failure, "{code}");
+        }
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), StoreFailure::Unavailable);
+        assert_eq!(classify(&sqlx::Error::RowNotFound), StoreFailure::Bug);
+    }
+
+    #[tokio::test]
+    async fn no_database_text_reaches_the_caller() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let error = sqlx::query("SELECT secret_column FROM secret_table").execute(&pool).await.unwrap_err();
+        let status = store_status("the test store", &error);
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(!status.message().contains("secret"), "{}", status.message());
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)").execute(&pool).await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (1)").execute(&pool).await.unwrap();
+        let error = sqlx::query("INSERT INTO t VALUES (1)").execute(&pool).await.unwrap_err();
+        let status = store_status("the test store", &error);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(!status.message().contains("t.id"), "{}", status.message());
+    }
 
     #[test]
     fn redact_hides_passwords_only() {

@@ -108,6 +108,70 @@ pub fn with_retry_info(code: Code, message: impl Into<String>, retry_after: Dura
     Status::with_error_details(code, message, details)
 }
 
+/// How long a caller is told to wait before repeating a call that failed for
+/// a reason that passes (a peer or a store down or slow).
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What a peer's failed answer means for the caller of the call that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerFailure {
+    /// The peer did not answer in time: our deadline (tonic answers CANCELLED
+    /// "Timeout expired") or the peer's own DEADLINE_EXCEEDED.
+    Deadline,
+    /// The peer is down, unreachable, overloaded or shedding, or lost the
+    /// connection: repeating later may succeed (after its `RetryInfo`, if it sent one).
+    Unavailable(Option<Duration>),
+    /// Anything else: the peer refused what we sent, or failed itself. Not the
+    /// caller's to repeat: a bug between us and the peer.
+    Refused,
+}
+
+/// Classifies a peer's status. The one place that knows which codes mean
+/// "slow or down" (transient) and which mean "refused" (a bug between us).
+pub fn classify_peer(status: &Status) -> PeerFailure {
+    match status.code() {
+        Code::DeadlineExceeded => PeerFailure::Deadline,
+        // tonic ends a call past the deadline we gave it CANCELLED, "Timeout expired".
+        Code::Cancelled if status.message().contains("Timeout expired") => PeerFailure::Deadline,
+        Code::Cancelled | Code::Unavailable | Code::ResourceExhausted | Code::Aborted => {
+            PeerFailure::Unavailable(retry_after(status))
+        }
+        _ => PeerFailure::Refused,
+    }
+}
+
+/// Our status for a call to `peer` (`"CustomerIdentity"`) that failed while
+/// `doing` something (`"resolving customer c-1"`): DEADLINE_EXCEEDED or
+/// UNAVAILABLE with `RetryInfo` (the gateway's 504 or 503 with Retry-After)
+/// when it may pass, INTERNAL when it will not. Never the peer's own message:
+/// it is logged here instead.
+///
+/// ```
+/// let lost = tonic::Status::cancelled("Timeout expired");
+/// let ours = kit::error::from_peer("CustomerIdentity", "resolving customer c-1", &lost);
+/// assert_eq!(ours.code(), tonic::Code::DeadlineExceeded);
+/// assert_eq!(kit::error::retry_after(&ours), Some(kit::error::RETRY_AFTER));
+/// ```
+pub fn from_peer(peer: &str, doing: &str, status: &Status) -> Status {
+    let failure = classify_peer(status);
+    tracing::warn!(peer, doing, code = ?status.code(), message = status.message(), ?failure, "a peer call failed");
+    match failure {
+        PeerFailure::Deadline => with_retry_info(
+            Code::DeadlineExceeded,
+            format!("{peer} did not answer in time while {doing}; repeat the request"),
+            RETRY_AFTER,
+        ),
+        PeerFailure::Unavailable(wait) => with_retry_info(
+            Code::Unavailable,
+            format!("{peer} is unavailable while {doing}; repeat the request"),
+            wait.unwrap_or(RETRY_AFTER),
+        ),
+        PeerFailure::Refused => {
+            Status::internal(format!("{peer} refused a call while {doing} ({:?}); this is logged", status.code()))
+        }
+    }
+}
+
 /// The `ErrorInfo` reason of a status, if it carries one.
 pub fn reason(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
@@ -159,6 +223,32 @@ mod tests {
         let info = status.get_details_error_info().expect("error info");
         assert_eq!(info.domain, ERROR_DOMAIN);
         assert_eq!(info.metadata.get("actual").map(String::as_str), Some("4"));
+    }
+
+    #[test]
+    fn peers_slow_or_down_are_ours_to_repeat_never_internal() {
+        let transient = [
+            (Status::cancelled("Timeout expired"), Code::DeadlineExceeded),
+            (Status::deadline_exceeded("late"), Code::DeadlineExceeded),
+            (Status::unavailable("the connection to the peer failed"), Code::Unavailable),
+            (Status::cancelled("h2 reset"), Code::Unavailable),
+            (Status::resource_exhausted("shed"), Code::Unavailable),
+            (Status::aborted("conflict"), Code::Unavailable),
+        ];
+        for (peer, ours) in transient {
+            let status = from_peer("Peer", "testing", &peer);
+            assert_eq!(status.code(), ours, "{peer:?}");
+            assert_eq!(retry_after(&status), Some(RETRY_AFTER));
+            assert!(!status.message().contains(peer.message()), "the peer's text stays in the log");
+        }
+        let shedding = with_retry_info(Code::Unavailable, "busy", Duration::from_secs(7));
+        assert_eq!(retry_after(&from_peer("Peer", "testing", &shedding)), Some(Duration::from_secs(7)));
+        for refused in [Status::invalid_argument("x"), Status::internal("db said: relation foo"), Status::unknown("?")]
+        {
+            let status = from_peer("Peer", "testing", &refused);
+            assert_eq!(status.code(), Code::Internal);
+            assert!(!status.message().contains("relation foo"));
+        }
     }
 
     #[test]

@@ -436,19 +436,12 @@ fn required(field: &str, value: &str) -> Result<String, Status> {
 }
 
 fn store_status(error: crate::store::StoreError) -> Status {
-    tracing::error!(%error, "catalog store failed");
     match error {
-        // Data the database refused (class 22: data exception, 23: integrity,
-        // 54: limit exceeded): repeating the same request cannot help.
-        crate::store::StoreError::Database(sqlx::Error::Database(refused))
-            if refused.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")) =>
-        {
-            Status::internal(format!("the catalog store refused the data: {}", refused.message()))
+        crate::store::StoreError::Database(error) => kit::db::store_status("the catalog store", &error),
+        other => {
+            tracing::error!(error = %other, "the catalog store could not read a record back");
+            Status::internal("the catalog store could not read a record back; this is logged")
         }
-        crate::store::StoreError::Database(_) => {
-            Status::unavailable("the catalog store is unavailable; repeat the request (it is idempotent)")
-        }
-        other => Status::internal(format!("the catalog store could not read a record back: {other}")),
     }
 }
 
