@@ -39,15 +39,15 @@ async fn a_renamed_learner_keeps_their_purchase_history() {
     let store = purchase_history::store::for_database(&kit::db::Database::open(&database).unwrap());
     let purchases: Vec<purchase_history::domain::Purchase> = (0..3)
         .map(|n| purchase_history::domain::Purchase {
-            purchase_id: format!("p-{n}"),
-            lms_user_id: 909,
-            username: "grace".into(),
-            order_number: format!("EDX-{n}"),
-            product_key: "course-v1:edX+DemoX+T1".into(),
-            title: "Demo".into(),
-            price: purchase_history::domain::Price { currency_code: "USD".into(), amount: "10".into() },
+            purchase_id: vocab::PurchaseId::parse(&format!("p-{n}")).unwrap(),
+            lms_user_id: vocab::LmsUserId::new(909).unwrap(),
+            username: vocab::LmsUsername::parse("grace").unwrap(),
+            order_number: Some(vocab::OrderNumber::parse(&format!("EDX-{n}")).unwrap()),
+            product_key: Some(vocab::ProductKey::parse("course-v1:edX+DemoX+T1").unwrap()),
+            title: vocab::Title::parse("Demo").unwrap(),
+            price: vocab::Price::parse("USD", "10").unwrap(),
             purchased_at: chrono::DateTime::from_timestamp(1_763_000_000 + n, 0).unwrap(),
-            source: "test".into(),
+            source: Some(vocab::SourceSystem::parse("test").unwrap()),
         })
         .collect();
     assert_eq!(store.insert_batch(&purchases).await.unwrap(), 3);

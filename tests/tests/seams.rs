@@ -36,7 +36,9 @@ fn emit_and_consume(order: &fulfillment::domain::Order, resolved: &Learner) -> u
     for spec in order.jobs(&learner) {
         let new = NewJob { id: uuid::Uuid::now_v7().to_string(), spec, traceparent: String::new() };
         let job = FulfillmentJob::accepted(&new, now());
-        for event in completion_events(&job, Some("e8f8a0f4-0f5e-4c3f-9f7e-2b1d3c4a5b6c"), now(), &TextContext::default()) {
+        for event in
+            completion_events(&job, Some("e8f8a0f4-0f5e-4c3f-9f7e-2b1d3c4a5b6c"), now(), &TextContext::default())
+        {
             if event.stream != proto::streams::PURCHASES {
                 continue;
             }

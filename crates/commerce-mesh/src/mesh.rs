@@ -99,6 +99,7 @@ pub enum MeshError {
 
 /// Runs one component, with its admin port, until `shutdown` is cancelled.
 pub async fn serve(component: Component, config: &MeshConfig, shutdown: Shutdown) -> Result<(), MeshError> {
+    refuse_development_secrets(component, config)?;
     let listener = bind(component, config.listen(component)).await?;
     let (admin_listener, admin_address) = bind_admin(config.admin_listen_of(component)).await?;
     let metrics = Metrics::new().for_component(component.name());
@@ -112,6 +113,27 @@ pub async fn serve(component: Component, config: &MeshConfig, shutdown: Shutdown
     let admin = admin(admin_listener, admin_address, metrics.clone(), admin_stop.clone());
     let (served, admin) = tokio::join!(served, admin);
     served.and(admin)
+}
+
+/// A component served on its own over Postgres is a deployment, not a laptop:
+/// it must not key retired learners' placeholders with the development salt,
+/// which anyone can read in this repository (and so could test candidate
+/// usernames against a placeholder). `up` on embedded storage only warns.
+fn refuse_development_secrets(component: Component, config: &MeshConfig) -> Result<(), MeshError> {
+    let on_postgres = matches!(config.database(component).map(|db| db.backend()), Ok(Ok(kit::db::Backend::Postgres)));
+    if component == Component::CustomerIdentity
+        && on_postgres
+        && config.customer_identity.settings.retirement_salt == customer_identity::DEVELOPMENT_SALT
+    {
+        return Err(MeshError::Setup {
+            component,
+            reason: "customer_identity.retirement_salt is the development default; set \
+                     MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT to a secret that stays the same across releases \
+                     (it keys retired learners' placeholders) before serving on Postgres"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// Migrates the databases `target` names; answers the components migrated.
@@ -429,8 +451,10 @@ async fn run(
 enum Background {
     /// Fulfillment's workers, outbox relay and queue gauges.
     Fulfillment(Box<fulfillment::Fulfillment>),
-    /// PurchaseHistory's consumer of the purchases stream.
+    /// PurchaseHistory's consumers of the purchases and customers streams.
     PurchaseHistory(Box<purchase_history::PurchaseHistory>),
+    /// CustomerIdentity's outbox relay (retirements).
+    CustomerIdentity(Box<customer_identity::CustomerIdentity>),
     /// Trimming the streams the component's bus client uses ([`open_bus`]).
     BusRetention(kit::bus::Retention),
 }
@@ -440,6 +464,7 @@ impl Background {
         match self {
             Background::Fulfillment(fulfillment) => fulfillment.run_background(shutdown).await,
             Background::PurchaseHistory(history) => history.run_background(shutdown).await,
+            Background::CustomerIdentity(identity) => identity.run_background(shutdown).await,
             Background::BusRetention(retention) => retention.run(shutdown).await,
         }
     }
@@ -497,7 +522,11 @@ fn grpc_server(
             let settings = &config.customer_identity.settings;
             let cache = customer_identity::cache(settings, config.redis_url.as_deref())
                 .map_err(|source| MeshError::Cache { component, source })?;
-            server.service(customer_identity::service(db, cache, settings))
+            let bus = open_bus(component, config, metrics, &mut background)?;
+            let identity = customer_identity::CustomerIdentity::new(db, cache, bus, settings, metrics);
+            let server = server.service(identity.service());
+            background.push(Background::CustomerIdentity(Box::new(identity)));
+            server
         }
         Component::CatalogIngest => {
             let service =

@@ -177,6 +177,40 @@ async fn serve_runs_one_component_and_logs_json_lines() {
 }
 
 #[tokio::test]
+async fn serve_customer_identity_on_postgres_refuses_the_development_salt() {
+    let test_db = kit::testing::TestDatabase::postgres("unused").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = |salt: Option<&str>| {
+        let mut command = mesh_command(dir.path());
+        command
+            .args(["serve", "customer-identity"])
+            .env("MESH_DATABASE_URL", &test_db.config().url)
+            .env("MESH_CUSTOMER_IDENTITY__LISTEN", "127.0.0.1:0")
+            .env("MESH_CUSTOMER_IDENTITY__ADMIN_LISTEN", "127.0.0.1:0");
+        if let Some(salt) = salt {
+            command.env("MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT", salt);
+        }
+        command
+    };
+    let output = serve(None).output().await.expect("run serve");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "refused: {said}");
+    assert!(said.contains("MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT"), "names the setting: {said}");
+
+    // With a salt of its own it serves.
+    let mut child = serve(Some("a-secret-of-this-deployment")).spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    loop {
+        let line = next_line(&mut lines).await;
+        if line.contains("\"listening\"") {
+            break;
+        }
+    }
+    let (status, _) = terminate_and_wait(&mut child).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
 async fn migrate_all_on_postgres_gives_every_service_its_schema() {
     let test_db = kit::testing::TestDatabase::postgres("unused").await;
     let dir = tempfile::tempdir().expect("tempdir");

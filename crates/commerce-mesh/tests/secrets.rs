@@ -368,7 +368,9 @@ async fn secrets_stay_out_of_the_logs(log_format: &str, password_in: PasswordIn)
     )
     .await;
     assert_eq!(status, 200, "{retired}");
-    let placeholder = customer_identity::domain::LmsUsername::retired(&retirement_salt, "retiree");
+    let placeholder = customer_identity::domain::LmsUsername::parse("retiree")
+        .expect("a username")
+        .retired(&customer_identity::domain::RetirementKey::new(&retirement_salt));
     assert_eq!(retired["customer"]["lms_username"], placeholder.as_str(), "retired with the configured salt");
 
     let pid = child.id().expect("running").to_string();

@@ -46,4 +46,7 @@ pub mod streams {
     pub const PURCHASES: &str = "commerce.purchases.v1";
     /// `FulfillmentCompleted` events: published by Fulfillment.
     pub const FULFILLMENTS: &str = "commerce.fulfillments.v1";
+    /// `CustomerRetired` events: published by CustomerIdentity, consumed by
+    /// Fulfillment and PurchaseHistory (each replaces the retired learner's username).
+    pub const CUSTOMERS: &str = "commerce.customers.v1";
 }

@@ -43,11 +43,55 @@ impl CourseRunKey {
         &self.0
     }
 
-    /// The course's product key, `ORG+NUMBER`.
-    pub fn course_key(&self) -> &str {
+    /// The course this run is of, `ORG+NUMBER`.
+    pub fn course_key(&self) -> CourseKey {
         let rest = &self.0["course-v1:".len()..];
         // Parsing guaranteed two `+`: the course key ends at the second.
-        rest.rfind('+').map_or(rest, |run| &rest[..run])
+        CourseKey(rest.rfind('+').map_or(rest, |run| &rest[..run]).to_owned())
+    }
+}
+
+/// A course's key in Open edX's `ORG+NUMBER` form: what a course run key
+/// begins with, and the catalog's product key of a course.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CourseKey(String);
+
+impl CourseKey {
+    /// Accepts two non-empty parts joined by `+`, each of letters, digits, `_`,
+    /// `-`, `.` or `~`, at most [`MAX_KEY_LEN`] characters in all.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let ok = raw.len() <= MAX_KEY_LEN
+            && raw.split_once('+').is_some_and(|(org, number)| key_part_ok(org) && key_part_ok(number));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(Invalid::new(format!("must have the form ORG+NUMBER, got {:?}", clip(raw))))
+        }
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for CourseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for CourseKey {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<CourseKey> for String {
+    fn from(key: CourseKey) -> String {
+        key.0
     }
 }
 
@@ -195,7 +239,9 @@ mod tests {
     #[test]
     fn course_run_keys_have_three_parts() {
         let key = CourseRunKey::parse("course-v1:MITx+6.00x+2026_T1").unwrap();
-        assert_eq!(key.course_key(), "MITx+6.00x");
+        assert_eq!(key.course_key().as_str(), "MITx+6.00x");
+        assert_eq!(CourseKey::parse("MITx+6.00x"), Ok(key.course_key()));
+        assert!(CourseKey::parse("MITx").is_err() && CourseKey::parse("MITx+").is_err());
         for bad in [
             "",
             "course-v1:",

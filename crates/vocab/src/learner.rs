@@ -118,12 +118,18 @@ impl LmsUsername {
     /// lower-cased username under `key`. Stable per learner and key; a
     /// placeholder retired again stays as it is.
     pub fn retired(&self, key: &RetirementKey) -> Self {
-        if self.is_retired() {
-            return self.clone();
+        Self::retired_placeholder(&self.0, key)
+    }
+
+    /// [`LmsUsername::retired`] of a username as stored (read back from a
+    /// database, where it was valid when written).
+    pub fn retired_placeholder(original: &str, key: &RetirementKey) -> Self {
+        if is_placeholder(original) {
+            return Self(original.to_owned());
         }
         // HMAC accepts keys of any length: new_from_slice cannot fail for it.
         let digest = match Hmac::<Sha256>::new_from_slice(&key.0) {
-            Ok(mac) => mac.chain_update(self.folded().as_bytes()).finalize().into_bytes(),
+            Ok(mac) => mac.chain_update(original.to_ascii_lowercase().as_bytes()).finalize().into_bytes(),
             Err(_) => unreachable_key_length(),
         };
         let hex = hex::encode(digest);

@@ -30,13 +30,15 @@ mod id;
 mod invalid;
 mod learner;
 mod money;
+mod retirement;
 mod text;
 
-pub use course::{CourseRunKey, CourseUuid, MAX_KEY_LEN, ProductKey};
+pub use course::{CourseKey, CourseRunKey, CourseUuid, MAX_KEY_LEN, ProductKey};
 pub use id::{
     CreditProviderId, CustomerId, FulfillmentId, LineItemId, MAX_ID_LEN, OrderId, OrderNumber, PurchaseId, SourceSystem,
 };
 pub use invalid::Invalid;
 pub use learner::{LmsUserId, LmsUsername, RETIRED_PREFIX, RetirementKey};
 pub use money::{CurrencyCode, MAX_AMOUNT_LEN, Money, MoneyError, MoneyPart, Price};
+pub use retirement::Retirement;
 pub use text::{MAX_TITLE_LEN, Title};

@@ -112,6 +112,11 @@ impl Price {
         Ok(Self { currency, amount })
     }
 
+    /// The amount of a price alone (never negative), for a caller whose currency has rules of its own.
+    pub fn parse_amount(amount: &str) -> Result<Decimal, Invalid> {
+        parse_amount(amount, false)
+    }
+
     /// The currency.
     pub fn currency(&self) -> CurrencyCode {
         self.currency
@@ -153,6 +158,11 @@ impl Money {
             .map_err(|invalid| MoneyError { part: MoneyPart::CurrencyCode, invalid })?;
         let amount = parse_amount(amount, true).map_err(|invalid| MoneyError { part: MoneyPart::Amount, invalid })?;
         Ok(Self { currency, amount })
+    }
+
+    /// An amount alone, negative or not.
+    pub fn parse_amount(amount: &str) -> Result<Decimal, Invalid> {
+        parse_amount(amount, true)
     }
 
     /// The currency.

@@ -514,42 +514,28 @@ fn check_seat(seat: &Seat, path: &str, violations: &mut Vec<Violation>) {
                     format!("{:?} is not a currency the catalog sells in", price.currency_code),
                 ));
             }
-            if !is_decimal(&price.amount) {
-                violations.push(Violation::new(
-                    format!("{path}.price.amount"),
-                    format!("{:?} is not an exact decimal", price.amount),
-                ));
-            } else if price.amount.starts_with('-') {
-                violations.push(Violation::new(format!("{path}.price.amount"), "must be at least zero"));
+            // The rule every service holds a price to (vocab::Price): what the catalog
+            // sells, Fulfillment and purchase history accept.
+            if let Err(invalid) = vocab::Price::parse_amount(&price.amount) {
+                violations.push(Violation::new(format!("{path}.price.amount"), invalid.to_string()));
             }
         }
     }
 }
 
-/// `-`? digits (`.` digits)?
+/// An exact decimal as every service reads one (`vocab::Money`): `-`? digits (`.` digits)?.
 pub fn is_decimal(raw: &str) -> bool {
-    let digits = raw.strip_prefix('-').unwrap_or(raw);
-    let (whole, fraction) = digits.split_once('.').map_or((digits, None), |(w, f)| (w, Some(f)));
-    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    raw.len() <= 40 && all_digits(whole) && fraction.is_none_or(all_digits)
+    vocab::Money::parse_amount(raw).is_ok()
 }
 
-/// A key part: letters, digits, `_`, `-`, `.` or `~` (what Open edX's opaque keys allow).
-fn key_part_ok(part: &str) -> bool {
-    !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '~'))
-}
-
-/// Whether a product key has the form `ORG+NUMBER`, which is also safe in a URL path.
+/// Whether a product key has the form `ORG+NUMBER` (`vocab::CourseKey`), which is also safe in a URL path.
 pub fn product_key_ok(key: &str) -> bool {
-    key.len() <= MAX_KEY_LEN && key.split_once('+').is_some_and(|(org, number)| key_part_ok(org) && key_part_ok(number))
+    vocab::CourseKey::parse(key).is_ok()
 }
 
-/// The product key (`ORG+NUMBER`) of a run key `course-v1:ORG+NUMBER+RUN`.
+/// The product key (`ORG+NUMBER`) of a run key `course-v1:ORG+NUMBER+RUN` (`vocab::CourseRunKey`).
 pub fn run_key_product(run_key: &str) -> Option<String> {
-    let rest = run_key.strip_prefix("course-v1:")?;
-    let parts: Vec<&str> = rest.split('+').collect();
-    (run_key.len() <= MAX_KEY_LEN && parts.len() == 3 && parts.iter().all(|p| key_part_ok(p)))
-        .then(|| format!("{}+{}", parts[0], parts[1]))
+    vocab::CourseRunKey::parse(run_key).ok().map(|key| key.course_key().to_string())
 }
 
 #[cfg(test)]

@@ -7,14 +7,17 @@ use std::sync::Arc;
 
 use kit::cache::ReadThrough;
 use kit::error::{BadRequest, with_reason};
+use kit::trace::TextContext;
 use prost::Message;
 use proto::commerce::identity::v1 as pb;
 use proto::commerce::identity::v1::customer_identity_service_server::CustomerIdentityService;
+use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::domain::{
-    Customer, CustomerId, CustomerKey, CustomerLink, Email, LmsUserId, LmsUsername, MAX_BATCH_KEYS, keys_to_invalidate,
+    Customer, CustomerId, CustomerKey, CustomerLink, Email, LmsUserId, LmsUsername, MAX_BATCH_KEYS, RetirementKey,
+    keys_to_invalidate,
 };
 use crate::store::{Store, StoreError, TakenKey};
 
@@ -26,14 +29,21 @@ const MAX_REPORTED_REJECTIONS: usize = 1000;
 pub struct CustomerIdentityApi {
     store: Arc<dyn Store>,
     cache: Arc<ReadThrough>,
-    retirement_salt: Arc<str>,
+    retirement: RetirementKey,
+    published: Arc<Notify>,
 }
 
 impl CustomerIdentityApi {
-    /// The API over a store and a cache; `retirement_salt` keys the retired
-    /// usernames' hash.
-    pub fn new(store: Arc<dyn Store>, cache: Arc<ReadThrough>, retirement_salt: &str) -> Self {
-        Self { store, cache, retirement_salt: retirement_salt.into() }
+    /// The API over a store and a cache; `retirement` keys the retired
+    /// usernames' placeholders; `published` wakes the outbox relay after a
+    /// retirement wrote its event.
+    pub fn new(
+        store: Arc<dyn Store>,
+        cache: Arc<ReadThrough>,
+        retirement: RetirementKey,
+        published: Arc<Notify>,
+    ) -> Self {
+        Self { store, cache, retirement, published }
     }
 
     /// One customer by key, through the cache.
@@ -108,21 +118,8 @@ fn store_status(error: StoreError) -> Status {
         StoreError::Retired(ref customer_id) => {
             with_reason(Code::FailedPrecondition, error.to_string(), "RETIRED", [("customer_id", customer_id.clone())])
         }
-        StoreError::Database(error) => {
-            tracing::error!(%error, "customer store failed");
-            match error {
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                    Status::unavailable("customer storage is unavailable; retry later")
-                }
-                _ => Status::internal("customer storage failed"),
-            }
-        }
+        StoreError::Database(error) => kit::db::store_status("the customer store", &error),
     }
-}
-
-/// The parsed value, or None with the reason recorded against `field`.
-fn parse_field<T>(bad: &mut BadRequest, field: &str, parsed: Result<T, String>) -> Option<T> {
-    parsed.map_err(|reason| bad.field(field, reason)).ok()
 }
 
 /// A whole link from its four fields (top-level field names: no per-row formatting).
@@ -133,10 +130,10 @@ fn parse_link(
     lms_username: &str,
     email: &str,
 ) -> Option<CustomerLink> {
-    let customer_id = parse_field(bad, "customer_id", CustomerId::parse(customer_id));
-    let lms_user_id = parse_field(bad, "lms_user_id", LmsUserId::parse(lms_user_id));
-    let lms_username = parse_field(bad, "lms_username", LmsUsername::parse(lms_username));
-    let email = parse_field(bad, "email", Email::parse(email));
+    let customer_id = bad.check("customer_id", CustomerId::parse(customer_id));
+    let lms_user_id = bad.check("lms_user_id", LmsUserId::parse(lms_user_id));
+    let lms_username = bad.check("lms_username", LmsUsername::parse(lms_username));
+    let email = bad.check("email", Email::parse(email));
     Some(CustomerLink {
         customer_id: customer_id?,
         lms_user_id: lms_user_id?,
@@ -149,13 +146,13 @@ fn parse_key(bad: &mut BadRequest, prefix: &str, key: Option<&pb::customer_key::
     use pb::customer_key::Key;
     match key {
         Some(Key::CustomerId(id)) => {
-            parse_field(bad, &format!("{prefix}customer_id"), CustomerId::parse(id)).map(CustomerKey::CustomerId)
+            bad.check(format!("{prefix}customer_id"), CustomerId::parse(id)).map(CustomerKey::CustomerId)
         }
         Some(Key::LmsUserId(id)) => {
-            parse_field(bad, &format!("{prefix}lms_user_id"), LmsUserId::parse(id)).map(CustomerKey::LmsUserId)
+            bad.check(format!("{prefix}lms_user_id"), LmsUserId::parse(id)).map(CustomerKey::LmsUserId)
         }
         Some(Key::LmsUsername(name)) => {
-            parse_field(bad, &format!("{prefix}lms_username"), LmsUsername::parse(name)).map(CustomerKey::LmsUsername)
+            bad.check(format!("{prefix}lms_username"), LmsUsername::parse(name)).map(CustomerKey::LmsUsername)
         }
         None => {
             let field = if prefix.is_empty() { "key".to_string() } else { prefix.trim_end_matches('.').to_string() };
@@ -196,7 +193,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::GetCustomerResponse>, Status> {
         let mut bad = BadRequest::new();
-        let id = parse_field(&mut bad, "customer_id", CustomerId::parse(&request.get_ref().customer_id));
+        let id = bad.check("customer_id", CustomerId::parse(&request.get_ref().customer_id));
         bad.into_result()?;
         let Some(id) = id else { return Err(Status::internal("validation inconsistency")) };
         let customer = self
@@ -213,11 +210,9 @@ impl CustomerIdentityService for CustomerIdentityApi {
         use pb::lookup_customer_request::Key;
         let mut bad = BadRequest::new();
         let key = match &request.get_ref().key {
-            Some(Key::LmsUserId(id)) => {
-                parse_field(&mut bad, "lms_user_id", LmsUserId::parse(id)).map(CustomerKey::LmsUserId)
-            }
+            Some(Key::LmsUserId(id)) => bad.check("lms_user_id", LmsUserId::parse(id)).map(CustomerKey::LmsUserId),
             Some(Key::LmsUsername(name)) => {
-                parse_field(&mut bad, "lms_username", LmsUsername::parse(name)).map(CustomerKey::LmsUsername)
+                bad.check("lms_username", LmsUsername::parse(name)).map(CustomerKey::LmsUsername)
             }
             None => {
                 bad.field("key", "set lms_user_id or lms_username");
@@ -289,10 +284,11 @@ impl CustomerIdentityService for CustomerIdentityApi {
 
         let retired = self
             .store
-            .retire(&key, &self.retirement_salt)
+            .retire(&key, &self.retirement, &TextContext::current())
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found("no such customer"))?;
+        self.published.notify_one();
         // The old username's entry goes too: it must no longer find the learner.
         self.invalidate(retired.previous.iter().chain([&retired.customer])).await?;
         Ok(Response::new(pb::RetireCustomerResponse { customer: Some(to_proto(&retired.customer)) }))

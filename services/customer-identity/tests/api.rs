@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use customer_identity::Config;
+use customer_identity::{Config, CustomerIdentity};
 use kit::cache::{CacheConfig, ReadThrough};
 use kit::client::TracedChannel;
 use kit::db::{Backend, Database};
@@ -24,6 +24,7 @@ struct Fixture {
     client: Client,
     shutdown: Shutdown,
     _db: TestDatabase,
+    _bus_dir: tempfile::TempDir,
 }
 
 impl Drop for Fixture {
@@ -42,6 +43,7 @@ async fn fixture(backend: Backend) -> Fixture {
             namespace: format!("identity-test-{}", uuid::Uuid::new_v4().simple()),
             ..Default::default()
         },
+        ..Config::default()
     };
     let cache = Arc::new(match backend {
         Backend::Postgres => ReadThrough::redis("redis://127.0.0.1:6379", &config.cache).expect("redis url"),
@@ -50,7 +52,10 @@ async fn fixture(backend: Backend) -> Fixture {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let shutdown = Shutdown::new();
-    tokio::spawn(GrpcServer::new("identity-test").service(customer_identity::service(&database, cache, &config)).run(
+    let bus_dir = tempfile::tempdir().expect("temporary directory");
+    let bus = kit::bus::open(None, &bus_dir.path().join("events.db")).expect("event log");
+    let identity = CustomerIdentity::new(&database, cache, bus, &config, &kit::metrics::Metrics::new());
+    tokio::spawn(GrpcServer::new("identity-test").service(identity.service()).run(
         listener,
         async { Ok::<(), std::io::Error>(()) },
         shutdown.clone(),
@@ -59,6 +64,7 @@ async fn fixture(backend: Backend) -> Fixture {
         client: CustomerIdentityServiceClient::new(kit::client::channel(&url).expect("channel")),
         shutdown,
         _db: db,
+        _bus_dir: bus_dir,
     }
 }
 

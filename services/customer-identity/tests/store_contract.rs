@@ -4,21 +4,31 @@
 
 use std::sync::Arc;
 
-use customer_identity::domain::{CustomerId, CustomerKey, CustomerLink, Email, LmsUserId, LmsUsername};
+use customer_identity::domain::{CustomerId, CustomerKey, CustomerLink, Email, LmsUserId, LmsUsername, RetirementKey};
 use customer_identity::store::{Store, StoreError, TakenKey, for_database};
 use kit::db::{Backend, Database};
+use kit::outbox::{OutboxStore, SqlOutbox};
 use kit::testing::TestDatabase;
+use kit::trace::TextContext;
+use prost::Message;
+use proto::commerce::events::v1::{EventEnvelope, event_envelope::Payload};
 
 struct Fixture {
     store: Arc<dyn Store>,
+    outbox: SqlOutbox,
     _db: TestDatabase,
 }
 
 async fn fixture(backend: Backend) -> Fixture {
     let db = TestDatabase::new(backend, customer_identity::NAME).await;
     kit::db::migrate(db.config(), &customer_identity::MIGRATIONS).await.expect("migrate");
-    let store = for_database(&Database::open(db.config()).expect("open"));
-    Fixture { store, _db: db }
+    let database = Database::open(db.config()).expect("open");
+    let store = for_database(&database);
+    Fixture { store, outbox: SqlOutbox::new(database), _db: db }
+}
+
+fn salt() -> RetirementKey {
+    RetirementKey::new("salt")
 }
 
 fn link(customer: &str, lms_user_id: &str, username: &str) -> CustomerLink {
@@ -103,22 +113,28 @@ async fn lookups_by_every_key(f: Fixture) {
 async fn retirement_replaces_the_name_keeps_the_id_and_is_idempotent(f: Fixture) {
     f.store.upsert(&link("c1", "77", "ada"), None).await.unwrap();
     let old_name = CustomerKey::LmsUsername(LmsUsername::parse("ada").unwrap());
-    let retired = f.store.retire(&old_name, "salt").await.unwrap().unwrap().customer;
+    let retired = f.store.retire(&old_name, &salt(), &TextContext::default()).await.unwrap().unwrap().customer;
     assert!(retired.retired);
-    assert_eq!(retired.lms_username, LmsUsername::retired("salt", "ada").as_str());
+    assert_eq!(retired.lms_username, LmsUsername::parse("ada").unwrap().retired(&salt()).as_str());
     assert_eq!((retired.email.as_str(), retired.lms_user_id), ("", 77));
     assert!(f.store.get(&old_name).await.unwrap().is_none(), "the old username finds nobody");
-    let again = f.store.retire(&by_id("c1"), "salt").await.unwrap().unwrap().customer;
+    let again = f.store.retire(&by_id("c1"), &salt(), &TextContext::default()).await.unwrap().unwrap().customer;
     assert_eq!(again, retired, "retiring again changes nothing");
     assert!(matches!(f.store.upsert(&link("c1", "77", "ada"), None).await, Err(StoreError::Retired(_))));
-    assert!(f.store.retire(&by_id("nobody"), "salt").await.unwrap().is_none());
+    assert!(f.store.retire(&by_id("nobody"), &salt(), &TextContext::default()).await.unwrap().is_none());
+    // One CustomerRetired in the outbox, written with the retirement: by id and placeholder, never the old name.
+    let events = f.outbox.unpublished(10).await.unwrap();
+    assert_eq!(events.len(), 1, "retiring again wrote no second event");
+    let envelope = EventEnvelope::decode(events[0].event.payload.as_slice()).unwrap();
+    let Some(Payload::CustomerRetired(event)) = envelope.payload else { panic!("a CustomerRetired") };
+    assert_eq!((event.lms_user_id.as_str(), event.retired_username.as_str()), ("77", retired.lms_username.as_str()));
 }
 
 async fn import_upserts_and_rejects_with_reasons(f: Fixture) {
     f.store.upsert(&link("owner", "100", "taken_name"), None).await.unwrap();
     f.store.upsert(&link("existing", "200", "old_name"), None).await.unwrap();
     f.store.upsert(&link("gone", "300", "gone_name"), None).await.unwrap();
-    f.store.retire(&by_id("gone"), "salt").await.unwrap();
+    f.store.retire(&by_id("gone"), &salt(), &TextContext::default()).await.unwrap();
     let rows = [
         link("new1", "1", "new_one"),        // 0 inserted
         link("existing", "200", "new_name"), // 1 updated

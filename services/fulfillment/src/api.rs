@@ -93,11 +93,11 @@ impl FulfillmentApi {
                     return Err(refuse("COURSE_RUN_UNKNOWN", format!("the catalog has no course run {key}")));
                 }
                 Err(status) => {
-                    tracing::warn!(code = ?status.code(), message = status.message(), "CatalogIngest lookup failed");
-                    return Err(Status::unavailable(format!(
-                        "could not check course run {key} in the catalog ({}); nothing was stored",
-                        status.message()
-                    )));
+                    return Err(kit::error::from_peer(
+                        "CatalogIngest",
+                        &format!("checking course run {key} (nothing was stored)"),
+                        &status,
+                    ));
                 }
             };
             if answer.product_retired {
@@ -136,21 +136,10 @@ impl FulfillmentApi {
                 ));
             }
             Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "CustomerIdentity lookup failed");
-                // Only a transient failure is worth repeating; anything else is ours to fix.
-                let code = match status.code() {
-                    Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted => {
-                        Code::Unavailable
-                    }
-                    _ => Code::Internal,
-                };
-                return Err(Status::new(
-                    code,
-                    format!(
-                        "could not resolve customer {customer_id} through CustomerIdentity ({:?}: {}); nothing was stored",
-                        status.code(),
-                        status.message()
-                    ),
+                return Err(kit::error::from_peer(
+                    "CustomerIdentity",
+                    &format!("resolving customer {customer_id} (nothing was stored)"),
+                    &status,
                 ));
             }
         };
@@ -473,11 +462,19 @@ fn parse_product(bad: &mut BadRequest, i: usize, product: Option<&pb::line_item:
 }
 
 fn store_status(error: StoreError) -> Status {
-    tracing::error!(%error, "fulfillment store failed");
     match error {
-        StoreError::Corrupt { id, .. } => Status::internal(format!("fulfillment {id} could not be read back")),
+        StoreError::LearnerRetired(lms_user_id) => with_reason(
+            Code::FailedPrecondition,
+            format!("learner.lms_user_id: learner {lms_user_id} is retired and cannot be enrolled"),
+            "CUSTOMER_RETIRED",
+            [("lms_user_id", lms_user_id.to_string())],
+        ),
+        StoreError::Corrupt { id, reason } => {
+            tracing::error!(fulfillment_id = %id, %reason, "a stored fulfillment could not be read back");
+            Status::internal(format!("fulfillment {id} could not be read back; this is logged"))
+        }
         // The change may or may not have been stored; every RPC is safe to repeat.
-        StoreError::Database(_) => Status::unavailable("the fulfillment store is unavailable; repeat the request"),
+        StoreError::Database(error) => kit::db::store_status("the fulfillment store", &error),
     }
 }
 

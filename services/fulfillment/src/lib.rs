@@ -22,6 +22,7 @@ pub mod domain;
 pub mod lms;
 pub mod metrics;
 pub mod outbox;
+pub mod retirement;
 pub mod store;
 pub mod worker;
 
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kit::bus::EventBus;
+use kit::bus::consumer::{Consumer, ConsumerConfig, ConsumerMetrics};
 use kit::client::TracedChannel;
 use kit::db::{Database, Migrations};
 use kit::outbox::{OutboxConfig, OutboxMetrics};
@@ -45,6 +47,7 @@ use crate::domain::RetryPolicy;
 use crate::lms::{LmsClient, LmsConfig};
 use crate::metrics::FulfillmentMetrics;
 use crate::outbox::OutboxRelay;
+use crate::retirement::LearnerRetirer;
 use crate::store::Store;
 use crate::worker::{WorkerConfig, Workers};
 
@@ -76,6 +79,10 @@ pub struct Config {
     pub check_course_runs: bool,
     /// Where CatalogIngest answers, for `check_course_runs`.
     pub catalog_url: String,
+    /// The stream of `CustomerRetired` events, from CustomerIdentity.
+    pub customers_stream: String,
+    /// How the customers stream is read.
+    pub consumer: ConsumerConfig,
     /// How long published outbox rows are kept.
     pub outbox: OutboxConfig,
 }
@@ -90,6 +97,8 @@ impl Default for Config {
             customer_identity_url: "http://127.0.0.1:50052".into(),
             check_course_runs: false,
             catalog_url: "http://127.0.0.1:50053".into(),
+            customers_stream: proto::streams::CUSTOMERS.into(),
+            consumer: ConsumerConfig::default(),
             outbox: OutboxConfig::default(),
         }
     }
@@ -139,6 +148,7 @@ pub struct Fulfillment {
     config: Config,
     metrics: Arc<FulfillmentMetrics>,
     outbox_metrics: OutboxMetrics,
+    retirement_metrics: ConsumerMetrics,
     wake: Arc<Notify>,
     published: Arc<Notify>,
 }
@@ -176,6 +186,8 @@ impl Fulfillment {
         metrics.register(registry);
         let outbox_metrics = OutboxMetrics::default();
         outbox_metrics.register("fulfillment_outbox", registry);
+        let retirement_metrics = ConsumerMetrics::default();
+        retirement_metrics.register("fulfillment_retirements", registry);
         Ok(Self {
             store,
             lms: LmsClient::new(&config.lms).map_err(|e| ConfigError(format!("lms: {e}")))?,
@@ -185,6 +197,7 @@ impl Fulfillment {
             config: config.clone(),
             metrics,
             outbox_metrics,
+            retirement_metrics,
             wake: Arc::new(Notify::new()),
             published: Arc::new(Notify::new()),
         })
@@ -224,7 +237,19 @@ impl Fulfillment {
             .with_metrics(self.outbox_metrics.clone())
     }
 
-    /// Runs the workers, the relay (publishing, pruning) and the queue gauges
+    /// The consumer of the customers stream (retirements), named `name` in its group.
+    pub fn retirements_consumer(&self, name: &str) -> Consumer {
+        Consumer::new(
+            Arc::clone(&self.bus),
+            &self.config.customers_stream,
+            retirement::GROUP,
+            name,
+            self.config.consumer,
+            self.retirement_metrics.clone(),
+        )
+    }
+
+    /// Runs the workers, the relay (publishing, pruning), the retirements consumer and the queue gauges
     /// until `shutdown`. The workers finish the attempts in flight, then the
     /// relay publishes what they recorded before it stops.
     pub async fn run_background(&self, shutdown: CancellationToken) {
@@ -242,7 +267,10 @@ impl Fulfillment {
                 tracing::warn!(%error, "outbox rows left for the next start: the relay could not publish them");
             }
         };
-        tokio::join!(workers, relay, gauges, listen);
+        let name = format!("{}-{}", NAME, uuid::Uuid::new_v4().simple());
+        let (retirements, retirer) = (self.retirements_consumer(&name), LearnerRetirer::new(Arc::clone(&self.store)));
+        let retire = retirements.run(&retirer, shutdown.clone());
+        tokio::join!(workers, relay, gauges, listen, retire);
     }
 
     /// Reads the queue and outbox gauges from the store now (they refresh every few seconds while running).

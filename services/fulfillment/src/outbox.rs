@@ -15,6 +15,7 @@ use kit::trace::TextContext;
 use prost::Message;
 use proto::commerce::events::v1::{self as events, event_envelope::Payload};
 use proto::commerce::r#type::v1::Money;
+use vocab::{LmsUserId, LmsUsername};
 
 use crate::domain::Product;
 use crate::store::{FulfillmentJob, OutboxEvent};
@@ -74,6 +75,24 @@ pub fn completion_events(
             Payload::PurchaseRecorded(purchase),
         ),
     ]
+}
+
+/// `payload` (an encoded envelope) with the retired learner's username
+/// replaced by `placeholder`, when it names learner `lms_user_id`; None when
+/// it does not (or is no event of ours, which is left as it is).
+pub fn scrub(payload: &[u8], lms_user_id: LmsUserId, placeholder: &LmsUsername) -> Option<Vec<u8>> {
+    let mut envelope = events::EventEnvelope::decode(payload).ok()?;
+    let learner = lms_user_id.to_string();
+    let username = match envelope.payload.as_mut()? {
+        Payload::PurchaseRecorded(purchase) if purchase.lms_user_id == learner => &mut purchase.username,
+        Payload::FulfillmentCompleted(completed) if completed.lms_user_id == learner => &mut completed.lms_username,
+        _ => return None,
+    };
+    if username == placeholder.as_str() {
+        return None;
+    }
+    *username = placeholder.to_string();
+    Some(envelope.encode_to_vec())
 }
 
 fn envelope(

@@ -9,9 +9,15 @@ use chrono::{DateTime, Utc};
 use fulfillment::domain::{
     ErrorKind, JobError, JobState, Learner, LearnerRef, Mode, Order, OrderHeader, OrderLine, Product,
 };
+use fulfillment::outbox::completion_events;
+use fulfillment::store::StoreError;
 use fulfillment::store::{Finished, NewJob, OutboxEvent, Outcome, Redriven, Store, for_database, stored_time};
 use kit::db::{Backend, Database};
 use kit::testing::TestDatabase;
+use kit::trace::TextContext;
+use prost::Message;
+use proto::commerce::events::v1::{EventEnvelope, event_envelope::Payload};
+use vocab::Retirement;
 use vocab::{
     CourseRunKey, CustomerId, LineItemId, LmsUserId, LmsUsername, OrderId, OrderNumber, Price, SourceSystem, Title,
 };
@@ -221,6 +227,54 @@ async fn the_outbox_is_published_in_order_and_stamped(f: Fixture) {
     assert_eq!(f.store.backlog().await.unwrap().unpublished, 2);
 }
 
+fn retirement_of(lms_user_id: &str) -> Retirement {
+    Retirement {
+        customer_id: None,
+        lms_user_id: LmsUserId::parse(lms_user_id).unwrap(),
+        retired_username: LmsUsername::parse(&format!("retired__user_{}", "0a".repeat(20))).unwrap(),
+    }
+}
+
+async fn a_retirement_reaches_jobs_errors_and_unpublished_events_and_holds(f: Fixture) {
+    let jobs = order("EDX-R", &["l1", "l2"]);
+    f.store.insert_order(&jobs, t0()).await.unwrap();
+    // l1 succeeds: its events (naming ada) wait in the outbox; l2 fails with the LMS echoing ada.
+    let mut claimed = f.store.claim(2, Duration::from_secs(10), t0()).await.unwrap();
+    claimed.sort_by_key(|c| c.job.spec.position);
+    let events = completion_events(&claimed[0].job, None, t0(), &TextContext::default());
+    f.store.finish(&claimed[0].lease, Outcome::Succeeded { entitlement_uuid: None, events }, t0()).await.unwrap();
+    let echoed = JobError { kind: ErrorKind::Rejected, lms_status: Some(400), message: "user ada is inactive".into() };
+    f.store.finish(&claimed[1].lease, Outcome::Failed { error: echoed }, t0()).await.unwrap();
+
+    let retirement = retirement_of("42");
+    assert_eq!(f.store.retire_learners(std::slice::from_ref(&retirement), t0()).await.unwrap(), 2);
+    for job in &jobs {
+        let stored = f.store.get(&job.id).await.unwrap().unwrap();
+        assert_eq!(stored.spec.learner.lms_username, retirement.retired_username);
+        assert!(!format!("{stored:?}").contains("ada"), "{stored:?}");
+    }
+    for entry in f.store.unpublished(10).await.unwrap() {
+        let envelope = EventEnvelope::decode(entry.event.payload.as_slice()).unwrap();
+        let username = match envelope.payload.unwrap() {
+            Payload::PurchaseRecorded(p) => p.username,
+            Payload::FulfillmentCompleted(c) => c.lms_username,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(username, retirement.retired_username.as_str());
+    }
+    assert_eq!(
+        f.store.retired_username(retirement.lms_user_id).await.unwrap(),
+        Some(retirement.retired_username.clone())
+    );
+    assert_eq!(f.store.retired_username(LmsUserId::parse("43").unwrap()).await.unwrap(), None);
+    assert_eq!(f.store.retire_learners(&[retirement], t0()).await.unwrap(), 0, "applying it again changes nothing");
+    assert!(
+        matches!(f.store.insert_order(&order("EDX-R2", &["l1"]), t0()).await, Err(StoreError::LearnerRetired(_))),
+        "a retired learner's new order stores nothing"
+    );
+    assert!(f.store.list_order("EDX-R2", 0, 10).await.unwrap().is_empty());
+}
+
 async fn published_outbox_rows_are_pruned_after_the_window(f: Fixture) {
     f.store.insert_order(&order("EDX-P", &["l1", "l2"]), t0()).await.unwrap();
     for (i, claimed) in f.store.claim(2, Duration::from_secs(10), t0()).await.unwrap().into_iter().enumerate() {
@@ -310,6 +364,10 @@ macro_rules! contract {
             #[tokio::test]
             async fn failures_reschedule_or_fail_and_redrive_resets() {
                 super::failures_reschedule_or_fail_and_redrive_resets(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn a_retirement_reaches_jobs_errors_and_unpublished_events_and_holds() {
+                super::a_retirement_reaches_jobs_errors_and_unpublished_events_and_holds(fixture($kind).await).await;
             }
             #[tokio::test]
             async fn the_outbox_is_published_in_order_and_stamped() {

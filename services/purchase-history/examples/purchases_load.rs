@@ -729,7 +729,13 @@ async fn main() {
         // Warm up: every page once (hint bits, caches, connections).
         for case in cases() {
             grpc_case(&client, case, 1, true).await;
-            store_case(&history, &LearnerKey::Username(vocab::LmsUsername::parse(TARGET_USERNAME).expect("a valid username")), case, 1).await;
+            store_case(
+                &history,
+                &LearnerKey::Username(vocab::LmsUsername::parse(TARGET_USERNAME).expect("a valid username")),
+                case,
+                1,
+            )
+            .await;
         }
         let _ = writeln!(
             report,
@@ -745,13 +751,25 @@ async fn main() {
             report.push_str(&line);
         }
         for case in cases() {
-            let mut t = store_case(&history, &LearnerKey::Username(vocab::LmsUsername::parse(TARGET_USERNAME).expect("a valid username")), case, args.calls).await;
+            let mut t = store_case(
+                &history,
+                &LearnerKey::Username(vocab::LmsUsername::parse(TARGET_USERNAME).expect("a valid username")),
+                case,
+                args.calls,
+            )
+            .await;
             let line = row("store, by username", case, &mut t);
             eprint!("{line}");
             report.push_str(&line);
         }
         for case in cases().into_iter().take(2) {
-            let mut t = store_case(&history, &LearnerKey::LmsUserId(vocab::LmsUserId::new(TARGET_ID).expect("a valid id")), case, args.calls).await;
+            let mut t = store_case(
+                &history,
+                &LearnerKey::LmsUserId(vocab::LmsUserId::new(TARGET_ID).expect("a valid id")),
+                case,
+                args.calls,
+            )
+            .await;
             let line = row("store, by lms_user_id", case, &mut t);
             eprint!("{line}");
             report.push_str(&line);

@@ -23,6 +23,7 @@ use vocab::{LmsUserId, LmsUsername};
 
 use crate::domain::{LearnerKey, PageCursor, Purchase, Violation};
 use crate::store::Store;
+use crate::store::StoreError;
 
 /// The page of `ListPurchases` when the caller asks for none.
 const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -86,12 +87,19 @@ impl PurchaseHistoryApi {
                 Ok(LearnerKey::Username(username.clone()))
             }
             Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "CustomerIdentity lookup failed");
-                Err(Status::unavailable(format!(
-                    "could not resolve username {username:?} through CustomerIdentity ({}); repeat the request",
-                    status.message()
-                )))
+                Err(kit::error::from_peer("CustomerIdentity", &format!("resolving username {username}"), &status))
             }
+        }
+    }
+}
+
+/// A store failure as the caller sees it: never the database's own text.
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::Database(error) => kit::db::store_status("the purchase store", &error),
+        StoreError::Corrupt { purchase_id, reason } => {
+            tracing::error!(%purchase_id, %reason, "a stored purchase could not be read back");
+            Status::internal(format!("purchase {purchase_id} could not be read back; this is logged"))
         }
     }
 }
@@ -110,7 +118,11 @@ impl PurchaseHistoryService for PurchaseHistoryApi {
         &self,
         request: Request<pb::RecordPurchaseRequest>,
     ) -> Result<Response<pb::RecordPurchaseResponse>, Status> {
-        let purchase = Purchase::from_request(request.get_ref(), Utc::now()).map_err(invalid)?;
+        let mut purchase = Purchase::from_request(request.get_ref(), Utc::now()).map_err(invalid)?;
+        // A retired learner's name never goes back onto the stream.
+        if let Some(placeholder) = self.store.retired_username(purchase.lms_user_id).await.map_err(store_status)? {
+            purchase.username = placeholder;
+        }
         let trace = TextContext::current();
         let event_id = format!("purchase:{}", purchase.purchase_id);
         let envelope = EventEnvelope {
@@ -124,7 +136,11 @@ impl PurchaseHistoryService for PurchaseHistoryApi {
         // The bus publishes an event id once, so a repeated call with the same purchase_id appends nothing.
         self.bus.publish(&self.stream, &event_id, &envelope.encode_to_vec()).await.map_err(|error| {
             tracing::error!(%error, "could not append a purchase to the stream");
-            Status::unavailable("the purchases stream is unavailable; repeat the request with the same purchase_id")
+            kit::error::with_retry_info(
+                Code::Unavailable,
+                "the purchases stream is unavailable; repeat the request with the same purchase_id",
+                kit::error::RETRY_AFTER,
+            )
         })?;
         Ok(Response::new(pb::RecordPurchaseResponse { purchase_id: purchase.purchase_id.into() }))
     }
@@ -152,10 +168,7 @@ impl PurchaseHistoryService for PurchaseHistoryApi {
         bad.into_result()?;
         let learner = self.learner(request.learner.as_ref()).await?;
         let mut purchases =
-            self.store.list(&learner, after.as_ref(), i64::from(page_size) + 1).await.map_err(|error| {
-                tracing::error!(%error, "purchase store failed");
-                Status::unavailable("the purchase store is unavailable; repeat the request")
-            })?;
+            self.store.list(&learner, after.as_ref(), i64::from(page_size) + 1).await.map_err(store_status)?;
         let next_page_token = if purchases.len() > page_size as usize {
             purchases.truncate(page_size as usize);
             purchases

@@ -1,3 +1,6 @@
+//! Events in: purchases ([`PurchaseRecorder`]) and retirements
+//! ([`LearnerRetirer`]).
+//!
 //! Purchases in from the stream: each batch is decoded and validated, the
 //! valid purchases are stored in one idempotent insert, and only then
 //! acknowledged (by [`kit::bus::consumer::Consumer`]); an undecodable or
@@ -11,6 +14,8 @@ use kit::bus::consumer::{BatchHandler, Verdict};
 use kit::trace::TextContext;
 use prost::Message;
 use proto::commerce::events::v1::{EventEnvelope, event_envelope::Payload};
+
+use vocab::Retirement;
 
 use crate::domain::Purchase;
 use crate::store::Store;
@@ -52,7 +57,8 @@ pub fn decode(payload: &[u8]) -> Result<(Purchase, TextContext), String> {
 #[async_trait::async_trait]
 impl BatchHandler for PurchaseRecorder {
     async fn handle(&self, batch: &[Delivery]) -> Result<Vec<Verdict>, Box<dyn std::error::Error + Send + Sync>> {
-        let decoded: Vec<Result<(Purchase, TextContext), String>> = batch.iter().map(|delivery| decode(&delivery.payload)).collect();
+        let decoded: Vec<Result<(Purchase, TextContext), String>> =
+            batch.iter().map(|delivery| decode(&delivery.payload)).collect();
         let purchases: Vec<Purchase> = decoded.iter().filter_map(|d| d.as_ref().ok().map(|(p, _)| p.clone())).collect();
         let stored = self.store.insert_batch(&purchases).await?;
         tracing::debug!(received = batch.len(), valid = purchases.len(), new = stored, "purchases stored");
@@ -73,6 +79,37 @@ impl BatchHandler for PurchaseRecorder {
                     Verdict::Settled
                 }
                 Err(reason) => Verdict::Refused(reason),
+            })
+            .collect())
+    }
+}
+
+/// Applies `CustomerRetired` events: the learner's purchases get the
+/// placeholder username, and so does any purchase of theirs stored later.
+pub struct LearnerRetirer {
+    store: Arc<dyn Store>,
+}
+
+impl LearnerRetirer {
+    /// A retirer over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchHandler for LearnerRetirer {
+    async fn handle(&self, batch: &[Delivery]) -> Result<Vec<Verdict>, Box<dyn std::error::Error + Send + Sync>> {
+        let decoded: Vec<Result<Retirement, vocab::Invalid>> =
+            batch.iter().map(|delivery| Retirement::decode(&delivery.payload)).collect();
+        let retirements: Vec<Retirement> = decoded.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let changed = self.store.retire_learners(&retirements).await?;
+        tracing::info!(retirements = retirements.len(), purchases = changed, "retired learners' usernames replaced");
+        Ok(decoded
+            .into_iter()
+            .map(|result| match result {
+                Ok(_) => Verdict::Settled,
+                Err(reason) => Verdict::Refused(reason.to_string()),
             })
             .collect())
     }

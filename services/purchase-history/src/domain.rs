@@ -588,7 +588,11 @@ mod tests {
         let request = RecordPurchaseRequest { purchase: Some(purchase), ..Default::default() };
         let parsed = Purchase::from_request(&request, t0()).unwrap();
         assert_eq!(
-            (parsed.purchase_id.as_str(), parsed.source.as_deref().unwrap_or_default(), parsed.purchased_at.timestamp()),
+            (
+                parsed.purchase_id.as_str(),
+                parsed.source.as_deref().unwrap_or_default(),
+                parsed.purchased_at.timestamp()
+            ),
             ("mine", "lob-x", 1_000)
         );
     }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::PurchaseHistoryApi;
 
-use crate::consumer::{GROUP, PurchaseRecorder};
+use crate::consumer::{GROUP, LearnerRetirer, PurchaseRecorder};
 use crate::store::Store;
 
 /// The component's name: in logs, as the Postgres schema, as the SQLite file name.
@@ -42,6 +42,8 @@ pub static MIGRATIONS: Migrations =
 pub struct Config {
     /// The purchases stream (tests give each run its own).
     pub stream: String,
+    /// The stream of `CustomerRetired` events, from CustomerIdentity.
+    pub customers_stream: String,
     /// How the purchases stream is read.
     pub consumer: ConsumerConfig,
     /// Where CustomerIdentity answers, to resolve usernames.
@@ -52,6 +54,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             stream: proto::streams::PURCHASES.into(),
+            customers_stream: proto::streams::CUSTOMERS.into(),
             consumer: ConsumerConfig::default(),
             customer_identity_url: "http://127.0.0.1:50052".into(),
         }
@@ -65,6 +68,7 @@ pub struct PurchaseHistory {
     identity: CustomerIdentityServiceClient<TracedChannel>,
     config: Config,
     consumer_metrics: ConsumerMetrics,
+    retirement_metrics: ConsumerMetrics,
 }
 
 impl PurchaseHistory {
@@ -90,7 +94,9 @@ impl PurchaseHistory {
     ) -> Self {
         let consumer_metrics = ConsumerMetrics::default();
         consumer_metrics.register("purchase_history_consumer", metrics);
-        Self { store, bus, identity, config: config.clone(), consumer_metrics }
+        let retirement_metrics = ConsumerMetrics::default();
+        retirement_metrics.register("purchase_history_retirements", metrics);
+        Self { store, bus, identity, config: config.clone(), consumer_metrics, retirement_metrics }
     }
 
     /// The gRPC service, ready to hand to [`kit::serve::GrpcServer::service`].
@@ -121,10 +127,29 @@ impl PurchaseHistory {
         PurchaseRecorder::new(Arc::clone(&self.store))
     }
 
-    /// Consumes the purchases stream until `shutdown`.
+    /// The consumer of the customers stream (retirements), named `name` in its group.
+    pub fn retirements_consumer(&self, name: &str) -> Consumer {
+        Consumer::new(
+            Arc::clone(&self.bus),
+            &self.config.customers_stream,
+            GROUP,
+            name,
+            self.config.consumer,
+            self.retirement_metrics.clone(),
+        )
+    }
+
+    /// What the retirements consumer hands each batch to.
+    pub fn retirer(&self) -> LearnerRetirer {
+        LearnerRetirer::new(Arc::clone(&self.store))
+    }
+
+    /// Consumes the purchases and customers streams until `shutdown`.
     pub async fn run_background(&self, shutdown: CancellationToken) {
         let name = format!("{}-{}", NAME, uuid::Uuid::new_v4().simple());
-        self.consumer(&name).run(&self.recorder(), shutdown).await;
+        let (purchases, recorder) = (self.consumer(&name), self.recorder());
+        let (retirements, retirer) = (self.retirements_consumer(&name), self.retirer());
+        tokio::join!(purchases.run(&recorder, shutdown.clone()), retirements.run(&retirer, shutdown));
     }
 
     /// The store (for tests and tools).

@@ -142,7 +142,12 @@ impl Fixture {
     }
 
     async fn stored(&self, learner: i64) -> Vec<String> {
-        let page = self.history.store().list(&LearnerKey::LmsUserId(vocab::LmsUserId::new(learner).unwrap()), None, 1000).await.unwrap();
+        let page = self
+            .history
+            .store()
+            .list(&LearnerKey::LmsUserId(vocab::LmsUserId::new(learner).unwrap()), None, 1000)
+            .await
+            .unwrap();
         page.into_iter().map(|p| p.purchase_id.into()).collect()
     }
 }

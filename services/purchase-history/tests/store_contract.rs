@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use kit::db::{Backend, Database};
 use kit::testing::TestDatabase;
 use purchase_history::domain::{LearnerKey, PageCursor, Purchase};
-use vocab::{LmsUserId, LmsUsername, OrderNumber, Price, ProductKey, PurchaseId, SourceSystem, Title};
 use purchase_history::store::{Store, for_database};
+use vocab::{LmsUserId, LmsUsername, OrderNumber, Price, ProductKey, PurchaseId, Retirement, SourceSystem, Title};
 
 struct Fixture {
     store: Arc<dyn Store>,
@@ -223,11 +223,32 @@ async fn concurrent_inserts_of_one_batch_store_each_purchase_once(f: Fixture) {
     assert_eq!((listed.len(), listed_ids.len()), (200, 200), "each purchase once");
 }
 
+async fn a_retirement_renames_the_learners_purchases_and_later_ones(f: Fixture) {
+    f.store.insert_batch(&[purchase("p-1", 7, "ada", at(1)), purchase("p-2", 8, "bob", at(1))]).await.unwrap();
+    let placeholder = name(&format!("retired__user_{}", "5e".repeat(20)));
+    let retirement = Retirement { customer_id: None, lms_user_id: uid(7), retired_username: placeholder.clone() };
+    assert_eq!(f.store.retire_learners(std::slice::from_ref(&retirement)).await.unwrap(), 1);
+    assert_eq!(f.store.retire_learners(std::slice::from_ref(&retirement)).await.unwrap(), 0, "idempotent");
+    // A purchase of the retired learner that arrives later still names the old username.
+    f.store.insert_batch(&[purchase("p-3", 7, "ada", at(2))]).await.unwrap();
+    let listed = all(&*f.store, &LearnerKey::LmsUserId(uid(7))).await;
+    assert_eq!(ids(&listed), ["p-3", "p-1"], "still listed by lms_user_id");
+    assert!(listed.iter().all(|p| p.username == placeholder), "{listed:?}");
+    assert!(all(&*f.store, &LearnerKey::Username(name("ada"))).await.is_empty(), "the old name finds nothing");
+    assert_eq!(all(&*f.store, &LearnerKey::LmsUserId(uid(8))).await[0].username, name("bob"), "others untouched");
+    assert_eq!(f.store.retired_username(uid(7)).await.unwrap(), Some(placeholder));
+    assert_eq!(f.store.retired_username(uid(8)).await.unwrap(), None);
+}
+
 macro_rules! contract {
     ($name:ident, $kind:expr) => {
         mod $name {
             use super::*;
 
+            #[tokio::test]
+            async fn a_retirement_renames_the_learners_purchases_and_later_ones() {
+                super::a_retirement_renames_the_learners_purchases_and_later_ones(fixture($kind).await).await;
+            }
             #[tokio::test]
             async fn a_batch_stores_each_purchase_once() {
                 super::a_batch_stores_each_purchase_once(fixture($kind).await).await;

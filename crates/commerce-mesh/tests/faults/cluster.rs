@@ -233,6 +233,8 @@ impl MeshProcesses {
                 repository.join("config/catalog/sources").display().to_string(),
             ),
             ("MESH_SERVE__DRAIN_TIMEOUT".into(), "1s".into()),
+            // `serve customer-identity` on Postgres refuses the development salt.
+            ("MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT".into(), "faults-suite-retirement-salt".into()),
             ("MESH_TELEMETRY__LOG_FILTER".into(), "info".into()),
         ]);
         for (component, (port, admin)) in &ports {
@@ -262,6 +264,11 @@ impl MeshProcesses {
     /// The gateway's base URL.
     pub fn gateway_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports[&Component::Gateway].0)
+    }
+
+    /// `http://127.0.0.1:<port>` of a service's gRPC server.
+    pub fn grpc_url(&self, component: Component) -> String {
+        format!("http://127.0.0.1:{}", self.ports[&component].0)
     }
 
     /// Where a component's log lines go (stdout and stderr, every start appended).
@@ -299,6 +306,14 @@ impl MeshProcesses {
         let mut child = self.children.remove(&component).expect("running");
         child.start_kill().expect("SIGKILL");
         child.wait().await.expect("exits");
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the component's process: it keeps
+    /// its connections and answers nothing while frozen, like a stalled peer.
+    pub async fn signal(&mut self, component: Component, signal: &str) {
+        let pid = self.children.get(&component).and_then(Child::id).expect("running");
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().await.expect("kill");
+        assert!(status.success(), "kill -{signal} {component}");
     }
 
     /// Starts the component again (on the same ports) and waits until it serves.

@@ -113,6 +113,23 @@ impl Load {
         }
     }
 
+    /// One request through the gateway, answered as it came (no retry): the
+    /// HTTP status and the JSON body, or None when no answer came.
+    pub async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
+        let mut request = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.unwrap_or_default()))
+    }
+
+    /// The commerce customer id of learner `i` (linked by [`Load::link_customers`]) and their LMS user id.
+    pub fn learner(&self, i: usize) -> (String, String) {
+        (self.customer(i), (1_000 + i % CUSTOMERS).to_string())
+    }
+
     fn customer(&self, i: usize) -> String {
         format!("fc-{}-{}", self.run, i % CUSTOMERS)
     }

@@ -27,6 +27,8 @@ use commerce_mesh::Component;
 use commerce_mesh::dev_lms::{Credentials, DevLms};
 use kit::shutdown::Shutdown;
 use load::{Ledger, Load, Rates};
+use proto::commerce::fulfillment::v1 as pb;
+use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -299,4 +301,143 @@ async fn redis_and_postgres_outages_are_ridden_out_without_restarts_or_losses() 
         assert!(rig.mesh.still_running(component), "{component} recovered without a restart");
         assert_eq!(rig.mesh.starts[&component], 1, "{component} was started once");
     }
+}
+
+/// Polls the learner's history (`GET /v1/purchases?lms_user_id=`) until a
+/// purchase of `order_number` is listed, bounded by the guard.
+async fn listed_in_history(load: &Load, lms_user_id: &str, order_number: &str) -> serde_json::Value {
+    cluster::wait_until(&format!("order {order_number} listed in the history of {lms_user_id}"), || async {
+        let (status, page) = load
+            .send(reqwest::Method::GET, &format!("/v1/purchases?lms_user_id={lms_user_id}&page_size=500"), None)
+            .await?;
+        (status == 200).then_some(())?;
+        page["purchases"].as_array()?.iter().find(|p| p["order_number"] == order_number).cloned()
+    })
+    .await
+}
+
+fn grpc_order(number: &str, customer_id: &str) -> pb::FulfillOrderRequest {
+    pb::FulfillOrderRequest {
+        order_number: number.into(),
+        date_placed: Some(kit::time::to_timestamp(chrono::Utc::now() - chrono::Duration::minutes(1))),
+        learner: Some(pb::Learner { customer_id: customer_id.into(), ..Default::default() }),
+        line_items: vec![pb::LineItem {
+            line_item_id: "1".into(),
+            product: Some(pb::line_item::Product::CourseRun(pb::CourseRunEnrollment {
+                course_run_key: load::COURSE_RUN.into(),
+                mode: "verified".into(),
+                credit_provider_id: String::new(),
+            })),
+            title: "Seams 101".into(),
+            price: Some(proto::commerce::r#type::v1::Money { currency_code: "USD".into(), amount: "5.00".into() }),
+        }],
+        ..Default::default()
+    }
+}
+
+fn odd_order(customer_id: &str, key: &str, title: &str, amount: &str) -> serde_json::Value {
+    json!({
+        "date_placed": (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339(),
+        "learner": {"customer_id": customer_id},
+        "line_items": [{
+            "line_item_id": "1",
+            "course_run": {"course_run_key": key, "mode": "verified"},
+            "title": title,
+            "price": {"currency_code": "USD", "amount": amount},
+        }],
+    })
+}
+
+/// The seams between the components, each its own process (`serve`): orders
+/// that one service used to accept and the next refuse end either refused at
+/// the door with a 400 naming the field, or enrolled and listed in the
+/// learner's history, none lost; a frozen CustomerIdentity (SIGSTOP) makes an
+/// order naming a customer answer 503 or 504, never 500, and the same order
+/// succeeds once it is thawed (SIGCONT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seams_hold_between_processes_odd_orders_and_a_frozen_peer() {
+    let mut rig = Rig::start().await;
+    let (customer, lms_user_id) = rig.load.learner(0);
+    let long_key = format!("course-v1:SeamsX+{}+2026", "L".repeat(120));
+    let cases = [
+        ("negative price", load::COURSE_RUN.to_string(), "Seams 101", "-5.00", Some("line_items[0].price.amount")),
+        (
+            "control character in the title",
+            load::COURSE_RUN.to_string(),
+            "Seams\u{7}101",
+            "5.00",
+            Some("line_items[0].title"),
+        ),
+        ("course run key over 100 characters", long_key, "Seams 101", "5.00", None),
+        ("free line, title in any script", load::COURSE_RUN.to_string(), "Séminaire — 縫い目 101", "0", None),
+    ];
+    let mut summary = Vec::new();
+    for (i, (case, key, title, amount, refused_field)) in cases.into_iter().enumerate() {
+        let number = format!("SEAM-{}-{i}", uuid::Uuid::new_v4().simple());
+        let (status, body) = rig
+            .load
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/orders/{number}:fulfill"),
+                Some(odd_order(&customer, &key, title, amount)),
+            )
+            .await
+            .expect("an answer");
+        match refused_field {
+            Some(field) => {
+                assert_eq!(status, 400, "{case}: {body}");
+                let named: Vec<&str> = body["details"][0]["field_violations"]
+                    .as_array()
+                    .map(|v| v.iter().filter_map(|v| v["field"].as_str()).collect())
+                    .unwrap_or_default();
+                assert_eq!(named, [field], "{case}: {body}");
+                summary.push(format!("{case}: 400 naming {field}"));
+            }
+            None => {
+                assert_eq!(status, 200, "{case}: {body}");
+                let purchase = listed_in_history(&rig.load, &lms_user_id, &number).await;
+                assert_eq!(purchase["product_key"], key.as_str(), "{case}");
+                assert_eq!(purchase["title"], title, "{case}");
+                summary.push(format!("{case}: enrolled and listed"));
+            }
+        }
+    }
+
+    // A stalled CustomerIdentity: the order that names a customer waits for it, then is answered 503 or 504.
+    let number = format!("SEAM-FROZEN-{}", uuid::Uuid::new_v4().simple());
+    let order = odd_order(&customer, load::COURSE_RUN, "Seams 101", "5.00");
+    rig.mesh.signal(Component::CustomerIdentity, "STOP").await;
+    let frozen =
+        rig.load.send(reqwest::Method::POST, &format!("/v1/orders/{number}:fulfill"), Some(order.clone())).await;
+    // Fulfillment itself, asked over gRPC with a deadline longer than its own
+    // wait for CustomerIdentity: its answer is its classification of the stall.
+    let channel = kit::client::channel(&rig.mesh.grpc_url(Component::Fulfillment)).expect("channel");
+    let mut fulfillment = FulfillmentServiceClient::new(channel);
+    let mut direct = tonic::Request::new(grpc_order(&format!("{number}-GRPC"), &customer));
+    direct.set_timeout(Duration::from_secs(30));
+    let direct = fulfillment.fulfill_order(direct).await.expect_err("refused while frozen");
+    rig.mesh.signal(Component::CustomerIdentity, "CONT").await;
+    assert_eq!(direct.code(), tonic::Code::DeadlineExceeded, "{direct:?}");
+    assert!(kit::error::retry_after(&direct).is_some(), "with RetryInfo: {direct:?}");
+    let (status, body) = frozen.expect("an answer while CustomerIdentity is frozen");
+    assert!([503, 504].contains(&status), "a frozen peer is 503 or 504, never {status}: {body}");
+    summary.push(format!("frozen CustomerIdentity: {status} ({})", body["message"]));
+    summary.push(format!("frozen CustomerIdentity, Fulfillment over gRPC: {:?}", direct.code()));
+    let thawed = cluster::wait_until("the same order is accepted once CustomerIdentity is thawed", || async {
+        let (status, _) =
+            rig.load.send(reqwest::Method::POST, &format!("/v1/orders/{number}:fulfill"), Some(order.clone())).await?;
+        (status == 200).then_some(status)
+    })
+    .await;
+    assert_eq!(thawed, 200);
+    listed_in_history(&rig.load, &lms_user_id, &number).await;
+    summary.push("after SIGCONT: the same order enrolled and listed".into());
+    let figures = json!({
+        "suite": "seams",
+        "cases": summary,
+        "orders": 6,
+        "lost": 0,
+        "server_errors_500": 0,
+    });
+    println!("RELIABILITY-FIGURES {figures}");
 }

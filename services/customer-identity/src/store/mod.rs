@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use kit::db::Database;
+use kit::trace::TextContext;
 
 #[cfg(doc)]
 use crate::domain::LmsUsername;
-use crate::domain::{Customer, CustomerKey, CustomerLink};
+use crate::domain::{Customer, CustomerKey, CustomerLink, RetirementKey};
 
 /// A key an upsert wanted that another customer holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,9 +136,15 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert(&self, link: &CustomerLink, expected_version: Option<i64>) -> Result<Upserted, StoreError>;
 
     /// Replaces the username with its retired placeholder (salted hash, see
-    /// [`LmsUsername::retired`]), clears the email, keeps the LMS user id. Retiring a retired customer changes nothing. None when no
+    /// [`LmsUsername::retired`]), clears the email, keeps the LMS user id, and writes its `CustomerRetired` event to the outbox in
+    /// the same transaction ([`crate::events::customer_retired`]). Retiring a retired customer changes nothing. None when no
     /// customer matches.
-    async fn retire(&self, key: &CustomerKey, retirement_salt: &str) -> Result<Option<Upserted>, StoreError>;
+    async fn retire(
+        &self,
+        key: &CustomerKey,
+        retirement: &RetirementKey,
+        trace: &TextContext,
+    ) -> Result<Option<Upserted>, StoreError>;
 
     /// Upserts a batch of valid rows, each without version checks; a row that
     /// repeats an earlier row's customer id, whose LMS user id or username

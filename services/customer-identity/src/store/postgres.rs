@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::Utc;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 
@@ -9,7 +10,9 @@ use super::{
     CustomerRow, ImportOutcome, RowRejection, Store, StoreError, TakenKey, Upserted, Violation, refused,
     returning_customer, select_customers, violation,
 };
-use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, UpsertPlan, plan_upsert};
+use kit::trace::TextContext;
+
+use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, RetirementKey, UpsertPlan, plan_upsert};
 
 /// Customer links in Postgres.
 #[derive(Clone, Debug)]
@@ -253,7 +256,13 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn retire(&self, key: &CustomerKey, retirement_salt: &str) -> Result<Option<Upserted>, StoreError> {
+    async fn retire(
+        &self,
+        key: &CustomerKey,
+        retirement: &RetirementKey,
+        trace: &TextContext,
+    ) -> Result<Option<Upserted>, StoreError> {
+        let now = Utc::now();
         let mut tx = self.pool.begin().await?;
         let query = match key {
             CustomerKey::CustomerId(id) => {
@@ -277,16 +286,20 @@ impl Store for PostgresStore {
             return Ok(Some(Upserted { customer: previous.clone(), previous: Some(previous) }));
         }
         let row: CustomerRow = sqlx::query_as(concat!(
-            "UPDATE customers SET lms_username = $2, email = '', retired = TRUE, version = version + 1, update_time = now()
+            "UPDATE customers SET lms_username = $2, email = '', retired = TRUE, version = version + 1, update_time = $3
               WHERE customer_id = $1",
             returning_customer!()
         ))
         .bind(&previous.customer_id)
-        .bind(LmsUsername::retired(retirement_salt, &previous.lms_username).as_str())
+        .bind(LmsUsername::retired_placeholder(&previous.lms_username, retirement).as_str())
+        .bind(now)
         .fetch_one(&mut *tx)
         .await?;
+        let customer = Customer::from(row);
+        let event = crate::events::customer_retired(&customer, now, trace);
+        kit::outbox::postgres::insert(&mut tx, &[event], now).await?;
         tx.commit().await?;
-        Ok(Some(Upserted { customer: row.into(), previous: Some(previous) }))
+        Ok(Some(Upserted { customer, previous: Some(previous) }))
     }
 
     async fn import_distinct(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError> {

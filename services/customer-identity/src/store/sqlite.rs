@@ -11,7 +11,9 @@ use super::{
     CustomerRow, ImportOutcome, Store, StoreError, TakenKey, Upserted, Violation, refused, returning_customer,
     select_customers, violation,
 };
-use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, UpsertPlan, plan_upsert};
+use kit::trace::TextContext;
+
+use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, RetirementKey, UpsertPlan, plan_upsert};
 
 /// Customer links in SQLite.
 #[derive(Clone, Debug)]
@@ -118,7 +120,13 @@ impl Store for SqliteStore {
         Ok(upserted)
     }
 
-    async fn retire(&self, key: &CustomerKey, retirement_salt: &str) -> Result<Option<Upserted>, StoreError> {
+    async fn retire(
+        &self,
+        key: &CustomerKey,
+        retirement: &RetirementKey,
+        trace: &TextContext,
+    ) -> Result<Option<Upserted>, StoreError> {
+        let now = Utc::now();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some(previous) = find(&mut tx, key).await? else {
             return Ok(None);
@@ -132,12 +140,15 @@ impl Store for SqliteStore {
             returning_customer!()
         ))
         .bind(&previous.customer_id)
-        .bind(LmsUsername::retired(retirement_salt, &previous.lms_username).as_str())
-        .bind(Utc::now())
+        .bind(LmsUsername::retired_placeholder(&previous.lms_username, retirement).as_str())
+        .bind(now)
         .fetch_one(&mut *tx)
         .await?;
+        let customer = Customer::from(row);
+        let event = crate::events::customer_retired(&customer, now, trace);
+        kit::outbox::sqlite::insert(&mut tx, &[event], now).await?;
         tx.commit().await?;
-        Ok(Some(Upserted { customer: row.into(), previous: Some(previous) }))
+        Ok(Some(Upserted { customer, previous: Some(previous) }))
     }
 
     async fn import_distinct(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError> {

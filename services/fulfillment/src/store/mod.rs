@@ -21,6 +21,7 @@ pub use kit::outbox::{OutboxEntry, OutboxEvent};
 use kit::outbox::{OutboxError, OutboxStore};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use crate::domain::{ErrorKind, JobError, JobSpec, JobState};
 
@@ -171,6 +172,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The order's learner was retired: nothing was stored.
+    #[error("learner {0} is retired and cannot be enrolled")]
+    LearnerRetired(LmsUserId),
     /// A stored row could not be read back.
     #[error("corrupt row for fulfillment {id}: {reason}")]
     Corrupt {
@@ -199,6 +203,7 @@ pub trait Store: OutboxStore {
     /// Stores the jobs of a new order in one transaction, PENDING and due now.
     /// Answers false, storing nothing, when a job of that order and line item
     /// exists (a concurrent acceptance won the race).
+    /// [`StoreError::LearnerRetired`], storing nothing, when the jobs' learner was retired.
     async fn insert_order(&self, jobs: &[NewJob], now: DateTime<Utc>) -> Result<bool, StoreError>;
 
     /// One job.
@@ -222,6 +227,16 @@ pub trait Store: OutboxStore {
     /// Re-drives a FAILED job: PENDING, due now, attempts reset.
     async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError>;
 
+    /// Applies retirements in one transaction: each learner's jobs get the
+    /// placeholder username (in the spec, and in the last LMS error where it
+    /// was echoed), so do their events still in the outbox, and the learner
+    /// is remembered ([`Store::retired_username`]). Idempotent; answers how
+    /// many jobs changed.
+    async fn retire_learners(&self, retirements: &[Retirement], now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// The placeholder of a retired learner, or None.
+    async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError>;
+
     /// When the next job falls due: the earliest PENDING due time or lease expiry.
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 
@@ -236,6 +251,36 @@ pub trait Store: OutboxStore {
     async fn listen_for_work(&self, wake: Arc<Notify>, shutdown: CancellationToken) {
         let _ = (wake, shutdown);
     }
+}
+
+/// The events a finished job writes, with the placeholder in place of the
+/// username when the job's learner was retired while its attempt ran (the
+/// events were built from the spec the worker claimed; `job` is the row as
+/// the finishing statement left it).
+fn events_for(job: &FulfillmentJob, events: &[OutboxEvent]) -> Vec<OutboxEvent> {
+    let learner = &job.spec.learner;
+    if !learner.lms_username.is_retired() {
+        return events.to_vec();
+    }
+    events
+        .iter()
+        .map(|event| match crate::outbox::scrub(&event.payload, learner.lms_user_id, &learner.lms_username) {
+            Some(payload) => OutboxEvent { payload, ..event.clone() },
+            None => event.clone(),
+        })
+        .collect()
+}
+
+/// Unpublished outbox payloads rewritten for `retirements`: (seq, new payload).
+fn scrubbed_outbox(rows: Vec<(i64, Vec<u8>)>, retirements: &[Retirement]) -> Vec<(i64, Vec<u8>)> {
+    rows.into_iter()
+        .filter_map(|(seq, payload)| {
+            retirements
+                .iter()
+                .find_map(|r| crate::outbox::scrub(&payload, r.lms_user_id, &r.retired_username))
+                .map(|scrubbed| (seq, scrubbed))
+        })
+        .collect()
 }
 
 /// The store for the service's database.

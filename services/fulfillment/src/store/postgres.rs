@@ -12,10 +12,11 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use super::{
     Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, Outcome, QueueStats, Redriven, Store, StoreError,
-    Transition, TransitionRow, Written, job_columns,
+    Transition, TransitionRow, Written, events_for, job_columns, scrubbed_outbox,
 };
 use crate::domain::JobState;
 
@@ -71,9 +72,12 @@ impl Store for PostgresStore {
             fingerprints.push(job.spec.fingerprint.as_str());
             traceparents.push(job.traceparent.as_str());
         }
+        let Some(learner) = jobs.first().map(|job| job.spec.learner.lms_user_id) else { return Ok(true) };
         let mut tx = self.pool.begin().await?;
         // One statement stores the jobs and their first transition; a line that
         // already exists is skipped, and then the whole order is rolled back.
+        // Nothing is stored for a retired learner; reading retired_learners here
+        // holds a retirement back until this commits (see retire_learners).
         let inserted: Vec<String> = sqlx::query_scalar(
             "WITH new AS (
                  INSERT INTO fulfillments (fulfillment_id, order_number, line_item_id, position, spec, fingerprint,
@@ -81,6 +85,7 @@ impl Store for PostgresStore {
                  SELECT id, o, l, p, s::jsonb, f, 'PENDING', $8, t, $8, $8
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[])
                       AS j(id, o, l, p, s, f, t)
+                 WHERE NOT EXISTS (SELECT 1 FROM retired_learners WHERE lms_user_id = $9)
                  ON CONFLICT (order_number, line_item_id) DO NOTHING
                  RETURNING fulfillment_id
              ), logged AS (
@@ -97,11 +102,17 @@ impl Store for PostgresStore {
         .bind(&fingerprints)
         .bind(&traceparents)
         .bind(now)
+        .bind(learner.get())
         .fetch_all(&mut *tx)
         .await?;
         if inserted.len() != jobs.len() {
+            let retired: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM retired_learners WHERE lms_user_id = $1)")
+                    .bind(learner.get())
+                    .fetch_one(&mut *tx)
+                    .await?;
             tx.rollback().await?;
-            return Ok(false);
+            return if retired { Err(StoreError::LearnerRetired(learner)) } else { Ok(false) };
         }
         announce_work(&mut tx).await?;
         tx.commit().await?;
@@ -231,9 +242,77 @@ impl Store for PostgresStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        kit::outbox::postgres::insert(&mut tx, written.events, now).await?;
+        kit::outbox::postgres::insert(&mut tx, &events_for(&job, written.events), now).await?;
         tx.commit().await?;
         Ok(Finished::Recorded(Box::new(job)))
+    }
+
+    async fn retire_learners(&self, retirements: &[Retirement], now: DateTime<Utc>) -> Result<u64, StoreError> {
+        if retirements.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = retirements.iter().map(|r| r.lms_user_id.get()).collect();
+        let names: Vec<&str> = retirements.iter().map(|r| r.retired_username.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        // Orders are refused for a learner in this table, and a retirement must
+        // not interleave with an acceptance that checked it a moment earlier.
+        sqlx::query("LOCK TABLE retired_learners IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO retired_learners (lms_user_id, retired_username, retired_at)
+             SELECT i, n, $3 FROM unnest($1::int8[], $2::text[]) AS r(i, n)
+             ON CONFLICT (lms_user_id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&names)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Row locks on the jobs order this with a worker finishing one: whichever
+        // is second sees the other's change (see events_for).
+        let changed = sqlx::query(
+            "UPDATE fulfillments f
+                SET spec = jsonb_set(f.spec, '{learner,lms_username}', to_jsonb(r.retired_username)),
+                    last_error_message = replace(f.last_error_message, f.spec -> 'learner' ->> 'lms_username',
+                                                 r.retired_username),
+                    update_time = $2
+               FROM retired_learners r
+              WHERE r.lms_user_id = ANY($1)
+                AND f.spec -> 'learner' ->> 'lms_user_id' = r.lms_user_id::text
+                AND f.spec -> 'learner' ->> 'lms_username' <> r.retired_username",
+        )
+        .bind(&ids)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let unpublished: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, payload FROM outbox WHERE published_at IS NULL ORDER BY seq FOR UPDATE")
+                .fetch_all(&mut *tx)
+                .await?;
+        for (seq, payload) in scrubbed_outbox(unpublished, retirements) {
+            sqlx::query("UPDATE outbox SET payload = $2 WHERE seq = $1")
+                .bind(seq)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError> {
+        let name: Option<String> =
+            sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = $1")
+                .bind(lms_user_id.get())
+                .fetch_optional(&self.pool)
+                .await?;
+        name.map(|name| {
+            LmsUsername::parse(&name).map_err(|e| StoreError::Corrupt {
+                id: lms_user_id.to_string(),
+                reason: format!("retired_username {e}"),
+            })
+        })
+        .transpose()
     }
 
     async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError> {

@@ -7,10 +7,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kit::outbox::{Backlog, OutboxEntry, OutboxError, OutboxStore};
 use sqlx::SqlitePool;
+use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use super::{
     Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, Outcome, QueueStats, Redriven, Store, StoreError,
-    Transition, TransitionRow, Written, duration_micros, from_micros, job_columns, micros,
+    Transition, TransitionRow, Written, duration_micros, events_for, from_micros, job_columns, micros, scrubbed_outbox,
 };
 use crate::domain::JobState;
 
@@ -67,7 +68,16 @@ impl Store for SqliteStore {
     }
 
     async fn insert_order(&self, jobs: &[NewJob], now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let Some(learner) = jobs.first().map(|job| job.spec.learner.lms_user_id) else { return Ok(true) };
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let retired: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM retired_learners WHERE lms_user_id = ?1)")
+            .bind(learner.get())
+            .fetch_one(&mut *tx)
+            .await?;
+        if retired {
+            tx.rollback().await?;
+            return Err(StoreError::LearnerRetired(learner));
+        }
         for new in jobs {
             let spec = serde_json::to_string(&new.spec)
                 .map_err(|e| StoreError::Corrupt { id: new.id.clone(), reason: e.to_string() })?;
@@ -204,9 +214,70 @@ impl Store for SqliteStore {
         let job = job(row)?;
         transition(&mut tx, &job.id, Some(JobState::InProgress), written.state, job.attempts, Some(&lease.token), now)
             .await?;
-        kit::outbox::sqlite::insert(&mut tx, written.events, now).await?;
+        kit::outbox::sqlite::insert(&mut tx, &events_for(&job, written.events), now).await?;
         tx.commit().await?;
         Ok(Finished::Recorded(Box::new(job)))
+    }
+
+    async fn retire_learners(&self, retirements: &[Retirement], now: DateTime<Utc>) -> Result<u64, StoreError> {
+        if retirements.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut changed = 0;
+        for retirement in retirements {
+            sqlx::query(
+                "INSERT INTO retired_learners (lms_user_id, retired_username, retired_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (lms_user_id) DO NOTHING",
+            )
+            .bind(retirement.lms_user_id.get())
+            .bind(retirement.retired_username.as_str())
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+            changed += sqlx::query(
+                "UPDATE fulfillments
+                    SET spec = json_set(spec, '$.learner.lms_username', ?2),
+                        last_error_message = replace(last_error_message, json_extract(spec, '$.learner.lms_username'), ?2),
+                        update_time = ?3
+                  WHERE json_extract(spec, '$.learner.lms_user_id') = ?1
+                    AND json_extract(spec, '$.learner.lms_username') <> ?2",
+            )
+            .bind(retirement.lms_user_id.to_string())
+            .bind(retirement.retired_username.as_str())
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        let unpublished: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, payload FROM outbox WHERE published_at IS NULL ORDER BY seq")
+                .fetch_all(&mut *tx)
+                .await?;
+        for (seq, payload) in scrubbed_outbox(unpublished, retirements) {
+            sqlx::query("UPDATE outbox SET payload = ?2 WHERE seq = ?1")
+                .bind(seq)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError> {
+        let name: Option<String> =
+            sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = ?1")
+                .bind(lms_user_id.get())
+                .fetch_optional(&self.pool)
+                .await?;
+        name.map(|name| {
+            LmsUsername::parse(&name).map_err(|e| StoreError::Corrupt {
+                id: lms_user_id.to_string(),
+                reason: format!("retired_username {e}"),
+            })
+        })
+        .transpose()
     }
 
     async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError> {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use kit::db::Database;
 
-use vocab::{LmsUserId, LmsUsername, OrderNumber, Price, ProductKey, PurchaseId, SourceSystem, Title};
+use vocab::{LmsUserId, LmsUsername, OrderNumber, Price, ProductKey, PurchaseId, Retirement, SourceSystem, Title};
 
 use crate::domain::{LearnerKey, PageCursor, Purchase};
 
@@ -42,8 +42,18 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Stores the purchases not stored yet (by purchase_id) in one
     /// transaction/statement; answers how many were new. A purchase_id already
-    /// stored, or repeated within the batch, keeps its first content.
+    /// stored, or repeated within the batch, keeps its first content. A
+    /// retired learner's purchase is stored with their placeholder username.
     async fn insert_batch(&self, purchases: &[Purchase]) -> Result<u64, StoreError>;
+
+    /// Applies retirements: each learner's purchases get the placeholder
+    /// username, and the learner is remembered so a purchase of theirs stored
+    /// later gets it too ([`Store::insert_batch`]). Idempotent; answers how
+    /// many purchases changed.
+    async fn retire_learners(&self, retirements: &[Retirement]) -> Result<u64, StoreError>;
+
+    /// The placeholder of a retired learner, or None.
+    async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError>;
 
     /// Newest first ((purchased_at, purchase_id) descending), strictly after
     /// `after` when given, at most `limit`. A username matches case-insensitively.
@@ -103,6 +113,17 @@ struct PurchaseRow<T> {
     amount: String,
     purchased_at: T,
     source: String,
+}
+
+/// A stored placeholder, parsed.
+fn stored_placeholder(lms_user_id: LmsUserId, name: Option<String>) -> Result<Option<LmsUsername>, StoreError> {
+    name.map(|name| {
+        LmsUsername::parse(&name).map_err(|e| StoreError::Corrupt {
+            purchase_id: format!("(retired learner {lms_user_id})"),
+            reason: format!("retired_username {e}"),
+        })
+    })
+    .transpose()
 }
 
 /// An optional column: empty when the purchase did not say.

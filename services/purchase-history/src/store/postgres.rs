@@ -6,7 +6,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{PurchaseRow, Store, StoreError, folded, purchase_columns, unique_in_id_order};
+use super::{PurchaseRow, Store, StoreError, folded, purchase_columns, stored_placeholder, unique_in_id_order};
+use vocab::{LmsUserId, LmsUsername, Retirement};
+
 use crate::domain::{LearnerKey, PageCursor, Purchase};
 
 /// Purchases in Postgres.
@@ -71,11 +73,14 @@ impl Store for PostgresStore {
         let stored = sqlx::query(
             "INSERT INTO purchases (purchase_id, lms_user_id, username, order_number, product_key, title,
                                     currency_code, amount, purchased_at, source)
-             SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+             SELECT b.purchase_id, b.lms_user_id, COALESCE(r.retired_username, b.username), b.order_number,
+                    b.product_key, b.title, b.currency_code, b.amount, b.purchased_at, b.source
+               FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::text[], $8::text[], $9::timestamptz[], $10::text[])
                     AS b(purchase_id, lms_user_id, username, order_number, product_key, title,
                          currency_code, amount, purchased_at, source)
-             ORDER BY purchase_id COLLATE \"C\"
+               LEFT JOIN retired_learners r ON r.lms_user_id = b.lms_user_id
+             ORDER BY b.purchase_id COLLATE \"C\"
              ON CONFLICT (purchase_id) DO NOTHING",
         )
         .bind(&ids)
@@ -91,6 +96,50 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(stored.rows_affected())
+    }
+
+    async fn retire_learners(&self, retirements: &[Retirement]) -> Result<u64, StoreError> {
+        if retirements.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = retirements.iter().map(|r| r.lms_user_id.get()).collect();
+        let names: Vec<&str> = retirements.iter().map(|r| r.retired_username.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        // Every insert reads retired_learners in its statement and keeps that
+        // lock until it commits: this waits for those in flight (their rows are
+        // then rewritten below) and holds back new ones until the retirement
+        // is committed (they then see it). Retirements are rare; the pause is
+        // one short transaction.
+        sqlx::query("LOCK TABLE retired_learners IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO retired_learners (lms_user_id, retired_username, retired_at)
+             SELECT * FROM unnest($1::int8[], $2::text[], array_fill(now(), ARRAY[cardinality($1)]))
+             ON CONFLICT (lms_user_id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+        let changed = sqlx::query(
+            "UPDATE purchases p SET username = r.retired_username
+               FROM retired_learners r
+              WHERE r.lms_user_id = ANY($1) AND p.lms_user_id = r.lms_user_id AND p.username <> r.retired_username",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError> {
+        let name: Option<String> =
+            sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = $1")
+                .bind(lms_user_id.get())
+                .fetch_optional(&self.pool)
+                .await?;
+        stored_placeholder(lms_user_id, name)
     }
 
     async fn list(

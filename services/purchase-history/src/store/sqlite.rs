@@ -6,7 +6,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 
-use super::{PurchaseRow, Store, StoreError, folded, purchase_columns, unique_in_id_order};
+use super::{PurchaseRow, Store, StoreError, folded, purchase_columns, stored_placeholder, unique_in_id_order};
+use vocab::{LmsUserId, LmsUsername, Retirement};
+
 use crate::domain::{LearnerKey, PageCursor, Purchase};
 
 /// Purchases in SQLite.
@@ -57,7 +59,8 @@ impl Store for SqliteStore {
             stored += sqlx::query(
                 "INSERT INTO purchases (purchase_id, lms_user_id, username, order_number, product_key, title,
                                         currency_code, amount, purchased_at, source, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 VALUES (?1, ?2, COALESCE((SELECT retired_username FROM retired_learners WHERE lms_user_id = ?2), ?3),
+                         ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (purchase_id) DO NOTHING",
             )
             .bind(p.purchase_id.as_str())
@@ -77,6 +80,46 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(stored)
+    }
+
+    async fn retire_learners(&self, retirements: &[Retirement]) -> Result<u64, StoreError> {
+        if retirements.is_empty() {
+            return Ok(0);
+        }
+        let now = Utc::now().timestamp_micros();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut changed = 0;
+        for retirement in retirements {
+            sqlx::query(
+                "INSERT INTO retired_learners (lms_user_id, retired_username, retired_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (lms_user_id) DO NOTHING",
+            )
+            .bind(retirement.lms_user_id.get())
+            .bind(retirement.retired_username.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            changed += sqlx::query(
+                "UPDATE purchases SET username = (SELECT retired_username FROM retired_learners WHERE lms_user_id = ?1)
+                  WHERE lms_user_id = ?1
+                    AND username <> (SELECT retired_username FROM retired_learners WHERE lms_user_id = ?1)",
+            )
+            .bind(retirement.lms_user_id.get())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError> {
+        let name: Option<String> =
+            sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = ?1")
+                .bind(lms_user_id.get())
+                .fetch_optional(&self.pool)
+                .await?;
+        stored_placeholder(lms_user_id, name)
     }
 
     async fn list(
