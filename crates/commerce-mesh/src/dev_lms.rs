@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -54,11 +55,15 @@ pub struct DevLmsConfig {
     pub enabled: bool,
     /// Where it listens.
     pub listen: SocketAddr,
+    /// How long each enrollment or entitlement waits before it is answered:
+    /// a real LMS's latency, for benchmarks (`orders_load`). 0 by default.
+    #[serde(with = "humantime_serde")]
+    pub answer_delay: Duration,
 }
 
 impl Default for DevLmsConfig {
     fn default() -> Self {
-        Self { enabled: false, listen: SocketAddr::from(([127, 0, 0, 1], 18000)) }
+        Self { enabled: false, listen: SocketAddr::from(([127, 0, 0, 1], 18000)), answer_delay: Duration::ZERO }
     }
 }
 
@@ -156,6 +161,8 @@ struct Records {
 struct Shared {
     credentials: Credentials,
     records: Mutex<Records>,
+    /// [`DevLmsConfig::answer_delay`], in microseconds.
+    answer_delay_micros: AtomicU64,
 }
 
 impl Shared {
@@ -188,7 +195,11 @@ impl DevLms {
     /// Must be called within a Tokio runtime.
     pub fn start(listener: TcpListener, credentials: Credentials, shutdown: Shutdown) -> Result<Self, DevLmsError> {
         let address = listener.local_addr().map_err(DevLmsError::Serve)?;
-        let shared = Arc::new(Shared { credentials, records: Mutex::new(Records::default()) });
+        let shared = Arc::new(Shared {
+            credentials,
+            records: Mutex::new(Records::default()),
+            answer_delay_micros: AtomicU64::new(0),
+        });
         let app = router(shared.clone());
         tracing::warn!(
             url = %format!("http://{address}"),
@@ -235,6 +246,12 @@ impl DevLms {
     /// How many access tokens it has issued.
     pub fn tokens_issued(&self) -> u64 {
         self.shared.records().tokens_issued
+    }
+
+    /// Makes every enrollment and entitlement wait `delay` before it is answered.
+    pub fn delay_answers(&self, delay: Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.shared.answer_delay_micros.store(micros, Ordering::Relaxed);
     }
 
     /// Forgets every issued token, as a restarted LMS would: the next call with one is a 401.
@@ -399,11 +416,20 @@ fn required_string(object: &serde_json::Map<String, Value>, field: &str, path: &
     }
 }
 
+/// Waits the configured answer delay, as a real LMS takes its time.
+async fn answer_delay(shared: &Shared) {
+    let micros = shared.answer_delay_micros.load(Ordering::Relaxed);
+    if micros > 0 {
+        tokio::time::sleep(Duration::from_micros(micros)).await;
+    }
+}
+
 async fn enroll(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<DevEnrollment>, Refusal> {
+    answer_delay(&shared).await;
     authenticate(&shared, &headers)?;
     let object = parse_object(&body)?;
     let user = required_string(&object, "user", "user")?;
@@ -439,6 +465,7 @@ async fn grant_entitlement(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<DevEntitlement>), Refusal> {
+    answer_delay(&shared).await;
     authenticate(&shared, &headers)?;
     let object = parse_object(&body)?;
     let order_number = match object.get("order_number") {

@@ -249,6 +249,7 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
     if let Some(listener) = dev_lms_listener {
         let lms =
             crate::dev_lms::DevLms::start(listener, crate::dev_lms::Credentials::development(), shutdown.clone())?;
+        lms.delay_answers(config.dev_lms.answer_delay);
         config.fulfillment.settings.lms.url = lms.url();
         config.fulfillment.settings.lms.client_id = crate::dev_lms::CLIENT_ID.into();
         config.fulfillment.settings.lms.client_secret = crate::dev_lms::CLIENT_SECRET.into();
