@@ -134,7 +134,12 @@ pub struct Consumer {
     name: String,
     config: ConsumerConfig,
     metrics: ConsumerMetrics,
+    /// When the pending gauge was last sampled.
+    pending_sampled: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How often the pending gauge is read from the bus, at most.
+const PENDING_EVERY: Duration = Duration::from_secs(1);
 
 impl Consumer {
     /// Consumer `name` of `group` on `stream`.
@@ -146,7 +151,15 @@ impl Consumer {
         config: ConsumerConfig,
         metrics: ConsumerMetrics,
     ) -> Self {
-        Self { bus, stream: stream.into(), group: group.into(), name: name.into(), config, metrics }
+        Self {
+            bus,
+            stream: stream.into(),
+            group: group.into(),
+            name: name.into(),
+            config,
+            metrics,
+            pending_sampled: std::sync::Mutex::new(None),
+        }
     }
 
     /// Consumes until `shutdown`. Bus and handler failures are logged and
@@ -154,9 +167,15 @@ impl Consumer {
     pub async fn run(&self, handler: &dyn BatchHandler, shutdown: CancellationToken) {
         let mut failures = 0u32;
         let mut last_reclaim: Option<Instant> = None;
+        // The group is made sure of once, and again after any failure (a
+        // restarted or flushed Redis loses it): not a round trip per batch.
+        let mut group_ready = false;
         while !shutdown.is_cancelled() {
             let round = async {
-                self.bus.ensure_group(&self.stream, &self.group).await?;
+                if !group_ready {
+                    self.bus.ensure_group(&self.stream, &self.group).await?;
+                    group_ready = true;
+                }
                 if last_reclaim.is_none_or(|at| at.elapsed() >= self.config.reclaim_every) {
                     last_reclaim = Some(Instant::now());
                     self.poll_reclaimed(handler).await?;
@@ -172,6 +191,7 @@ impl Consumer {
             match result {
                 Ok(()) => failures = 0,
                 Err(error) => {
+                    group_ready = false;
                     failures = failures.saturating_add(1);
                     let pause = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(failures.min(6)));
                     tracing::warn!(%error, stream = %self.stream, retry_in = ?pause, "consumer round failed");
@@ -203,7 +223,7 @@ impl Consumer {
     /// the handler, acknowledges what it settled and dead-letters what it refused.
     pub async fn settle(&self, handler: &dyn BatchHandler, batch: Vec<Delivery>) -> Result<(), ConsumerError> {
         if batch.is_empty() {
-            return Ok(());
+            return self.sample_pending().await;
         }
         let started = Instant::now();
         let (worn_out, fresh): (Vec<Delivery>, Vec<Delivery>) =
@@ -243,8 +263,24 @@ impl Consumer {
             self.metrics.batch_size.observe(fresh.len() as f64);
         }
         self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-        let pending = self.bus.pending(&self.stream, &self.group).await?;
-        self.metrics.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.sample_pending().await
+    }
+
+    /// Reads the pending gauge, at most once a [`PENDING_EVERY`] (after a
+    /// batch, and after an empty read, so an idle consumer's gauge settles
+    /// too): not a round trip per batch.
+    async fn sample_pending(&self) -> Result<(), ConsumerError> {
+        let due = self.pending_sampled.lock().map(|mut at| {
+            let due = at.is_none_or(|at: Instant| at.elapsed() >= PENDING_EVERY);
+            if due {
+                *at = Some(Instant::now());
+            }
+            due
+        });
+        if due.unwrap_or(true) {
+            let pending = self.bus.pending(&self.stream, &self.group).await?;
+            self.metrics.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+        }
         Ok(())
     }
 

@@ -24,16 +24,72 @@ use crate::domain::JobState;
 /// other processes wake at once (`LISTEN fulfillment_jobs`).
 pub const WAKE_CHANNEL: &str = "fulfillment_jobs";
 
+/// The fewest milliseconds between two announcements of new work: a burst of
+/// acceptances is announced once, at most this much after its first.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(5);
+
 /// Fulfillment jobs in Postgres.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    announcer: Arc<WorkAnnouncer>,
 }
 
 impl PostgresStore {
     /// A store over `pool` (whose search_path is the service's schema).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { announcer: Arc::new(WorkAnnouncer::new(pool.clone())), pool }
+    }
+}
+
+/// Tells idle workers in every process that work was stored (`NOTIFY
+/// fulfillment_jobs`), after the commit and coalesced: a NOTIFY inside each
+/// accepting transaction takes Postgres's notify-queue lock at commit, which
+/// serialises every acceptance (seen as `Lock:object` waits under load). A
+/// request for an announcement made while one is being sent, or within
+/// [`ANNOUNCE_EVERY`] of it, is served by one more announcement after it, so
+/// work stored is always announced after its commit.
+#[derive(Debug)]
+struct WorkAnnouncer {
+    pool: PgPool,
+    wanted: Arc<Notify>,
+    started: std::sync::OnceLock<CancellationToken>,
+}
+
+impl WorkAnnouncer {
+    fn new(pool: PgPool) -> Self {
+        Self { pool, wanted: Arc::new(Notify::new()), started: std::sync::OnceLock::new() }
+    }
+
+    /// Asks for an announcement (call after the commit). Starts the sender on first use.
+    fn announce(&self) {
+        self.started.get_or_init(|| {
+            let stop = CancellationToken::new();
+            let (pool, wanted, stopped) = (self.pool.clone(), Arc::clone(&self.wanted), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stopped.cancelled() => return,
+                        () = wanted.notified() => {}
+                    }
+                    if let Err(error) = sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&pool).await
+                    {
+                        tracing::warn!(%error, "could not announce new work; other processes' workers poll for it");
+                    }
+                    tokio::time::sleep(ANNOUNCE_EVERY).await;
+                }
+            });
+            stop
+        });
+        self.wanted.notify_one();
+    }
+}
+
+impl Drop for WorkAnnouncer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.started.get() {
+            stop.cancel();
+        }
     }
 }
 
@@ -114,8 +170,8 @@ impl Store for PostgresStore {
             tx.rollback().await?;
             return if retired { Err(StoreError::LearnerRetired(learner)) } else { Ok(false) };
         }
-        announce_work(&mut tx).await?;
         tx.commit().await?;
+        self.announcer.announce();
         Ok(true)
     }
 
@@ -340,8 +396,8 @@ impl Store for PostgresStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        announce_work(&mut tx).await?;
         tx.commit().await?;
+        self.announcer.announce();
         Ok(Redriven::Pending(Box::new(job(row)?)))
     }
 
@@ -419,11 +475,6 @@ impl Store for PostgresStore {
     }
 }
 
-/// Tells idle workers in every process that work was stored (delivered at commit).
-async fn announce_work(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut **tx).await?;
-    Ok(())
-}
 
 /// The outbox's SQL is `kit::outbox`'s, shared with every service that has one.
 #[async_trait::async_trait]
