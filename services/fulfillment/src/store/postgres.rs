@@ -475,7 +475,6 @@ impl Store for PostgresStore {
     }
 }
 
-
 /// The outbox's SQL is `kit::outbox`'s, shared with every service that has one.
 #[async_trait::async_trait]
 impl OutboxStore for PostgresStore {
