@@ -136,6 +136,17 @@ async fn slow_clients_are_cut_off_and_hold_nothing_while_others_are_served() {
         }
     }
     assert_eq!(gateway.calls.count(), 100, "only the ordinary requests reached the service");
+    let p99 = |latencies: &[Duration]| latencies[((latencies.len() - 1) as f64 * 0.99).round() as usize];
+    let figures = json!({
+        "suite": "slow-clients",
+        "slow_connections": 9 * LIMIT,
+        "permits": LIMIT,
+        "ordinary_requests": baseline.len() + loaded.len(),
+        "ordinary_served": gateway.calls.count(),
+        "p99_ms_alone": p99(&baseline).as_secs_f64() * 1e3,
+        "p99_ms_beside_slow": p99(&loaded).as_secs_f64() * 1e3,
+    });
+    println!("RELIABILITY-FIGURES {figures}");
 }
 
 #[tokio::test]

@@ -29,6 +29,24 @@ use sqlx::Row;
 /// A stream entry as XRANGE answers it: its id and its field-value pairs.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
+/// What a sweep looked at, and where it found the learner.
+#[derive(Default)]
+struct Scan {
+    /// Rows, entries, keys or answers read.
+    scanned: usize,
+    /// Where the old username or email was found (empty when nothing leaked).
+    leaked: Vec<String>,
+}
+
+impl Scan {
+    fn check(&mut self, place: impl FnOnce() -> String, text: &str) {
+        self.scanned += 1;
+        if leaks(text) {
+            self.leaked.push(format!("{}: {text}", place()));
+        }
+    }
+}
+
 /// Guards against a hang, not a timing assertion: generous on purpose.
 const GUARD: Duration = Duration::from_secs(60);
 /// Names no other row of the test holds, so finding them means a leak.
@@ -126,6 +144,10 @@ fn hex(text: &str) -> String {
 }
 
 async fn retirement_reaches_every_service(storage: Storage) {
+    let storage_name = match storage {
+        Storage::Embedded => "embedded",
+        Storage::PostgresAndRedis => "postgres+redis",
+    };
     let data = tempfile::tempdir().unwrap();
     let mut config = MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
     config.use_ephemeral_ports();
@@ -245,16 +267,31 @@ async fn retirement_reaches_every_service(storage: Storage) {
 
     // No answer names the learner.
     let answers = every_answer(&mut clients).await;
-    assert!(!leaks(&answers), "an answer leaks the retired learner: {answers}");
+    let mut in_answers = Scan::default();
+    in_answers.check(|| "the services' answers".into(), &answers);
     assert!(answers.contains(&placeholder));
 
     // No row, and no stream entry written after the retirement, names them.
-    match &database {
-        Some(database) => postgres_rows_hold_no_name(&database.config().url, applied).await,
-        None => sqlite_rows_hold_no_name(data.path(), applied).await,
-    }
-    stream_entries_hold_no_name(&config, &streams_before).await;
+    let rows = match &database {
+        Some(database) => postgres_rows(&database.config().url, applied).await,
+        None => sqlite_rows(data.path(), applied).await,
+    };
+    let entries = stream_entries(&config, &streams_before).await;
     mesh.stop().await.expect("clean stop");
+
+    let figures = serde_json::json!({
+        "suite": "retirement",
+        "storage": storage_name,
+        "answers_checked": answers.len(),
+        "rows_scanned": rows.scanned,
+        "stream_entries_and_keys_scanned": entries.scanned,
+        "leaked": in_answers.leaked.len() + rows.leaked.len() + entries.leaked.len(),
+        "refused_after_retirement": 2,
+    });
+    println!("RELIABILITY-FIGURES {figures}");
+    assert!(in_answers.leaked.is_empty(), "an answer leaks the retired learner: {:?}", in_answers.leaked);
+    assert!(rows.leaked.is_empty(), "rows name the learner: {:?}", rows.leaked);
+    assert!(entries.leaked.is_empty(), "stream entries or keys name the learner: {:?}", entries.leaked);
 }
 
 /// Every stream's last entry id now (Redis ids, or the embedded log's sequence numbers).
@@ -291,14 +328,16 @@ async fn stream_positions(config: &MeshConfig) -> std::collections::BTreeMap<Str
     positions
 }
 
-async fn stream_entries_hold_no_name(config: &MeshConfig, before: &std::collections::BTreeMap<String, String>) {
+/// Every Redis key, and every stream entry written after `before`, or the embedded log's entries after it.
+async fn stream_entries(config: &MeshConfig, before: &std::collections::BTreeMap<String, String>) -> Scan {
+    let mut scan = Scan::default();
     match &config.redis_url {
         Some(url) => {
             let mut connection =
                 redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
             let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut connection).await.unwrap();
             for key in keys {
-                assert!(!leaks(&key), "a Redis key names the learner: {key}");
+                scan.check(|| "a Redis key".into(), &key);
                 let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut connection).await.unwrap();
                 match kind.as_str() {
                     "stream" => {
@@ -315,18 +354,20 @@ async fn stream_entries_hold_no_name(config: &MeshConfig, before: &std::collecti
                             .unwrap();
                         for (id, fields) in entries {
                             for (_, value) in fields {
-                                assert!(!leaks(&String::from_utf8_lossy(&value)), "{key} {id} names the learner");
+                                scan.check(|| format!("{key} {id}"), &String::from_utf8_lossy(&value));
                             }
                         }
                     }
                     "string" => {
                         let value: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut connection).await.unwrap();
-                        assert!(!leaks(&String::from_utf8_lossy(&value)), "{key} names the learner");
+                        scan.check(|| key.clone(), &String::from_utf8_lossy(&value));
                     }
                     "zset" => {
                         let members: Vec<String> =
                             redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(&mut connection).await.unwrap();
-                        assert!(!members.iter().any(|m| leaks(m)), "{key} names the learner");
+                        for member in members {
+                            scan.check(|| key.clone(), &member);
+                        }
                     }
                     _ => {}
                 }
@@ -342,13 +383,11 @@ async fn stream_entries_hold_no_name(config: &MeshConfig, before: &std::collecti
                 .unwrap();
             assert!(!payloads.is_empty(), "the late purchase went through the log");
             for payload in payloads {
-                assert!(
-                    !leaks(&String::from_utf8_lossy(&payload)),
-                    "a log entry after the retirement names the learner"
-                );
+                scan.check(|| "a log entry after the retirement".into(), &String::from_utf8_lossy(&payload));
             }
         }
     }
+    scan
 }
 
 async fn sqlite_pool(path: &Path) -> sqlx::SqlitePool {
@@ -358,7 +397,8 @@ async fn sqlite_pool(path: &Path) -> sqlx::SqlitePool {
 }
 
 /// Every row of every service's SQLite file, as text (BLOBs as their bytes).
-async fn sqlite_rows_hold_no_name(data: &Path, applied: chrono::DateTime<chrono::Utc>) {
+async fn sqlite_rows(data: &Path, applied: chrono::DateTime<chrono::Utc>) -> Scan {
+    let mut scan = Scan::default();
     for service in ["fulfillment", "customer_identity", "catalog_ingest", "purchase_history"] {
         let pool = sqlite_pool(&data.join(format!("{service}.db"))).await;
         let tables: Vec<String> =
@@ -389,15 +429,16 @@ async fn sqlite_rows_hold_no_name(data: &Path, applied: chrono::DateTime<chrono:
             .await
             .unwrap();
             for row in rows {
-                let row = String::from_utf8_lossy(&row);
-                assert!(!leaks(&row), "{service}.{table} names the learner: {row}");
+                scan.check(|| format!("{service}.{table}"), &String::from_utf8_lossy(&row));
             }
         }
     }
+    scan
 }
 
 /// Every row of every service's schema, as text (bytea as hex, which [`leaks`] also looks for).
-async fn postgres_rows_hold_no_name(url: &str, applied: chrono::DateTime<chrono::Utc>) {
+async fn postgres_rows(url: &str, applied: chrono::DateTime<chrono::Utc>) -> Scan {
+    let mut scan = Scan::default();
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     let tables: Vec<(String, String)> = sqlx::query_as(
         "SELECT table_schema::text, table_name::text FROM information_schema.tables
@@ -420,10 +461,11 @@ async fn postgres_rows_hold_no_name(url: &str, applied: chrono::DateTime<chrono:
                 .await
                 .unwrap();
         for row in rows {
-            assert!(!leaks(&row), "{schema}.{table} names the learner: {row}");
+            scan.check(|| format!("{schema}.{table}"), &row);
         }
     }
     pool.close().await;
+    scan
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,7 +212,15 @@ fn the_generated_orders_are_both_accepted_and_refused() {
             Err(_) => refused += 1,
         }
     }
-    println!("accepted {accepted}, refused {refused}, purchase events checked {events}");
+    let figures = serde_json::json!({
+        "suite": "seams-property",
+        "orders": 1_000,
+        "accepted": accepted,
+        "refused_at_the_door": refused,
+        "purchase_events_checked": events,
+        "refused_by_consumer": 0,
+    });
+    println!("RELIABILITY-FIGURES {figures}");
     assert!(accepted >= 100, "only {accepted} of 1000 generated orders were accepted");
     assert!(refused >= 100, "only {refused} of 1000 generated orders were refused");
 }

@@ -255,6 +255,18 @@ async fn a_source_gets_its_quota_across_three_replicas_not_three_times_it() {
     // Burst, then the rate, for as long as the events were offered.
     let expected = f64::from(BURST) + f64::from(RATE) * offered_for.as_secs_f64();
     let accepted = offered.accepted as f64;
+    let figures = serde_json::json!({
+        "suite": "quota",
+        "replicas": REPLICAS.len(),
+        "offered": total,
+        "seconds": offered_for.as_secs_f64(),
+        "accepted": offered.accepted,
+        "quota_admits": expected.round(),
+        "deviation_percent": (100.0 * (accepted - expected) / expected * 10.0).round() / 10.0,
+        "throttled_429": offered.throttled,
+        "other": offered.other.len(),
+    });
+    println!("RELIABILITY-FIGURES {figures}");
     assert!(
         (accepted - expected).abs() <= 0.05 * expected,
         "{} accepted of {total} offered in {offered_for:?}; the quota admits {expected:.0} (±5 %), three replicas \

@@ -60,6 +60,14 @@ impl Fixture {
         }
     }
 
+    /// The backend's name in the suite's figures.
+    fn backend(&self) -> &'static str {
+        match self.storage {
+            Storage::Redis => "redis-streams",
+            Storage::Sqlite { .. } => "sqlite-log",
+        }
+    }
+
     fn stream(&self, name: &str) -> String {
         format!("{}.{name}", self.prefix)
     }
@@ -176,11 +184,17 @@ async fn a_hundred_thousand_events_leave_the_stream_bounded(fixture: Fixture) {
     let text = metrics.encode();
     let labels = format!(r#"{{component="retention-test",stream="{stream}"}}"#);
     assert!(text.contains(&format!("bus_stream_entries{labels}")), "the task reports the stream:\n{text}");
-    eprintln!(
-        "{EVENTS} events published and consumed in {took:.1?}; the stream never held more than {longest} entries \
-         (floor {FLOOR}); {} left",
-        kept.entries
-    );
+    let figures = serde_json::json!({
+        "suite": "retention",
+        "store": fixture.backend(),
+        "events": EVENTS,
+        "consumed": recorder.count(),
+        "window": format!("floor {FLOOR} entries, dedupe {} s", config.dedupe_window.as_secs()),
+        "largest": longest,
+        "left": kept.entries,
+        "seconds": took.as_secs_f64(),
+    });
+    println!("RELIABILITY-FIGURES {figures}");
 }
 
 async fn a_group_that_never_reads_cannot_grow_the_stream_past_the_floor(fixture: Fixture) {

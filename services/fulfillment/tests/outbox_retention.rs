@@ -104,9 +104,17 @@ async fn a_hundred_thousand_events_leave_the_outbox_bounded(backend: Backend) {
     let much_later = Utc::now() + chrono::Duration::from_std(RETENTION).unwrap() + chrono::Duration::seconds(1);
     assert_eq!(relay.prune(much_later).await.unwrap(), u64::try_from(ROUND * WINDOW_ROUNDS).unwrap());
     assert_eq!(count_rows(&db, true).await, 0);
-    eprintln!(
-        "{backend:?}: {EVENTS} outbox events published in {took:.1?}; the table never held more than {largest} rows"
-    );
+    let figures = serde_json::json!({
+        "suite": "retention",
+        "store": format!("{backend:?} outbox").to_lowercase(),
+        "events": EVENTS,
+        "consumed": EVENTS,
+        "window": format!("{} rounds of {ROUND} rows", WINDOW_ROUNDS),
+        "largest": largest,
+        "left": count_rows(&db, true).await,
+        "seconds": took.as_secs_f64(),
+    });
+    println!("RELIABILITY-FIGURES {figures}");
 }
 
 /// Removes the test's stream from Redis however the test ends (streams have no expiry).

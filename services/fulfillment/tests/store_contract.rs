@@ -395,3 +395,33 @@ macro_rules! contract {
 
 contract!(postgres, Backend::Postgres);
 contract!(sqlite, Backend::Sqlite);
+
+/// Workers in another process hear of new work: a store listening on one pool
+/// is woken when another pool (another process) stores an order, after its
+/// commit (announcements are coalesced, never dropped).
+#[tokio::test]
+async fn another_process_hears_of_new_work_after_the_commit() {
+    let f = fixture(Backend::Postgres).await;
+    let other = for_database(&Database::open(f._db.config()).expect("open"));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listening = tokio::spawn({
+        let (other, wake, shutdown) = (Arc::clone(&other), Arc::clone(&wake), shutdown.clone());
+        async move { other.listen_for_work(wake, shutdown).await }
+    });
+    // The listener connects in the background: announce until heard, each time with new work.
+    let mut n = 0;
+    let heard = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            n += 1;
+            f.store.insert_order(&order(&format!("EDX-W{n}"), &["l1"]), t0()).await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(200), wake.notified()).await.is_ok() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "the other store was never woken");
+    shutdown.cancel();
+    listening.await.unwrap();
+}
