@@ -10,6 +10,13 @@
 //! set is fetched again in the background (one fetch at a time, at most once
 //! per `jwks_refetch_cooldown`), so a rotated-in key works on the caller's
 //! retry and no request ever waits on the identity provider.
+//!
+//! A token that verified is remembered, by its exact text, until it expires
+//! (`exp` plus the leeway) but never longer than [`VERIFIED_FOR`]: a caller
+//! sends the same token with every request, and checking its signature (an
+//! RSA verification for RS256) and decoding its claims each time was the
+//! largest piece of the gateway's own work per request. Refused tokens are
+//! never remembered, so garbage cannot fill the memory.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -45,6 +52,12 @@ const JWKS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const USER_AGENT: &str = concat!("commerce-mesh-gateway/", env!("CARGO_PKG_VERSION"));
 /// The claims every token must carry; `nbf` is checked when present.
 const REQUIRED_CLAIMS: [&str; 4] = ["exp", "iss", "aud", "sub"];
+/// Verified tokens remembered at most; past it, expired ones are dropped and,
+/// if it is still full, a new token is verified but not remembered.
+const VERIFIED_CAPACITY: usize = 8192;
+/// The longest a verified token is trusted without checking its signature
+/// again: a key taken out of the JWKS stops admitting its tokens within this.
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
 
 /// Who is calling, from a verified token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -289,6 +302,10 @@ struct Inner {
     development_key: Option<DecodingKey>,
     rs256: Validation,
     hs256: Validation,
+    /// Tokens that verified, by their text, with what they said.
+    verified: VerifiedTokens,
+    /// Clock skew tolerated on `exp`, in seconds (as the validations have it).
+    leeway: u64,
 }
 
 enum Jwks {
@@ -364,6 +381,8 @@ impl Authenticator {
                 development_key,
                 rs256: validation(Algorithm::RS256, config),
                 hs256: validation(Algorithm::HS256, config),
+                verified: VerifiedTokens::default(),
+                leeway: config.leeway.as_secs(),
             }),
         })
     }
@@ -371,6 +390,9 @@ impl Authenticator {
     /// Verifies the `Authorization` header value.
     pub async fn authenticate(&self, authorization: Option<&HeaderValue>) -> Result<Caller, Unauthenticated> {
         let token = bearer_token(authorization)?;
+        if let Some(caller) = self.inner.verified.get(token, Instant::now()) {
+            return Ok(caller);
+        }
         let header = TokenHeader::of(token)?;
         if header.crit.is_some() {
             return Err(Unauthenticated::invalid_token(
@@ -383,7 +405,17 @@ impl Authenticator {
             "none" => return Err(Unauthenticated::invalid_token("unsigned tokens (alg none) are not accepted")),
             _ => return Err(Unauthenticated::invalid_token("the token's signing algorithm is not accepted")),
         };
-        caller_from(&claims)
+        let caller = caller_from(&claims)?;
+        // Remembered until the moment the validation would refuse it as
+        // expired (now ≥ exp + leeway), at most VERIFIED_FOR.
+        if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+            let left = exp.saturating_add(self.inner.leeway).saturating_sub(jsonwebtoken::get_current_timestamp());
+            let trusted_for = Duration::from_secs(left).min(VERIFIED_FOR);
+            if !trusted_for.is_zero() {
+                self.inner.verified.insert(token, &caller, Instant::now() + trusted_for);
+            }
+        }
+        Ok(caller)
     }
 
     fn verify_rs256(&self, token: &str, kid: Option<&str>) -> Result<Map<String, Value>, Unauthenticated> {
@@ -417,6 +449,45 @@ impl Authenticator {
             Unauthenticated::invalid_token("HS256 tokens are not accepted: no development secret is configured")
         })?;
         verified_claims(token, key, &self.inner.hs256)
+    }
+}
+
+/// Tokens that verified, by their exact text: what they said, and until when
+/// it may be believed without verifying again.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: RwLock<HashMap<Box<str>, Verified>>,
+}
+
+struct Verified {
+    caller: Caller,
+    until: Instant,
+}
+
+impl VerifiedTokens {
+    /// The caller `token` verified as, if that is remembered and still holds at `now`.
+    fn get(&self, token: &str, now: Instant) -> Option<Caller> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        entries.get(token).filter(|verified| now < verified.until).map(|verified| verified.caller.clone())
+    }
+
+    /// Remembers `token` as `caller` until `until`; when full, drops what has
+    /// expired first, and remembers nothing if that frees no room.
+    fn insert(&self, token: &str, caller: &Caller, until: Instant) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= VERIFIED_CAPACITY && !entries.contains_key(token) {
+            let now = Instant::now();
+            entries.retain(|_, verified| now < verified.until);
+            if entries.len() >= VERIFIED_CAPACITY {
+                return;
+            }
+        }
+        entries.insert(token.into(), Verified { caller: caller.clone(), until });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
 
@@ -1015,6 +1086,128 @@ mod tests {
         drop(clone);
         settle().await;
         assert_eq!(remote.strong_count(), 0, "the refresher task was aborted and released the key cache");
+    }
+
+    fn development_token(secret: &str, claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+            .unwrap()
+    }
+
+    fn bearer(token: &str) -> HeaderValue {
+        HeaderValue::try_from(format!("Bearer {token}")).unwrap()
+    }
+
+    fn scoped_claims() -> Value {
+        let mut claims = valid_claims();
+        claims["scopes"] = serde_json::json!(["identity:read"]);
+        claims
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_for_at_most_verified_for() {
+        let (runtime, authenticator) = development_authenticator();
+        let token = development_token(DEVELOPMENT_SECRET, &scoped_claims());
+        let first = runtime.block_on(authenticator.authenticate(Some(&bearer(&token)))).unwrap();
+        assert_eq!(authenticator.inner.verified.len(), 1);
+        let again = runtime.block_on(authenticator.authenticate(Some(&bearer(&token)))).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(again.scopes, BTreeSet::from(["identity:read".to_string()]));
+        let verified = &authenticator.inner.verified;
+        assert!(verified.get(&token, Instant::now()).is_some());
+        // The token is valid for 10 minutes, yet trusted unverified for VERIFIED_FOR only.
+        assert!(verified.get(&token, Instant::now() + VERIFIED_FOR).is_none());
+    }
+
+    #[test]
+    fn a_token_is_remembered_no_longer_than_it_is_valid() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let config = AuthConfig {
+            development_secret: Some(Secret::new(DEVELOPMENT_SECRET.into())),
+            leeway: Duration::from_secs(2),
+            ..AuthConfig::default()
+        };
+        let authenticator = runtime.block_on(Authenticator::new(&config)).unwrap();
+        let mut claims = valid_claims();
+        claims["exp"] = (jsonwebtoken::get_current_timestamp() + 3).into();
+        let token = development_token(DEVELOPMENT_SECRET, &claims);
+        runtime.block_on(authenticator.authenticate(Some(&bearer(&token)))).unwrap();
+        // exp + leeway is at most 5 s away: not one second more.
+        assert!(authenticator.inner.verified.get(&token, Instant::now() + Duration::from_secs(6)).is_none());
+    }
+
+    #[test]
+    fn refused_tokens_are_not_remembered() {
+        let (runtime, authenticator) = development_authenticator();
+        let now = jsonwebtoken::get_current_timestamp();
+        let refused = [
+            development_token("another secret, also 32 bytes or more", &valid_claims()),
+            development_token(DEVELOPMENT_SECRET, &{
+                let mut claims = valid_claims();
+                claims["exp"] = (now - 3600).into();
+                claims
+            }),
+            development_token(DEVELOPMENT_SECRET, &{
+                let mut claims = valid_claims();
+                claims["sub"] = "".into();
+                claims
+            }),
+        ];
+        for token in &refused {
+            for _ in 0..2 {
+                assert!(runtime.block_on(authenticator.authenticate(Some(&bearer(token)))).is_err());
+            }
+        }
+        assert_eq!(authenticator.inner.verified.len(), 0);
+    }
+
+    #[test]
+    fn a_remembered_token_past_its_time_is_verified_again() {
+        let (runtime, authenticator) = development_authenticator();
+        let mut claims = valid_claims();
+        claims["exp"] = (jsonwebtoken::get_current_timestamp() - 3600).into();
+        let token = development_token(DEVELOPMENT_SECRET, &claims);
+        // As if remembered earlier, its time now over.
+        let caller = Caller { subject: "learner-1".into(), scopes: BTreeSet::new() };
+        authenticator.inner.verified.insert(&token, &caller, Instant::now());
+        let refused = runtime.block_on(authenticator.authenticate(Some(&bearer(&token)))).unwrap_err();
+        assert_eq!(refused.reason, "the token has expired");
+    }
+
+    #[test]
+    fn a_tampered_copy_of_a_remembered_token_is_refused() {
+        let (runtime, authenticator) = development_authenticator();
+        let token = development_token(DEVELOPMENT_SECRET, &valid_claims());
+        runtime.block_on(authenticator.authenticate(Some(&bearer(&token)))).unwrap();
+        let (unsigned, signature) = token.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        let tampered = format!("{unsigned}.{flipped}{}", &signature[1..]);
+        let refused = runtime.block_on(authenticator.authenticate(Some(&bearer(&tampered)))).unwrap_err();
+        assert_eq!(refused.reason, "the token's signature does not verify");
+    }
+
+    #[test]
+    fn a_full_memory_still_verifies_and_makes_room_from_expired_entries() {
+        let (runtime, authenticator) = development_authenticator();
+        let verified = &authenticator.inner.verified;
+        let caller = Caller { subject: "someone".into(), scopes: BTreeSet::new() };
+        let later = Instant::now() + VERIFIED_FOR;
+        for n in 0..VERIFIED_CAPACITY {
+            verified.insert(&format!("token-{n}"), &caller, later);
+        }
+        let token = development_token(DEVELOPMENT_SECRET, &valid_claims());
+        let answer = runtime.block_on(authenticator.authenticate(Some(&bearer(&token)))).unwrap();
+        assert_eq!(answer.subject, "learner-1");
+        assert_eq!(verified.len(), VERIFIED_CAPACITY, "full of live entries: nothing more remembered");
+        assert!(verified.get(&token, Instant::now()).is_none());
+
+        // Entries whose time is over make room.
+        let now = Instant::now();
+        for n in 0..VERIFIED_CAPACITY {
+            verified.insert(&format!("token-{n}"), &caller, now);
+        }
+        runtime.block_on(authenticator.authenticate(Some(&bearer(&token)))).unwrap();
+        assert_eq!(verified.len(), 1);
+        assert!(verified.get(&token, Instant::now()).is_some());
     }
 
     #[test]
