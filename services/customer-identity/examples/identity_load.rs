@@ -35,6 +35,9 @@ struct Args {
     /// Reuse the loaded database: skip the import.
     #[arg(long)]
     skip_import: bool,
+    /// Stop after the import: no lookup phases.
+    #[arg(long)]
+    skip_lookups: bool,
     /// Concurrent import streams.
     #[arg(long, default_value_t = 2)]
     streams: u64,
@@ -306,6 +309,11 @@ async fn main() {
         }
     };
     let rss_rest = rss_kib(pid);
+    if args.skip_lookups {
+        println!("{report}");
+        server.kill().await.ok();
+        return;
+    }
 
     // RSS under load: sampled while the lookup phases run.
     let peak = Arc::new(AtomicU64::new(0));

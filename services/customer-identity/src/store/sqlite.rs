@@ -153,15 +153,15 @@ impl Store for SqliteStore {
 
     async fn import_distinct(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let restore = bulk_settings(&mut *conn).await?;
-        let imported = match import_bulk(&mut *conn, rows, skip).await {
+        let restore = bulk_settings(&mut conn).await?;
+        let imported = match import_bulk(&mut conn, rows, skip).await {
             // Cannot happen with one writer and the plan's checks; kept as the safe path.
             Err(StoreError::Database(error)) if violation(&error).is_some() => {
-                import_row_by_row(&mut *conn, rows, skip).await
+                import_row_by_row(&mut conn, rows, skip).await
             }
             other => other,
         };
-        if let Err(error) = restore.apply(&mut *conn).await {
+        if let Err(error) = restore.apply(&mut conn).await {
             // The connection keeps the bulk settings: do not hand it to the next caller.
             tracing::warn!(%error, "could not restore a connection's settings after an import; closing it");
             conn.close_on_drop();
