@@ -9,8 +9,10 @@
 //! ```
 //!
 //! The server is `commerce-mesh serve customer-identity` on Postgres
-//! (database `identity_bench`, recreated unless `--skip-import`) with its cache
-//! in Redis. Row i is customer `uuid(mix(i))`, LMS user id i+1, username `u<i>`.
+//! (database `identity_bench`, or `--database`, recreated unless
+//! `--skip-import`) with its cache in Redis; with `--embedded DIR`, on SQLite
+//! in DIR (emptied unless `--skip-import`) with its cache in process, as `up`
+//! runs it. Row i is customer `uuid(mix(i))`, LMS user id i+1, username `u<i>`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a harness, not a service: fail loudly
 
@@ -33,6 +35,9 @@ struct Args {
     /// Reuse the loaded database: skip the import.
     #[arg(long)]
     skip_import: bool,
+    /// Stop after the import: no lookup phases.
+    #[arg(long)]
+    skip_lookups: bool,
     /// Concurrent import streams.
     #[arg(long, default_value_t = 2)]
     streams: u64,
@@ -54,9 +59,14 @@ struct Args {
     /// Redis for the cache.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
+    /// The Postgres database to (re)create and load.
+    #[arg(long, default_value = "identity_bench")]
+    database: String,
+    /// Embedded storage instead, as `up` runs it: SQLite in this directory
+    /// (emptied first unless --skip-import), the cache in process.
+    #[arg(long)]
+    embedded: Option<std::path::PathBuf>,
 }
-
-const DATABASE: &str = "identity_bench";
 
 fn customer_id(i: u64) -> String {
     // A bijection of i spread over 128 bits: random-looking UUIDs, like a commerce platform's.
@@ -140,23 +150,33 @@ async fn lookup_phase(
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let admin = sqlx::PgPool::connect(&args.postgres).await.expect("Postgres reachable");
-    if !args.skip_import {
-        kit::bench::recreate_database(&admin, DATABASE).await.expect("bench database recreated");
+    let admin = match args.embedded {
+        Some(_) => None,
+        None => Some(sqlx::PgPool::connect(&args.postgres).await.expect("Postgres reachable")),
+    };
+    if let (Some(admin), false) = (&admin, args.skip_import) {
+        kit::bench::recreate_database(admin, &args.database).await.expect("bench database recreated");
+    }
+    if let (Some(dir), false) = (&args.embedded, args.skip_import) {
+        std::fs::remove_dir_all(dir).ok();
+        std::fs::create_dir_all(dir).expect("embedded data directory created");
     }
     let database_url = {
         let mut url = args.postgres.clone();
         let slash = url.rfind('/').unwrap();
         url.truncate(slash + 1);
-        url + DATABASE
+        url + &args.database
     };
 
     // A free port for the server.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = tokio::process::Command::new(&args.mesh_binary)
-        .args(["serve", "customer-identity"])
-        .env("MESH_DATABASE_URL", &database_url)
-        .env("MESH_REDIS_URL", &args.redis)
+    let mut command = tokio::process::Command::new(&args.mesh_binary);
+    command.args(["serve", "customer-identity"]);
+    match &args.embedded {
+        Some(dir) => command.env("MESH_DATA_DIR", dir).env_remove("MESH_DATABASE_URL").env_remove("MESH_REDIS_URL"),
+        None => command.env("MESH_DATABASE_URL", &database_url).env("MESH_REDIS_URL", &args.redis),
+    };
+    let mut server = command
         .env("MESH_CUSTOMER_IDENTITY__LISTEN", format!("127.0.0.1:{port}"))
         .env("MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT", "bench")
         .env("MESH_CUSTOMER_IDENTITY__CACHE__NAMESPACE", format!("bench-{}", uuid::Uuid::new_v4().simple()))
@@ -250,8 +270,21 @@ async fn main() {
         }
         progress.abort();
         let seconds = started.elapsed().as_secs_f64();
-        let size: i64 =
-            sqlx::query_scalar("SELECT pg_database_size($1)").bind(DATABASE).fetch_one(&admin).await.unwrap();
+        let size: u64 = match (&admin, &args.embedded) {
+            (Some(admin), _) => sqlx::query_scalar::<_, i64>("SELECT pg_database_size($1)")
+                .bind(&args.database)
+                .fetch_one(admin)
+                .await
+                .unwrap() as u64,
+            (None, Some(dir)) => std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(customer_identity::NAME))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum(),
+            (None, None) => 0,
+        };
         report.push_str(&format!(
             "### Import\n\n| rows | streams × rows/message | inserted | rejected | time | rows/s | database size |\n|---|---|---|---|---|---|---|\n| {} | {} × {} | {} | {} | {:.0} s | **{:.0}** | {:.1} GiB |\n\n",
             args.rows,
@@ -264,11 +297,23 @@ async fn main() {
             size as f64 / (1u64 << 30) as f64
         ));
     }
-    let rows: i64 = {
-        let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
-        sqlx::query_scalar("SELECT count(*) FROM customer_identity.customers").fetch_one(&pool).await.unwrap()
+    let rows: i64 = match &args.embedded {
+        None => {
+            let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+            sqlx::query_scalar("SELECT count(*) FROM customer_identity.customers").fetch_one(&pool).await.unwrap()
+        }
+        Some(dir) => {
+            let file = dir.join(format!("{}.db", customer_identity::NAME));
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display())).await.unwrap();
+            sqlx::query_scalar("SELECT count(*) FROM customers").fetch_one(&pool).await.unwrap()
+        }
     };
     let rss_rest = rss_kib(pid);
+    if args.skip_lookups {
+        println!("{report}");
+        server.kill().await.ok();
+        return;
+    }
 
     // RSS under load: sampled while the lookup phases run.
     let peak = Arc::new(AtomicU64::new(0));

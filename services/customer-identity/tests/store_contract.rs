@@ -167,6 +167,79 @@ async fn two_rows_of_one_batch_claiming_one_key_the_first_wins(f: Fixture) {
     assert_eq!(rejected, [(1, "lms_user_id", "belongs to customer a"), (2, "lms_username", "belongs to customer a")]);
 }
 
+/// Rows `from..to` of a generated load: customer `load-<i>`, LMS user id i+1, username `user<i>`.
+fn generated(from: usize, to: usize, username_prefix: &str) -> Vec<CustomerLink> {
+    (from..to).map(|i| link(&format!("load-{i}"), &(i + 1).to_string(), &format!("{username_prefix}{i}"))).collect()
+}
+
+async fn import_into_a_filled_table_merges_row_by_row_outcomes(f: Fixture) {
+    // More rows than one staging chunk, and not a multiple of it.
+    let first = generated(0, 1234, "user");
+    let loaded = f.store.import(&first).await.unwrap();
+    assert_eq!((loaded.inserted, loaded.updated, loaded.rejected.len()), (1234, 0, 0));
+    assert!(loaded.previous.is_empty());
+
+    // Half the rows again: every tenth renamed, the rest as stored; then new rows.
+    let mut second: Vec<CustomerLink> = generated(617, 1234, "user");
+    for (n, row) in second.iter_mut().enumerate().filter(|(n, _)| n % 10 == 0) {
+        row.lms_username = LmsUsername::parse(&format!("renamed{n}")).unwrap();
+    }
+    second.extend(generated(1234, 2000, "user"));
+    let merged = f.store.import(&second).await.unwrap();
+    assert_eq!((merged.inserted, merged.updated, merged.rejected.len()), (766, 617, 0));
+    assert_eq!(merged.previous.len(), 617, "every stored customer the batch named, as it was");
+    assert!(merged.previous.iter().all(|c| c.version == 1 && c.lms_username.starts_with("user")));
+
+    let renamed = f.store.get(&by_id("load-617")).await.unwrap().unwrap();
+    assert_eq!((renamed.lms_username.as_str(), renamed.version), ("renamed0", 2));
+    let same = f.store.get(&by_id("load-618")).await.unwrap().unwrap();
+    assert_eq!((same.lms_username.as_str(), same.version), ("user618", 1), "a row as stored changes nothing");
+    let untouched = f.store.get(&by_id("load-3")).await.unwrap().unwrap();
+    assert_eq!((untouched.lms_user_id, untouched.version), (4, 1));
+    let new = f.store.get(&CustomerKey::LmsUserId(LmsUserId::parse("2000").unwrap())).await.unwrap().unwrap();
+    assert_eq!(new.customer_id, "load-1999");
+    assert!(f.store.get(&CustomerKey::LmsUsername(LmsUsername::parse("user617").unwrap())).await.unwrap().is_none());
+
+    // The unique rules hold after a bulk load, for upserts and imports alike.
+    match f.store.upsert(&link("intruder", "5", "intruder"), None).await {
+        Err(StoreError::Taken { key: TakenKey::LmsUserId, owner, .. }) => assert_eq!(owner, "load-4"),
+        other => panic!("the LMS user id index holds after a load, got {other:?}"),
+    }
+    match f.store.upsert(&link("intruder", "999999", "USER5"), None).await {
+        Err(StoreError::Taken { key: TakenKey::LmsUsername, owner, .. }) => assert_eq!(owner, "load-5"),
+        other => panic!("the username index holds after a load, got {other:?}"),
+    }
+}
+
+async fn duplicate_keys_within_a_large_batch_reject_only_the_later_rows(f: Fixture) {
+    f.store.upsert(&link("owner", "900000", "owned"), None).await.unwrap();
+    let mut rows = generated(0, 1100, "user");
+    // 600 repeats row 10's customer; 700 claims row 20's LMS user id; 800 row 30's username (other case);
+    // 900 claims the stored owner's id, and its username, free, stays free for 1000.
+    rows[600] = link("load-10", "600601", "dup_customer");
+    rows[700] = link("load-700", "21", "dup_id");
+    rows[800] = link("load-800", "801", "USER30");
+    rows[900] = link("load-900", "900000", "free_name");
+    rows[1000] = link("load-1000", "1001", "FREE_name");
+    let outcome = f.store.import(&rows).await.unwrap();
+    let rejected: Vec<(usize, &str, &str)> =
+        outcome.rejected.iter().map(|r| (r.index, r.field, r.reason.as_str())).collect();
+    assert_eq!(
+        rejected[1..],
+        [
+            (700, "lms_user_id", "belongs to customer load-20"),
+            (800, "lms_username", "belongs to customer load-30"),
+            (900, "lms_user_id", "belongs to customer owner"),
+        ]
+    );
+    assert_eq!((rejected[0].0, rejected[0].1), (600, "customer_id"));
+    assert_eq!((outcome.inserted, outcome.updated), (1096, 0));
+    let later = f.store.get(&CustomerKey::LmsUsername(LmsUsername::parse("free_NAME").unwrap())).await.unwrap();
+    assert_eq!(later.unwrap().customer_id, "load-1000", "a rejected row claims nothing");
+    let first = f.store.get(&by_id("load-10")).await.unwrap().unwrap();
+    assert_eq!(first.lms_username, "user10", "the first row of a customer stands");
+}
+
 async fn concurrent_claims_of_one_lms_user_id_have_one_winner(f: Fixture) {
     let store = f.store.clone();
     let claims = (0..8).map(|i| {
@@ -218,6 +291,14 @@ macro_rules! contract {
             #[tokio::test]
             async fn two_rows_of_one_batch_claiming_one_key_the_first_wins() {
                 super::two_rows_of_one_batch_claiming_one_key_the_first_wins(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn import_into_a_filled_table_merges_row_by_row_outcomes() {
+                super::import_into_a_filled_table_merges_row_by_row_outcomes(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn duplicate_keys_within_a_large_batch_reject_only_the_later_rows() {
+                super::duplicate_keys_within_a_large_batch_reject_only_the_later_rows(fixture($kind).await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_claims_of_one_lms_user_id_have_one_winner() {

@@ -5,7 +5,7 @@
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -254,11 +254,70 @@ fn violation(error: &sqlx::Error) -> Option<Violation> {
     }
 }
 
+/// What a batch's probes found in the store, before anything is written.
+#[derive(Debug, Default)]
+struct Probe {
+    /// The stored customers the batch's rows name, by customer id.
+    existing: HashMap<String, Customer>,
+    /// Keys of rows that other stored customers hold: (row index, key, owner).
+    /// A row may appear twice (both keys); its LMS user id is reported first.
+    taken: Vec<(usize, TakenKey, String)>,
+}
+
+/// Decides which rows of a batch are written, after the probes: a row is
+/// rejected when another stored customer holds one of its keys, when its
+/// customer is retired, or when an earlier row of the batch that is written
+/// claims the same LMS user id or username (so the bulk write never meets a
+/// unique violation of its own making). Answers the indices to write and the
+/// outcome so far (rejections and previous customers; the counts are the
+/// caller's, who knows what the write did).
+fn plan_import(rows: &[CustomerLink], skip: &HashSet<usize>, probe: &Probe) -> (Vec<usize>, ImportOutcome) {
+    let mut outcome = ImportOutcome::default();
+    let mut taken: HashMap<usize, (TakenKey, &str)> = HashMap::new();
+    for (index, key, owner) in &probe.taken {
+        let slot = taken.entry(*index).or_insert((*key, owner.as_str()));
+        if *key == TakenKey::LmsUserId {
+            *slot = (*key, owner.as_str());
+        }
+    }
+    // Keys claimed by rows written earlier in this batch, with their customer.
+    let mut claimed_ids: HashMap<i64, &str> = HashMap::new();
+    let mut claimed_names: HashMap<String, &str> = HashMap::new();
+    let mut keep = Vec::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
+        let customer = row.customer_id.as_str();
+        let folded = row.lms_username.folded();
+        let refusal = if let Some((key, owner)) = taken.get(&index) {
+            Some((key.field(), format!("belongs to customer {owner}")))
+        } else if probe.existing.get(customer).is_some_and(|c| c.retired) {
+            Some(("", "the customer is retired".to_string()))
+        } else if let Some(owner) = claimed_ids.get(&row.lms_user_id.get()) {
+            Some((TakenKey::LmsUserId.field(), format!("belongs to customer {owner}")))
+        } else {
+            claimed_names
+                .get(&folded)
+                .map(|owner| (TakenKey::LmsUsername.field(), format!("belongs to customer {owner}")))
+        };
+        match refusal {
+            Some((field, reason)) => outcome.rejected.push(RowRejection { index, field, reason }),
+            None => {
+                claimed_ids.insert(row.lms_user_id.get(), customer);
+                claimed_names.insert(folded, customer);
+                if let Some(previous) = probe.existing.get(customer) {
+                    outcome.previous.push(previous.clone());
+                }
+                keep.push(index);
+            }
+        }
+    }
+    (keep, outcome)
+}
+
 /// Rows of a batch that repeat an earlier row's customer id: the first stands.
 /// (Repeated LMS user ids or usernames are left to the database's unique
 /// checks, so a row that would be refused anyway does not block a later one.)
 fn repeats_in_batch(rows: &[CustomerLink]) -> Vec<RowRejection> {
-    let mut first_row = std::collections::HashMap::new();
+    let mut first_row = HashMap::new();
     let mut rejected = Vec::new();
     for (index, row) in rows.iter().enumerate() {
         match first_row.get(row.customer_id.as_str()) {

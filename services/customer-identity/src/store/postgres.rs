@@ -1,4 +1,5 @@
-//! The Postgres store: row locks for upserts, set-based bulk imports.
+//! The Postgres store: row locks for upserts, set-based bulk imports (binary
+//! COPY into a temporary staging table, then one merge per batch).
 
 use std::collections::{HashMap, HashSet};
 
@@ -7,7 +8,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 
 use super::{
-    CustomerRow, ImportOutcome, RowRejection, Store, StoreError, TakenKey, Upserted, Violation, refused,
+    CustomerRow, ImportOutcome, Probe, Store, StoreError, TakenKey, Upserted, Violation, plan_import, refused,
     returning_customer, select_customers, violation,
 };
 use kit::trace::TextContext;
@@ -63,80 +64,118 @@ impl PostgresStore {
         Ok(Upserted { customer, previous })
     }
 
+    /// One batch, set-based: the rows go to a temporary staging table by
+    /// binary COPY, two joins against it find the stored customers (locked)
+    /// and the keys other customers hold, the rows to reject leave the
+    /// staging table, and one `INSERT ... SELECT ... ON CONFLICT` merges the
+    /// rest. A unique violation here means a concurrent writer raced us.
     async fn import_bulk(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError> {
-        let mut outcome = ImportOutcome::default();
-        let candidates: Vec<usize> = (0..rows.len()).filter(|i| !skip.contains(i)).collect();
-        let ids: Vec<&str> = candidates.iter().map(|&i| rows[i].customer_id.as_str()).collect();
-        let lms_user_ids: Vec<i64> = candidates.iter().map(|&i| rows[i].lms_user_id.get()).collect();
-        let usernames: Vec<&str> = candidates.iter().map(|&i| rows[i].lms_username.as_str()).collect();
-        let emails: Vec<&str> = candidates.iter().map(|&i| rows[i].email.as_str()).collect();
-
         let mut tx = self.pool.begin().await?;
-        let existing: HashMap<String, Customer> =
-            sqlx::query_as::<_, CustomerRow>(concat!(select_customers!(), " WHERE customer_id = ANY($1) FOR UPDATE"))
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|row| (row.customer_id.clone(), Customer::from(row)))
-                .collect();
-        // Keys another customer holds: (position among candidates, from 1; field; owner).
+        // The probes join a few thousand staged rows to a table of tens of
+        // millions: always by index (nested loop), never by scanning the table,
+        // whatever the staging table's missing statistics make the planner guess.
+        let staged: bool = sqlx::query_scalar(
+            "SELECT to_regclass('pg_temp.customer_import') IS NOT NULL
+               FROM (SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)) AS s",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if !staged {
+            // Once per pooled connection; a temporary table writes no WAL, and
+            // ON COMMIT DELETE ROWS empties it in place at every commit.
+            sqlx::query(
+                "CREATE TEMPORARY TABLE customer_import (
+                     ord          BIGINT NOT NULL,
+                     customer_id  TEXT   NOT NULL,
+                     lms_user_id  BIGINT NOT NULL,
+                     lms_username TEXT   NOT NULL,
+                     email        TEXT   NOT NULL
+                 ) ON COMMIT DELETE ROWS",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        let data = copy_binary(rows, skip);
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY pg_temp.customer_import (ord, customer_id, lms_user_id, lms_username, email) FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        match copy.send(data).await {
+            Ok(_) => {
+                copy.finish().await?;
+            }
+            Err(error) => {
+                // The connection may still be usable: tell the server, then report the first error.
+                copy.abort("the import could not send its rows").await.ok();
+                return Err(error.into());
+            }
+        }
+
+        let existing: HashMap<String, Customer> = sqlx::query_as::<_, CustomerRow>(
+            "SELECT c.customer_id, c.lms_user_id, c.lms_username, c.email, c.version, c.retired, c.create_time, c.update_time
+               FROM pg_temp.customer_import r JOIN customers c ON c.customer_id = r.customer_id
+              ORDER BY c.customer_id
+                FOR UPDATE OF c",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|row| (row.customer_id.clone(), Customer::from(row)))
+        .collect();
+        // Keys another customer holds: (row index, field, owner).
         let taken: Vec<(i64, String, String)> = sqlx::query_as(
             "SELECT r.ord, 'lms_user_id', c.customer_id
-               FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS r(customer_id, lms_user_id, ord)
-               JOIN customers c ON c.lms_user_id = r.lms_user_id
+               FROM pg_temp.customer_import r JOIN customers c ON c.lms_user_id = r.lms_user_id
               WHERE c.customer_id <> r.customer_id
              UNION ALL
              SELECT r.ord, 'lms_username', c.customer_id
-               FROM unnest($1::text[], $3::text[]) WITH ORDINALITY AS r(customer_id, lms_username, ord)
-               JOIN customers c ON lower(c.lms_username) = lower(r.lms_username)
+               FROM pg_temp.customer_import r JOIN customers c ON lower(c.lms_username) = lower(r.lms_username)
               WHERE c.customer_id <> r.customer_id",
         )
-        .bind(&ids)
-        .bind(&lms_user_ids)
-        .bind(&usernames)
         .fetch_all(&mut *tx)
         .await?;
-
-        let mut refused = HashSet::new();
-        for (ord, field, owner) in taken {
-            let index = candidates[(ord - 1) as usize];
-            if refused.insert(index) {
-                let field = if field == "lms_user_id" { "lms_user_id" } else { "lms_username" };
-                outcome.rejected.push(RowRejection { index, field, reason: format!("belongs to customer {owner}") });
-            }
+        let probe = Probe {
+            existing,
+            taken: taken
+                .into_iter()
+                .filter_map(|(ord, field, owner)| {
+                    let key = if field == "lms_user_id" { TakenKey::LmsUserId } else { TakenKey::LmsUsername };
+                    Some((usize::try_from(ord).ok()?, key, owner))
+                })
+                .collect(),
+        };
+        let (keep, mut outcome) = plan_import(rows, skip, &probe);
+        if !outcome.rejected.is_empty() {
+            let refused: Vec<i64> = outcome.rejected.iter().map(|r| r.index as i64).collect();
+            sqlx::query("DELETE FROM pg_temp.customer_import WHERE ord = ANY($1)")
+                .bind(&refused)
+                .execute(&mut *tx)
+                .await?;
         }
-        for (position, &index) in candidates.iter().enumerate() {
-            if existing.get(ids[position]).is_some_and(|c| c.retired) && refused.insert(index) {
-                outcome.rejected.push(RowRejection { index, field: "", reason: "the customer is retired".into() });
-            }
-        }
-        let keep: Vec<usize> = (0..candidates.len()).filter(|&p| !refused.contains(&candidates[p])).collect();
-        fn pick<'a>(keep: &[usize], values: &[&'a str]) -> Vec<&'a str> {
-            keep.iter().map(|&p| values[p]).collect()
-        }
-        let inserted: Vec<bool> = sqlx::query_scalar(
-            "INSERT INTO customers (customer_id, lms_user_id, lms_username, email, version, retired, create_time, update_time)
-             SELECT r.customer_id, r.lms_user_id, r.lms_username, r.email, 1, FALSE, now(), now()
-               FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS r(customer_id, lms_user_id, lms_username, email)
-             ON CONFLICT (customer_id) DO UPDATE
-                SET lms_user_id = EXCLUDED.lms_user_id, lms_username = EXCLUDED.lms_username, email = EXCLUDED.email,
-                    version = customers.version + 1, update_time = now()
-              WHERE (customers.lms_user_id, customers.lms_username, customers.email)
-                    IS DISTINCT FROM (EXCLUDED.lms_user_id, EXCLUDED.lms_username, EXCLUDED.email)
-             RETURNING (xmax = 0)",
+        // In key order: updates lock rows in the order the probe did (no
+        // deadlock between two imports), inserts walk the primary key's pages in order.
+        let inserted: i64 = sqlx::query_scalar(
+            "WITH merged AS (
+                 INSERT INTO customers (customer_id, lms_user_id, lms_username, email, version, retired, create_time, update_time)
+                 SELECT customer_id, lms_user_id, lms_username, email, 1, FALSE, now(), now()
+                   FROM pg_temp.customer_import
+                  ORDER BY customer_id
+                 ON CONFLICT (customer_id) DO UPDATE
+                    SET lms_user_id = EXCLUDED.lms_user_id, lms_username = EXCLUDED.lms_username, email = EXCLUDED.email,
+                        version = customers.version + 1, update_time = now()
+                  WHERE (customers.lms_user_id, customers.lms_username, customers.email)
+                        IS DISTINCT FROM (EXCLUDED.lms_user_id, EXCLUDED.lms_username, EXCLUDED.email)
+                 RETURNING (xmax = 0) AS created
+             )
+             SELECT count(*) FILTER (WHERE created) FROM merged",
         )
-        .bind(pick(&keep, &ids))
-        .bind(keep.iter().map(|&p| lms_user_ids[p]).collect::<Vec<i64>>())
-        .bind(pick(&keep, &usernames))
-        .bind(pick(&keep, &emails))
-        .fetch_all(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
 
-        outcome.inserted = inserted.iter().filter(|&&new| new).count() as u64;
+        outcome.inserted = inserted as u64;
         outcome.updated = keep.len() as u64 - outcome.inserted;
-        outcome.previous = keep.iter().filter_map(|&p| existing.get(ids[p]).cloned()).collect();
         Ok(outcome)
     }
 
@@ -153,6 +192,31 @@ impl PostgresStore {
         }
         Ok(outcome)
     }
+}
+
+/// The rows not in `skip` in `COPY ... (FORMAT binary)` form, each with its
+/// index in the batch: a header, one tuple per row (field count, then each
+/// field as a length and its bytes, big-endian), the trailer.
+fn copy_binary(rows: &[CustomerLink], skip: &HashSet<usize>) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        // Fields are short: parsing bounded them (an email is at most 254 characters).
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let mut out = Vec::with_capacity(21 + rows.len() * 110);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
+    out.extend_from_slice(&0i32.to_be_bytes()); // no header extension
+    for (index, row) in rows.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
+        out.extend_from_slice(&5i16.to_be_bytes());
+        field(&mut out, &(index as i64).to_be_bytes());
+        field(&mut out, row.customer_id.as_str().as_bytes());
+        field(&mut out, &row.lms_user_id.get().to_be_bytes());
+        field(&mut out, row.lms_username.as_str().as_bytes());
+        field(&mut out, row.email.as_str().as_bytes());
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
 }
 
 /// Inserts or updates the row under the caller's lock; answers it as stored.
