@@ -52,9 +52,9 @@ const JWKS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const USER_AGENT: &str = concat!("commerce-mesh-gateway/", env!("CARGO_PKG_VERSION"));
 /// The claims every token must carry; `nbf` is checked when present.
 const REQUIRED_CLAIMS: [&str; 4] = ["exp", "iss", "aud", "sub"];
-/// Verified tokens remembered at most; past it, expired ones are dropped and,
-/// if it is still full, a new token is verified but not remembered.
-const VERIFIED_CAPACITY: usize = 8192;
+/// Verified tokens remembered at most; past it, the least likely to be
+/// used again are forgotten (and verified again when they come back).
+const VERIFIED_CAPACITY: u64 = 8192;
 /// The longest a verified token is trusted without checking its signature
 /// again: a key taken out of the JWKS stops admitting its tokens within this.
 const VERIFIED_FOR: Duration = Duration::from_secs(60);
@@ -453,41 +453,50 @@ impl Authenticator {
 }
 
 /// Tokens that verified, by their exact text: what they said, and until when
-/// it may be believed without verifying again.
-#[derive(Default)]
+/// it may be believed without verifying again. At most [`VERIFIED_CAPACITY`]
+/// are held (moka evicts those least likely to be used again), and each
+/// leaves when its time is over.
 struct VerifiedTokens {
-    entries: RwLock<HashMap<Box<str>, Verified>>,
+    entries: moka::sync::Cache<Box<str>, Verified>,
 }
 
+#[derive(Clone)]
 struct Verified {
     caller: Caller,
     until: Instant,
 }
 
+/// Each remembered token is dropped when it may no longer be believed.
+struct UntilItsTime;
+
+impl moka::Expiry<Box<str>, Verified> for UntilItsTime {
+    fn expire_after_create(&self, _token: &Box<str>, verified: &Verified, created_at: Instant) -> Option<Duration> {
+        Some(verified.until.saturating_duration_since(created_at))
+    }
+}
+
+impl Default for VerifiedTokens {
+    fn default() -> Self {
+        let entries = moka::sync::Cache::builder().max_capacity(VERIFIED_CAPACITY).expire_after(UntilItsTime).build();
+        Self { entries }
+    }
+}
+
 impl VerifiedTokens {
     /// The caller `token` verified as, if that is remembered and still holds at `now`.
     fn get(&self, token: &str, now: Instant) -> Option<Caller> {
-        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        entries.get(token).filter(|verified| now < verified.until).map(|verified| verified.caller.clone())
+        self.entries.get(token).filter(|verified| now < verified.until).map(|verified| verified.caller)
     }
 
-    /// Remembers `token` as `caller` until `until`; when full, drops what has
-    /// expired first, and remembers nothing if that frees no room.
+    /// Remembers `token` as `caller` until `until`.
     fn insert(&self, token: &str, caller: &Caller, until: Instant) {
-        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= VERIFIED_CAPACITY && !entries.contains_key(token) {
-            let now = Instant::now();
-            entries.retain(|_, verified| now < verified.until);
-            if entries.len() >= VERIFIED_CAPACITY {
-                return;
-            }
-        }
-        entries.insert(token.into(), Verified { caller: caller.clone(), until });
+        self.entries.insert(token.into(), Verified { caller: caller.clone(), until });
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries.read().unwrap_or_else(PoisonError::into_inner).len()
+    fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
     }
 }
 
@@ -1186,28 +1195,19 @@ mod tests {
     }
 
     #[test]
-    fn a_full_memory_still_verifies_and_makes_room_from_expired_entries() {
+    fn the_memory_stays_bounded_and_a_new_token_still_verifies() {
         let (runtime, authenticator) = development_authenticator();
         let verified = &authenticator.inner.verified;
         let caller = Caller { subject: "someone".into(), scopes: BTreeSet::new() };
         let later = Instant::now() + VERIFIED_FOR;
-        for n in 0..VERIFIED_CAPACITY {
+        for n in 0..VERIFIED_CAPACITY + 1000 {
             verified.insert(&format!("token-{n}"), &caller, later);
         }
+        assert!(verified.len() <= VERIFIED_CAPACITY, "holds {} tokens", verified.len());
         let token = development_token(DEVELOPMENT_SECRET, &valid_claims());
         let answer = runtime.block_on(authenticator.authenticate(Some(&bearer(&token)))).unwrap();
         assert_eq!(answer.subject, "learner-1");
-        assert_eq!(verified.len(), VERIFIED_CAPACITY, "full of live entries: nothing more remembered");
-        assert!(verified.get(&token, Instant::now()).is_none());
-
-        // Entries whose time is over make room.
-        let now = Instant::now();
-        for n in 0..VERIFIED_CAPACITY {
-            verified.insert(&format!("token-{n}"), &caller, now);
-        }
-        runtime.block_on(authenticator.authenticate(Some(&bearer(&token)))).unwrap();
-        assert_eq!(verified.len(), 1);
-        assert!(verified.get(&token, Instant::now()).is_some());
+        assert!(verified.len() <= VERIFIED_CAPACITY, "holds {} tokens", verified.len());
     }
 
     #[test]
