@@ -508,8 +508,8 @@ const RUNS_AND_SEATS: &str = "WITH run AS (
          WHERE course_runs.product_key = EXCLUDED.product_key
          RETURNING course_run_key
      ), gone AS (
-         -- `= ANY($2)` lets even a cached generic plan use the seats key index;
-         -- joining `run` alone was planned as a scan of every seat.
+         -- `= ANY($2)` hands the planner the keys, so it probes the seats key
+         -- index; joining `run` alone was planned as a scan of every seat.
          DELETE FROM seats
          WHERE seats.course_run_key = ANY($2::text[])
            AND seats.course_run_key IN (SELECT course_run_key FROM run)
@@ -550,7 +550,11 @@ async fn upsert_runs(
         of_run.sort_by(|a, b| a.1.mode.cmp(&b.1.mode));
         seats.extend(of_run.into_iter().map(|(position, seat)| (run.course_run_key.as_str(), position, seat)));
     }
+    // Planned with this event's values every time (an unnamed statement), not
+    // from a cached generic plan: a generic plan costed while `seats` was
+    // small keeps scanning every seat after the table has grown.
     let written: Vec<String> = sqlx::query_scalar(RUNS_AND_SEATS)
+        .persistent(false)
         .bind(product_key)
         .bind(sorted.iter().map(|r| r.course_run_key.as_str()).collect::<Vec<_>>())
         .bind(sorted.iter().map(|r| r.start).collect::<Vec<_>>())
