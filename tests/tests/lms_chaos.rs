@@ -223,6 +223,13 @@ async fn every_job_succeeds_exactly_once_through_a_chaotic_lms() {
             .expect("customer linked");
     }
 
+    // The auditor's group exists before the first event: retention drops what every
+    // group has acknowledged, so a group made afterwards would find the streams trimmed.
+    let bus = kit::bus::open(None, &data.path().join("events.db")).expect("event log");
+    for stream in [proto::streams::FULFILLMENTS, proto::streams::PURCHASES] {
+        bus.ensure_group(stream, "chaos-audit").await.unwrap();
+    }
+
     // Place every order; the workers start on the first while the last are placed.
     let started = Instant::now();
     let mut ids = Vec::with_capacity(orders);
@@ -272,12 +279,10 @@ async fn every_job_succeeds_exactly_once_through_a_chaotic_lms() {
     let expected_successes = planned.iter().filter(|p| !p.rejected).count();
 
     // What was announced: every completion event on the stream, and what PurchaseHistory stored.
-    let bus = kit::bus::open(None, &data.path().join("events.db")).expect("event log");
     // Per fulfillment id, the entitlement uuid of each completion event for it.
     let mut completions: HashMap<String, Vec<String>> = HashMap::new();
     let mut purchase_events: HashMap<String, usize> = HashMap::new();
     for stream in [proto::streams::FULFILLMENTS, proto::streams::PURCHASES] {
-        bus.ensure_group(stream, "chaos-audit").await.unwrap();
         let mut read = 0;
         tokio::time::timeout(guard, async {
             loop {
