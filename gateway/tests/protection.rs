@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kit::bench::percentile;
 use serde_json::json;
 use support::{ALL_SCOPES, PATIENCE, Reply, Running, start_with, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,7 +98,8 @@ async fn ordinary_requests(gateway: &Running, count: usize) -> Vec<Duration> {
 
 fn summary(latencies: &mut [Duration]) -> String {
     latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    let sorted: &[Duration] = latencies;
+    let at = |q: f64| percentile(sorted, q);
     format!("p50 {:?}, p90 {:?}, max {:?}", at(0.5), at(0.9), at(1.0))
 }
 
@@ -136,7 +138,8 @@ async fn slow_clients_are_cut_off_and_hold_nothing_while_others_are_served() {
         }
     }
     assert_eq!(gateway.calls.count(), 100, "only the ordinary requests reached the service");
-    let p99 = |latencies: &[Duration]| latencies[((latencies.len() - 1) as f64 * 0.99).round() as usize];
+    // `summary` sorted both.
+    let p99 = |latencies: &[Duration]| percentile(latencies, 0.99);
     let figures = json!({
         "suite": "slow-clients",
         "slow_connections": 9 * LIMIT,

@@ -201,8 +201,9 @@ fn the_generated_orders_are_both_accepted_and_refused() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
+    const ORDERS: usize = 1_000;
     let (mut accepted, mut refused, mut events) = (0, 0, 0);
-    for _ in 0..1_000 {
+    for _ in 0..ORDERS {
         let request = any_order().new_tree(&mut runner).unwrap().current();
         match parse_order(&request, now(), Duration::from_secs(300)) {
             Ok(order) => {
@@ -214,7 +215,7 @@ fn the_generated_orders_are_both_accepted_and_refused() {
     }
     let figures = serde_json::json!({
         "suite": "seams-property",
-        "orders": 1_000,
+        "orders": ORDERS,
         "accepted": accepted,
         "refused_at_the_door": refused,
         "purchase_events_checked": events,
