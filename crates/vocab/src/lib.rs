@@ -41,4 +41,4 @@ pub use invalid::Invalid;
 pub use learner::{LmsUserId, LmsUsername, RETIRED_PREFIX, RetirementKey};
 pub use money::{CurrencyCode, MAX_AMOUNT_LEN, Money, MoneyError, MoneyPart, Price};
 pub use retirement::Retirement;
-pub use text::{MAX_TITLE_LEN, Title};
+pub use text::{MAX_REASON_LEN, MAX_TITLE_LEN, RefundReason, Title};

@@ -1,4 +1,4 @@
-//! Free text that crosses a seam: a product's title as sold.
+//! Free text that crosses a seam: a product's title as sold, a refund's reason.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,15 +14,21 @@ pub const MAX_TITLE_LEN: usize = 500;
 #[serde(try_from = "String", into = "String")]
 pub struct Title(String);
 
+/// The rule of every free text here: at most `max` characters, no control characters.
+fn check_text(raw: &str, max: usize) -> Result<(), Invalid> {
+    if raw.chars().count() > max {
+        return Err(Invalid::new(format!("must be at most {max} characters")));
+    }
+    if let Some(bad) = raw.chars().find(|c| c.is_control()) {
+        return Err(Invalid::new(format!("must not contain control characters, found {bad:?}")));
+    }
+    Ok(())
+}
+
 impl Title {
     /// Accepts up to [`MAX_TITLE_LEN`] characters without control characters.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        if raw.chars().count() > MAX_TITLE_LEN {
-            return Err(Invalid::new(format!("must be at most {MAX_TITLE_LEN} characters")));
-        }
-        if let Some(bad) = raw.chars().find(|c| c.is_control()) {
-            return Err(Invalid::new(format!("must not contain control characters, found {bad:?}")));
-        }
+        check_text(raw, MAX_TITLE_LEN)?;
         Ok(Self(raw.to_owned()))
     }
 
@@ -63,6 +69,47 @@ impl From<Title> for String {
     }
 }
 
+/// Longest refund reason accepted, in characters.
+pub const MAX_REASON_LEN: usize = 500;
+
+/// Why a line was refunded, as the refunding system said: at most
+/// [`MAX_REASON_LEN`] characters, no control characters; may be empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RefundReason(String);
+
+impl RefundReason {
+    /// Accepts up to [`MAX_REASON_LEN`] characters without control characters.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        check_text(raw, MAX_REASON_LEN)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The reason; empty when none was given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RefundReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for RefundReason {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<RefundReason> for String {
+    fn from(reason: RefundReason) -> String {
+        reason.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +122,14 @@ mod tests {
         assert!(Title::parse("line\nbreak").is_err());
         assert!(Title::parse(&"é".repeat(MAX_TITLE_LEN)).is_ok());
         assert!(Title::parse(&"é".repeat(MAX_TITLE_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn refund_reasons_follow_the_same_rule() {
+        assert_eq!(RefundReason::parse("").unwrap().as_str(), "");
+        assert!(RefundReason::parse("requested_by_customer").is_ok());
+        assert!(RefundReason::parse("tab\there").is_err());
+        assert!(RefundReason::parse(&"x".repeat(MAX_REASON_LEN + 1)).is_err());
+        assert!(serde_json::from_str::<RefundReason>("\"bell\\u0007\"").is_err(), "serde goes through parse");
     }
 }

@@ -20,14 +20,14 @@ use tonic::{Code, Request, Response, Status};
 
 use vocab::{
     CourseRunKey, CourseUuid, CustomerId, FulfillmentId, LineItemId, LmsUserId, LmsUsername, OrderId, OrderNumber,
-    Price, SourceSystem, Title,
+    Price, RefundReason, SourceSystem, Title,
 };
 
 use crate::domain::{
-    ErrorKind, JobState, Learner, LearnerRef, MAX_LINE_ITEMS, Mode, Order, OrderHeader, OrderLine, Product, Repeat,
-    compare_repeat,
+    ErrorKind, JobState, Learner, LearnerRef, MAX_LINE_ITEMS, Mode, Order, OrderHeader, OrderLine, Product,
+    RefundEffect, RefundTerms, Repeat, compare_repeat,
 };
-use crate::store::{FulfillmentJob, NewJob, Redriven, Store, StoreError};
+use crate::store::{FulfillmentJob, NewJob, Redriven, RefundOf, Refunded, Store, StoreError};
 use kit::time::to_timestamp;
 
 /// The page of `ListOrderFulfillments` when the caller asks for none.
@@ -290,13 +290,169 @@ impl FulfillmentService for FulfillmentApi {
             }
             Redriven::NotFailed(job) => Err(with_reason(
                 Code::FailedPrecondition,
-                format!("fulfillment {id} is {}, not FAILED; only a FAILED fulfillment can be retried", job.state),
+                format!("fulfillment {id} is {}; only a FAILED or REVOKE_FAILED fulfillment can be retried", job.state),
                 "NOT_FAILED",
                 [("fulfillment_id", id.clone()), ("state", job.state.to_string())],
             )),
             Redriven::NotFound => Err(not_found(&id)),
         }
     }
+
+    async fn revoke_fulfillment(
+        &self,
+        request: Request<pb::RevokeFulfillmentRequest>,
+    ) -> Result<Response<pb::RevokeFulfillmentResponse>, Status> {
+        let request = request.get_ref();
+        let mut bad = BadRequest::new();
+        let id = bad.check("fulfillment_id", FulfillmentId::parse(&request.fulfillment_id));
+        let amount = parse_refunded_amount(&mut bad, "refunded_amount", request.refunded_amount.as_ref());
+        let (reason, source) = parse_refunder(&mut bad, &request.reason, &request.source);
+        bad.into_result()?;
+        let (Some(id), Some(amount), Some(reason), Some(source)) = (id, amount, reason, source) else {
+            return Err(Status::invalid_argument("invalid refund"));
+        };
+        let Some(job) = self.store.get(&id).await.map_err(store_status)? else { return Err(not_found(&id)) };
+        let terms = RefundTerms::for_line(&job.spec.line.price, amount, reason, source).map_err(|mismatch| {
+            let mut bad = BadRequest::new();
+            bad.field("refunded_amount", mismatch.to_string());
+            bad.into_status()
+        })?;
+        let (mut jobs, created) = self.refund(vec![RefundOf { job_id: job.id, terms }]).await?;
+        Ok(Response::new(pb::RevokeFulfillmentResponse { fulfillment: jobs.pop().map(|job| to_proto(&job)), created }))
+    }
+
+    async fn refund_order(
+        &self,
+        request: Request<pb::RefundOrderRequest>,
+    ) -> Result<Response<pb::RefundOrderResponse>, Status> {
+        let request = request.get_ref();
+        let mut bad = BadRequest::new();
+        let number = bad.check("order_number", OrderNumber::parse(&request.order_number));
+        let (reason, source) = parse_refunder(&mut bad, &request.reason, &request.source);
+        if request.lines.is_empty() {
+            bad.field("lines", "must name at least one line item");
+        }
+        if request.lines.len() > MAX_LINE_ITEMS {
+            bad.field("lines", format!("must name at most {MAX_LINE_ITEMS} line items"));
+        }
+        let mut lines = Vec::with_capacity(request.lines.len());
+        for (i, line) in request.lines.iter().enumerate() {
+            let id = bad.check(format!("lines[{i}].line_item_id"), LineItemId::parse(&line.line_item_id));
+            if request.lines[..i].iter().any(|earlier| earlier.line_item_id == line.line_item_id) {
+                bad.field(format!("lines[{i}].line_item_id"), "names a line item already named");
+            }
+            let amount =
+                parse_refunded_amount(&mut bad, &format!("lines[{i}].refunded_amount"), line.refunded_amount.as_ref());
+            lines.push((id, amount));
+        }
+        bad.into_result()?;
+        let (Some(number), Some(reason), Some(source)) = (number, reason, source) else {
+            return Err(Status::invalid_argument("invalid refund"));
+        };
+        let jobs = self.order_jobs(&number).await?;
+        if jobs.is_empty() {
+            return Err(Status::not_found(format!("no order {number}")));
+        }
+        let mut bad = BadRequest::new();
+        let mut refunds = Vec::with_capacity(lines.len());
+        for (i, (id, amount)) in lines.into_iter().enumerate() {
+            let (Some(id), Some(amount)) = (id, amount) else { continue };
+            let Some(job) = jobs.iter().find(|job| job.spec.line.line_item_id == id) else {
+                return Err(Status::not_found(format!(
+                    "lines[{i}].line_item_id: order {number} has no line item {id}"
+                )));
+            };
+            match RefundTerms::for_line(&job.spec.line.price, amount, reason.clone(), source.clone()) {
+                Ok(terms) => refunds.push(RefundOf { job_id: job.id.clone(), terms }),
+                Err(mismatch) => {
+                    bad.field(format!("lines[{i}].refunded_amount"), mismatch.to_string());
+                }
+            }
+        }
+        bad.into_result()?;
+        let (jobs, created) = self.refund(refunds).await?;
+        Ok(Response::new(pb::RefundOrderResponse { fulfillments: jobs.iter().map(to_proto).collect(), created }))
+    }
+}
+
+impl FulfillmentApi {
+    /// Records refunds (all or none) under the calling trace; wakes the workers when one is to be revoked.
+    async fn refund(&self, refunds: Vec<RefundOf>) -> Result<(Vec<FulfillmentJob>, bool), Status> {
+        let traceparent = TextContext::current().traceparent;
+        let now = crate::store::stored_time(Utc::now());
+        match self.store.refund(&refunds, &traceparent, now).await.map_err(store_status)? {
+            Refunded::Recorded { jobs, created } => {
+                if jobs.iter().any(|job| job.state == JobState::Revoking) {
+                    self.wake.notify_one();
+                }
+                Ok((jobs, created))
+            }
+            Refunded::Refused { job, effect } => Err(refund_refused(&job, effect)),
+            Refunded::NotFound(id) => Err(not_found(&id)),
+        }
+    }
+}
+
+/// Why a refund of `job` was refused, for the caller to branch on.
+fn refund_refused(job: &FulfillmentJob, effect: RefundEffect) -> Status {
+    let line = job.spec.line.line_item_id.to_string();
+    let order = job.spec.header.order_number.to_string();
+    let metadata =
+        [("fulfillment_id", job.id.clone()), ("line_item_id", line.clone()), ("order_number", order.clone())];
+    match (effect, &job.refund) {
+        (RefundEffect::Conflict, Some(recorded)) => with_reason(
+            Code::AlreadyExists,
+            format!(
+                "line item {line} of order {order} was already refunded on other terms ({} {}, reason {:?}, source \
+                 {}); a refund cannot change, and nothing was changed",
+                recorded.terms.amount().amount_text(),
+                recorded.terms.amount().currency_code(),
+                recorded.terms.reason().as_str(),
+                recorded.terms.source(),
+            ),
+            "REFUND_MISMATCH",
+            metadata,
+        ),
+        (RefundEffect::Conflict, None) => with_reason(
+            Code::FailedPrecondition,
+            format!("line item {line} of order {order} is {} and cannot be refunded; nothing was changed", job.state),
+            "NOT_REFUNDABLE",
+            metadata,
+        ),
+        _ => with_reason(
+            Code::FailedPrecondition,
+            format!(
+                "line item {line} of order {order} is {}: the learner was never enrolled, so there is nothing to \
+                 revoke; nothing was changed",
+                job.state
+            ),
+            "NOT_FULFILLED",
+            metadata,
+        ),
+    }
+}
+
+/// A refunded amount as given: None when it does not parse (recorded in
+/// `bad`), Some(None) when absent (the whole price).
+fn parse_refunded_amount(
+    bad: &mut BadRequest,
+    field: &str,
+    amount: Option<&proto::commerce::r#type::v1::Money>,
+) -> Option<Option<Price>> {
+    match amount {
+        None => Some(None),
+        Some(money) => Price::try_from(money)
+            .map_err(|e| bad.field(format!("{field}.{}", e.part.field()), e.invalid.to_string()))
+            .ok()
+            .map(Some),
+    }
+}
+
+/// A refund's reason and source, each None (recorded in `bad`) when invalid; the source is required.
+fn parse_refunder(bad: &mut BadRequest, reason: &str, source: &str) -> (Option<RefundReason>, Option<SourceSystem>) {
+    let reason = bad.check("reason", RefundReason::parse(reason));
+    let source = bad.check("source", SourceSystem::parse(source));
+    (reason, source)
 }
 
 fn not_found(id: &str) -> Status {
@@ -517,10 +673,19 @@ pub fn to_proto(job: &FulfillmentJob) -> pb::Fulfillment {
             lms_status: e.lms_status.map_or(0, i32::from),
             message: e.message.clone(),
         }),
-        next_attempt_time: if job.state == JobState::Pending { job.next_attempt_at.map(to_timestamp) } else { None },
+        next_attempt_time: match job.state {
+            JobState::Pending | JobState::Revoking => job.next_attempt_at.map(to_timestamp),
+            _ => None,
+        },
         entitlement_uuid: job.entitlement_uuid.clone().unwrap_or_default(),
         create_time: Some(to_timestamp(job.created_at)),
         update_time: Some(to_timestamp(job.updated_at)),
+        refund: job.refund.as_ref().map(|refund| pb::Refund {
+            refunded_amount: Some(proto::commerce::r#type::v1::Money::from(refund.terms.amount())),
+            reason: refund.terms.reason().to_string(),
+            source: refund.terms.source().to_string(),
+            request_time: Some(to_timestamp(refund.requested_at)),
+        }),
     }
 }
 
@@ -530,6 +695,10 @@ fn state_to_proto(state: JobState) -> pb::FulfillmentState {
         JobState::InProgress => pb::FulfillmentState::InProgress,
         JobState::Succeeded => pb::FulfillmentState::Succeeded,
         JobState::Failed => pb::FulfillmentState::Failed,
+        JobState::Revoking => pb::FulfillmentState::Revoking,
+        JobState::Revoked => pb::FulfillmentState::Revoked,
+        JobState::RevokeFailed => pb::FulfillmentState::RevokeFailed,
+        JobState::Cancelled => pb::FulfillmentState::Cancelled,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Fulfillment's rules, pure and unit-tested: what a valid order is, when two
-//! acceptances of one line item are "the same", and what happens after each
-//! LMS attempt (the retry policy).
+//! acceptances of one line item are "the same", what happens after each
+//! LMS attempt (the retry policy), and what a refund does to a line in each
+//! state.
 //!
 //! Parse, don't validate: each value below is built only by its `parse`, so an
 //! invalid one cannot exist past `api.rs`.
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vocab::{
     CourseRunKey, CourseUuid, CreditProviderId, CustomerId, Invalid, LineItemId, LmsUserId, LmsUsername, OrderId,
-    OrderNumber, Price, ProductKey, SourceSystem, Title,
+    OrderNumber, Price, ProductKey, RefundReason, SourceSystem, Title,
 };
 
 /// Most line items in one order.
@@ -323,15 +324,32 @@ pub enum JobState {
     Pending,
     /// A worker holds the lease.
     InProgress,
-    /// Done. Final.
+    /// Enrolled. Final unless refunded.
     Succeeded,
     /// Given up; `RetryFulfillment` re-drives it.
     Failed,
+    /// Refunded: waiting for a worker to revoke, or being revoked under a lease.
+    Revoking,
+    /// Refunded and revoked in the LMS. Final.
+    Revoked,
+    /// Refunded, revocation given up; `RetryFulfillment` re-drives it.
+    RevokeFailed,
+    /// Refunded before it was fulfilled; the LMS was not called. Final.
+    Cancelled,
 }
 
 impl JobState {
     /// Every state.
-    pub const ALL: [JobState; 4] = [JobState::Pending, JobState::InProgress, JobState::Succeeded, JobState::Failed];
+    pub const ALL: [JobState; 8] = [
+        JobState::Pending,
+        JobState::InProgress,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Revoking,
+        JobState::Revoked,
+        JobState::RevokeFailed,
+        JobState::Cancelled,
+    ];
 
     /// The name stored in the database.
     pub fn as_str(self) -> &'static str {
@@ -340,6 +358,19 @@ impl JobState {
             JobState::InProgress => "IN_PROGRESS",
             JobState::Succeeded => "SUCCEEDED",
             JobState::Failed => "FAILED",
+            JobState::Revoking => "REVOKING",
+            JobState::Revoked => "REVOKED",
+            JobState::RevokeFailed => "REVOKE_FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// The state `RetryFulfillment` re-drives this one to, if it is a failure.
+    pub fn redriven(self) -> Option<JobState> {
+        match self {
+            JobState::Failed => Some(JobState::Pending),
+            JobState::RevokeFailed => Some(JobState::Revoking),
+            _ => None,
         }
     }
 
@@ -352,6 +383,160 @@ impl JobState {
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What a refund says about one line: how much, why, from where. Two refunds
+/// of a line are "the same refund" exactly when their terms are equal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundTerms {
+    amount: Price,
+    reason: RefundReason,
+    source: SourceSystem,
+}
+
+/// Why refund terms do not fit the line they refund.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefundMismatch {
+    /// Another currency than the line's price.
+    #[error("is in {asked}, but the line was paid in {paid}")]
+    Currency {
+        /// The refund's currency.
+        asked: String,
+        /// The price's currency.
+        paid: String,
+    },
+    /// More than the line's price.
+    #[error("{asked} is more than the line's price, {paid}")]
+    AboveThePrice {
+        /// The refund's amount.
+        asked: String,
+        /// The price.
+        paid: String,
+    },
+}
+
+impl RefundTerms {
+    /// The terms of a refund of a line paid `price`: `amount` (None for the
+    /// whole price) in the price's currency and at most the price.
+    pub fn for_line(
+        price: &Price,
+        amount: Option<Price>,
+        reason: RefundReason,
+        source: SourceSystem,
+    ) -> Result<Self, RefundMismatch> {
+        let amount = amount.unwrap_or(*price);
+        if amount.currency() != price.currency() {
+            return Err(RefundMismatch::Currency {
+                asked: amount.currency_code().to_string(),
+                paid: price.currency_code().to_string(),
+            });
+        }
+        if amount.amount() > price.amount() {
+            return Err(RefundMismatch::AboveThePrice { asked: amount.amount_text(), paid: price.amount_text() });
+        }
+        Ok(Self { amount, reason, source })
+    }
+
+    /// The amount refunded.
+    pub fn amount(&self) -> &Price {
+        &self.amount
+    }
+
+    /// Why.
+    pub fn reason(&self) -> &RefundReason {
+        &self.reason
+    }
+
+    /// Which system refunded.
+    pub fn source(&self) -> &SourceSystem {
+        &self.source
+    }
+
+    /// Whether `other` is the same refund: equal amounts however written
+    /// (`"49"` and `"49.00"`), the same reason and source.
+    pub fn same_as(&self, other: &RefundTerms) -> bool {
+        self.amount.currency() == other.amount.currency()
+            && self.amount.amount() == other.amount.amount()
+            && self.reason == other.reason
+            && self.source == other.source
+    }
+}
+
+/// A refund as recorded with its job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    /// What was refunded.
+    #[serde(flatten)]
+    pub terms: RefundTerms,
+    /// When it was first recorded.
+    pub requested_at: DateTime<Utc>,
+    /// The W3C traceparent of the call that recorded it, so the revocation joins its trace.
+    #[serde(default)]
+    pub traceparent: String,
+}
+
+/// What a refund does to a line, by the line's state (decided under the row's lock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefundEffect {
+    /// SUCCEEDED: record it, REVOKING, due now.
+    Revoke,
+    /// PENDING: record it, CANCELLED; the LMS is never called.
+    Cancel,
+    /// IN_PROGRESS: record it; the attempt in flight decides when it ends
+    /// ([`state_after_attempt`]).
+    AwaitAttempt,
+    /// Already refunded on the same terms: change nothing, answer as it stands.
+    Repeat,
+    /// Already refunded on other terms: refuse.
+    Conflict,
+    /// FAILED: it was never fulfilled; refuse.
+    NotFulfilled,
+}
+
+/// What a refund on `asked` terms does to a line in `state`, refunded before on `recorded` terms or not.
+pub fn refund_effect(state: JobState, recorded: Option<&RefundTerms>, asked: &RefundTerms) -> RefundEffect {
+    match recorded {
+        Some(recorded) if recorded.same_as(asked) => RefundEffect::Repeat,
+        Some(_) => RefundEffect::Conflict,
+        None => match state {
+            JobState::Pending => RefundEffect::Cancel,
+            JobState::InProgress => RefundEffect::AwaitAttempt,
+            JobState::Succeeded => RefundEffect::Revoke,
+            JobState::Failed => RefundEffect::NotFulfilled,
+            // Every refunded state has its refund recorded: a row without one was not refunded here.
+            JobState::Revoking | JobState::Revoked | JobState::RevokeFailed | JobState::Cancelled => {
+                RefundEffect::Conflict
+            }
+        },
+    }
+}
+
+/// How an LMS attempt ended, before the refund (if any) is taken into account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// The LMS did what was asked.
+    Succeeded,
+    /// A transient failure with attempts left.
+    Retry,
+    /// A permanent failure, or attempts exhausted.
+    Failed,
+}
+
+/// The state a job moves to when an attempt begun in `claimed` (IN_PROGRESS
+/// to enrol, REVOKING to revoke) ends so, `refunded` or not by then. An
+/// enrollment refunded while it ran is revoked if it enrolled, and cancelled
+/// if it did not.
+pub fn state_after_attempt(claimed: JobState, end: AttemptEnd, refunded: bool) -> JobState {
+    match (claimed, end) {
+        (JobState::Revoking, AttemptEnd::Succeeded) => JobState::Revoked,
+        (JobState::Revoking, AttemptEnd::Retry) => JobState::Revoking,
+        (JobState::Revoking, AttemptEnd::Failed) => JobState::RevokeFailed,
+        (_, AttemptEnd::Succeeded) if refunded => JobState::Revoking,
+        (_, AttemptEnd::Succeeded) => JobState::Succeeded,
+        (_, AttemptEnd::Retry | AttemptEnd::Failed) if refunded => JobState::Cancelled,
+        (_, AttemptEnd::Retry) => JobState::Pending,
+        (_, AttemptEnd::Failed) => JobState::Failed,
     }
 }
 
@@ -584,6 +769,72 @@ mod tests {
         assert_eq!(first.fingerprints(), resent.fingerprints());
         resent.header.email_opt_in = !resent.header.email_opt_in;
         assert_ne!(first.fingerprints(), resent.fingerprints());
+    }
+
+    fn terms(amount: &str, reason: &str) -> RefundTerms {
+        let price = Price::parse("USD", "149.00").unwrap();
+        let amount = Some(Price::parse("USD", amount).unwrap());
+        RefundTerms::for_line(
+            &price,
+            amount,
+            RefundReason::parse(reason).unwrap(),
+            SourceSystem::parse("stripe").unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_refund_fits_its_line_or_says_why_not() {
+        let price = Price::parse("USD", "149.00").unwrap();
+        let (reason, source) = (RefundReason::default(), SourceSystem::parse("support").unwrap());
+        let whole = RefundTerms::for_line(&price, None, reason.clone(), source.clone()).unwrap();
+        assert_eq!(whole.amount(), &price, "no amount is the whole price");
+        let above = Some(Price::parse("USD", "149.01").unwrap());
+        assert!(matches!(
+            RefundTerms::for_line(&price, above, reason.clone(), source.clone()),
+            Err(RefundMismatch::AboveThePrice { .. })
+        ));
+        let euros = Some(Price::parse("EUR", "10").unwrap());
+        assert!(matches!(RefundTerms::for_line(&price, euros, reason, source), Err(RefundMismatch::Currency { .. })));
+        assert!(terms("49", "x").same_as(&terms("49.00", "x")), "equal amounts however written");
+        assert!(!terms("49", "x").same_as(&terms("49", "y")));
+    }
+
+    #[test]
+    fn a_refund_does_what_the_line_state_allows() {
+        let asked = terms("149.00", "requested_by_customer");
+        assert_eq!(refund_effect(JobState::Pending, None, &asked), RefundEffect::Cancel);
+        assert_eq!(refund_effect(JobState::InProgress, None, &asked), RefundEffect::AwaitAttempt);
+        assert_eq!(refund_effect(JobState::Succeeded, None, &asked), RefundEffect::Revoke);
+        assert_eq!(refund_effect(JobState::Failed, None, &asked), RefundEffect::NotFulfilled);
+        for state in [JobState::Revoking, JobState::Revoked, JobState::RevokeFailed, JobState::Cancelled] {
+            assert_eq!(refund_effect(state, Some(&asked), &asked), RefundEffect::Repeat, "{state}");
+            assert_eq!(refund_effect(state, Some(&terms("1", "x")), &asked), RefundEffect::Conflict, "{state}");
+        }
+        assert_eq!(refund_effect(JobState::InProgress, Some(&asked), &asked), RefundEffect::Repeat);
+    }
+
+    #[test]
+    fn an_attempt_ends_in_the_state_its_phase_and_the_refund_say() {
+        use JobState::{Cancelled, InProgress, Pending, RevokeFailed, Revoked, Revoking};
+        let (ok, retry, fail) = (AttemptEnd::Succeeded, AttemptEnd::Retry, AttemptEnd::Failed);
+        let cases = [
+            (InProgress, ok, false, JobState::Succeeded),
+            (InProgress, retry, false, Pending),
+            (InProgress, fail, false, JobState::Failed),
+            (InProgress, ok, true, Revoking),
+            (InProgress, retry, true, Cancelled),
+            (InProgress, fail, true, Cancelled),
+            (Revoking, ok, true, Revoked),
+            (Revoking, retry, true, Revoking),
+            (Revoking, fail, true, RevokeFailed),
+        ];
+        for (claimed, end, refunded, expected) in cases {
+            assert_eq!(state_after_attempt(claimed, end, refunded), expected, "{claimed} {end:?} {refunded}");
+        }
+        assert_eq!(JobState::Failed.redriven(), Some(Pending));
+        assert_eq!(RevokeFailed.redriven(), Some(Revoking));
+        assert_eq!(Revoked.redriven(), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The LMS client: enrollments and entitlements on the Open edX platform.
+//! The LMS client: enrollments and entitlements on the Open edX platform,
+//! granted for an order and taken back for a refund.
 //!
 //! One [`LmsClient`] per process, cloned freely: it holds one HTTP client
 //! (connections are reused) and one cached access token. Every call:
@@ -106,6 +107,21 @@ pub struct Enrollment<'a> {
     pub source_system: &'a str,
     /// The credit provider; sent only in `credit` mode.
     pub credit_provider_id: Option<&'a str>,
+}
+
+/// A refund recorded with a deactivated enrollment (in `enrollment_attributes`, namespace `refund`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefundNote<'a> {
+    /// The amount refunded, such as `149.00`.
+    pub amount: &'a str,
+    /// Its currency, such as `USD`.
+    pub currency: &'a str,
+    /// Why, as the refunding system said.
+    pub reason: &'a str,
+    /// Which system refunded.
+    pub source: &'a str,
+    /// When the refund was recorded.
+    pub refunded_at: DateTime<Utc>,
 }
 
 /// One course entitlement to grant, with the order it comes from.
@@ -253,6 +269,22 @@ impl LmsClient {
 
     /// Enrolls a learner in a course run: POST {url}/api/enrollment/v1/enrollment.
     pub async fn enroll(&self, e: &Enrollment<'_>) -> Result<LmsResponse<()>, LmsError> {
+        self.post_enrollment(e, None).await
+    }
+
+    /// Deactivates a learner's enrollment after a refund: the same POST as
+    /// [`LmsClient::enroll`] with `"is_active": false` (how the Open edX
+    /// enrollment API unenrolls), the refund in `enrollment_attributes`.
+    /// Idempotent in the LMS, so a repeat after a lost answer is harmless.
+    pub async fn unenroll(&self, e: &Enrollment<'_>, refund: &RefundNote<'_>) -> Result<LmsResponse<()>, LmsError> {
+        self.post_enrollment(e, Some(refund)).await
+    }
+
+    async fn post_enrollment(
+        &self,
+        e: &Enrollment<'_>,
+        refund: Option<&RefundNote<'_>>,
+    ) -> Result<LmsResponse<()>, LmsError> {
         let mut attributes = vec![
             order("order_number", e.order_number),
             order("order_id", e.order_id),
@@ -272,18 +304,52 @@ impl LmsClient {
                 value: e.credit_provider_id.map(Cow::Borrowed),
             });
         }
+        if let Some(refund) = refund {
+            for (name, value) in [
+                ("amount", Cow::Borrowed(refund.amount)),
+                ("currency", Cow::Borrowed(refund.currency)),
+                ("reason", Cow::Borrowed(refund.reason)),
+                ("source", Cow::Borrowed(refund.source)),
+                ("date_refunded", Cow::Owned(refund.refunded_at.format("%Y-%m-%dT%H:%M:%SZ").to_string())),
+            ] {
+                attributes.push(Attribute { namespace: "refund", name, value: Some(value) });
+            }
+        }
         let body = EnrollmentBody {
             user: e.username,
             mode: e.mode,
-            is_active: true,
+            is_active: refund.is_none(),
             course_details: CourseDetails { course_id: e.course_run_key },
             email_opt_in: e.email_opt_in,
             enrollment_attributes: attributes,
         };
         let url = &self.inner.enrollment_url;
-        let span = client_span("POST /api/enrollment/v1/enrollment", url);
+        let span = client_span("POST /api/enrollment/v1/enrollment", &Method::POST, url);
         let answer = self.inner.post_json(url, &body, &span).instrument(span.clone()).await?;
         Ok(LmsResponse { value: (), status: answer.status })
+    }
+
+    /// Expires an entitlement after a refund, which also unenrolls the learner
+    /// from a run it was redeemed for: DELETE {url}/api/entitlements/v1/entitlements/{uuid}/.
+    /// A 404 is an entitlement already gone (an earlier attempt expired it and
+    /// its answer was lost), so it counts as done.
+    pub async fn revoke_entitlement(&self, uuid: &str) -> Result<LmsResponse<()>, LmsError> {
+        let mut url = self.inner.entitlement_url.clone();
+        // The uuid came from the LMS: pushed as one path segment, so it is percent-encoded.
+        url.path_segments_mut()
+            .map_err(|()| LmsError::Config("the LMS url cannot have a path".into()))?
+            .pop_if_empty()
+            .push(uuid)
+            .push("");
+        let span = client_span("DELETE /api/entitlements/v1/entitlements/{uuid}/", &Method::DELETE, &url);
+        match self.inner.call(Method::DELETE, &url, None, &span).instrument(span.clone()).await {
+            Ok(answer) => Ok(LmsResponse { value: (), status: answer.status }),
+            Err(LmsError::Status { status: 404, .. }) => {
+                tracing::info!(entitlement = uuid, "the LMS has no such entitlement any more; counted as revoked");
+                Ok(LmsResponse { value: (), status: 404 })
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Grants a course entitlement: POST {url}/api/entitlements/v1/entitlements/; answers its uuid.
@@ -296,7 +362,7 @@ impl LmsClient {
             email_opt_in: e.email_opt_in,
         };
         let url = &self.inner.entitlement_url;
-        let span = client_span("POST /api/entitlements/v1/entitlements/", url);
+        let span = client_span("POST /api/entitlements/v1/entitlements/", &Method::POST, url);
         let answer = self.inner.post_json(url, &body, &span).instrument(span.clone()).await?;
         let invalid = |message: String| LmsError::InvalidResponse { status: answer.status, message };
         let json: serde_json::Value = serde_json::from_slice(&answer.body)
@@ -315,7 +381,7 @@ impl LmsClient {
     pub async fn find_entitlement(&self, e: &Entitlement<'_>) -> Result<LmsResponse<Option<String>>, LmsError> {
         let mut url = self.inner.entitlement_url.clone();
         url.query_pairs_mut().append_pair("user", e.username).append_pair("course_uuid", e.course_uuid);
-        let span = client_span("GET /api/entitlements/v1/entitlements/", &url);
+        let span = client_span("GET /api/entitlements/v1/entitlements/", &Method::GET, &url);
         let answer = self.inner.call(Method::GET, &url, None, &span).instrument(span.clone()).await?;
         let invalid = |message: String| LmsError::InvalidResponse { status: answer.status, message };
         let json: serde_json::Value =
@@ -432,7 +498,7 @@ impl Inner {
     }
 
     async fn fetch_token(&self) -> Result<TokenAnswer, LmsError> {
-        let span = client_span("POST /oauth2/access_token", &self.token_url);
+        let span = client_span("POST /oauth2/access_token", &Method::POST, &self.token_url);
         let result = self.fetch_token_in(&span).instrument(span.clone()).await;
         if result.is_err() {
             span.record("otel.status_code", "ERROR");
@@ -520,13 +586,13 @@ struct EntitlementBody<'a> {
 }
 
 /// The span of one HTTP call to the LMS, by the OpenTelemetry HTTP client conventions.
-fn client_span(name: &'static str, url: &Url) -> Span {
+fn client_span(name: &'static str, method: &Method, url: &Url) -> Span {
     tracing::info_span!(
         "lms",
         otel.name = name,
         otel.kind = "client",
         otel.status_code = Empty,
-        http.request.method = "POST",
+        http.request.method = method.as_str(),
         url.full = url.as_str(),
         server.address = url.host_str(),
         server.port = url.port_or_known_default(),

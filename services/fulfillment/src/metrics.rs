@@ -20,14 +20,14 @@ use crate::store::Store;
 /// Label: a job state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
-    /// PENDING, IN_PROGRESS, SUCCEEDED or FAILED.
+    /// PENDING, IN_PROGRESS, FAILED, REVOKING or REVOKE_FAILED (the states that do not only accumulate).
     pub state: String,
 }
 
 /// Label: how an attempt ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// succeeded, retry, failed or lease_lost.
+    /// succeeded, retry, failed or lease_lost; revoked or revoke_failed for a revocation.
     pub outcome: String,
 }
 

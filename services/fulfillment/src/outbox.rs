@@ -1,5 +1,7 @@
-//! Events out: what a SUCCEEDED job announces ([`completion_events`], written
-//! to the outbox in the same transaction as the state change), and the
+//! Events out: what a SUCCEEDED job announces ([`completion_events`]), what a
+//! recorded refund and a REVOKED job announce ([`refund_recorded_event`],
+//! [`revocation_events`]) — each written to the outbox in the same
+//! transaction as the state change — and the
 //! [`OutboxRelay`] (`kit::outbox::Relay`, shared with every service that has
 //! an outbox) that publishes outbox rows to the event bus and deletes them
 //! after the retention window.
@@ -17,7 +19,7 @@ use proto::commerce::events::v1::{self as events, event_envelope::Payload};
 use proto::commerce::r#type::v1::Money;
 use vocab::{LmsUserId, LmsUsername};
 
-use crate::domain::Product;
+use crate::domain::{Product, Refund};
 use crate::store::{FulfillmentJob, OutboxEvent};
 
 /// The `FulfillmentCompleted` and `PurchaseRecorded` events of a job that just succeeded.
@@ -47,7 +49,7 @@ pub fn completion_events(
     // Every field below is a vocab value Fulfillment parsed, so PurchaseHistory,
     // parsing the same fields with the same types, accepts it.
     let purchase = events::PurchaseRecorded {
-        purchase_id: format!("fulfillment:{}", job.id),
+        purchase_id: purchase_id(job),
         lms_user_id: spec.learner.lms_user_id.to_string(),
         username: spec.learner.lms_username.to_string(),
         order_number: spec.header.order_number.to_string(),
@@ -77,6 +79,73 @@ pub fn completion_events(
     ]
 }
 
+/// The `PurchaseRefunded` event of a refund recorded for a job that had
+/// SUCCEEDED: the purchase its `PurchaseRecorded` announced is refunded.
+/// It carries the refunding call's trace.
+pub fn refund_recorded_event(job: &FulfillmentJob, refund: &Refund) -> OutboxEvent {
+    let spec = &job.spec;
+    let refunded = events::PurchaseRefunded {
+        purchase_id: purchase_id(job),
+        lms_user_id: spec.learner.lms_user_id.to_string(),
+        order_number: spec.header.order_number.to_string(),
+        line_item_id: spec.line.line_item_id.to_string(),
+        refunded_amount: Some(Money::from(refund.terms.amount())),
+        reason: refund.terms.reason().to_string(),
+        source: refund.terms.source().to_string(),
+        refunded_at: Some(to_timestamp(refund.requested_at)),
+    };
+    let trace = TextContext { traceparent: refund.traceparent.clone(), tracestate: String::new() };
+    envelope(
+        format!("purchase-refunded:{}", job.id),
+        proto::streams::PURCHASES,
+        "commerce.events.v1.PurchaseRefunded",
+        refund.requested_at,
+        &trace,
+        Payload::PurchaseRefunded(refunded),
+    )
+}
+
+/// The `FulfillmentRevoked` event of a job the LMS just revoked.
+pub fn revocation_events(
+    job: &FulfillmentJob,
+    refund: &Refund,
+    revoked_at: DateTime<Utc>,
+    trace: &TextContext,
+) -> Vec<OutboxEvent> {
+    let spec = &job.spec;
+    let (course_run_key, course_uuid) = match &spec.line.product {
+        Product::CourseRun { course_run_key, .. } => (course_run_key.to_string(), String::new()),
+        Product::Entitlement { course_uuid, .. } => (String::new(), course_uuid.to_string()),
+    };
+    let revoked = events::FulfillmentRevoked {
+        fulfillment_id: job.id.clone(),
+        order_number: spec.header.order_number.to_string(),
+        line_item_id: spec.line.line_item_id.to_string(),
+        lms_user_id: spec.learner.lms_user_id.to_string(),
+        lms_username: spec.learner.lms_username.to_string(),
+        course_run_key,
+        course_uuid,
+        entitlement_uuid: job.entitlement_uuid.clone().unwrap_or_default(),
+        refunded_amount: Some(Money::from(refund.terms.amount())),
+        reason: refund.terms.reason().to_string(),
+        source: refund.terms.source().to_string(),
+        revoked_at: Some(to_timestamp(revoked_at)),
+    };
+    vec![envelope(
+        format!("fulfillment-revoked:{}", job.id),
+        proto::streams::FULFILLMENTS,
+        "commerce.events.v1.FulfillmentRevoked",
+        revoked_at,
+        trace,
+        Payload::FulfillmentRevoked(revoked),
+    )]
+}
+
+/// The purchase a fulfilled job announced.
+fn purchase_id(job: &FulfillmentJob) -> String {
+    format!("fulfillment:{}", job.id)
+}
+
 /// `payload` (an encoded envelope) with the retired learner's username
 /// replaced by `placeholder`, when it names learner `lms_user_id`; None when
 /// it does not (or is no event of ours, which is left as it is).
@@ -86,6 +155,7 @@ pub fn scrub(payload: &[u8], lms_user_id: LmsUserId, placeholder: &LmsUsername) 
     let username = match envelope.payload.as_mut()? {
         Payload::PurchaseRecorded(purchase) if purchase.lms_user_id == learner => &mut purchase.username,
         Payload::FulfillmentCompleted(completed) if completed.lms_user_id == learner => &mut completed.lms_username,
+        Payload::FulfillmentRevoked(revoked) if revoked.lms_user_id == learner => &mut revoked.lms_username,
         _ => return None,
     };
     if username == placeholder.as_str() {

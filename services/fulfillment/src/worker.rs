@@ -1,5 +1,5 @@
-//! The workers: claim due jobs from the store, call the LMS, record the outcome
-//! under the claim's lease.
+//! The workers: claim due jobs from the store, call the LMS (to enrol, or to
+//! revoke a refunded line), record the outcome under the claim's lease.
 //!
 //! One claim loop feeds at most `concurrency` attempts at a time. When nothing
 //! is due it sleeps until the next job falls due, until new work is announced
@@ -17,11 +17,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::domain::{AfterFailure, AttemptFailure, ErrorKind, JobError, Product, RetryPolicy};
-use crate::lms::{Enrollment, Entitlement, LmsClient, LmsError};
+use crate::domain::{AfterFailure, AttemptFailure, ErrorKind, JobError, JobSpec, JobState, Mode, Product, RetryPolicy};
+use crate::lms::{Enrollment, Entitlement, LmsClient, LmsError, RefundNote};
 use crate::metrics::FulfillmentMetrics;
-use crate::outbox::completion_events;
-use crate::store::{Claimed, Finished, Lease, Outcome, Store, stored_time};
+use crate::outbox::{completion_events, revocation_events};
+use crate::store::{Claimed, Finished, FulfillmentJob, Lease, Outcome, Store, stored_time};
+use vocab::{CourseRunKey, CourseUuid};
 
 /// How the workers run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,18 +162,26 @@ impl Workers {
         }
     }
 
-    /// One LMS attempt for one claimed job, its outcome recorded under the lease.
+    /// One LMS attempt for one claimed job, its outcome recorded under the
+    /// lease: an enrollment (or grant) for an IN_PROGRESS job, a revocation
+    /// for a REVOKING one, which continues the refund's trace.
     pub async fn attempt(&self, claimed: Claimed) {
         let Claimed { job, lease } = claimed;
+        let revoking = job.state == JobState::Revoking;
         let span = tracing::info_span!(
             "fulfillment.attempt",
-            otel.name = "fulfillment attempt",
+            otel.name = if revoking { "fulfillment revocation" } else { "fulfillment attempt" },
             fulfillment.id = %job.id,
             order.number = %job.spec.header.order_number,
             attempt = job.attempts,
             outcome = tracing::field::Empty,
         );
-        TextContext { traceparent: job.traceparent.clone(), tracestate: String::new() }.set_parent_of(&span);
+        let parent = match (&job.refund, revoking) {
+            (Some(refund), true) if !refund.traceparent.is_empty() => refund.traceparent.clone(),
+            _ => job.traceparent.clone(),
+        };
+        TextContext { traceparent: parent, tracestate: String::new() }.set_parent_of(&span);
+        let labels = if revoking { ["revoked", "retry", "revoke_failed"] } else { ["succeeded", "retry", "failed"] };
         async {
             if job.attempts > self.policy.max_attempts {
                 // Claimed again after leases ran out (workers crashing or hanging on it): stop here.
@@ -181,13 +190,14 @@ impl Workers {
                     lms_status: None,
                     message: format!("claimed {} times without an outcome being recorded", job.attempts - 1),
                 };
-                self.record(&lease, Outcome::Failed { error }, "failed", stored_time(Utc::now())).await;
+                self.record(&lease, Outcome::Failed { error }, labels[2], stored_time(Utc::now())).await;
                 return;
             }
             let started = Instant::now();
             // The attempt ends well inside its lease, so no other worker takes the job while it runs.
             let budget = self.config.lease.saturating_sub(self.config.lease / 10);
-            let result = match tokio::time::timeout(budget, self.call_lms(&job.spec)).await {
+            let call = async { if revoking { self.revoke_in_lms(&job).await } else { self.call_lms(&job.spec).await } };
+            let result = match tokio::time::timeout(budget, call).await {
                 Ok(result) => result,
                 Err(_) => Err(LmsError::Timeout(format!("the attempt took longer than {budget:?}, 90% of its lease"))),
             };
@@ -199,15 +209,19 @@ impl Workers {
             let now = stored_time(Utc::now());
             let (outcome, label) = match result {
                 Ok((entitlement_uuid, _)) => {
-                    let events = completion_events(&job, entitlement_uuid.as_deref(), now, &TextContext::current());
-                    (Outcome::Succeeded { entitlement_uuid, events }, "succeeded")
+                    let trace = TextContext::current();
+                    let events = match (&job.refund, revoking) {
+                        (Some(refund), true) => revocation_events(&job, refund, now, &trace),
+                        _ => completion_events(&job, entitlement_uuid.as_deref(), now, &trace),
+                    };
+                    (Outcome::Succeeded { entitlement_uuid, events }, labels[0])
                 }
                 Err(error) => {
                     let failure = classify(&error);
                     tracing::warn!(%error, kind = failure.error.kind.as_str(), "LMS attempt failed");
                     match self.policy.after_failure(job.attempts, failure, now, (self.jitter)()) {
-                        AfterFailure::RetryAt(at, error) => (Outcome::RetryAt { at, error }, "retry"),
-                        AfterFailure::Fail(error) => (Outcome::Failed { error }, "failed"),
+                        AfterFailure::RetryAt(at, error) => (Outcome::RetryAt { at, error }, labels[1]),
+                        AfterFailure::Fail(error) => (Outcome::Failed { error }, labels[2]),
                     }
                 }
             };
@@ -222,11 +236,15 @@ impl Workers {
         let succeeded = matches!(outcome, Outcome::Succeeded { .. });
         let retries = matches!(outcome, Outcome::RetryAt { .. });
         match self.store.finish(lease, outcome, now).await {
-            Ok(Finished::Recorded(_)) => {
+            Ok(Finished::Recorded(job)) => {
                 tracing::Span::current().record("outcome", label);
                 self.metrics.attempt(label);
                 if succeeded {
                     self.published.notify_one();
+                }
+                if job.state == JobState::Revoking && !retries {
+                    // Refunded while it enrolled: its revocation is due now.
+                    self.wake.notify_one();
                 }
                 if retries {
                     // The claim loop may be idle until a due time it read before this job
@@ -251,33 +269,14 @@ impl Workers {
     /// repeat is harmless; a grant is not, so the LMS is first asked whether it
     /// already granted this order's entitlement (an earlier attempt may have
     /// been granted without its answer reaching us).
-    async fn call_lms(&self, spec: &crate::domain::JobSpec) -> Result<(Option<String>, u16), LmsError> {
-        let header = &spec.header;
-        let username = spec.learner.lms_username.as_str();
+    async fn call_lms(&self, spec: &JobSpec) -> Result<(Option<String>, u16), LmsError> {
         match &spec.line.product {
             Product::CourseRun { course_run_key, mode, credit_provider_id } => {
-                let enrollment = Enrollment {
-                    username,
-                    mode: mode.as_str(),
-                    course_run_key: course_run_key.as_str(),
-                    email_opt_in: header.email_opt_in,
-                    order_number: &header.order_number,
-                    order_id: header.order_id.as_deref().unwrap_or_default(),
-                    line_item_id: &spec.line.line_item_id,
-                    date_placed: header.date_placed,
-                    source_system: header.source_system.as_deref().unwrap_or_default(),
-                    credit_provider_id: credit_provider_id.as_deref(),
-                };
+                let enrollment = enrollment(spec, course_run_key, *mode, credit_provider_id.as_deref());
                 self.lms.enroll(&enrollment).await.map(|r| (None, r.status))
             }
             Product::Entitlement { course_uuid, mode } => {
-                let entitlement = Entitlement {
-                    username,
-                    mode: mode.as_str(),
-                    course_uuid,
-                    order_number: &header.order_number,
-                    email_opt_in: header.email_opt_in,
-                };
+                let entitlement = entitlement(spec, course_uuid, *mode);
                 let found = self.lms.find_entitlement(&entitlement).await?;
                 if let Some(uuid) = found.value {
                     return Ok((Some(uuid), found.status));
@@ -285,6 +284,81 @@ impl Workers {
                 self.lms.grant_entitlement(&entitlement).await.map(|r| (Some(r.value), r.status))
             }
         }
+    }
+}
+
+impl Workers {
+    /// Takes a refunded line's access away: deactivates the enrollment, or
+    /// expires the entitlement (found in the LMS first if its uuid was never
+    /// stored; none found is nothing to revoke).
+    async fn revoke_in_lms(&self, job: &FulfillmentJob) -> Result<(Option<String>, u16), LmsError> {
+        let Some(refund) = &job.refund else {
+            return Err(LmsError::InvalidResponse {
+                status: 0,
+                message: format!("fulfillment {} is REVOKING without a recorded refund", job.id),
+            });
+        };
+        let spec = &job.spec;
+        match &spec.line.product {
+            Product::CourseRun { course_run_key, mode, credit_provider_id } => {
+                let enrollment = enrollment(spec, course_run_key, *mode, credit_provider_id.as_deref());
+                let amount = refund.terms.amount().amount_text();
+                let note = RefundNote {
+                    amount: &amount,
+                    currency: refund.terms.amount().currency_code(),
+                    reason: refund.terms.reason().as_str(),
+                    source: refund.terms.source().as_str(),
+                    refunded_at: refund.requested_at,
+                };
+                self.lms.unenroll(&enrollment, &note).await.map(|r| (None, r.status))
+            }
+            Product::Entitlement { course_uuid, mode } => {
+                let uuid = match &job.entitlement_uuid {
+                    Some(uuid) => uuid.clone(),
+                    None => {
+                        let found = self.lms.find_entitlement(&entitlement(spec, course_uuid, *mode)).await?;
+                        match found.value {
+                            Some(uuid) => uuid,
+                            None => return Ok((None, found.status)),
+                        }
+                    }
+                };
+                self.lms.revoke_entitlement(&uuid).await.map(|r| (None, r.status))
+            }
+        }
+    }
+}
+
+/// The enrollment request of a course-run line.
+fn enrollment<'a>(
+    spec: &'a JobSpec,
+    course_run_key: &'a CourseRunKey,
+    mode: Mode,
+    credit_provider_id: Option<&'a str>,
+) -> Enrollment<'a> {
+    let header = &spec.header;
+    Enrollment {
+        username: spec.learner.lms_username.as_str(),
+        mode: mode.as_str(),
+        course_run_key: course_run_key.as_str(),
+        email_opt_in: header.email_opt_in,
+        order_number: &header.order_number,
+        order_id: header.order_id.as_deref().unwrap_or_default(),
+        line_item_id: &spec.line.line_item_id,
+        date_placed: header.date_placed,
+        source_system: header.source_system.as_deref().unwrap_or_default(),
+        credit_provider_id,
+    }
+}
+
+/// The entitlement request of an entitlement line.
+fn entitlement<'a>(spec: &'a JobSpec, course_uuid: &'a CourseUuid, mode: Mode) -> Entitlement<'a> {
+    Entitlement {
+        username: spec.learner.lms_username.as_str(),
+        mode: mode.as_str(),
+        course_uuid,
+        order_number: &spec.header.order_number,
+        email_opt_in: spec.header.email_opt_in,
     }
 }
 

@@ -306,7 +306,14 @@ async fn stats_count_unfinished_states_and_the_longest_wait(f: Fixture) {
     f.store.finish(&claimed.lease, Outcome::Failed { error: rejected }, t0() + secs(4)).await.unwrap();
     let mut stats = f.store.stats(t0() + secs(10)).await.unwrap();
     stats.by_state.sort_by_key(|(s, _)| s.as_str());
-    assert_eq!(stats.by_state, [(JobState::Failed, 1), (JobState::InProgress, 1), (JobState::Pending, 2)]);
+    let expected = [
+        (JobState::Failed, 1),
+        (JobState::InProgress, 1),
+        (JobState::Pending, 2),
+        (JobState::RevokeFailed, 0),
+        (JobState::Revoking, 0),
+    ];
+    assert_eq!(stats.by_state, expected, "every unfinished or failed state, the refund ones too");
     assert_eq!(stats.oldest_due, Some(t0() + secs(3)), "EDX-7's second line has waited since t0+3s; EDX-8 is not due");
 }
 

@@ -23,7 +23,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
-use crate::domain::{ErrorKind, JobError, JobSpec, JobState};
+use crate::domain::{
+    AttemptEnd, ErrorKind, JobError, JobSpec, JobState, Refund, RefundEffect, RefundTerms, refund_effect,
+    state_after_attempt,
+};
 
 /// One fulfillment job as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +45,8 @@ pub struct FulfillmentJob {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The LMS's entitlement UUID, for a SUCCEEDED entitlement.
     pub entitlement_uuid: Option<String>,
+    /// The line's refund, once one was recorded.
+    pub refund: Option<Refund>,
     /// The W3C traceparent of the call that accepted it; may be empty.
     pub traceparent: String,
     /// When accepted.
@@ -61,6 +66,7 @@ impl FulfillmentJob {
             last_error: None,
             next_attempt_at: Some(now),
             entitlement_uuid: None,
+            refund: None,
             traceparent: new.traceparent.clone(),
             created_at: now,
             updated_at: now,
@@ -91,23 +97,25 @@ pub struct Lease {
 /// A job a worker claimed.
 #[derive(Clone, Debug)]
 pub struct Claimed {
-    /// The job, as IN_PROGRESS with this claim's attempt counted.
+    /// The job with this claim's attempt counted: IN_PROGRESS to enrol, REVOKING to revoke.
     pub job: FulfillmentJob,
     /// The claim.
     pub lease: Lease,
 }
 
-/// How an attempt ended, as the holder of the lease records it.
+/// How an attempt ended, as the holder of the lease records it. The state it
+/// leads to also depends on the phase and on a refund recorded meanwhile
+/// ([`state_after_attempt`]).
 #[derive(Clone, Debug)]
 pub enum Outcome {
-    /// The LMS confirmed: SUCCEEDED, and these events go to the outbox.
+    /// The LMS confirmed: SUCCEEDED (or REVOKED), and these events go to the outbox.
     Succeeded {
         /// For an entitlement, the LMS's UUID.
         entitlement_uuid: Option<String>,
-        /// `FulfillmentCompleted`, `PurchaseRecorded`.
+        /// `FulfillmentCompleted` and `PurchaseRecorded`, or `FulfillmentRevoked`.
         events: Vec<OutboxEvent>,
     },
-    /// A transient failure: PENDING again, due at `at`.
+    /// A transient failure: PENDING (or REVOKING) again, due at `at`.
     RetryAt {
         /// When it is due.
         at: DateTime<Utc>,
@@ -130,12 +138,55 @@ pub enum Finished {
     LeaseLost,
 }
 
+impl Outcome {
+    /// How the attempt ended, whatever the phase.
+    pub fn end(&self) -> AttemptEnd {
+        match self {
+            Outcome::Succeeded { .. } => AttemptEnd::Succeeded,
+            Outcome::RetryAt { .. } => AttemptEnd::Retry,
+            Outcome::Failed { .. } => AttemptEnd::Failed,
+        }
+    }
+}
+
+/// One line's refund to record.
+#[derive(Clone, Debug)]
+pub struct RefundOf {
+    /// The job refunded.
+    pub job_id: String,
+    /// What was refunded.
+    pub terms: RefundTerms,
+}
+
+/// What recording refunds did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refunded {
+    /// Recorded, or repeats of refunds recorded before: the jobs as they are
+    /// now, in the order asked; `created` when any of them changed.
+    Recorded {
+        /// The refunded jobs.
+        jobs: Vec<FulfillmentJob>,
+        /// Whether this call changed anything.
+        created: bool,
+    },
+    /// Refused, and nothing changed: this job's refund would be a
+    /// [`RefundEffect::Conflict`] or [`RefundEffect::NotFulfilled`].
+    Refused {
+        /// The job at fault, as it is.
+        job: Box<FulfillmentJob>,
+        /// Why.
+        effect: RefundEffect,
+    },
+    /// No job with this id.
+    NotFound(String),
+}
+
 /// What `RetryFulfillment` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Redriven {
-    /// Back to PENDING, attempts reset.
+    /// Back to PENDING (or REVOKING), attempts reset.
     Pending(Box<FulfillmentJob>),
-    /// Not FAILED: left as it is.
+    /// Not FAILED nor REVOKE_FAILED: left as it is.
     NotFailed(Box<FulfillmentJob>),
     /// No such job.
     NotFound,
@@ -222,9 +273,19 @@ pub trait Store: OutboxStore {
     async fn claim(&self, max: usize, lease: Duration, now: DateTime<Utc>) -> Result<Vec<Claimed>, StoreError>;
 
     /// Records an attempt's outcome, if `lease` is still the job's current lease.
+    /// An enrollment refunded while it ran goes on to REVOKING (with the
+    /// `PurchaseRefunded` event) when it enrolled, to CANCELLED when it did not.
     async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError>;
 
-    /// Re-drives a FAILED job: PENDING, due now, attempts reset.
+    /// Records the refunds of some jobs in one transaction, all or none, each
+    /// as [`refund_effect`] decides under the job's lock: SUCCEEDED jobs go to
+    /// REVOKING (due now, attempts reset, `PurchaseRefunded` in the outbox),
+    /// PENDING ones to CANCELLED, IN_PROGRESS ones keep the refund for the
+    /// attempt's end. `traceparent` is the refunding call's.
+    async fn refund(&self, refunds: &[RefundOf], traceparent: &str, now: DateTime<Utc>)
+    -> Result<Refunded, StoreError>;
+
+    /// Re-drives a FAILED job to PENDING, or a REVOKE_FAILED one to REVOKING: due now, attempts reset.
     async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError>;
 
     /// Applies retirements in one transaction: each learner's jobs get the
@@ -283,6 +344,56 @@ fn scrubbed_outbox(rows: Vec<(i64, Vec<u8>)>, retirements: &[Retirement]) -> Vec
         .collect()
 }
 
+/// How recording a refund changes a job's row: the state, whether the
+/// attempts start again, when it is due, and the state it leaves (for the
+/// transition; None when the state stays).
+struct RefundChange {
+    state: JobState,
+    reset_attempts: bool,
+    next_attempt_at: Option<DateTime<Utc>>,
+    from: Option<JobState>,
+}
+
+/// The row change of a refund with `effect` on `job`; None when nothing changes.
+fn refund_change(job: &FulfillmentJob, effect: RefundEffect, now: DateTime<Utc>) -> Option<RefundChange> {
+    let (state, reset_attempts, next_attempt_at) = match effect {
+        RefundEffect::Revoke => (JobState::Revoking, true, Some(now)),
+        RefundEffect::Cancel => (JobState::Cancelled, false, None),
+        // The attempt in flight decides; only the refund is recorded.
+        RefundEffect::AwaitAttempt => (job.state, false, job.next_attempt_at),
+        RefundEffect::Repeat | RefundEffect::Conflict | RefundEffect::NotFulfilled => return None,
+    };
+    let from = (state != job.state).then_some(job.state);
+    Some(RefundChange { state, reset_attempts, next_attempt_at, from })
+}
+
+/// Decides every refund against the jobs as locked (`jobs[i]` for
+/// `refunds[i]`): the first refusal, or each job's change (None: unchanged).
+fn plan_refunds(
+    jobs: &[FulfillmentJob],
+    refunds: &[RefundOf],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<RefundChange>>, Refunded> {
+    let mut changes = Vec::with_capacity(jobs.len());
+    for (job, asked) in jobs.iter().zip(refunds) {
+        let effect = refund_effect(job.state, job.refund.as_ref().map(|r| &r.terms), &asked.terms);
+        if matches!(effect, RefundEffect::Conflict | RefundEffect::NotFulfilled) {
+            return Err(Refunded::Refused { job: Box::new(job.clone()), effect });
+        }
+        changes.push(refund_change(job, effect, now));
+    }
+    Ok(changes)
+}
+
+/// The events of a job that just became REVOKING from SUCCEEDED (a refund recorded):
+/// `PurchaseRefunded`, with the job's learner as stored now.
+fn revoking_events(job: &FulfillmentJob) -> Vec<OutboxEvent> {
+    match (&job.refund, job.state) {
+        (Some(refund), JobState::Revoking) => vec![crate::outbox::refund_recorded_event(job, refund)],
+        _ => Vec::new(),
+    }
+}
+
 /// The store for the service's database.
 pub fn for_database(db: &Database) -> Arc<dyn Store> {
     match db {
@@ -300,7 +411,7 @@ pub fn stored_time(time: DateTime<Utc>) -> DateTime<Utc> {
 macro_rules! job_columns {
     () => {
         "fulfillment_id, spec, state, attempts, next_attempt_at, last_error_kind, last_error_status, \
-         last_error_message, entitlement_uuid, traceparent, create_time, update_time"
+         last_error_message, entitlement_uuid, refund, traceparent, create_time, update_time"
     };
 }
 pub(crate) use job_columns;
@@ -317,6 +428,7 @@ struct JobRow<T> {
     last_error_status: Option<i32>,
     last_error_message: Option<String>,
     entitlement_uuid: Option<String>,
+    refund: Option<sqlx::types::Json<Refund>>,
     traceparent: String,
     create_time: T,
     update_time: T,
@@ -341,6 +453,7 @@ impl<T> JobRow<T> {
             last_error,
             next_attempt_at: self.next_attempt_at.map(&time),
             entitlement_uuid: self.entitlement_uuid,
+            refund: self.refund.map(|refund| refund.0),
             traceparent: self.traceparent,
             created_at: time(self.create_time),
             updated_at: time(self.update_time),
@@ -374,40 +487,38 @@ impl<T> TransitionRow<T> {
     }
 }
 
-/// The columns `finish` writes for an outcome.
+/// The columns `finish` writes for an outcome, and the states the job passes through.
 struct Written<'a> {
     state: JobState,
+    /// The states after the claimed one, in order (two when an enrollment
+    /// refunded meanwhile succeeds: SUCCEEDED, then REVOKING).
+    path: Vec<JobState>,
     next_attempt_at: Option<DateTime<Utc>>,
+    /// An enrollment refunded while it ran enrolled: it is revoked next, with
+    /// its attempts counted afresh and its refund announced (`PurchaseRefunded`).
+    revokes_next: bool,
     error: Option<&'a JobError>,
     entitlement_uuid: Option<&'a str>,
     events: &'a [OutboxEvent],
 }
 
 impl<'a> Written<'a> {
-    fn of(outcome: &'a Outcome) -> Self {
-        match outcome {
-            Outcome::Succeeded { entitlement_uuid, events } => Written {
-                state: JobState::Succeeded,
-                next_attempt_at: None,
-                error: None,
-                entitlement_uuid: entitlement_uuid.as_deref(),
-                events,
-            },
-            Outcome::RetryAt { at, error } => Written {
-                state: JobState::Pending,
-                next_attempt_at: Some(*at),
-                error: Some(error),
-                entitlement_uuid: None,
-                events: &[],
-            },
-            Outcome::Failed { error } => Written {
-                state: JobState::Failed,
-                next_attempt_at: None,
-                error: Some(error),
-                entitlement_uuid: None,
-                events: &[],
-            },
-        }
+    /// What an `outcome` of an attempt claimed in `claimed` writes, `refunded` or not by now.
+    fn of(claimed: JobState, outcome: &'a Outcome, refunded: bool, now: DateTime<Utc>) -> Self {
+        let state = state_after_attempt(claimed, outcome.end(), refunded);
+        let (error, entitlement_uuid, events) = match outcome {
+            Outcome::Succeeded { entitlement_uuid, events } => (None, entitlement_uuid.as_deref(), events.as_slice()),
+            Outcome::RetryAt { error, .. } | Outcome::Failed { error } => (Some(error), None, &[][..]),
+        };
+        let next_attempt_at = match (state, outcome) {
+            (JobState::Pending | JobState::Revoking, Outcome::RetryAt { at, .. }) => Some(*at),
+            // Enrolled, and refunded meanwhile: the revocation is due at once.
+            (JobState::Revoking, _) => Some(now),
+            _ => None,
+        };
+        let revokes_next = claimed == JobState::InProgress && state == JobState::Revoking;
+        let path = if revokes_next { vec![JobState::Succeeded, JobState::Revoking] } else { vec![state] };
+        Written { state, path, next_attempt_at, revokes_next, error, entitlement_uuid, events }
     }
 }
 

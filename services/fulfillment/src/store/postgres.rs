@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use super::{
-    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, Outcome, QueueStats, Redriven, Store, StoreError,
-    Transition, TransitionRow, Written, events_for, job_columns, scrubbed_outbox,
+    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, Outcome, QueueStats, Redriven, RefundOf, Refunded, Store,
+    StoreError, Transition, TransitionRow, Written, events_for, job_columns, plan_refunds, revoking_events,
+    scrubbed_outbox,
 };
 use crate::domain::JobState;
 
@@ -220,26 +221,28 @@ impl Store for PostgresStore {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         // Expired leases first (a worker died holding them), then due jobs in due
         // order; rows another worker is claiming right now are skipped, not waited for.
+        // A revocation stays REVOKING while leased; an enrollment becomes IN_PROGRESS.
         let rows: Vec<ClaimRow> = sqlx::query_as(concat!(
             "WITH expired AS (
                  SELECT fulfillment_id, state FROM fulfillments
-                 WHERE state = 'IN_PROGRESS' AND lease_expires_at <= $1
+                 WHERE state IN ('IN_PROGRESS', 'REVOKING') AND lease_expires_at <= $1
                  ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED
              ), due AS (
                  SELECT fulfillment_id, state FROM fulfillments
-                 WHERE state = 'PENDING' AND next_attempt_at <= $1
+                 WHERE state IN ('PENDING', 'REVOKING') AND next_attempt_at <= $1
                  ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED
              ), picked AS (
                  SELECT * FROM (SELECT * FROM expired UNION ALL SELECT * FROM due) c LIMIT $2
              ), claimed AS (
                  UPDATE fulfillments f
-                 SET state = 'IN_PROGRESS', attempts = f.attempts + 1, next_attempt_at = NULL,
+                 SET state = CASE WHEN picked.state = 'REVOKING' THEN 'REVOKING' ELSE 'IN_PROGRESS' END,
+                     attempts = f.attempts + 1, next_attempt_at = NULL,
                      lease_token = gen_random_uuid()::text, lease_expires_at = $3, update_time = $1
                  FROM picked WHERE f.fulfillment_id = picked.fulfillment_id
                  RETURNING f.*, picked.state AS from_state
              ), logged AS (
                  INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, lease_token, at)
-                 SELECT fulfillment_id, from_state, 'IN_PROGRESS', attempts, lease_token, $1 FROM claimed
+                 SELECT fulfillment_id, from_state, state, attempts, lease_token, $1 FROM claimed
              )
              SELECT ",
             job_columns!(),
@@ -259,21 +262,35 @@ impl Store for PostgresStore {
     }
 
     async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError> {
-        let written = Written::of(&outcome);
         let mut tx = self.pool.begin().await?;
-        let row: Option<PgJobRow> = sqlx::query_as(concat!(
+        // The lock orders this with a refund of the same job: whichever is second sees the other's change.
+        let held: Option<(String, bool)> = sqlx::query_as(
+            "SELECT state, refund IS NOT NULL FROM fulfillments
+             WHERE fulfillment_id = $1 AND lease_token = $2 AND state IN ('IN_PROGRESS', 'REVOKING') FOR UPDATE",
+        )
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((claimed, refunded)) = held else {
+            return Ok(Finished::LeaseLost);
+        };
+        let claimed = JobState::parse(&claimed)
+            .ok_or_else(|| StoreError::Corrupt { id: lease.job_id.clone(), reason: format!("state {claimed:?}") })?;
+        let written = Written::of(claimed, &outcome, refunded, now);
+        let row: PgJobRow = sqlx::query_as(concat!(
             "UPDATE fulfillments
-             SET state = $3, next_attempt_at = $4, lease_token = NULL, lease_expires_at = NULL,
-                 last_error_kind = COALESCE($5, last_error_kind),
-                 last_error_status = CASE WHEN $5 IS NULL THEN last_error_status ELSE $6 END,
-                 last_error_message = COALESCE($7, last_error_message),
-                 entitlement_uuid = COALESCE($8, entitlement_uuid), update_time = $9
-             WHERE fulfillment_id = $1 AND lease_token = $2 AND state = 'IN_PROGRESS'
+             SET state = $2, next_attempt_at = $3, lease_token = NULL, lease_expires_at = NULL,
+                 attempts = CASE WHEN $9 THEN 0 ELSE attempts END,
+                 last_error_kind = COALESCE($4, last_error_kind),
+                 last_error_status = CASE WHEN $4 IS NULL THEN last_error_status ELSE $5 END,
+                 last_error_message = COALESCE($6, last_error_message),
+                 entitlement_uuid = COALESCE($7, entitlement_uuid), update_time = $8
+             WHERE fulfillment_id = $1
              RETURNING ",
             job_columns!()
         ))
         .bind(&lease.job_id)
-        .bind(&lease.token)
         .bind(written.state.as_str())
         .bind(written.next_attempt_at)
         .bind(written.error.map(|e| e.kind.as_str()))
@@ -281,26 +298,118 @@ impl Store for PostgresStore {
         .bind(written.error.map(|e| e.message.as_str()))
         .bind(written.entitlement_uuid)
         .bind(now)
-        .fetch_optional(&mut *tx)
+        .bind(written.revokes_next)
+        .fetch_one(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(Finished::LeaseLost);
-        };
         let job = job(row)?;
-        sqlx::query(
-            "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, lease_token, at)
-             VALUES ($1, 'IN_PROGRESS', $2, $3, $4, $5)",
-        )
-        .bind(&job.id)
-        .bind(written.state.as_str())
-        .bind(i32::try_from(job.attempts).unwrap_or(i32::MAX))
-        .bind(&lease.token)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        kit::outbox::postgres::insert(&mut tx, &events_for(&job, written.events), now).await?;
+        let mut from = claimed;
+        for to in &written.path {
+            sqlx::query(
+                "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, lease_token, at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&job.id)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(i32::try_from(job.attempts).unwrap_or(i32::MAX))
+            .bind(&lease.token)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            from = *to;
+        }
+        let mut events = events_for(&job, written.events);
+        if written.revokes_next {
+            events.extend(revoking_events(&job));
+        }
+        kit::outbox::postgres::insert(&mut tx, &events, now).await?;
         tx.commit().await?;
+        if job.state == JobState::Revoking {
+            self.announcer.announce();
+        }
         Ok(Finished::Recorded(Box::new(job)))
+    }
+
+    async fn refund(
+        &self,
+        refunds: &[RefundOf],
+        traceparent: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Refunded, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut locked = Vec::with_capacity(refunds.len());
+        for asked in refunds {
+            let row: Option<PgJobRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM fulfillments WHERE fulfillment_id = $1 FOR UPDATE"
+            ))
+            .bind(&asked.job_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                Some(row) => locked.push(job(row)?),
+                None => return Ok(Refunded::NotFound(asked.job_id.clone())),
+            }
+        }
+        let changes = match plan_refunds(&locked, refunds, now) {
+            Ok(changes) => changes,
+            Err(refused) => return Ok(refused),
+        };
+        let mut created = false;
+        let mut revoking = false;
+        let mut jobs = Vec::with_capacity(locked.len());
+        for ((before, asked), change) in locked.into_iter().zip(refunds).zip(changes) {
+            let Some(change) = change else {
+                jobs.push(before);
+                continue;
+            };
+            let refund = crate::domain::Refund {
+                terms: asked.terms.clone(),
+                requested_at: now,
+                traceparent: traceparent.to_owned(),
+            };
+            let refund = serde_json::to_string(&refund)
+                .map_err(|e| StoreError::Corrupt { id: before.id.clone(), reason: e.to_string() })?;
+            let row: PgJobRow = sqlx::query_as(concat!(
+                "UPDATE fulfillments
+                 SET state = $2, attempts = CASE WHEN $3 THEN 0 ELSE attempts END, next_attempt_at = $4,
+                     refund = $5::jsonb, update_time = $6
+                 WHERE fulfillment_id = $1 RETURNING ",
+                job_columns!()
+            ))
+            .bind(&before.id)
+            .bind(change.state.as_str())
+            .bind(change.reset_attempts)
+            .bind(change.next_attempt_at)
+            .bind(refund)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let after = job(row)?;
+            if let Some(from) = change.from {
+                sqlx::query(
+                    "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&after.id)
+                .bind(from.as_str())
+                .bind(after.state.as_str())
+                .bind(i32::try_from(after.attempts).unwrap_or(i32::MAX))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            kit::outbox::postgres::insert(&mut tx, &revoking_events(&after), now).await?;
+            revoking |= after.state == JobState::Revoking;
+            created = true;
+            jobs.push(after);
+        }
+        tx.commit().await?;
+        if revoking {
+            self.announcer.announce();
+        }
+        Ok(Refunded::Recorded { jobs, created })
     }
 
     async fn retire_learners(&self, retirements: &[Retirement], now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -374,8 +483,10 @@ impl Store for PostgresStore {
     async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row: Option<PgJobRow> = sqlx::query_as(concat!(
-            "UPDATE fulfillments SET state = 'PENDING', attempts = 0, next_attempt_at = $2, update_time = $2
-             WHERE fulfillment_id = $1 AND state = 'FAILED' RETURNING ",
+            "UPDATE fulfillments
+             SET state = CASE state WHEN 'FAILED' THEN 'PENDING' ELSE 'REVOKING' END,
+                 attempts = 0, next_attempt_at = $2, update_time = $2
+             WHERE fulfillment_id = $1 AND state IN ('FAILED', 'REVOKE_FAILED') RETURNING ",
             job_columns!()
         ))
         .bind(id)
@@ -388,27 +499,31 @@ impl Store for PostgresStore {
                 None => Redriven::NotFound,
             });
         };
+        let job = job(row)?;
+        let from = if job.state == JobState::Pending { JobState::Failed } else { JobState::RevokeFailed };
         sqlx::query(
             "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, at)
-             VALUES ($1, 'FAILED', 'PENDING', 0, $2)",
+             VALUES ($1, $2, $3, 0, $4)",
         )
         .bind(id)
+        .bind(from.as_str())
+        .bind(job.state.as_str())
         .bind(now)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         self.announcer.announce();
-        Ok(Redriven::Pending(Box::new(job(row)?)))
+        Ok(Redriven::Pending(Box::new(job)))
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT min(t) FROM (
-                 (SELECT next_attempt_at AS t FROM fulfillments WHERE state = 'PENDING'
-                  ORDER BY next_attempt_at LIMIT 1)
+                 (SELECT next_attempt_at AS t FROM fulfillments WHERE state IN ('PENDING', 'REVOKING')
+                  AND next_attempt_at IS NOT NULL ORDER BY next_attempt_at LIMIT 1)
                  UNION ALL
-                 (SELECT lease_expires_at FROM fulfillments WHERE state = 'IN_PROGRESS'
-                  ORDER BY lease_expires_at LIMIT 1)
+                 (SELECT lease_expires_at FROM fulfillments WHERE state IN ('IN_PROGRESS', 'REVOKING')
+                  AND lease_expires_at IS NOT NULL ORDER BY lease_expires_at LIMIT 1)
              ) d",
         )
         .fetch_one(&self.pool)
@@ -428,12 +543,15 @@ impl Store for PostgresStore {
 
     async fn stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
         // Each count uses a partial index: SUCCEEDED rows, which only grow, are never scanned.
-        let (pending, in_progress, failed, oldest_due): (i64, i64, i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        type Counts = (i64, i64, i64, i64, i64, Option<DateTime<Utc>>);
+        let (pending, in_progress, failed, revoking, revoke_failed, oldest_due): Counts = sqlx::query_as(
             "SELECT (SELECT count(*) FROM fulfillments WHERE state = 'PENDING'),
                     (SELECT count(*) FROM fulfillments WHERE state = 'IN_PROGRESS'),
                     (SELECT count(*) FROM fulfillments WHERE state = 'FAILED'),
+                    (SELECT count(*) FROM fulfillments WHERE state = 'REVOKING'),
+                    (SELECT count(*) FROM fulfillments WHERE state = 'REVOKE_FAILED'),
                     (SELECT min(next_attempt_at) FROM fulfillments
-                     WHERE state = 'PENDING' AND next_attempt_at <= $1)",
+                     WHERE state IN ('PENDING', 'REVOKING') AND next_attempt_at <= $1)",
         )
         .bind(now)
         .fetch_one(&self.pool)
@@ -443,6 +561,8 @@ impl Store for PostgresStore {
                 (JobState::Pending, pending),
                 (JobState::InProgress, in_progress),
                 (JobState::Failed, failed),
+                (JobState::Revoking, revoking),
+                (JobState::RevokeFailed, revoke_failed),
             ],
             oldest_due,
         })

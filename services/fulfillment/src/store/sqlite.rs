@@ -10,8 +10,9 @@ use sqlx::SqlitePool;
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use super::{
-    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, Outcome, QueueStats, Redriven, Store, StoreError,
-    Transition, TransitionRow, Written, duration_micros, events_for, from_micros, job_columns, micros, scrubbed_outbox,
+    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, Outcome, QueueStats, Redriven, RefundOf, Refunded, Store,
+    StoreError, Transition, TransitionRow, Written, duration_micros, events_for, from_micros, job_columns, micros,
+    plan_refunds, revoking_events, scrubbed_outbox,
 };
 use crate::domain::JobState;
 
@@ -148,10 +149,10 @@ impl Store for SqliteStore {
         let picked: Vec<(String, String)> = sqlx::query_as(
             "SELECT fulfillment_id, state FROM (
                  SELECT fulfillment_id, state, 0 AS rank, lease_expires_at AS t FROM fulfillments
-                 WHERE state = 'IN_PROGRESS' AND lease_expires_at <= ?1
+                 WHERE state IN ('IN_PROGRESS', 'REVOKING') AND lease_expires_at <= ?1
                  UNION ALL
                  SELECT fulfillment_id, state, 1, next_attempt_at FROM fulfillments
-                 WHERE state = 'PENDING' AND next_attempt_at <= ?1
+                 WHERE state IN ('PENDING', 'REVOKING') AND next_attempt_at <= ?1
              ) ORDER BY rank, t LIMIT ?2",
         )
         .bind(micros(now))
@@ -161,13 +162,16 @@ impl Store for SqliteStore {
         let mut claimed = Vec::with_capacity(picked.len());
         for (id, from) in picked {
             let token = uuid::Uuid::new_v4().to_string();
+            // A revocation stays REVOKING while leased; an enrollment becomes IN_PROGRESS.
+            let leased = if from == JobState::Revoking.as_str() { JobState::Revoking } else { JobState::InProgress };
             let row: LiteJobRow = sqlx::query_as(concat!(
                 "UPDATE fulfillments
-                 SET state = 'IN_PROGRESS', attempts = attempts + 1, next_attempt_at = NULL,
+                 SET state = ?, attempts = attempts + 1, next_attempt_at = NULL,
                      lease_token = ?, lease_expires_at = ?, update_time = ?
                  WHERE fulfillment_id = ? RETURNING ",
                 job_columns!()
             ))
+            .bind(leased.as_str())
             .bind(&token)
             .bind(expires)
             .bind(micros(now))
@@ -175,8 +179,7 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
             let job = job(row)?;
-            transition(&mut tx, &id, JobState::parse(&from), JobState::InProgress, job.attempts, Some(&token), now)
-                .await?;
+            transition(&mut tx, &id, JobState::parse(&from), leased, job.attempts, Some(&token), now).await?;
             claimed.push(Claimed { lease: Lease { job_id: id, token }, job });
         }
         tx.commit().await?;
@@ -184,21 +187,34 @@ impl Store for SqliteStore {
     }
 
     async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError> {
-        let written = Written::of(&outcome);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row: Option<LiteJobRow> = sqlx::query_as(concat!(
+        let held: Option<(String, bool)> = sqlx::query_as(
+            "SELECT state, refund IS NOT NULL FROM fulfillments
+             WHERE fulfillment_id = ?1 AND lease_token = ?2 AND state IN ('IN_PROGRESS', 'REVOKING')",
+        )
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((claimed, refunded)) = held else {
+            return Ok(Finished::LeaseLost);
+        };
+        let claimed = JobState::parse(&claimed)
+            .ok_or_else(|| StoreError::Corrupt { id: lease.job_id.clone(), reason: format!("state {claimed:?}") })?;
+        let written = Written::of(claimed, &outcome, refunded, now);
+        let row: LiteJobRow = sqlx::query_as(concat!(
             "UPDATE fulfillments
-             SET state = ?3, next_attempt_at = ?4, lease_token = NULL, lease_expires_at = NULL,
-                 last_error_kind = COALESCE(?5, last_error_kind),
-                 last_error_status = CASE WHEN ?5 IS NULL THEN last_error_status ELSE ?6 END,
-                 last_error_message = COALESCE(?7, last_error_message),
-                 entitlement_uuid = COALESCE(?8, entitlement_uuid), update_time = ?9
-             WHERE fulfillment_id = ?1 AND lease_token = ?2 AND state = 'IN_PROGRESS'
+             SET state = ?2, next_attempt_at = ?3, lease_token = NULL, lease_expires_at = NULL,
+                 attempts = CASE WHEN ?9 THEN 0 ELSE attempts END,
+                 last_error_kind = COALESCE(?4, last_error_kind),
+                 last_error_status = CASE WHEN ?4 IS NULL THEN last_error_status ELSE ?5 END,
+                 last_error_message = COALESCE(?6, last_error_message),
+                 entitlement_uuid = COALESCE(?7, entitlement_uuid), update_time = ?8
+             WHERE fulfillment_id = ?1
              RETURNING ",
             job_columns!()
         ))
         .bind(&lease.job_id)
-        .bind(&lease.token)
         .bind(written.state.as_str())
         .bind(written.next_attempt_at.map(micros))
         .bind(written.error.map(|e| e.kind.as_str()))
@@ -206,17 +222,86 @@ impl Store for SqliteStore {
         .bind(written.error.map(|e| e.message.as_str()))
         .bind(written.entitlement_uuid)
         .bind(micros(now))
-        .fetch_optional(&mut *tx)
+        .bind(written.revokes_next)
+        .fetch_one(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(Finished::LeaseLost);
-        };
         let job = job(row)?;
-        transition(&mut tx, &job.id, Some(JobState::InProgress), written.state, job.attempts, Some(&lease.token), now)
-            .await?;
-        kit::outbox::sqlite::insert(&mut tx, &events_for(&job, written.events), now).await?;
+        let mut from = claimed;
+        for to in &written.path {
+            transition(&mut tx, &job.id, Some(from), *to, job.attempts, Some(&lease.token), now).await?;
+            from = *to;
+        }
+        let mut events = events_for(&job, written.events);
+        if written.revokes_next {
+            events.extend(revoking_events(&job));
+        }
+        kit::outbox::sqlite::insert(&mut tx, &events, now).await?;
         tx.commit().await?;
         Ok(Finished::Recorded(Box::new(job)))
+    }
+
+    async fn refund(
+        &self,
+        refunds: &[RefundOf],
+        traceparent: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Refunded, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut locked = Vec::with_capacity(refunds.len());
+        for asked in refunds {
+            let row: Option<LiteJobRow> =
+                sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM fulfillments WHERE fulfillment_id = ?1"))
+                    .bind(&asked.job_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            match row {
+                Some(row) => locked.push(job(row)?),
+                None => return Ok(Refunded::NotFound(asked.job_id.clone())),
+            }
+        }
+        let changes = match plan_refunds(&locked, refunds, now) {
+            Ok(changes) => changes,
+            Err(refused) => return Ok(refused),
+        };
+        let mut created = false;
+        let mut jobs = Vec::with_capacity(locked.len());
+        for ((before, asked), change) in locked.into_iter().zip(refunds).zip(changes) {
+            let Some(change) = change else {
+                jobs.push(before);
+                continue;
+            };
+            let refund = crate::domain::Refund {
+                terms: asked.terms.clone(),
+                requested_at: now,
+                traceparent: traceparent.to_owned(),
+            };
+            let refund = serde_json::to_string(&refund)
+                .map_err(|e| StoreError::Corrupt { id: before.id.clone(), reason: e.to_string() })?;
+            let row: LiteJobRow = sqlx::query_as(concat!(
+                "UPDATE fulfillments
+                 SET state = ?2, attempts = CASE WHEN ?3 THEN 0 ELSE attempts END, next_attempt_at = ?4,
+                     refund = ?5, update_time = ?6
+                 WHERE fulfillment_id = ?1 RETURNING ",
+                job_columns!()
+            ))
+            .bind(&before.id)
+            .bind(change.state.as_str())
+            .bind(change.reset_attempts)
+            .bind(change.next_attempt_at.map(micros))
+            .bind(refund)
+            .bind(micros(now))
+            .fetch_one(&mut *tx)
+            .await?;
+            let after = job(row)?;
+            if let Some(from) = change.from {
+                transition(&mut tx, &after.id, Some(from), after.state, after.attempts, None, now).await?;
+            }
+            kit::outbox::sqlite::insert(&mut tx, &revoking_events(&after), now).await?;
+            created = true;
+            jobs.push(after);
+        }
+        tx.commit().await?;
+        Ok(Refunded::Recorded { jobs, created })
     }
 
     async fn retire_learners(&self, retirements: &[Retirement], now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -283,8 +368,10 @@ impl Store for SqliteStore {
     async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row: Option<LiteJobRow> = sqlx::query_as(concat!(
-            "UPDATE fulfillments SET state = 'PENDING', attempts = 0, next_attempt_at = ?2, update_time = ?2
-             WHERE fulfillment_id = ?1 AND state = 'FAILED' RETURNING ",
+            "UPDATE fulfillments
+             SET state = CASE state WHEN 'FAILED' THEN 'PENDING' ELSE 'REVOKING' END,
+                 attempts = 0, next_attempt_at = ?2, update_time = ?2
+             WHERE fulfillment_id = ?1 AND state IN ('FAILED', 'REVOKE_FAILED') RETURNING ",
             job_columns!()
         ))
         .bind(id)
@@ -298,17 +385,19 @@ impl Store for SqliteStore {
                 None => Redriven::NotFound,
             });
         };
-        transition(&mut tx, id, Some(JobState::Failed), JobState::Pending, 0, None, now).await?;
+        let job = job(row)?;
+        let from = if job.state == JobState::Pending { JobState::Failed } else { JobState::RevokeFailed };
+        transition(&mut tx, id, Some(from), job.state, 0, None, now).await?;
         tx.commit().await?;
-        Ok(Redriven::Pending(Box::new(job(row)?)))
+        Ok(Redriven::Pending(Box::new(job)))
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let due: Option<i64> = sqlx::query_scalar(
             "SELECT min(t) FROM (
-                 SELECT min(next_attempt_at) AS t FROM fulfillments WHERE state = 'PENDING'
+                 SELECT min(next_attempt_at) AS t FROM fulfillments WHERE state IN ('PENDING', 'REVOKING')
                  UNION ALL
-                 SELECT min(lease_expires_at) FROM fulfillments WHERE state = 'IN_PROGRESS'
+                 SELECT min(lease_expires_at) FROM fulfillments WHERE state IN ('IN_PROGRESS', 'REVOKING')
              )",
         )
         .fetch_one(&self.pool)
@@ -329,16 +418,18 @@ impl Store for SqliteStore {
 
     async fn stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
         // Each count uses a partial index: SUCCEEDED rows, which only grow, are never scanned.
-        let mut by_state = Vec::with_capacity(3);
+        let mut by_state = Vec::with_capacity(5);
         for (state, count) in [
             (JobState::Pending, "SELECT count(*) FROM fulfillments WHERE state = 'PENDING'"),
             (JobState::InProgress, "SELECT count(*) FROM fulfillments WHERE state = 'IN_PROGRESS'"),
             (JobState::Failed, "SELECT count(*) FROM fulfillments WHERE state = 'FAILED'"),
+            (JobState::Revoking, "SELECT count(*) FROM fulfillments WHERE state = 'REVOKING'"),
+            (JobState::RevokeFailed, "SELECT count(*) FROM fulfillments WHERE state = 'REVOKE_FAILED'"),
         ] {
             by_state.push((state, sqlx::query_scalar(count).fetch_one(&self.pool).await?));
         }
         let oldest_due: Option<i64> = sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM fulfillments WHERE state = 'PENDING' AND next_attempt_at <= ?",
+            "SELECT min(next_attempt_at) FROM fulfillments WHERE state IN ('PENDING', 'REVOKING') AND next_attempt_at <= ?",
         )
         .bind(micros(now))
         .fetch_one(&self.pool)
