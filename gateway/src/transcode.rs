@@ -1226,7 +1226,7 @@ mod tests {
         let purchase = json!({
             "purchase_id": "p-1", "lms_user_id": "", "username": "", "order_number": "", "product_key": "",
             "title": "", "price": {"currency_code": "USD", "amount": "19.99"},
-            "purchased_at": "2026-01-01T00:00:00Z", "source": ""
+            "purchased_at": "2026-01-01T00:00:00Z", "source": "", "status": "PURCHASE_STATUS_UNSPECIFIED"
         });
         assert_eq!(json, json!({"purchases": [purchase], "next_page_token": "t"}));
     }

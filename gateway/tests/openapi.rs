@@ -99,7 +99,7 @@ fn every_binding_of_every_rpc_is_an_operation_with_its_scopes() {
     assert_eq!(doc["info"]["title"], "commerce-mesh");
     assert_eq!(doc["info"]["version"], "1.2.3");
     assert!(doc["info"]["description"].as_str().unwrap().contains("lowerCamelCase"));
-    assert_eq!(bindings.len(), 17);
+    assert_eq!(bindings.len(), 19);
 
     let mut operation_ids = BTreeSet::new();
     let mut operations = 0;
@@ -147,6 +147,17 @@ fn every_binding_of_every_rpc_is_an_operation_with_its_scopes() {
 }
 
 #[test]
+fn the_refund_routes_are_operations_with_their_path_parameters() {
+    let (_, doc) = mesh();
+    let refund = operation(&doc, "/v1/orders/{order_number}:refund", "post");
+    assert_eq!(parameter_names(refund, "path"), ["order_number"]);
+    let revoke = operation(&doc, "/v1/fulfillments/{fulfillment_id}:revoke", "post");
+    assert_eq!(parameter_names(revoke, "path"), ["fulfillment_id"]);
+    let list = operation(&doc, "/v1/purchases", "get");
+    assert!(parameter_names(list, "query").contains(&"hide_refunded".to_string()), "the filter is a query parameter");
+}
+
+#[test]
 fn the_legacy_purchase_paths_keep_their_shapes() {
     let (_, doc) = mesh();
     let purchase = reference("commerce.purchases.v1.Purchase");
@@ -168,14 +179,14 @@ fn the_legacy_purchase_paths_keep_their_shapes() {
     let username = parameter(buy_list, "path", "username");
     assert_eq!(username["required"], true);
     assert_eq!(username["schema"], json!({"type": "string"}));
-    assert_eq!(parameter_names(buy_list, "query"), ["lms_user_id", "page_size", "page_token"]);
+    assert_eq!(parameter_names(buy_list, "query"), ["lms_user_id", "page_size", "page_token", "hide_refunded"]);
 
     let list = operation(&doc, "/v1/purchases", "get");
     assert_eq!(
         list["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
         reference("commerce.purchases.v1.ListPurchasesResponse")
     );
-    assert_eq!(parameter_names(list, "query"), ["username", "lms_user_id", "page_size", "page_token"]);
+    assert_eq!(parameter_names(list, "query"), ["username", "lms_user_id", "page_size", "page_token", "hide_refunded"]);
     assert_eq!(parameter(list, "query", "page_size")["schema"], json!({"type": "integer", "format": "int32"}));
     assert!(
         parameter(list, "query", "username")["description"].as_str().unwrap().contains("oneof `learner`"),

@@ -537,6 +537,7 @@ async fn grant_entitlement(State(shared): State<Arc<Shared>>, headers: HeaderMap
         course_uuid: course.to_owned(),
         mode: mode.to_owned(),
         order_number: order_number.to_owned(),
+        expired: false,
     };
     shared.records().entitlements.push(entitlement.clone());
     if answer == Answer::Slow {

@@ -321,6 +321,7 @@ async fn every_job_succeeds_exactly_once_through_a_chaotic_lms() {
                             learner: Some(list_purchases_request::Learner::Username(username(learner))),
                             page_size: 500,
                             page_token,
+                            hide_refunded: false,
                         })
                         .await
                         .expect("purchases listed")

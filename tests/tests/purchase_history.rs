@@ -59,6 +59,7 @@ async fn a_renamed_learner_keeps_their_purchase_history() {
         learner: Some(list_purchases_request::Learner::Username(username.into())),
         page_size: 0,
         page_token: String::new(),
+        hide_refunded: false,
     };
     let listed = history.list_purchases(list("grace_h")).await.expect("listed").into_inner();
     let ids: Vec<&str> = listed.purchases.iter().map(|p| p.purchase_id.as_str()).collect();
@@ -113,6 +114,7 @@ async fn the_purchases_stream_is_trimmed_once_consumed_and_reported() {
             learner: Some(list_purchases_request::Learner::LmsUserId("4242".into())),
             page_size: 0,
             page_token: String::new(),
+            hide_refunded: false,
         })
         .await
         .expect("listed")

@@ -1,7 +1,8 @@
 //! The README quickstart, driven over REST through the gateway of the whole
 //! mesh (with the development LMS), on embedded storage and on Postgres +
 //! Redis: ingest a product from an example source, link a customer, place an
-//! order, watch its fulfillment reach SUCCEEDED, list the purchase by username.
+//! order, watch its fulfillment reach SUCCEEDED, list the purchase by username,
+//! refund it and watch it reach REVOKED with the purchase marked refunded.
 //! The spans an in-process OTLP collector receives show one trace per order:
 //! gateway → Fulfillment → CustomerIdentity and CatalogIngest → LMS (HTTP) →
 //! event bus → PurchaseHistory, and one per listing: gateway → PurchaseHistory
@@ -414,6 +415,59 @@ async fn the_quickstart(storage: Storage) {
     assert_eq!(in_identity.parent_span_id, to_identity.span_id);
     assert_eq!(in_identity.attribute("rpc.service"), Some("commerce.identity.v1.CustomerIdentityService"));
     assert_eq!(in_identity.attribute("rpc.grpc.status_code"), Some("0"));
+
+    // 8. The refund, in a trace of its own: the learner is unenrolled, the purchase kept and marked refunded.
+    let (refund_trace_id, refund_caller_span, refund_traceparent) = caller_context();
+    let refund = json!({
+        "lines": [{"line_item_id": "1", "refunded_amount": {"currency_code": "USD", "amount": "2650.00"}}],
+        "reason": "requested_by_customer",
+        "source": "support",
+    });
+    let (status, refunded) = quickstart
+        .send(Method::POST, &format!("/v1/orders/{order_number}:refund"), Some(refund), Some(&refund_traceparent))
+        .await;
+    assert_eq!(status, 200, "{refunded}");
+    assert_eq!(refunded["fulfillments"][0]["state"], "FULFILLMENT_STATE_REVOKING", "{refunded}");
+    let fulfillments = quickstart
+        .poll(&format!("/v1/orders/{order_number}/fulfillments"), |body| {
+            matches!(
+                body["fulfillments"][0]["state"].as_str(),
+                Some("FULFILLMENT_STATE_REVOKED" | "FULFILLMENT_STATE_REVOKE_FAILED")
+            )
+        })
+        .await;
+    assert_eq!(fulfillments["fulfillments"][0]["state"], "FULFILLMENT_STATE_REVOKED", "{fulfillments}");
+    let enrollments: Value = quickstart
+        .client
+        .get(format!("{}/dev/enrollments", quickstart.lms_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(enrollments[0]["is_active"], false, "the dev LMS deactivated the enrollment: {enrollments}");
+    let listed =
+        quickstart.poll(&format!("/buyList/{username}"), |body| body[0]["status"] == "PURCHASE_STATUS_REFUNDED").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "the purchase is kept: {listed}");
+    assert_eq!(listed[0]["refund"]["refunded_amount"]["amount"], "2650.00");
+    let refund_route = "POST /v1/orders/{order_number}:refund";
+    let wanted = [
+        ("gateway", refund_route, SERVER),
+        ("fulfillment", "fulfillment revocation", 1),
+        ("fulfillment", enroll, CLIENT),
+        ("dev-lms", enroll, SERVER),
+        ("purchase-history", "purchase refunded", 5),
+    ];
+    let spans = sink.trace(&refund_trace_id, |spans| has_all(spans, &wanted)).await;
+    assert_one_tree(&spans, &refund_caller_span);
+    let revocation = one(&spans, "fulfillment revocation", 1);
+    assert_eq!(
+        parent(&spans, one(&spans, enroll, CLIENT)).span_id,
+        revocation.span_id,
+        "the LMS call is the revocation's"
+    );
+    assert_eq!(one(&spans, refund_route, SERVER).parent_span_id, refund_caller_span);
 
     quickstart.mesh.stop().await.expect("clean stop");
 }

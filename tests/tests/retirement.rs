@@ -90,6 +90,7 @@ async fn purchases_of(history: &mut PurchaseHistoryServiceClient<TracedChannel>)
         learner: Some(purchases::list_purchases_request::Learner::LmsUserId(LMS_USER_ID.into())),
         page_size: 0,
         page_token: String::new(),
+        hide_refunded: false,
     };
     history.list_purchases(request).await.expect("listed").into_inner().purchases
 }
@@ -127,6 +128,7 @@ async fn every_answer(clients: &mut Clients) -> String {
             learner: Some(purchases::list_purchases_request::Learner::Username(USERNAME.into())),
             page_size: 0,
             page_token: String::new(),
+            hide_refunded: false,
         })
         .await
         .expect("listed")

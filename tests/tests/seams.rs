@@ -1,6 +1,7 @@
 //! The seam between Fulfillment (producer) and PurchaseHistory (consumer):
 //! whatever order Fulfillment accepts, the `PurchaseRecorded` event it emits
-//! when the order succeeds is accepted by PurchaseHistory's consumer parser.
+//! when the order succeeds, and the `PurchaseRefunded` it emits when the line
+//! is refunded, are accepted by PurchaseHistory's consumer parser.
 //! Both parse with the `vocab` types; this holds them against each other with
 //! arbitrary orders, including the ones that were lost before (a negative
 //! price, a control character in a title, a course run key over 100
@@ -12,21 +13,22 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fulfillment::api::parse_order;
-use fulfillment::domain::{Learner, LearnerRef};
-use fulfillment::outbox::completion_events;
+use fulfillment::domain::{Learner, LearnerRef, Refund, RefundTerms};
+use fulfillment::outbox::{completion_events, refund_recorded_event};
 use fulfillment::store::{FulfillmentJob, NewJob};
 use kit::trace::TextContext;
 use proptest::prelude::*;
 use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::r#type::v1::Money;
-use vocab::{CustomerId, LmsUserId, LmsUsername};
+use vocab::{CustomerId, LmsUserId, LmsUsername, RefundReason, SourceSystem};
 
 fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000, 0).unwrap()
 }
 
-/// Every PurchaseRecorded event of an accepted order, through the consumer's parser.
-/// Answers how many events were checked; panics with the refusal if one is refused.
+/// Every PurchaseRecorded event of an accepted order, and the PurchaseRefunded
+/// of each line refunded in whole, through the consumer's parser. Answers how
+/// many PurchaseRecorded events were checked; panics with the refusal if one is refused.
 fn emit_and_consume(order: &fulfillment::domain::Order, resolved: &Learner) -> usize {
     let learner = match &order.learner {
         LearnerRef::Lms(learner) => learner.clone(),
@@ -46,6 +48,17 @@ fn emit_and_consume(order: &fulfillment::domain::Order, resolved: &Learner) -> u
                 panic!("PurchaseHistory refused what Fulfillment accepted: {refused}\norder: {order:?}");
             }
             checked += 1;
+        }
+        let terms = RefundTerms::for_line(
+            &job.spec.line.price,
+            None,
+            RefundReason::parse("requested_by_customer").unwrap(),
+            SourceSystem::parse("stripe").unwrap(),
+        )
+        .expect("a whole refund fits its line");
+        let refund = Refund { terms, requested_at: now(), traceparent: String::new() };
+        if let Err(refused) = purchase_history::consumer::decode(&refund_recorded_event(&job, &refund).payload) {
+            panic!("PurchaseHistory refused the refund of what Fulfillment accepted: {refused}\norder: {order:?}");
         }
     }
     checked

@@ -10,8 +10,9 @@
 //! | endpoint | answers |
 //! |---|---|
 //! | `POST /oauth2/access_token` | form `grant_type=client_credentials`, `client_id`, `client_secret`, `token_type=jwt`: a token for `Authorization: JWT <token>` (401 for other credentials) |
-//! | `POST /api/enrollment/v1/enrollment` | enrolls (a repeat for the same user and course updates the mode) |
+//! | `POST /api/enrollment/v1/enrollment` | enrolls (a repeat for the same user and course updates the mode; `"is_active": false` deactivates) |
 //! | `POST /api/entitlements/v1/entitlements/` | grants an entitlement with a fresh uuid (201) |
+//! | `DELETE /api/entitlements/v1/entitlements/{uuid}/` | expires it (204; 404 when there is none) |
 //! | `GET /api/entitlements/v1/entitlements/?user=&course_uuid=` | `{"results": [...]}` |
 //! | `GET /dev/enrollments`, `GET /dev/entitlements` | everything recorded |
 
@@ -24,12 +25,12 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, MatchedPath, Query, Request, State};
+use axum::extract::{Form, MatchedPath, Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use kit::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -144,6 +145,9 @@ pub struct DevEntitlement {
     pub mode: String,
     /// The order that bought it; empty when none was sent.
     pub order_number: String,
+    /// Whether it was expired (`DELETE`, after a refund); listed only once true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
 }
 
 /// What the development LMS has been told, in memory.
@@ -271,6 +275,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/oauth2/access_token", post(issue_token))
         .route("/api/enrollment/v1/enrollment", post(enroll))
         .route("/api/entitlements/v1/entitlements/", post(grant_entitlement).get(list_entitlements))
+        .route("/api/entitlements/v1/entitlements/{uuid}/", delete(expire_entitlement))
         .route("/dev/enrollments", get(recorded_enrollments))
         .route("/dev/entitlements", get(recorded_entitlements))
         // A route layer: the matched route is known, and names the span.
@@ -368,6 +373,8 @@ enum Refusal {
     Unauthorized(&'static str),
     /// The body is not what the endpoint takes: `{"message": ...}` naming the field.
     BadRequest(String),
+    /// No such thing: `{"detail": "Not found."}`, as Django REST framework answers.
+    NotFound,
 }
 
 impl IntoResponse for Refusal {
@@ -381,6 +388,7 @@ impl IntoResponse for Refusal {
             Refusal::BadRequest(message) => {
                 (StatusCode::BAD_REQUEST, Json(json!({"message": message}))).into_response()
             }
+            Refusal::NotFound => (StatusCode::NOT_FOUND, Json(json!({"detail": "Not found."}))).into_response(),
         }
     }
 }
@@ -479,10 +487,26 @@ async fn grant_entitlement(
         course_uuid: required_string(&object, "course_uuid", "course_uuid")?,
         mode: required_string(&object, "mode", "mode")?,
         order_number,
+        expired: false,
     };
     tracing::info!(user = %entitlement.user, course_uuid = %entitlement.course_uuid, "development LMS: entitlement granted");
     shared.records().entitlements.push(entitlement.clone());
     Ok((StatusCode::CREATED, Json(entitlement)))
+}
+
+/// Expires an entitlement, as Open edX does for a refund.
+async fn expire_entitlement(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(uuid): Path<String>,
+) -> Result<StatusCode, Refusal> {
+    answer_delay(&shared).await;
+    authenticate(&shared, &headers)?;
+    let mut records = shared.records();
+    let entitlement = records.entitlements.iter_mut().find(|e| e.uuid == uuid).ok_or(Refusal::NotFound)?;
+    entitlement.expired = true;
+    tracing::info!(%uuid, "development LMS: entitlement expired");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/entitlements/v1/entitlements/`'s filters.

@@ -5,7 +5,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
 use commerce_mesh::dev_lms::{CLIENT_ID, CLIENT_SECRET, Credentials, DevLms};
-use fulfillment::lms::{Enrollment, Entitlement, LmsClient, LmsConfig, LmsError};
+use fulfillment::lms::{Enrollment, Entitlement, LmsClient, LmsConfig, LmsError, RefundNote};
 use kit::shutdown::Shutdown;
 use serde_json::{Value, json};
 
@@ -111,6 +111,34 @@ async fn the_lms_client_gets_a_token_enrolls_grants_and_finds_its_entitlement() 
 
     shutdown.cancel();
     lms.wait().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn the_lms_client_revokes_what_it_granted_after_a_refund() {
+    let shutdown = Shutdown::new();
+    let lms = dev_lms(&shutdown).await;
+    let client = client_of(&lms, CLIENT_SECRET);
+    client.enroll(&enrollment("ada", "verified")).await.expect("enrolled");
+    let refund = RefundNote {
+        amount: "49.00",
+        currency: "USD",
+        reason: "requested_by_customer",
+        source: "support",
+        refunded_at: chrono::DateTime::from_timestamp(1_763_100_000, 0).unwrap(),
+    };
+    client.unenroll(&enrollment("ada", "verified"), &refund).await.expect("unenrolled");
+    let enrollments = lms.enrollments();
+    assert_eq!(enrollments.len(), 1, "the same enrollment, deactivated");
+    assert!(!enrollments[0].is_active);
+    assert!(enrollments[0].enrollment_attributes.iter().any(|a| a["namespace"] == "refund" && a["value"] == "49.00"));
+
+    let granted = client.grant_entitlement(&entitlement("EDX-7")).await.expect("granted");
+    assert_eq!(client.revoke_entitlement(&granted.value).await.expect("expired").status, 204);
+    assert!(lms.entitlements()[0].expired);
+    let again = client.revoke_entitlement(&granted.value).await.expect("already gone counts as done");
+    assert_eq!(again.status, 204, "expiring twice is expiring once");
+    let unknown = client.revoke_entitlement("no-such-uuid").await.expect("an unknown one is gone too");
+    assert_eq!(unknown.status, 404);
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ pub struct LmsAnswerLabel {
 /// Every metric Fulfillment reports.
 #[derive(Clone, Debug)]
 pub struct FulfillmentMetrics {
-    /// Jobs per state: PENDING, IN_PROGRESS and FAILED (refreshed from the
+    /// Jobs per state: PENDING, IN_PROGRESS, FAILED, REVOKING and REVOKE_FAILED (refreshed from the
     /// store every few seconds; successes are `attempts{outcome="succeeded"}`).
     pub jobs: Family<StateLabel, Gauge>,
     /// Seconds the longest-waiting due PENDING job has waited past its due time; 0 when none.
@@ -71,7 +71,7 @@ impl FulfillmentMetrics {
     pub fn register(&self, metrics: &kit::metrics::Metrics) {
         metrics.register(
             "fulfillment_jobs",
-            "Fulfillment jobs that are PENDING, IN_PROGRESS or FAILED",
+            "Fulfillment jobs that are PENDING, IN_PROGRESS, FAILED, REVOKING or REVOKE_FAILED",
             self.jobs.clone(),
         );
         metrics.register(

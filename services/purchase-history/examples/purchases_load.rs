@@ -516,6 +516,7 @@ async fn grpc_case(
                 learner: Some(pb::list_purchases_request::Learner::LmsUserId(TARGET_ID.to_string())),
                 page_size: case.page_size,
                 page_token: token,
+                hide_refunded: false,
             };
             let started = Instant::now();
             let page = client.clone().list_purchases(request).await.expect("ListPurchases").into_inner();

@@ -22,8 +22,9 @@ use tonic::{Code, Request, Response, Status};
 use vocab::{LmsUserId, LmsUsername};
 
 use crate::domain::{LearnerKey, PageCursor, Purchase, Violation};
-use crate::store::Store;
+use crate::refund::PurchaseRefund;
 use crate::store::StoreError;
+use crate::store::{Listed, Store};
 
 /// The page of `ListPurchases` when the caller asks for none.
 const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -167,20 +168,33 @@ impl PurchaseHistoryService for PurchaseHistoryApi {
         };
         bad.into_result()?;
         let learner = self.learner(request.learner.as_ref()).await?;
-        let mut purchases =
-            self.store.list(&learner, after.as_ref(), i64::from(page_size) + 1).await.map_err(store_status)?;
+        let mut purchases = self
+            .store
+            .list_page(&learner, after.as_ref(), i64::from(page_size) + 1, request.hide_refunded)
+            .await
+            .map_err(store_status)?;
         let next_page_token = if purchases.len() > page_size as usize {
             purchases.truncate(page_size as usize);
-            purchases
-                .last()
-                .map(|p| PageCursor { purchased_at: p.purchased_at, purchase_id: p.purchase_id.clone() }.encode())
-                .unwrap_or_default()
+            purchases.last().map(|listed| PageCursor::after(&listed.purchase).encode()).unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(pb::ListPurchasesResponse {
-            purchases: purchases.iter().map(Purchase::to_proto).collect(),
+            purchases: purchases.iter().map(listed_to_proto).collect(),
             next_page_token,
         }))
+    }
+}
+
+/// The API's view of a listed purchase: its status, and its refund when refunded.
+fn listed_to_proto(listed: &Listed) -> pb::Purchase {
+    let status = match listed.refund {
+        Some(_) => pb::PurchaseStatus::Refunded,
+        None => pb::PurchaseStatus::Purchased,
+    };
+    pb::Purchase {
+        status: status as i32,
+        refund: listed.refund.as_ref().map(PurchaseRefund::to_proto),
+        ..listed.purchase.to_proto()
     }
 }

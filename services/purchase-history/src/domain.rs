@@ -207,7 +207,7 @@ impl Purchase {
         }
     }
 
-    /// The API's form of this purchase.
+    /// The API's form of this purchase, as bought (its refund, if any, is the store's to add).
     pub fn to_proto(&self) -> pb::Purchase {
         pb::Purchase {
             purchase_id: self.purchase_id.to_string(),
@@ -219,6 +219,8 @@ impl Purchase {
             price: Some(Money::from(&self.price)),
             purchased_at: Some(kit::time::to_timestamp(self.purchased_at)),
             source: text_of(self.source.as_deref()),
+            status: pb::PurchaseStatus::Purchased as i32,
+            refund: None,
         }
     }
 }
@@ -793,7 +795,7 @@ mod tests {
             let purchase = event.map(|e| pb::Purchase {
                 purchase_id: e.purchase_id, lms_user_id: e.lms_user_id, username: e.username,
                 order_number: e.order_number, product_key: e.product_key, title: e.title,
-                price: e.price, purchased_at: e.purchased_at, source: e.source,
+                price: e.price, purchased_at: e.purchased_at, source: e.source, ..pb::Purchase::default()
             });
             let request = RecordPurchaseRequest { purchase, username, userid, price, timestamp };
             if let Ok(purchase) = Purchase::from_request(&request, t0()) {

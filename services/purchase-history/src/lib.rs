@@ -11,6 +11,7 @@
 pub mod api;
 pub mod consumer;
 pub mod domain;
+pub mod refund;
 pub mod store;
 
 use std::sync::Arc;

@@ -105,6 +105,7 @@ fn purchase(learner: i64, n: u32) -> pb::Purchase {
         price: Some(proto::commerce::r#type::v1::Money { currency_code: "USD".into(), amount: "49.00".into() }),
         purchased_at: Some(prost_types::Timestamp { seconds: 1_763_000_000 + i64::from(n), nanos: 0 }),
         source: String::new(),
+        ..pb::Purchase::default()
     }
 }
 
@@ -119,6 +120,7 @@ impl Fixture {
             learner: Some(pb::list_purchases_request::Learner::LmsUserId(learner.to_string())),
             page_size,
             page_token,
+            hide_refunded: false,
         };
         self.client.clone().list_purchases(request).await.unwrap().into_inner()
     }
@@ -335,13 +337,14 @@ async fn bad_requests_name_their_field(f: Fixture) {
     let status = f.record(no_price).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(kit::error::field_violations(&status).iter().any(|(f, _)| f.contains("price")), "{status:?}");
-    let request = pb::ListPurchasesRequest { learner: None, page_size: 0, page_token: String::new() };
+    let request = pb::ListPurchasesRequest { learner: None, ..Default::default() };
     let status = f.client.clone().list_purchases(request).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let request = pb::ListPurchasesRequest {
         learner: Some(pb::list_purchases_request::Learner::LmsUserId("1".into())),
         page_size: 0,
         page_token: "not-a-token".into(),
+        hide_refunded: false,
     };
     let status = f.client.clone().list_purchases(request).await.unwrap_err();
     assert_eq!(kit::error::field_violations(&status)[0].0, "page_token");

@@ -8,8 +8,11 @@ use chrono::{DateTime, Utc};
 use kit::db::{Backend, Database};
 use kit::testing::TestDatabase;
 use purchase_history::domain::{LearnerKey, PageCursor, Purchase};
+use purchase_history::refund::PurchaseRefund;
 use purchase_history::store::{Store, for_database};
-use vocab::{LmsUserId, LmsUsername, OrderNumber, Price, ProductKey, PurchaseId, Retirement, SourceSystem, Title};
+use vocab::{
+    LmsUserId, LmsUsername, OrderNumber, Price, ProductKey, PurchaseId, RefundReason, Retirement, SourceSystem, Title,
+};
 
 struct Fixture {
     store: Arc<dyn Store>,
@@ -60,6 +63,43 @@ fn ids(purchases: &[Purchase]) -> Vec<&str> {
 
 async fn all(store: &dyn Store, learner: &LearnerKey) -> Vec<Purchase> {
     store.list(learner, None, 10_000).await.unwrap()
+}
+
+fn refund(id: &str, amount: &str, refunded_at: DateTime<Utc>) -> PurchaseRefund {
+    PurchaseRefund {
+        purchase_id: PurchaseId::parse(id).unwrap(),
+        lms_user_id: uid(7),
+        amount: Price::parse("USD", amount).unwrap(),
+        reason: RefundReason::parse("requested_by_customer").unwrap(),
+        source: SourceSystem::parse("stripe").unwrap(),
+        refunded_at,
+    }
+}
+
+async fn a_refund_marks_its_purchase_whichever_arrives_first(f: Fixture) {
+    let learner = LearnerKey::LmsUserId(uid(7));
+    f.store.insert_batch(&[purchase("p-1", 7, "ada", at(1)), purchase("p-2", 7, "ada", at(2))]).await.unwrap();
+    // p-3's refund is delivered before p-3 itself.
+    let refunds = [refund("p-1", "149.00", at(10)), refund("p-3", "49.5", at(11))];
+    assert_eq!(f.store.insert_refunds(&refunds).await.unwrap(), 2);
+    assert_eq!(f.store.insert_refunds(&[refund("p-1", "1.00", at(12))]).await.unwrap(), 0, "the first refund stays");
+    f.store.insert_batch(&[purchase("p-3", 7, "ada", at(3))]).await.unwrap();
+
+    let listed = f.store.list_page(&learner, None, 10, false).await.unwrap();
+    let seen: Vec<(&str, Option<&PurchaseRefund>)> =
+        listed.iter().map(|l| (l.purchase.purchase_id.as_str(), l.refund.as_ref())).collect();
+    assert_eq!(seen, [("p-3", Some(&refunds[1])), ("p-2", None), ("p-1", Some(&refunds[0]))]);
+    assert_eq!(listed[2].purchase, purchase("p-1", 7, "ada", at(1)), "the purchase is kept as bought");
+
+    let unrefunded = f.store.list_page(&learner, None, 10, true).await.unwrap();
+    assert_eq!(unrefunded.iter().map(|l| l.purchase.purchase_id.as_str()).collect::<Vec<_>>(), ["p-2"]);
+    let after = PageCursor::after(&listed[0].purchase);
+    let next = f.store.list_page(&learner, Some(&after), 1, true).await.unwrap();
+    assert_eq!(
+        next.iter().map(|l| l.purchase.purchase_id.as_str()).collect::<Vec<_>>(),
+        ["p-2"],
+        "pages skip them too"
+    );
 }
 
 async fn a_batch_stores_each_purchase_once(f: Fixture) {
@@ -264,6 +304,10 @@ macro_rules! contract {
             #[tokio::test]
             async fn lists_by_username_case_insensitively() {
                 super::lists_by_username_case_insensitively(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn a_refund_marks_its_purchase_whichever_arrives_first() {
+                super::a_refund_marks_its_purchase_whichever_arrives_first(fixture($kind).await).await;
             }
             #[tokio::test]
             async fn pages_cover_every_purchase_once_in_order() {

@@ -17,9 +17,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use kit::db::Database;
 
-use vocab::{LmsUserId, LmsUsername, OrderNumber, Price, ProductKey, PurchaseId, Retirement, SourceSystem, Title};
+use vocab::{
+    LmsUserId, LmsUsername, OrderNumber, Price, ProductKey, PurchaseId, RefundReason, Retirement, SourceSystem, Title,
+};
 
 use crate::domain::{LearnerKey, PageCursor, Purchase};
+use crate::refund::PurchaseRefund;
 
 /// Why a store operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -55,14 +58,41 @@ pub trait Store: Send + Sync + 'static {
     /// The placeholder of a retired learner, or None.
     async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError>;
 
+    /// Stores the refunds not stored yet (by purchase_id), whether their
+    /// purchase is stored yet or not; answers how many were new. A purchase
+    /// refunded again keeps its first refund.
+    async fn insert_refunds(&self, refunds: &[PurchaseRefund]) -> Result<u64, StoreError>;
+
     /// Newest first ((purchased_at, purchase_id) descending), strictly after
-    /// `after` when given, at most `limit`. A username matches case-insensitively.
+    /// `after` when given, at most `limit`, each with its refund;
+    /// `hide_refunded` leaves refunded purchases out. A username matches
+    /// case-insensitively.
+    async fn list_page(
+        &self,
+        learner: &LearnerKey,
+        after: Option<&PageCursor>,
+        limit: i64,
+        hide_refunded: bool,
+    ) -> Result<Vec<Listed>, StoreError>;
+
+    /// [`Store::list_page`] of every purchase, without the refunds.
     async fn list(
         &self,
         learner: &LearnerKey,
         after: Option<&PageCursor>,
         limit: i64,
-    ) -> Result<Vec<Purchase>, StoreError>;
+    ) -> Result<Vec<Purchase>, StoreError> {
+        Ok(self.list_page(learner, after, limit, false).await?.into_iter().map(|listed| listed.purchase).collect())
+    }
+}
+
+/// A purchase as listed: with its refund, if it was refunded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The purchase.
+    pub purchase: Purchase,
+    /// Its refund.
+    pub refund: Option<PurchaseRefund>,
 }
 
 /// The store for the service's database.
@@ -85,20 +115,67 @@ fn unique_in_id_order(purchases: &[Purchase]) -> Vec<&Purchase> {
     unique
 }
 
+/// Refunds as they are written: one per purchase, the first for each, in id order (see [`unique_in_id_order`]).
+fn unique_refunds_in_id_order(refunds: &[PurchaseRefund]) -> Vec<&PurchaseRefund> {
+    let mut unique: Vec<&PurchaseRefund> = refunds.iter().collect();
+    unique.sort_by(|a, b| a.purchase_id.cmp(&b.purchase_id));
+    unique.dedup_by(|later, first| later.purchase_id == first.purchase_id);
+    unique
+}
+
 /// A username as both backends compare it: `lower()` on the stored column folds
 /// ASCII only (Postgres through `COLLATE "C"`), so the key is folded the same way.
 fn folded(username: &str) -> String {
     username.to_ascii_lowercase()
 }
 
-/// The columns every list query selects, in [`PurchaseRow`]'s order.
+/// The columns every list query selects, in [`ListedRow`]'s order: the
+/// purchase's, then its refund's (NULL when not refunded).
 macro_rules! purchase_columns {
     () => {
         "purchase_id, lms_user_id, username, order_number, product_key, title, currency_code, amount, \
-         purchased_at, source"
+         purchased_at, source, refund_currency_code, refunded_amount, refund_reason, refund_source, refunded_at"
     };
 }
 pub(crate) use purchase_columns;
+
+/// A listed row: a purchase and, when refunded, its refund.
+#[derive(sqlx::FromRow)]
+struct ListedRow<T> {
+    #[sqlx(flatten)]
+    purchase: PurchaseRow<T>,
+    refund_currency_code: Option<String>,
+    refunded_amount: Option<String>,
+    refund_reason: Option<String>,
+    refund_source: Option<String>,
+    refunded_at: Option<T>,
+}
+
+impl<T> ListedRow<T> {
+    fn into_listed(self, time: impl Fn(T) -> Option<DateTime<Utc>>) -> Result<Listed, StoreError> {
+        let purchase = self.purchase.into_purchase(&time)?;
+        let refund = match (self.refund_currency_code, self.refunded_amount, self.refund_source, self.refunded_at) {
+            (Some(currency), Some(amount), Some(source), Some(at)) => {
+                let corrupt = |field: &str, reason: String| StoreError::Corrupt {
+                    purchase_id: purchase.purchase_id.to_string(),
+                    reason: format!("refund {field} {reason}"),
+                };
+                Some(PurchaseRefund {
+                    purchase_id: purchase.purchase_id.clone(),
+                    lms_user_id: purchase.lms_user_id,
+                    amount: Price::parse(&currency, &amount).map_err(|e| corrupt("amount", e.to_string()))?,
+                    reason: RefundReason::parse(self.refund_reason.as_deref().unwrap_or_default())
+                        .map_err(|e| corrupt("reason", e.to_string()))?,
+                    source: SourceSystem::parse(&source).map_err(|e| corrupt("source", e.to_string()))?,
+                    refunded_at: time(at)
+                        .ok_or_else(|| corrupt("refunded_at", "is not a representable time".into()))?,
+                })
+            }
+            _ => None,
+        };
+        Ok(Listed { purchase, refund })
+    }
+}
 
 /// A row of `purchases`, generic over how the backend stores times.
 #[derive(sqlx::FromRow)]

@@ -6,10 +6,14 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{PurchaseRow, Store, StoreError, folded, purchase_columns, stored_placeholder, unique_in_id_order};
+use super::{
+    Listed, ListedRow, Store, StoreError, folded, purchase_columns, stored_placeholder, unique_in_id_order,
+    unique_refunds_in_id_order,
+};
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use crate::domain::{LearnerKey, PageCursor, Purchase};
+use crate::refund::PurchaseRefund;
 
 /// Purchases in Postgres.
 #[derive(Clone, Debug)]
@@ -24,19 +28,22 @@ impl PostgresStore {
     }
 }
 
-type PgPurchaseRow = PurchaseRow<DateTime<Utc>>;
+type PgListedRow = ListedRow<DateTime<Utc>>;
 
 /// One list query per learner key and first-or-later page: each a static
 /// statement whose plan is an index range scan, where one statement with
 /// `$n IS NULL OR ...` would leave a generic plan filtering rows instead.
 macro_rules! list_query {
-    ($learner:literal, $after:literal, $limit:literal) => {
+    ($learner:literal, $after:literal, $hide:literal, $limit:literal) => {
         concat!(
             "SELECT ",
             purchase_columns!(),
-            " FROM purchases WHERE ",
+            " FROM purchases LEFT JOIN purchase_refunds ON refunded_purchase_id = purchase_id WHERE ",
             $learner,
             $after,
+            " AND (NOT ",
+            $hide,
+            " OR refunded_purchase_id IS NULL)",
             " ORDER BY purchased_at DESC, purchase_id DESC LIMIT ",
             $limit
         )
@@ -133,6 +140,34 @@ impl Store for PostgresStore {
         Ok(changed)
     }
 
+    async fn insert_refunds(&self, refunds: &[PurchaseRefund]) -> Result<u64, StoreError> {
+        let unique = unique_refunds_in_id_order(refunds);
+        if unique.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = unique.iter().map(|r| r.purchase_id.as_str()).collect();
+        let currencies: Vec<&str> = unique.iter().map(|r| r.amount.currency_code()).collect();
+        let amounts: Vec<String> = unique.iter().map(|r| r.amount.amount_text()).collect();
+        let reasons: Vec<&str> = unique.iter().map(|r| r.reason.as_str()).collect();
+        let sources: Vec<&str> = unique.iter().map(|r| r.source.as_str()).collect();
+        let times: Vec<DateTime<Utc>> = unique.iter().map(|r| r.refunded_at).collect();
+        let stored = sqlx::query(
+            "INSERT INTO purchase_refunds (refunded_purchase_id, refund_currency_code, refunded_amount, refund_reason,
+                                           refund_source, refunded_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+             ON CONFLICT (refunded_purchase_id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&currencies)
+        .bind(&amounts)
+        .bind(&reasons)
+        .bind(&sources)
+        .bind(&times)
+        .execute(&self.pool)
+        .await?;
+        Ok(stored.rows_affected())
+    }
+
     async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError> {
         let name: Option<String> =
             sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = $1")
@@ -142,47 +177,62 @@ impl Store for PostgresStore {
         stored_placeholder(lms_user_id, name)
     }
 
-    async fn list(
+    async fn list_page(
         &self,
         learner: &LearnerKey,
         after: Option<&PageCursor>,
         limit: i64,
-    ) -> Result<Vec<Purchase>, StoreError> {
+        hide_refunded: bool,
+    ) -> Result<Vec<Listed>, StoreError> {
         let limit = limit.max(0);
-        let rows: Vec<PgPurchaseRow> = match (learner, after) {
+        let rows: Vec<PgListedRow> = match (learner, after) {
             (LearnerKey::LmsUserId(id), None) => {
-                sqlx::query_as(list_query!("lms_user_id = $1", "", "$2"))
+                sqlx::query_as(list_query!("lms_user_id = $1", "", "$3", "$2"))
                     .bind(id.get())
                     .bind(limit)
+                    .bind(hide_refunded)
                     .fetch_all(&self.pool)
                     .await?
             }
             (LearnerKey::LmsUserId(id), Some(after)) => {
-                sqlx::query_as(list_query!("lms_user_id = $1", " AND (purchased_at, purchase_id) < ($2, $3)", "$4"))
-                    .bind(id.get())
-                    .bind(after.purchased_at)
-                    .bind(after.purchase_id.as_str())
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(list_query!(
+                    "lms_user_id = $1",
+                    " AND (purchased_at, purchase_id) < ($2, $3)",
+                    "$5",
+                    "$4"
+                ))
+                .bind(id.get())
+                .bind(after.purchased_at)
+                .bind(after.purchase_id.as_str())
+                .bind(limit)
+                .bind(hide_refunded)
+                .fetch_all(&self.pool)
+                .await?
             }
             (LearnerKey::Username(name), None) => {
-                sqlx::query_as(list_query!("lower(username) = $1", "", "$2"))
+                sqlx::query_as(list_query!("lower(username) = $1", "", "$3", "$2"))
                     .bind(folded(name.as_str()))
                     .bind(limit)
+                    .bind(hide_refunded)
                     .fetch_all(&self.pool)
                     .await?
             }
             (LearnerKey::Username(name), Some(after)) => {
-                sqlx::query_as(list_query!("lower(username) = $1", " AND (purchased_at, purchase_id) < ($2, $3)", "$4"))
-                    .bind(folded(name.as_str()))
-                    .bind(after.purchased_at)
-                    .bind(after.purchase_id.as_str())
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(list_query!(
+                    "lower(username) = $1",
+                    " AND (purchased_at, purchase_id) < ($2, $3)",
+                    "$5",
+                    "$4"
+                ))
+                .bind(folded(name.as_str()))
+                .bind(after.purchased_at)
+                .bind(after.purchase_id.as_str())
+                .bind(limit)
+                .bind(hide_refunded)
+                .fetch_all(&self.pool)
+                .await?
             }
         };
-        rows.into_iter().map(|row| row.into_purchase(Some)).collect()
+        rows.into_iter().map(|row| row.into_listed(Some)).collect()
     }
 }

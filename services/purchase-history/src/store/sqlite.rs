@@ -6,10 +6,14 @@
 use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 
-use super::{PurchaseRow, Store, StoreError, folded, purchase_columns, stored_placeholder, unique_in_id_order};
+use super::{
+    Listed, ListedRow, Store, StoreError, folded, purchase_columns, stored_placeholder, unique_in_id_order,
+    unique_refunds_in_id_order,
+};
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use crate::domain::{LearnerKey, PageCursor, Purchase};
+use crate::refund::PurchaseRefund;
 
 /// Purchases in SQLite.
 #[derive(Clone, Debug)]
@@ -24,19 +28,22 @@ impl SqliteStore {
     }
 }
 
-type LitePurchaseRow = PurchaseRow<i64>;
+type LiteListedRow = ListedRow<i64>;
 
 /// One list query per learner key and first-or-later page, each a static
 /// statement SQLite answers from one index in index order. Numbered
 /// parameters only: sqlx numbers bare `?` with a counter of its own.
 macro_rules! list_query {
-    ($learner:literal, $after:literal, $limit:literal) => {
+    ($learner:literal, $after:literal, $hide:literal, $limit:literal) => {
         concat!(
             "SELECT ",
             purchase_columns!(),
-            " FROM purchases WHERE ",
+            " FROM purchases LEFT JOIN purchase_refunds ON refunded_purchase_id = purchase_id WHERE ",
             $learner,
             $after,
+            " AND (NOT ",
+            $hide,
+            " OR refunded_purchase_id IS NULL)",
             " ORDER BY purchased_at DESC, purchase_id DESC LIMIT ",
             $limit
         )
@@ -113,6 +120,36 @@ impl Store for SqliteStore {
         Ok(changed)
     }
 
+    async fn insert_refunds(&self, refunds: &[PurchaseRefund]) -> Result<u64, StoreError> {
+        let unique = unique_refunds_in_id_order(refunds);
+        if unique.is_empty() {
+            return Ok(0);
+        }
+        let now = chrono::Utc::now().timestamp_micros();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut stored = 0;
+        for refund in unique {
+            stored += sqlx::query(
+                "INSERT INTO purchase_refunds (refunded_purchase_id, refund_currency_code, refunded_amount,
+                                               refund_reason, refund_source, refunded_at, refund_recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (refunded_purchase_id) DO NOTHING",
+            )
+            .bind(refund.purchase_id.as_str())
+            .bind(refund.amount.currency_code())
+            .bind(refund.amount.amount_text())
+            .bind(refund.reason.as_str())
+            .bind(refund.source.as_str())
+            .bind(refund.refunded_at.timestamp_micros())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
     async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError> {
         let name: Option<String> =
             sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = ?1")
@@ -122,47 +159,62 @@ impl Store for SqliteStore {
         stored_placeholder(lms_user_id, name)
     }
 
-    async fn list(
+    async fn list_page(
         &self,
         learner: &LearnerKey,
         after: Option<&PageCursor>,
         limit: i64,
-    ) -> Result<Vec<Purchase>, StoreError> {
+        hide_refunded: bool,
+    ) -> Result<Vec<Listed>, StoreError> {
         let limit = limit.max(0);
-        let rows: Vec<LitePurchaseRow> = match (learner, after) {
+        let rows: Vec<LiteListedRow> = match (learner, after) {
             (LearnerKey::LmsUserId(id), None) => {
-                sqlx::query_as(list_query!("lms_user_id = ?1", "", "?2"))
+                sqlx::query_as(list_query!("lms_user_id = ?1", "", "?3", "?2"))
                     .bind(id.get())
                     .bind(limit)
+                    .bind(hide_refunded)
                     .fetch_all(&self.pool)
                     .await?
             }
             (LearnerKey::LmsUserId(id), Some(after)) => {
-                sqlx::query_as(list_query!("lms_user_id = ?1", " AND (purchased_at, purchase_id) < (?2, ?3)", "?4"))
-                    .bind(id.get())
-                    .bind(after.purchased_at.timestamp_micros())
-                    .bind(after.purchase_id.as_str())
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(list_query!(
+                    "lms_user_id = ?1",
+                    " AND (purchased_at, purchase_id) < (?2, ?3)",
+                    "?5",
+                    "?4"
+                ))
+                .bind(id.get())
+                .bind(after.purchased_at.timestamp_micros())
+                .bind(after.purchase_id.as_str())
+                .bind(limit)
+                .bind(hide_refunded)
+                .fetch_all(&self.pool)
+                .await?
             }
             (LearnerKey::Username(name), None) => {
-                sqlx::query_as(list_query!("lower(username) = ?1", "", "?2"))
+                sqlx::query_as(list_query!("lower(username) = ?1", "", "?3", "?2"))
                     .bind(folded(name.as_str()))
                     .bind(limit)
+                    .bind(hide_refunded)
                     .fetch_all(&self.pool)
                     .await?
             }
             (LearnerKey::Username(name), Some(after)) => {
-                sqlx::query_as(list_query!("lower(username) = ?1", " AND (purchased_at, purchase_id) < (?2, ?3)", "?4"))
-                    .bind(folded(name.as_str()))
-                    .bind(after.purchased_at.timestamp_micros())
-                    .bind(after.purchase_id.as_str())
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(list_query!(
+                    "lower(username) = ?1",
+                    " AND (purchased_at, purchase_id) < (?2, ?3)",
+                    "?5",
+                    "?4"
+                ))
+                .bind(folded(name.as_str()))
+                .bind(after.purchased_at.timestamp_micros())
+                .bind(after.purchase_id.as_str())
+                .bind(limit)
+                .bind(hide_refunded)
+                .fetch_all(&self.pool)
+                .await?
             }
         };
-        rows.into_iter().map(|row| row.into_purchase(DateTime::from_timestamp_micros)).collect()
+        rows.into_iter().map(|row| row.into_listed(DateTime::from_timestamp_micros)).collect()
     }
 }
