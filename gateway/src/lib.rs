@@ -17,5 +17,6 @@ pub mod server;
 pub mod status;
 pub mod template;
 pub mod transcode;
+pub mod webhooks;
 
 pub use server::{Config, CorsConfig, Gateway, GatewayError, run, serve};

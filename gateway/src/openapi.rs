@@ -120,6 +120,45 @@ pub fn document(pool: &DescriptorPool, bindings: &[MethodBinding], info: &ApiInf
     })
 }
 
+/// Adds `POST {route}`, Stripe's webhook: authenticated by its
+/// `Stripe-Signature` header instead of a bearer token (`security: []`), its
+/// body a Stripe event read as sent.
+pub fn add_stripe_webhook(document: &mut Value, route: &str) {
+    let status = json!({"$ref": format!("#/components/schemas/{STATUS_SCHEMA}")});
+    let error = |description: &str| json!({"description": description, "content": {"application/json": {"schema": status.clone()}}});
+    let operation = json!({
+        "operationId": "webhooks_stripe",
+        "tags": ["webhooks"],
+        "summary": "Stripe's charge.refunded events: the order's lines are refunded in Fulfillment",
+        "description": "Verified by the `Stripe-Signature` header (HMAC-SHA256 over `{t}.{body}` with the \
+            endpoint's signing secret; any configured secret; `t` within the tolerance) before the body is \
+            read. A full refund is the whole order (`metadata.order_number`); a partial one refunds the \
+            lines in `metadata.line_item_ids`. A redelivered event is a repeat and changes nothing; other \
+            event types are acknowledged and ignored. 404 when no signing secret is configured.",
+        "security": [],
+        "parameters": [{
+            "name": "Stripe-Signature", "in": "header", "required": true,
+            "description": "`t=<unix seconds>,v1=<hex HMAC-SHA256>[,v1=...]`",
+            "schema": {"type": "string"}
+        }],
+        "requestBody": {
+            "required": true,
+            "content": {"application/json": {"schema": {"type": "object", "description": "A Stripe event"}}}
+        },
+        "responses": {
+            "200": {"description": "Received: the refund recorded (or repeated), or the event ignored",
+                    "content": {"application/json": {"schema": {"type": "object"}}}},
+            "400": error("Missing or malformed signature, a timestamp outside the tolerance, or an event that names no order or lines"),
+            "401": error("No signature matches a configured secret"),
+            "404": error("No signing secret is configured, or Fulfillment knows no such order or line"),
+            "409": error("A line was already refunded by another event"),
+        },
+    });
+    if let Some(paths) = document["paths"].as_object_mut() {
+        paths.insert(route.into(), json!({"post": operation}));
+    }
+}
+
 /// The Path Item field for an HTTP method, if OpenAPI 3.1 has one.
 fn openapi_verb(verb: &str) -> Option<String> {
     let verb = verb.to_ascii_lowercase();

@@ -51,11 +51,17 @@ use crate::router::{Route, RouteConflicts, RouteMatch, RouteTable};
 use crate::status::{ErrorRenderer, NoStatusMessage};
 use crate::template::{PathTemplate, TemplateError};
 use crate::transcode;
+use crate::webhooks::WebhooksConfig;
+use crate::webhooks::stripe::{StripeSetupError, StripeWebhook};
 
 /// The metadata key carrying the authenticated caller's token subject to the service.
 pub const SUBJECT_METADATA: &str = "x-authenticated-subject";
 /// The header (and metadata key) carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The route of Stripe's webhook ([`crate::webhooks::stripe`]).
+pub const STRIPE_WEBHOOK_ROUTE: &str = "/v1/webhooks/stripe";
+/// The service the webhooks call.
+const FULFILLMENT_SERVICE: &str = "commerce.fulfillment.v1.FulfillmentService";
 
 /// The gateway's settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -90,6 +96,8 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// Cross-origin access for browsers.
     pub cors: CorsConfig,
+    /// Signed inbound events (Stripe's refunds).
+    pub webhooks: WebhooksConfig,
 }
 
 impl Default for Config {
@@ -105,6 +113,7 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(15),
             cors: CorsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -172,6 +181,12 @@ pub enum GatewayError {
     /// A CORS origin is not a valid header value.
     #[error("cors.allowed_origins: {0:?} is not a valid origin")]
     CorsOrigin(String),
+    /// A webhook cannot be set up.
+    #[error("{0}")]
+    Webhook(#[from] StripeSetupError),
+    /// A webhook is configured, but the service it calls is not served.
+    #[error("webhooks.stripe has signing secrets, but no route leads to {FULFILLMENT_SERVICE}")]
+    WebhookWithoutService,
     /// The server failed.
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
@@ -212,6 +227,7 @@ struct Inner {
     openapi: Bytes,
     gate: kit::throttle::ConcurrencyGate,
     metrics: HttpMetrics,
+    stripe: Option<StripeWebhook>,
     config: Config,
 }
 
@@ -291,8 +307,17 @@ impl Gateway {
             Err(_) => ErrorRenderer::new(&proto::descriptor_pool()?)?,
         };
         let info = ApiInfo { title: "commerce-mesh".into(), version: env!("CARGO_PKG_VERSION").into() };
-        let openapi = serde_json::to_vec_pretty(&openapi::document(pool, &bindings, &info)).unwrap_or_default();
+        let mut document = openapi::document(pool, &bindings, &info);
+        if upstreams.contains_key(FULFILLMENT_SERVICE) {
+            openapi::add_stripe_webhook(&mut document, STRIPE_WEBHOOK_ROUTE);
+        }
+        let openapi = serde_json::to_vec_pretty(&document).unwrap_or_default();
         let auth = Authenticator::new(&config.auth).await?;
+        let stripe = match upstreams.get(FULFILLMENT_SERVICE) {
+            Some(fulfillment) => StripeWebhook::new(&config.webhooks.stripe, fulfillment.channel.clone())?,
+            None if !config.webhooks.stripe.secrets()?.is_empty() => return Err(GatewayError::WebhookWithoutService),
+            None => None,
+        };
         Ok(Self(Arc::new(Inner {
             routes,
             upstreams: upstreams.into_values().collect(),
@@ -301,6 +326,7 @@ impl Gateway {
             openapi: openapi.into(),
             gate: kit::throttle::ConcurrencyGate::new(config.max_concurrent_requests.max(1), config.queue_timeout),
             metrics: HttpMetrics::register(metrics),
+            stripe,
             config,
         })))
     }
@@ -318,6 +344,7 @@ impl Gateway {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/openapi.json", get(openapi_json))
+            .route(STRIPE_WEBHOOK_ROUTE, axum::routing::post(stripe_webhook))
             .fallback(transcode_request)
             .method_not_allowed_fallback(fixed_path_method_not_allowed)
             .with_state(self.clone());
@@ -457,12 +484,46 @@ pub async fn run(
     serve(listener, gateway, shutdown).await
 }
 
-/// Another method on `/healthz`, `/readyz` or `/openapi.json`:
+/// Another method on `/healthz`, `/readyz`, `/openapi.json` or a webhook:
 /// 405 as a `google.rpc.Status`, like every other refusal.
 async fn fixed_path_method_not_allowed(State(gateway): State<Gateway>, request: Request) -> Response {
-    let status = tonic::Status::unimplemented(format!("{} is only served to GET", request.uri().path()));
+    let allowed = if request.uri().path() == STRIPE_WEBHOOK_ROUTE { "POST" } else { "GET,HEAD" };
+    let status = tonic::Status::unimplemented(format!("{} is only served to {allowed}", request.uri().path()));
     let mut response = gateway.0.errors.response_with(StatusCode::METHOD_NOT_ALLOWED, &status);
-    response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET,HEAD"));
+    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allowed));
+    response
+}
+
+/// `POST /v1/webhooks/stripe`: signed by Stripe instead of a bearer token
+/// ([`crate::webhooks::stripe`]); traced and measured as every route is.
+async fn stripe_webhook(State(gateway): State<Gateway>, request: Request) -> Response {
+    let started = Instant::now();
+    let span = server_span(&request, Some(STRIPE_WEBHOOK_ROUTE));
+    let inner = &gateway.0;
+    let response = async {
+        let Some(webhook) = &inner.stripe else {
+            return inner.errors.response(&tonic::Status::not_found("no Stripe webhook is configured on this gateway"));
+        };
+        let (parts, body) = request.into_parts();
+        let body = match read_body(inner, &parts.headers, body).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
+        };
+        let Some(_admitted) = inner.gate.enter().await else {
+            return inner.errors.response(&at_capacity());
+        };
+        let signature = parts.headers.get(crate::webhooks::signature::HEADER).and_then(|v| v.to_str().ok());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
+        match webhook.answer(signature, &body, now, inner.config.request_timeout).await {
+            Ok(answer) => axum::Json(answer).into_response(),
+            Err(status) => inner.errors.response(&status),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    finish_span(&gateway, &span, "POST", Some(STRIPE_WEBHOOK_ROUTE), &response, started);
     response
 }
 
@@ -505,9 +566,19 @@ async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> 
         RouteMatch::Found { route, .. } => Some(route.template.text()),
         _ => None,
     };
+    let span = server_span(&request, route);
+    let response = handle(&gateway, request, found, &span).instrument(span.clone()).await;
+    finish_span(&gateway, &span, method.as_str(), route, &response, started);
+    response
+}
+
+/// The server span of a request on `route` (OpenTelemetry HTTP conventions),
+/// continuing the caller's `traceparent`.
+fn server_span(request: &Request, route: Option<&str>) -> Span {
+    let method = request.method();
     let span = tracing::info_span!(
         "http",
-        otel.name = %SpanName { method: &method, route },
+        otel.name = %SpanName { method, route },
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.request.method = %method,
@@ -526,14 +597,61 @@ async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> 
             tracing::debug!(%error, "cannot continue the caller's trace");
         }
     }
-    let response = handle(&gateway, request, found, &span).instrument(span.clone()).await;
+    span
+}
+
+/// Records the answer on the request's span and in the metrics.
+fn finish_span(
+    gateway: &Gateway,
+    span: &Span,
+    method: &str,
+    route: Option<&str>,
+    response: &Response,
+    started: Instant,
+) {
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
     if response.status().is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    gateway.0.metrics.observe(method.as_str(), route.unwrap_or("unmatched"), status, started.elapsed());
-    response
+    gateway.0.metrics.observe(method, route.unwrap_or("unmatched"), status, started.elapsed());
+}
+
+/// A request's body, read within the size limit and `body_read_timeout`; else the refusal to answer.
+async fn read_body(inner: &Inner, headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes, Response> {
+    let errors = &inner.errors;
+    if let Some(length) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && length > inner.config.max_body_bytes
+    {
+        return Err(too_large(errors, inner.config.max_body_bytes));
+    }
+    let read = Limited::new(body, inner.config.max_body_bytes).collect();
+    let read_timeout = Some(inner.config.body_read_timeout).filter(|timeout| !timeout.is_zero());
+    let read = async {
+        match read_timeout {
+            Some(timeout) => tokio::time::timeout(timeout, read).await,
+            None => Ok(read.await),
+        }
+    };
+    match read.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(too_large(errors, inner.config.max_body_bytes)),
+        Err(_) => Err(body_too_slow(errors, inner.config.body_read_timeout)),
+        Ok(Err(error)) => {
+            let mut violations = kit::error::BadRequest::new();
+            violations.field("body", format!("cannot read the request body: {error}"));
+            Err(errors.response(&violations.into_status()))
+        }
+    }
+}
+
+/// The answer when every permit is taken and the wait for one ran out.
+fn at_capacity() -> tonic::Status {
+    kit::error::with_retry_info(
+        Code::Unavailable,
+        "the gateway is at its concurrency limit; retry shortly",
+        Duration::from_secs(1),
+    )
 }
 
 /// A request span's name, `GET /v1/customers/{customer_id}` (the method alone
@@ -591,28 +709,9 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
         Err(refusal) => return refusal.response(errors),
     };
 
-    if let Some(length) = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && length > inner.config.max_body_bytes
-    {
-        return too_large(errors, inner.config.max_body_bytes);
-    }
-    let read = Limited::new(body, inner.config.max_body_bytes).collect();
-    let read_timeout = Some(inner.config.body_read_timeout).filter(|timeout| !timeout.is_zero());
-    let read = async {
-        match read_timeout {
-            Some(timeout) => tokio::time::timeout(timeout, read).await,
-            None => Ok(read.await),
-        }
-    };
-    let body = match read.await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => return too_large(errors, inner.config.max_body_bytes),
-        Err(_) => return body_too_slow(errors, inner.config.body_read_timeout),
-        Ok(Err(error)) => {
-            let mut violations = kit::error::BadRequest::new();
-            violations.field("body", format!("cannot read the request body: {error}"));
-            return errors.response(&violations.into_status());
-        }
+    let body = match read_body(inner, &parts.headers, body).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
     };
 
     let messages = match request_messages(rpc, &bindings, parts.uri.query(), &body) {
@@ -627,12 +726,7 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
     // Only now, with the caller known and the request read whole, does it
     // take a permit: nothing that fails or stalls before this holds one.
     let Some(_admitted) = inner.gate.enter().await else {
-        let status = kit::error::with_retry_info(
-            Code::Unavailable,
-            "the gateway is at its concurrency limit; retry shortly",
-            Duration::from_secs(1),
-        );
-        return errors.response(&status);
+        return errors.response(&at_capacity());
     };
 
     let mut metadata = tonic::metadata::MetadataMap::new();

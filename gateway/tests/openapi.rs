@@ -23,7 +23,9 @@ fn info() -> ApiInfo {
 fn mesh() -> (Vec<MethodBinding>, Value) {
     let pool = proto::descriptor_pool().expect("the embedded descriptor set decodes");
     let bindings = method_bindings(&pool).unwrap_or_else(|errors| panic!("{errors}"));
-    let doc = document(&pool, &bindings, &info());
+    let mut doc = document(&pool, &bindings, &info());
+    // As the gateway serves it, with the mesh's webhook beside the bindings.
+    gateway::openapi::add_stripe_webhook(&mut doc, gateway::server::STRIPE_WEBHOOK_ROUTE);
     (bindings, doc)
 }
 
@@ -134,7 +136,7 @@ fn every_binding_of_every_rpc_is_an_operation_with_its_scopes() {
     }
     let documented: usize =
         doc["paths"].as_object().unwrap().values().map(|item| item.as_object().unwrap().len()).sum();
-    assert_eq!(documented, operations, "nothing but the bindings is documented");
+    assert_eq!(documented, operations + 1, "nothing but the bindings (and the Stripe webhook) is documented");
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"],
         json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
@@ -155,6 +157,9 @@ fn the_refund_routes_are_operations_with_their_path_parameters() {
     assert_eq!(parameter_names(revoke, "path"), ["fulfillment_id"]);
     let list = operation(&doc, "/v1/purchases", "get");
     assert!(parameter_names(list, "query").contains(&"hide_refunded".to_string()), "the filter is a query parameter");
+    let webhook = operation(&doc, "/v1/webhooks/stripe", "post");
+    assert_eq!(webhook["security"], json!([]), "signed, not bearer-authenticated");
+    assert_eq!(parameter_names(webhook, "header"), ["Stripe-Signature"]);
 }
 
 #[test]

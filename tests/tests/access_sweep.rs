@@ -125,6 +125,16 @@ fn operations(openapi: &Value) -> Vec<Operation> {
             if !VERBS.contains(&verb.as_str()) {
                 continue;
             }
+            // A webhook is signed, not bearer-authenticated: it declares no security and a signature header.
+            if operation["security"] == serde_json::json!([]) {
+                let signed = operation["parameters"].as_array().is_some_and(|parameters| {
+                    parameters
+                        .iter()
+                        .any(|p| p["in"] == "header" && p["name"] == "Stripe-Signature" && p["required"] == true)
+                });
+                assert!(signed, "{verb} {template} takes no bearer token and no signature");
+                continue;
+            }
             let scopes: Vec<String> = operation["x-required-scopes"]
                 .as_array()
                 .unwrap_or_else(|| panic!("{verb} {template} has x-required-scopes"))

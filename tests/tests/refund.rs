@@ -1,13 +1,16 @@
 //! A refund through the whole mesh: an order enrolled in a stub LMS, refunded
-//! through the REST gateway, is deactivated in the LMS (REVOKED), and the
-//! purchase is listed as refunded in `/buyList` — all one trace, from the
-//! refund request to the LMS call and the purchase update.
+//! in Stripe (its signed `charge.refunded` webhook to the gateway), is
+//! deactivated in the LMS (REVOKED), and the purchase is listed as refunded in
+//! `/buyList` — all one trace, from the webhook request to the LMS call and
+//! the purchase update. (The REST `:refund` route is the quickstart's.)
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
 use std::time::Duration;
 
 use commerce_mesh::Component;
+use gateway::auth::Secret;
+use gateway::webhooks::signature::sign;
 use kit::bus::EventBus;
 use kit::shutdown::Shutdown;
 use kit::telemetry::TelemetryConfig;
@@ -39,7 +42,7 @@ async fn event(bus: &dyn EventBus, stream: &str, event_id: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refunded_order_is_revoked_and_listed_as_refunded_in_one_trace() {
+async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace() {
     let mut collector = Collector::start().await.expect("collector");
     let telemetry = kit::telemetry::init_with_components(
         &TelemetryConfig {
@@ -66,6 +69,7 @@ async fn a_refunded_order_is_revoked_and_listed_as_refunded_in_one_trace() {
     let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
     config.use_ephemeral_ports();
     config.fulfillment.settings.lms.url = lms.uri();
+    config.gateway.http.webhooks.stripe.signing_secrets = vec![Secret::new("whsec_refund_test".into())];
     let mesh = commerce_mesh::start(config.clone(), Shutdown::new()).await.expect("mesh starts");
     for component in [Component::Fulfillment, Component::PurchaseHistory] {
         mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");
@@ -86,15 +90,19 @@ async fn a_refunded_order_is_revoked_and_listed_as_refunded_in_one_trace() {
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let gateway = mesh.url(Component::Gateway);
+    // Refunded in full in Stripe: the whole order.
+    let charge_refunded = serde_json::to_vec(&json!({
+        "id": "evt_refund_1",
+        "type": "charge.refunded",
+        "data": {"object": {"amount": 14900, "amount_refunded": 14900, "currency": "usd", "metadata": {"order_number": "EDX-R1"}}}
+    }))
+    .unwrap();
+    let signed_at = chrono::Utc::now().timestamp();
     let refunded = http
-        .post(format!("{gateway}/v1/orders/EDX-R1:refund"))
-        .bearer_auth(&token)
+        .post(format!("{gateway}/v1/webhooks/stripe"))
+        .header("Stripe-Signature", sign("whsec_refund_test", signed_at, &charge_refunded))
         .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
-        .json(&json!({
-            "lines": [{"line_item_id": "1", "refunded_amount": {"currency_code": "USD", "amount": "149.00"}}],
-            "reason": "requested_by_customer",
-            "source": "stripe",
-        }))
+        .body(charge_refunded)
         .send()
         .await
         .unwrap();
@@ -131,7 +139,7 @@ async fn a_refunded_order_is_revoked_and_listed_as_refunded_in_one_trace() {
             .find(|s| s.trace_id == TRACE_ID && s.name == name)
             .unwrap_or_else(|| panic!("{name} in the refund's trace"))
     };
-    let request = traced("POST /v1/orders/{order_number}:refund");
+    let request = traced("POST /v1/webhooks/stripe");
     assert_eq!(request.parent_span_id, CALLER_SPAN, "the gateway continues the caller's trace");
     let revocation = traced("fulfillment revocation");
     let unenroll = traced("POST /api/enrollment/v1/enrollment");
@@ -147,6 +155,7 @@ async fn a_refunded_order_is_revoked_and_listed_as_refunded_in_one_trace() {
     assert_eq!(listed[0]["status"], "PURCHASE_STATUS_REFUNDED");
     assert_eq!(listed[0]["refund"]["refunded_amount"]["amount"], "149.00");
     assert_eq!(listed[0]["refund"]["source"], "stripe");
+    assert!(listed[0]["refund"]["reason"].as_str().is_some_and(|r| r.contains("evt_refund_1")), "{listed:?}");
     let hidden = http
         .get(format!("{gateway}/v1/purchases?username=ada&hide_refunded=true"))
         .bearer_auth(&token)

@@ -42,6 +42,8 @@
 //! | `gateway.auth.issuer`, `.audience` | `MESH_GATEWAY__AUTH__ISSUER`, `..._AUDIENCE` | `commerce-mesh`, `commerce-mesh`: a token's `iss` and `aud` must match (`auth.leeway`, `30s`, for `exp`/`nbf`) |
 //! | `gateway.auth.development_secret` | `MESH_GATEWAY__AUTH__DEVELOPMENT_SECRET` | unset; HS256 tokens signed with it are accepted (`commerce-mesh token`). `up` with no key source makes one in `data_dir/gateway-development-secret`; `serve gateway` needs one of the three |
 //! | `gateway.cors.allowed_origins` | `MESH_GATEWAY__CORS__ALLOWED_ORIGINS` | empty: no CORS; `["*"]` or a list of origins |
+//! | `gateway.webhooks.stripe.signing_secrets`, `.signing_secrets_file` | `MESH_GATEWAY__WEBHOOKS__STRIPE__SIGNING_SECRETS` (`[whsec_new,whsec_old]`), `..._SIGNING_SECRETS_FILE` (one a line) | empty: `POST /v1/webhooks/stripe` answers 404. Any listed secret verifies a signature, so one is rotated by listing both; never logged |
+//! | `gateway.webhooks.stripe.tolerance`, `.refund_lines` | `MESH_GATEWAY__WEBHOOKS__STRIPE__TOLERANCE`, `..._REFUND_LINES` | `5m` between a signature's timestamp and now; `amount` (a full refund is the whole order, a partial one the lines in `metadata.line_item_ids`), `whole_order` or `metadata` |
 //! | `dev_lms.enabled` | `MESH_DEV_LMS__ENABLED` (`up --with-dev-lms`) | `false`; `true`: `up` runs the development LMS (in memory, enrollments go nowhere; never for production) and points `fulfillment.lms` at it |
 //! | `dev_lms.listen` | `MESH_DEV_LMS__LISTEN` | `127.0.0.1:18000` (also `commerce-mesh dev-lms`'s default) |
 //! | `admin_listen` | `MESH_ADMIN_LISTEN` | `127.0.0.1:9090`: the admin port of `up`, with every component's metrics |
@@ -134,7 +136,7 @@ pub struct GatewayConfig {
     pub purchase_history_url: String,
     /// The gateway's own settings: `listen`, `auth`, `request_timeout`,
     /// `max_body_bytes`, `max_concurrent_requests`, `queue_timeout`,
-    /// `header_read_timeout`, `body_read_timeout`, `cors`.
+    /// `header_read_timeout`, `body_read_timeout`, `cors`, `webhooks`.
     #[serde(flatten)]
     pub http: gateway::Config,
 }
