@@ -33,7 +33,7 @@ fn every_rpc_of_every_commerce_service_has_an_http_rule_and_an_access_rule() {
         }
     }
     assert_eq!(bindings.len(), expected);
-    assert_eq!(expected, 19, "6 fulfillment + 6 identity + 5 catalog + 2 purchases RPCs");
+    assert_eq!(expected, 20, "7 fulfillment + 6 identity + 5 catalog + 2 purchases RPCs");
 }
 
 #[test]

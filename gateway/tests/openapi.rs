@@ -101,7 +101,7 @@ fn every_binding_of_every_rpc_is_an_operation_with_its_scopes() {
     assert_eq!(doc["info"]["title"], "commerce-mesh");
     assert_eq!(doc["info"]["version"], "1.2.3");
     assert!(doc["info"]["description"].as_str().unwrap().contains("lowerCamelCase"));
-    assert_eq!(bindings.len(), 19);
+    assert_eq!(bindings.len(), 20);
 
     let mut operation_ids = BTreeSet::new();
     let mut operations = 0;

@@ -23,6 +23,7 @@ pub mod dev_lms;
 pub mod dev_tokens;
 pub mod import;
 mod mesh;
+pub mod refund;
 
 pub use component::{Component, MigrateTarget};
 pub use config::{GatewayConfig, MeshConfig, NoSettings, ServiceConfig};

@@ -85,6 +85,27 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         show_rejections: usize,
     },
+    /// Refund an order (every line at its price), or the lines named; the
+    /// workers then take the learner's access away in the LMS.
+    Refund {
+        /// The order number.
+        order_number: String,
+        /// A line item to refund (repeatable); default: every line.
+        #[arg(long = "line")]
+        lines: Vec<String>,
+        /// Refund one named line partly, by this amount in its currency, such as `49.00`.
+        #[arg(long)]
+        amount: Option<String>,
+        /// Why, recorded with the refund.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Who refunds, recorded as the refund's source.
+        #[arg(long, default_value = "support")]
+        source: String,
+        /// Fulfillment's gRPC address; default: where this configuration has it listen.
+        #[arg(long)]
+        fulfillment: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -178,6 +199,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commerce_mesh::import::import_customers(&file, &endpoint, batch_size)
                 .await
                 .map(|answer| print!("{}", commerce_mesh::import::summary(&answer, show_rejections)))
+                .map_err(anyhow::Error::from)
+        }
+        Command::Refund { order_number, lines, amount, reason, source, fulfillment } => {
+            let endpoint = fulfillment.unwrap_or_else(|| format!("http://{}", config.listen(Component::Fulfillment)));
+            let args = commerce_mesh::refund::RefundArgs { order_number, lines, amount, reason, source };
+            commerce_mesh::refund::refund(&endpoint, &args)
+                .await
+                .map(|answer| print!("{}", commerce_mesh::refund::summary(&answer)))
                 .map_err(anyhow::Error::from)
         }
     };

@@ -360,3 +360,85 @@ async fn dev_lms_prints_its_url_answers_there_and_stops_on_sigterm() {
     let (status, _) = terminate_and_wait(&mut child).await;
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn refund_refunds_the_lines_named_or_the_whole_order_and_prints_where_each_stands() {
+    use proto::commerce::fulfillment::v1 as pb;
+    use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = commerce_mesh::MeshConfig { data_dir: dir.path().join("data"), ..Default::default() };
+    config.use_ephemeral_ports();
+    config.dev_lms.enabled = true;
+    let mesh = commerce_mesh::start(config.clone(), kit::shutdown::Shutdown::new()).await.expect("mesh starts");
+    let url = mesh.grpc_url(commerce_mesh::Component::Fulfillment);
+    wait_serving(&url).await;
+    let line = |id: &str| pb::LineItem {
+        line_item_id: id.into(),
+        product: Some(pb::line_item::Product::CourseRun(pb::CourseRunEnrollment {
+            course_run_key: format!("course-v1:edX+{id}+T1"),
+            mode: "verified".into(),
+            credit_provider_id: String::new(),
+        })),
+        price: Some(proto::commerce::r#type::v1::Money { currency_code: "EUR".into(), amount: "99.00".into() }),
+        ..Default::default()
+    };
+    let order = pb::FulfillOrderRequest {
+        order_number: "EDX-CLI".into(),
+        date_placed: Some(kit::time::to_timestamp(chrono::Utc::now())),
+        learner: Some(pb::Learner { lms_user_id: "7".into(), lms_username: "ada".into(), ..Default::default() }),
+        line_items: vec![line("l1"), line("l2")],
+        ..Default::default()
+    };
+    let mut client = FulfillmentServiceClient::new(kit::client::channel(&url).expect("channel"));
+    let ids: Vec<String> = client
+        .fulfill_order(order)
+        .await
+        .expect("accepted")
+        .into_inner()
+        .fulfillments
+        .into_iter()
+        .map(|f| f.fulfillment_id)
+        .collect();
+    // Enrolled in the development LMS: both completions are on the embedded log.
+    let bus = kit::bus::open(None, &dir.path().join("data/events.db")).expect("event log");
+    bus.ensure_group(proto::streams::FULFILLMENTS, "cli-test").await.expect("group");
+    let mut completed = 0;
+    tokio::time::timeout(HANG_GUARD, async {
+        while completed < 2 {
+            let read = bus.read(proto::streams::FULFILLMENTS, "cli-test", "t", 10, Duration::from_secs(1)).await;
+            completed +=
+                read.expect("read").iter().filter(|d| d.event_id.starts_with("fulfillment-completed:")).count();
+        }
+    })
+    .await
+    .expect("both lines enrolled");
+
+    let run = |args: &[&str]| {
+        let mut command = mesh_command(dir.path());
+        command.arg("refund").args(args).args(["--fulfillment", &url]);
+        async move { command.output().await.expect("run refund") }
+    };
+    let partly = run(&["EDX-CLI", "--line", "l1", "--amount", "49.50", "--reason", "goodwill"]).await;
+    let stdout = String::from_utf8_lossy(&partly.stdout);
+    assert!(partly.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&partly.stderr));
+    assert!(stdout.starts_with("refund recorded"), "{stdout}");
+    assert!(stdout.contains(&ids[0]) && stdout.contains("REVOKING") && stdout.contains("49.50 EUR"), "{stdout}");
+    assert!(!stdout.contains(&ids[1]), "only the line named: {stdout}");
+
+    let rest = run(&["EDX-CLI"]).await;
+    let stdout = String::from_utf8_lossy(&rest.stderr);
+    assert_eq!(rest.status.code(), Some(1), "l1 was refunded by 49.50, not its price: {stdout}");
+    assert!(stdout.contains("REFUND_MISMATCH") || stdout.contains("already refunded"), "{stdout}");
+    let l2 = run(&["EDX-CLI", "--line", "l2"]).await;
+    let stdout = String::from_utf8_lossy(&l2.stdout);
+    assert!(l2.status.success() && stdout.contains(&ids[1]) && stdout.contains("99.00 EUR"), "{stdout}");
+
+    let no_line = run(&["EDX-CLI", "--amount", "1"]).await;
+    assert_eq!(no_line.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_line.stderr).contains("--amount refunds one line"));
+    let bad_amount = run(&["EDX-CLI", "--line", "l2", "--amount", "lots"]).await;
+    let stderr = String::from_utf8_lossy(&bad_amount.stderr);
+    assert_eq!(bad_amount.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("lines[0].refunded_amount.amount"), "the field is named: {stderr}");
+    mesh.stop().await.expect("clean stop");
+}

@@ -24,10 +24,12 @@ use vocab::{
 };
 
 use crate::domain::{
-    ErrorKind, JobState, Learner, LearnerRef, MAX_LINE_ITEMS, Mode, Order, OrderHeader, OrderLine, Product,
+    ErrorKind, JobState, Learner, LearnerKey, LearnerRef, MAX_LINE_ITEMS, Mode, Order, OrderHeader, OrderLine, Product,
     RefundEffect, RefundTerms, Repeat, compare_repeat,
 };
-use crate::store::{FulfillmentJob, NewJob, Redriven, RefundOf, Refunded, Store, StoreError};
+use crate::store::{
+    FulfillmentJob, NewJob, NewRefundRequest, Redriven, RefundOf, RefundRequested, Refunded, Store, StoreError,
+};
 use kit::time::to_timestamp;
 
 /// The page of `ListOrderFulfillments` when the caller asks for none.
@@ -319,6 +321,66 @@ impl FulfillmentService for FulfillmentApi {
         })?;
         let (mut jobs, created) = self.refund(vec![RefundOf { job_id: job.id, terms }]).await?;
         Ok(Response::new(pb::RevokeFulfillmentResponse { fulfillment: jobs.pop().map(|job| to_proto(&job)), created }))
+    }
+
+    async fn request_refund(
+        &self,
+        request: Request<pb::RequestRefundRequest>,
+    ) -> Result<Response<pb::RequestRefundResponse>, Status> {
+        use pb::request_refund_request::Learner as Named;
+        let request = request.get_ref();
+        let mut bad = BadRequest::new();
+        let learner = match &request.learner {
+            None => {
+                bad.field("learner", "is required: lms_username or lms_user_id");
+                None
+            }
+            Some(Named::LmsUsername(name)) => {
+                bad.check("lms_username", LmsUsername::parse(name)).map(LearnerKey::Username)
+            }
+            Some(Named::LmsUserId(id)) => bad.check("lms_user_id", LmsUserId::parse(id)).map(LearnerKey::LmsUserId),
+        };
+        let course_run_key = bad.check("course_run_key", CourseRunKey::parse(&request.course_run_key));
+        let reason = bad.check("reason", RefundReason::parse(&request.reason));
+        bad.into_result()?;
+        let (Some(learner), Some(course_run_key), Some(reason)) = (learner, course_run_key, reason) else {
+            return Err(Status::invalid_argument("invalid refund request"));
+        };
+        let who = match &learner {
+            LearnerKey::LmsUserId(id) => format!("LMS user {id}"),
+            LearnerKey::Username(name) => format!("LMS username {name}"),
+        };
+        let asked = NewRefundRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+            learner,
+            course_run_key,
+            reason,
+            traceparent: TextContext::current().traceparent,
+        };
+        let now = crate::store::stored_time(Utc::now());
+        match self.store.request_refund(&asked, now).await.map_err(store_status)? {
+            RefundRequested::Recorded { request, job, created } => Ok(Response::new(pb::RequestRefundResponse {
+                refund_request_id: request.id,
+                fulfillment: Some(to_proto(&job)),
+                request_time: Some(to_timestamp(request.requested_at)),
+                created,
+            })),
+            RefundRequested::AlreadyRefunded(job) => Err(with_reason(
+                Code::FailedPrecondition,
+                format!(
+                    "the {} line of {who} ({}, order {}) was refunded already; nothing was recorded",
+                    asked.course_run_key, job.state, job.spec.header.order_number
+                ),
+                "ALREADY_REFUNDED",
+                [("fulfillment_id", job.id.clone()), ("course_run_key", asked.course_run_key.to_string())],
+            )),
+            RefundRequested::NoFulfilledLine => Err(with_reason(
+                Code::NotFound,
+                format!("no fulfilled order line of {} for {who}; nothing was recorded", asked.course_run_key),
+                "NO_FULFILLED_LINE",
+                [("course_run_key", asked.course_run_key.to_string())],
+            )),
+        }
     }
 
     async fn refund_order(

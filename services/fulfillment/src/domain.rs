@@ -540,6 +540,56 @@ pub fn state_after_attempt(claimed: JobState, end: AttemptEnd, refunded: bool) -
     }
 }
 
+/// A learner as the LMS names them when it asks for a refund.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LearnerKey {
+    /// By LMS user id.
+    LmsUserId(LmsUserId),
+    /// By the LMS username the order was fulfilled for.
+    Username(LmsUsername),
+}
+
+/// A refund the LMS asked for (`RequestRefund`), as recorded: one per fulfillment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundRequest {
+    /// Its id.
+    pub id: String,
+    /// The fulfillment it is for.
+    pub fulfillment_id: String,
+    /// Why, as the LMS said.
+    pub reason: RefundReason,
+    /// When it was first recorded.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// Which of a learner's jobs of one course run a refund request is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestTarget {
+    /// A request was recorded before for the job at this index: answer it again.
+    Repeat(usize),
+    /// The newest SUCCEEDED job, at this index: record a request for it.
+    New(usize),
+    /// None SUCCEEDED, but the one at this index was refunded already.
+    AlreadyRefunded(usize),
+    /// No job of the run was fulfilled.
+    NoFulfilledLine,
+}
+
+/// The target among `jobs` (newest first: their state, whether they were
+/// refunded, whether a request was recorded for them).
+pub fn refund_request_target(jobs: &[(JobState, bool, bool)]) -> RequestTarget {
+    if let Some(i) = jobs.iter().position(|(_, _, requested)| *requested) {
+        return RequestTarget::Repeat(i);
+    }
+    if let Some(i) = jobs.iter().position(|(state, refunded, _)| *state == JobState::Succeeded && !refunded) {
+        return RequestTarget::New(i);
+    }
+    match jobs.iter().position(|(_, refunded, _)| *refunded) {
+        Some(i) => RequestTarget::AlreadyRefunded(i),
+        None => RequestTarget::NoFulfilledLine,
+    }
+}
+
 /// Classes of attempt failure (see the proto's `FulfillmentErrorKind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -835,6 +885,20 @@ mod tests {
         assert_eq!(JobState::Failed.redriven(), Some(Pending));
         assert_eq!(RevokeFailed.redriven(), Some(Revoking));
         assert_eq!(Revoked.redriven(), None);
+    }
+
+    #[test]
+    fn a_refund_request_finds_the_newest_fulfilled_line_once() {
+        use JobState::{Pending, Revoked, Succeeded};
+        assert_eq!(refund_request_target(&[]), RequestTarget::NoFulfilledLine);
+        assert_eq!(refund_request_target(&[(Pending, false, false)]), RequestTarget::NoFulfilledLine);
+        assert_eq!(refund_request_target(&[(Pending, false, false), (Succeeded, false, false)]), RequestTarget::New(1));
+        assert_eq!(
+            refund_request_target(&[(Succeeded, false, false), (Succeeded, false, true)]),
+            RequestTarget::Repeat(1),
+            "a request recorded before is answered again"
+        );
+        assert_eq!(refund_request_target(&[(Revoked, true, false)]), RequestTarget::AlreadyRefunded(0));
     }
 
     #[test]

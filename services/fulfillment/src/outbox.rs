@@ -19,7 +19,7 @@ use proto::commerce::events::v1::{self as events, event_envelope::Payload};
 use proto::commerce::r#type::v1::Money;
 use vocab::{LmsUserId, LmsUsername};
 
-use crate::domain::{Product, Refund};
+use crate::domain::{Product, Refund, RefundRequest};
 use crate::store::{FulfillmentJob, OutboxEvent};
 
 /// The `FulfillmentCompleted` and `PurchaseRecorded` events of a job that just succeeded.
@@ -139,6 +139,35 @@ pub fn revocation_events(
         trace,
         Payload::FulfillmentRevoked(revoked),
     )]
+}
+
+/// The `RefundRequested` event of a refund the LMS asked for, in the asking call's trace.
+pub fn refund_requested_event(job: &FulfillmentJob, request: &RefundRequest, traceparent: &str) -> OutboxEvent {
+    let spec = &job.spec;
+    let course_run_key = match &spec.line.product {
+        Product::CourseRun { course_run_key, .. } => course_run_key.to_string(),
+        Product::Entitlement { .. } => String::new(),
+    };
+    let requested = events::RefundRequested {
+        refund_request_id: request.id.clone(),
+        fulfillment_id: job.id.clone(),
+        order_number: spec.header.order_number.to_string(),
+        line_item_id: spec.line.line_item_id.to_string(),
+        lms_user_id: spec.learner.lms_user_id.to_string(),
+        course_run_key,
+        price: Some(Money::from(&spec.line.price)),
+        reason: request.reason.to_string(),
+        requested_at: Some(to_timestamp(request.requested_at)),
+    };
+    let trace = TextContext { traceparent: traceparent.to_owned(), tracestate: String::new() };
+    envelope(
+        format!("refund-requested:{}", job.id),
+        proto::streams::FULFILLMENTS,
+        "commerce.events.v1.RefundRequested",
+        request.requested_at,
+        &trace,
+        Payload::RefundRequested(requested),
+    )
 }
 
 /// The purchase a fulfilled job announced.

@@ -422,6 +422,59 @@ async fn a_refund_of_an_order_is_all_or_nothing(f: Fixture) {
     assert_eq!((state(&l1), l1.refund), (pb::FulfillmentState::Pending, None), "l1 unchanged");
 }
 
+async fn the_lms_asks_for_a_refund_once_and_it_is_announced(f: Fixture) {
+    enrollments_answer(&f, 200, 10).await;
+    let id = f.fulfilled().await;
+    let ask = |learner: pb::request_refund_request::Learner, run: &str| pb::RequestRefundRequest {
+        learner: Some(learner),
+        course_run_key: run.into(),
+        reason: "unenrolled within the refund window".into(),
+    };
+    let by_name = pb::request_refund_request::Learner::LmsUsername("ada".into());
+    let by_id = pb::request_refund_request::Learner::LmsUserId("4242".into());
+    let run = "course-v1:edX+DemoX+2025_T1";
+    let first = f.client.clone().request_refund(ask(by_name.clone(), run)).await.unwrap().into_inner();
+    assert!(first.created);
+    assert_eq!(first.fulfillment.as_ref().unwrap().fulfillment_id, id);
+    let again = f.client.clone().request_refund(ask(by_id, run)).await.unwrap().into_inner();
+    assert_eq!((again.created, again.refund_request_id.as_str()), (false, first.refund_request_id.as_str()));
+    assert_eq!(
+        state(&f.get(&id).await),
+        pb::FulfillmentState::Succeeded,
+        "a request moves no money and revokes nothing"
+    );
+
+    assert!(f.fulfillment.relay().publish_pending().await.unwrap() >= 3);
+    let published = f.events_for(proto::streams::FULFILLMENTS, std::slice::from_ref(&id), 2).await;
+    let requested = published.iter().find(|e| e.event_id == format!("refund-requested:{id}")).expect("announced once");
+    let Some(Payload::RefundRequested(requested)) =
+        EventEnvelope::decode(requested.payload.as_slice()).unwrap().payload
+    else {
+        panic!("not a RefundRequested")
+    };
+    assert_eq!(requested.refund_request_id, first.refund_request_id);
+    assert_eq!((requested.course_run_key.as_str(), requested.line_item_id.as_str()), (run, "l1"));
+    assert_eq!(requested.price, usd("149.00"));
+
+    let unknown = f.client.clone().request_refund(ask(by_name.clone(), "course-v1:edX+Other+T1")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert_eq!(kit::error::reason(&unknown).as_deref(), Some("NO_FULFILLED_LINE"));
+    f.revoke(revoke(&id, None)).await.unwrap();
+    let mut other = one_line(&order_number());
+    other.line_items[0] = course_run("l1", "course-v1:edX+Two+2025_T1", "verified");
+    let other_id = f.fulfill(other).await.unwrap().fulfillments[0].fulfillment_id.clone();
+    f.revoke(revoke(&other_id, None)).await.unwrap();
+    let refunded = f.client.clone().request_refund(ask(by_name, "course-v1:edX+Two+2025_T1")).await.unwrap_err();
+    assert_eq!(refunded.code(), Code::FailedPrecondition);
+    assert_eq!(kit::error::reason(&refunded).as_deref(), Some("ALREADY_REFUNDED"));
+
+    let bad = pb::RequestRefundRequest { learner: None, course_run_key: "edX/Demo/T1".into(), reason: String::new() };
+    let refused = f.client.clone().request_refund(bad).await.unwrap_err();
+    let mut fields: Vec<String> = kit::error::field_violations(&refused).into_iter().map(|(f, _)| f).collect();
+    fields.sort();
+    assert_eq!(fields, ["course_run_key", "learner"]);
+}
+
 macro_rules! suite {
     ($name:ident, $kind:expr) => {
         mod $name {
@@ -460,6 +513,10 @@ macro_rules! suite {
             #[tokio::test]
             async fn bad_refunds_are_refused_naming_the_field_and_change_nothing() {
                 super::bad_refunds_are_refused_naming_the_field_and_change_nothing(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn the_lms_asks_for_a_refund_once_and_it_is_announced() {
+                super::the_lms_asks_for_a_refund_once_and_it_is_announced(fixture($kind).await).await;
             }
             #[tokio::test]
             async fn a_refund_of_an_order_is_all_or_nothing() {

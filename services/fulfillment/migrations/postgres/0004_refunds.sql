@@ -22,3 +22,14 @@ DROP INDEX fulfillments_leased;
 CREATE INDEX fulfillments_leased ON fulfillments (lease_expires_at) WHERE state IN ('IN_PROGRESS', 'REVOKING');
 DROP INDEX fulfillments_failed;
 CREATE INDEX fulfillments_failed ON fulfillments (update_time) WHERE state IN ('FAILED', 'REVOKE_FAILED');
+
+-- Refunds the LMS asks for (RequestRefund): one per fulfillment, announced
+-- with RefundRequested in the same transaction.
+CREATE TABLE refund_requests (
+    refund_request_id TEXT        NOT NULL PRIMARY KEY,
+    fulfillment_id    TEXT        NOT NULL UNIQUE REFERENCES fulfillments (fulfillment_id),
+    reason            TEXT        NOT NULL DEFAULT '',
+    requested_at      TIMESTAMPTZ NOT NULL
+);
+-- RequestRefund finds a learner's jobs by username as well as by id.
+CREATE INDEX fulfillments_lms_username ON fulfillments ((spec -> 'learner' ->> 'lms_username'));

@@ -58,3 +58,11 @@ CREATE INDEX fulfillments_failed ON fulfillments (update_time) WHERE state IN ('
 CREATE INDEX fulfillments_order ON fulfillments (order_number, position);
 CREATE INDEX fulfillments_lms_user ON fulfillments (json_extract(spec, '$.learner.lms_user_id'));
 CREATE INDEX fulfillment_transitions_job ON fulfillment_transitions (fulfillment_id, seq);
+
+CREATE TABLE refund_requests (
+    refund_request_id TEXT    NOT NULL PRIMARY KEY,
+    fulfillment_id    TEXT    NOT NULL UNIQUE REFERENCES fulfillments (fulfillment_id),
+    reason            TEXT    NOT NULL DEFAULT '',
+    requested_at      INTEGER NOT NULL
+);
+CREATE INDEX fulfillments_lms_username ON fulfillments (json_extract(spec, '$.learner.lms_username'));

@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use crate::domain::{
-    AttemptEnd, ErrorKind, JobError, JobSpec, JobState, Refund, RefundEffect, RefundTerms, refund_effect,
-    state_after_attempt,
+    AttemptEnd, ErrorKind, JobError, JobSpec, JobState, LearnerKey, Refund, RefundEffect, RefundRequest, RefundTerms,
+    RequestTarget, refund_effect, refund_request_target, state_after_attempt,
 };
+use vocab::{CourseRunKey, RefundReason};
 
 /// One fulfillment job as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,6 +182,39 @@ pub enum Refunded {
     NotFound(String),
 }
 
+/// A refund request to record (`RequestRefund`).
+#[derive(Clone, Debug)]
+pub struct NewRefundRequest {
+    /// The id to give it.
+    pub id: String,
+    /// The learner, as the LMS names them.
+    pub learner: LearnerKey,
+    /// The course run unenrolled from.
+    pub course_run_key: CourseRunKey,
+    /// Why.
+    pub reason: RefundReason,
+    /// The asking call's traceparent, carried by `RefundRequested`.
+    pub traceparent: String,
+}
+
+/// What recording a refund request did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefundRequested {
+    /// Recorded now (`created`), or recorded before for the same fulfillment.
+    Recorded {
+        /// The request.
+        request: RefundRequest,
+        /// Its fulfillment, as it is.
+        job: Box<FulfillmentJob>,
+        /// Whether this call recorded it.
+        created: bool,
+    },
+    /// The learner's line of that run was refunded already.
+    AlreadyRefunded(Box<FulfillmentJob>),
+    /// No line of that run was fulfilled for the learner.
+    NoFulfilledLine,
+}
+
 /// What `RetryFulfillment` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Redriven {
@@ -284,6 +318,12 @@ pub trait Store: OutboxStore {
     /// attempt's end. `traceparent` is the refunding call's.
     async fn refund(&self, refunds: &[RefundOf], traceparent: &str, now: DateTime<Utc>)
     -> Result<Refunded, StoreError>;
+
+    /// Records a refund request of the LMS for the learner's newest SUCCEEDED
+    /// job of the run ([`refund_request_target`]), with `RefundRequested` in
+    /// the outbox, in one transaction; a request recorded before is answered again.
+    async fn request_refund(&self, asked: &NewRefundRequest, now: DateTime<Utc>)
+    -> Result<RefundRequested, StoreError>;
 
     /// Re-drives a FAILED job to PENDING, or a REVOKE_FAILED one to REVOKING: due now, attempts reset.
     async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError>;
@@ -391,6 +431,71 @@ fn revoking_events(job: &FulfillmentJob) -> Vec<OutboxEvent> {
     match (&job.refund, job.state) {
         (Some(refund), JobState::Revoking) => vec![crate::outbox::refund_recorded_event(job, refund)],
         _ => Vec::new(),
+    }
+}
+
+/// Decides a refund request among the learner's `jobs` of the run (newest
+/// first) and the requests already recorded for them: what to answer, and the
+/// request to insert (with its event) when there is none.
+fn plan_refund_request(
+    jobs: Vec<FulfillmentJob>,
+    recorded: Vec<RefundRequest>,
+    asked: &NewRefundRequest,
+    now: DateTime<Utc>,
+) -> (RefundRequested, Option<(RefundRequest, OutboxEvent)>) {
+    let seen: Vec<(JobState, bool, bool)> = jobs
+        .iter()
+        .map(|job| (job.state, job.refund.is_some(), recorded.iter().any(|r| r.fulfillment_id == job.id)))
+        .collect();
+    let mut jobs = jobs;
+    match refund_request_target(&seen) {
+        RequestTarget::Repeat(i) => {
+            let job = jobs.swap_remove(i);
+            let request = recorded.into_iter().find(|r| r.fulfillment_id == job.id);
+            match request {
+                Some(request) => (RefundRequested::Recorded { request, job: Box::new(job), created: false }, None),
+                None => (RefundRequested::NoFulfilledLine, None),
+            }
+        }
+        RequestTarget::New(i) => {
+            let job = jobs.swap_remove(i);
+            let request = RefundRequest {
+                id: asked.id.clone(),
+                fulfillment_id: job.id.clone(),
+                reason: asked.reason.clone(),
+                requested_at: now,
+            };
+            let event = crate::outbox::refund_requested_event(&job, &request, &asked.traceparent);
+            (
+                RefundRequested::Recorded { request: request.clone(), job: Box::new(job), created: true },
+                Some((request, event)),
+            )
+        }
+        RequestTarget::AlreadyRefunded(i) => (RefundRequested::AlreadyRefunded(Box::new(jobs.swap_remove(i))), None),
+        RequestTarget::NoFulfilledLine => (RefundRequested::NoFulfilledLine, None),
+    }
+}
+
+/// A row of `refund_requests`.
+#[derive(sqlx::FromRow)]
+struct RefundRequestRow<T> {
+    refund_request_id: String,
+    fulfillment_id: String,
+    reason: String,
+    requested_at: T,
+}
+
+impl<T> RefundRequestRow<T> {
+    fn into_request(self, time: impl Fn(T) -> DateTime<Utc>) -> Result<RefundRequest, StoreError> {
+        Ok(RefundRequest {
+            reason: RefundReason::parse(&self.reason).map_err(|e| StoreError::Corrupt {
+                id: self.fulfillment_id.clone(),
+                reason: format!("refund request reason {e}"),
+            })?,
+            id: self.refund_request_id,
+            fulfillment_id: self.fulfillment_id,
+            requested_at: time(self.requested_at),
+        })
     }
 }
 

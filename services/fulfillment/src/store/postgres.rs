@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use super::{
-    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, Outcome, QueueStats, Redriven, RefundOf, Refunded, Store,
-    StoreError, Transition, TransitionRow, Written, events_for, job_columns, plan_refunds, revoking_events,
-    scrubbed_outbox,
+    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, NewRefundRequest, Outcome, QueueStats, Redriven,
+    RefundOf, RefundRequestRow, RefundRequested, Refunded, Store, StoreError, Transition, TransitionRow, Written,
+    events_for, job_columns, plan_refund_request, plan_refunds, revoking_events, scrubbed_outbox,
 };
-use crate::domain::JobState;
+use crate::domain::{JobState, LearnerKey};
 
 /// The channel a new or re-driven job is announced on, so idle workers in
 /// other processes wake at once (`LISTEN fulfillment_jobs`).
@@ -410,6 +410,59 @@ impl Store for PostgresStore {
             self.announcer.announce();
         }
         Ok(Refunded::Recorded { jobs, created })
+    }
+
+    async fn request_refund(
+        &self,
+        asked: &NewRefundRequest,
+        now: DateTime<Utc>,
+    ) -> Result<RefundRequested, StoreError> {
+        // Newest first, locked: a concurrent request for the same line waits and then sees this one.
+        macro_rules! learner_jobs {
+            ($learner:literal) => {
+                concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM fulfillments WHERE spec -> 'learner' ->> '",
+                    $learner,
+                    "' = $1 AND spec -> 'line' -> 'product' ->> 'course_run_key' = $2
+                     ORDER BY create_time DESC, fulfillment_id DESC FOR UPDATE"
+                )
+            };
+        }
+        let (query, key) = match &asked.learner {
+            LearnerKey::LmsUserId(id) => (learner_jobs!("lms_user_id"), id.to_string()),
+            LearnerKey::Username(name) => (learner_jobs!("lms_username"), name.to_string()),
+        };
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<PgJobRow> =
+            sqlx::query_as(query).bind(key).bind(asked.course_run_key.as_str()).fetch_all(&mut *tx).await?;
+        let jobs = rows.into_iter().map(job).collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+        let recorded: Vec<RefundRequestRow<DateTime<Utc>>> = sqlx::query_as(
+            "SELECT refund_request_id, fulfillment_id, reason, requested_at FROM refund_requests
+             WHERE fulfillment_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let recorded = recorded.into_iter().map(|row| row.into_request(|t| t)).collect::<Result<Vec<_>, _>>()?;
+        let (answer, insert) = plan_refund_request(jobs, recorded, asked, now);
+        if let Some((request, event)) = insert {
+            sqlx::query(
+                "INSERT INTO refund_requests (refund_request_id, fulfillment_id, reason, requested_at)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&request.id)
+            .bind(&request.fulfillment_id)
+            .bind(request.reason.as_str())
+            .bind(request.requested_at)
+            .execute(&mut *tx)
+            .await?;
+            kit::outbox::postgres::insert(&mut tx, &[event], now).await?;
+        }
+        tx.commit().await?;
+        Ok(answer)
     }
 
     async fn retire_learners(&self, retirements: &[Retirement], now: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -10,11 +10,12 @@ use sqlx::SqlitePool;
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use super::{
-    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, Outcome, QueueStats, Redriven, RefundOf, Refunded, Store,
-    StoreError, Transition, TransitionRow, Written, duration_micros, events_for, from_micros, job_columns, micros,
-    plan_refunds, revoking_events, scrubbed_outbox,
+    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, NewRefundRequest, Outcome, QueueStats, Redriven,
+    RefundOf, RefundRequestRow, RefundRequested, Refunded, Store, StoreError, Transition, TransitionRow, Written,
+    duration_micros, events_for, from_micros, job_columns, micros, plan_refund_request, plan_refunds, revoking_events,
+    scrubbed_outbox,
 };
-use crate::domain::JobState;
+use crate::domain::{JobState, LearnerKey};
 
 /// Fulfillment jobs in SQLite.
 #[derive(Clone, Debug)]
@@ -302,6 +303,60 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(Refunded::Recorded { jobs, created })
+    }
+
+    async fn request_refund(
+        &self,
+        asked: &NewRefundRequest,
+        now: DateTime<Utc>,
+    ) -> Result<RefundRequested, StoreError> {
+        macro_rules! learner_jobs {
+            ($learner:literal) => {
+                concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM fulfillments WHERE json_extract(spec, '$.learner.",
+                    $learner,
+                    "') = ?1 AND json_extract(spec, '$.line.product.course_run_key') = ?2
+                     ORDER BY create_time DESC, fulfillment_id DESC"
+                )
+            };
+        }
+        let (query, key) = match &asked.learner {
+            LearnerKey::LmsUserId(id) => (learner_jobs!("lms_user_id"), id.to_string()),
+            LearnerKey::Username(name) => (learner_jobs!("lms_username"), name.to_string()),
+        };
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<LiteJobRow> =
+            sqlx::query_as(query).bind(key).bind(asked.course_run_key.as_str()).fetch_all(&mut *tx).await?;
+        let jobs = rows.into_iter().map(job).collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+        let ids = serde_json::to_string(&ids)
+            .map_err(|e| StoreError::Corrupt { id: String::new(), reason: e.to_string() })?;
+        let recorded: Vec<RefundRequestRow<i64>> = sqlx::query_as(
+            "SELECT refund_request_id, fulfillment_id, reason, requested_at FROM refund_requests
+             WHERE fulfillment_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let recorded = recorded.into_iter().map(|row| row.into_request(from_micros)).collect::<Result<Vec<_>, _>>()?;
+        let (answer, insert) = plan_refund_request(jobs, recorded, asked, now);
+        if let Some((request, event)) = insert {
+            sqlx::query(
+                "INSERT INTO refund_requests (refund_request_id, fulfillment_id, reason, requested_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(&request.id)
+            .bind(&request.fulfillment_id)
+            .bind(request.reason.as_str())
+            .bind(micros(request.requested_at))
+            .execute(&mut *tx)
+            .await?;
+            kit::outbox::sqlite::insert(&mut tx, &[event], now).await?;
+        }
+        tx.commit().await?;
+        Ok(answer)
     }
 
     async fn retire_learners(&self, retirements: &[Retirement], now: DateTime<Utc>) -> Result<u64, StoreError> {
