@@ -132,7 +132,7 @@ pub fn add_stripe_webhook(document: &mut Value, route: &str) {
         "summary": "Stripe's charge.refunded events: the order's lines are refunded in Fulfillment",
         "description": "Verified by the `Stripe-Signature` header (HMAC-SHA256 over `{t}.{body}` with the \
             endpoint's signing secret; any configured secret; `t` within the tolerance) before the body is \
-            read. A full refund is the whole order (`metadata.order_number`); a partial one refunds the \
+            parsed. A full refund is the whole order (`metadata.order_number`); a partial one refunds the \
             lines in `metadata.line_item_ids`. A redelivered event is a repeat and changes nothing; other \
             event types are acknowledged and ignored. 404 when no signing secret is configured.",
         "security": [],

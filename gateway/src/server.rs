@@ -516,7 +516,10 @@ async fn stripe_webhook(State(gateway): State<Gateway>, request: Request) -> Res
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
-        match webhook.answer(signature, &body, now, inner.config.request_timeout).await {
+        let request_id = parts.headers.get(REQUEST_ID_HEADER).and_then(|id| id.to_str().ok());
+        let timeout = inner.config.request_timeout;
+        let answer = webhook.answer(signature, &body, now, timeout, request_id);
+        match within_deadline(FULFILLMENT_SERVICE, timeout, answer).await {
             Ok(answer) => axum::Json(answer).into_response(),
             Err(status) => inner.errors.response(&status),
         }
@@ -645,6 +648,36 @@ async fn read_body(inner: &Inner, headers: &HeaderMap, body: axum::body::Body) -
     }
 }
 
+/// Awaits an upstream call for at most `timeout`; its failure as the gateway
+/// answers it. tonic enforces the grpc-timeout it sends (and a tonic service
+/// the one it receives) by answering CANCELLED; the gateway cancels nothing
+/// else, so past the deadline that CANCELLED is the deadline. A call
+/// cancelled before it (a reset stream, a service going away mid-call) is the
+/// upstream unavailable, not our bug. Every other answer is the service's
+/// own, passed on as it is.
+async fn within_deadline<T>(
+    service: &str,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(status)) if status.code() != Code::Cancelled => Err(status),
+        Ok(Err(status))
+            if tokio::time::Instant::now() < deadline
+                && kit::error::classify_peer(&status) != kit::error::PeerFailure::Deadline =>
+        {
+            Err(kit::error::from_peer(service, "answering", &status))
+        }
+        Ok(Err(_)) | Err(_) => Err(kit::error::with_retry_info(
+            Code::DeadlineExceeded,
+            format!("{service} did not answer within {timeout:?}"),
+            kit::error::RETRY_AFTER,
+        )),
+    }
+}
+
 /// The answer when every permit is taken and the wait for one ran out.
 fn at_capacity() -> tonic::Status {
     kit::error::with_retry_info(
@@ -736,32 +769,10 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
     if let Some(id) = request_id.as_ref().and_then(|id| MetadataValue::try_from(id.as_bytes()).ok()) {
         metadata.insert(REQUEST_ID_HEADER, id);
     }
-    let deadline = tokio::time::Instant::now() + inner.config.request_timeout;
     let call = call(rpc, messages, metadata, inner.config.request_timeout);
-    let answer = tokio::time::timeout_at(deadline, call).await;
-    let reply = match answer {
-        Ok(Ok(reply)) => reply,
-        // tonic enforces the grpc-timeout it sends (and a tonic service the one it
-        // receives) by answering CANCELLED; the gateway cancels nothing else, so
-        // past the deadline that CANCELLED is the deadline.
-        // Every other answer is the service's own, passed on as it is.
-        Ok(Err(status)) if status.code() != Code::Cancelled => return errors.response(&status),
-        // A call cancelled before the deadline (a reset stream, a service going
-        // away mid-call): the upstream is unavailable, not our bug.
-        Ok(Err(status))
-            if tokio::time::Instant::now() < deadline
-                && kit::error::classify_peer(&status) != kit::error::PeerFailure::Deadline =>
-        {
-            return errors.response(&kit::error::from_peer(&rpc.upstream.service, "answering", &status));
-        }
-        Ok(Err(_)) | Err(_) => {
-            let status = kit::error::with_retry_info(
-                Code::DeadlineExceeded,
-                format!("{} did not answer within {:?}", rpc.upstream.service, inner.config.request_timeout),
-                kit::error::RETRY_AFTER,
-            );
-            return errors.response(&status);
-        }
+    let reply = match within_deadline(&rpc.upstream.service, inner.config.request_timeout, call).await {
+        Ok(reply) => reply,
+        Err(status) => return errors.response(&status),
     };
     match transcode::response_json(&reply, &rpc.response_body) {
         Ok(json) => ([(CONTENT_TYPE, "application/json")], json).into_response(),

@@ -203,6 +203,14 @@ async fn only_a_signed_fresh_exact_delivery_refunds_and_a_replay_changes_nothing
     assert_eq!(answer["created"], false, "{answer}");
     assert_eq!(f.stored(&ids).await, after, "a replayed event changes nothing");
 
+    // Another event refunding l1 again cannot change its refund: acknowledged, not applied, so
+    // Stripe does not retry it for days; nothing changes.
+    let again = charge_refunded(&format!("evt_again_{run}"), &number, 14900, "l1");
+    let (status, answer) = f.deliver(&again, Some(sign(NEW_SECRET, now(), &again))).await;
+    assert_eq!((status, answer["applied"].as_bool()), (200, Some(false)), "{answer}");
+    assert!(answer["reason"].as_str().is_some_and(|r| r.contains("l1")), "{answer}");
+    assert_eq!(f.stored(&ids).await, after, "nothing changed");
+
     // Another event type is acknowledged and ignored.
     let other =
         serde_json::to_vec(&json!({"id": "evt_other", "type": "charge.succeeded", "data": {"object": {}}})).unwrap();

@@ -21,6 +21,9 @@ use sha2::Sha256;
 
 /// The header Stripe signs with.
 pub const HEADER: &str = "stripe-signature";
+/// The most `v1` signatures read from one header (Stripe sends one per
+/// active secret): more cost a MAC comparison each and are refused.
+pub const MAX_SIGNATURES: usize = 8;
 
 /// Why a request's signature is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +63,9 @@ pub fn verify<S: AsRef<str>>(
         match key {
             "t" => timestamp = Some(value.parse::<i64>().map_err(|_| SignatureError::Malformed("t is not a number"))?),
             // A v1 that is not hex cannot match: skipped, like other schemes (v0, future ones).
+            "v1" if signatures.len() >= MAX_SIGNATURES => {
+                return Err(SignatureError::Malformed("more v1= signatures than an endpoint has secrets"));
+            }
             "v1" => signatures.extend(hex::decode(value).ok()),
             _ => {}
         }
@@ -74,11 +80,11 @@ pub fn verify<S: AsRef<str>>(
     }
     let signed_payload = signed(timestamp, body);
     for secret in secrets {
-        for signature in &signatures {
-            // verify_slice compares in constant time.
-            if mac(secret.as_ref(), &signed_payload).is_some_and(|mac| mac.verify_slice(signature).is_ok()) {
-                return Ok(());
-            }
+        // The body is hashed once per secret; each signature is checked
+        // against a copy of that state, in constant time (verify_slice).
+        let Some(mac) = mac(secret.as_ref(), &signed_payload) else { continue };
+        if signatures.iter().any(|signature| mac.clone().verify_slice(signature).is_ok()) {
+            return Ok(());
         }
     }
     Err(SignatureError::Mismatch)
@@ -134,6 +140,8 @@ mod tests {
             verify(Some(&format!("t={NOW},v1=zz")), body, &["s"], NOW, 300),
             Err(SignatureError::Malformed(_))
         ));
+        let flood = format!("t={NOW}{}", ",v1=00".repeat(MAX_SIGNATURES + 1));
+        assert!(matches!(verify(Some(&flood), body, &["s"], NOW, 300), Err(SignatureError::Malformed(_))), "capped");
     }
 
     #[test]

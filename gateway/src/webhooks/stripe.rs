@@ -9,11 +9,17 @@
 //!    malformed or stale → 400, no matching signature → 401;
 //! 2. the event: not JSON, or a `charge.refunded` without
 //!    `metadata.order_number` → 400; any other event type → 200, ignored;
-//! 3. the lines ([`RefundLines`]): a full refund is the whole order; a partial
-//!    one refunds the lines named in `metadata.line_item_ids`;
+//! 3. the lines ([`RefundLines`]): a refund of the whole charge is the whole
+//!    order; a partial one refunds the lines named in `metadata.line_item_ids`
+//!    (the refund's own metadata first, then the charge's), one named line by
+//!    the refund's amount. The charge's `amount_refunded` is cumulative, so the
+//!    latest refund (`refunds.data[0]`) is what this event adds;
 //! 4. `RefundOrder`, with source `stripe` and the event id in the reason:
 //!    the same event delivered again is the same refund, answered as a repeat
-//!    that changes nothing; Fulfillment's answer is passed on.
+//!    that changes nothing. A refund Fulfillment refuses for good (a line
+//!    refunded already, on other terms) is answered 200 with `applied: false`
+//!    and logged, so Stripe does not retry it for days; a failure that may
+//!    pass (Fulfillment unavailable) is passed on for Stripe to retry.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -124,14 +130,16 @@ pub struct ChargeRefunded {
     pub event_id: String,
     /// `metadata.order_number`: the order paid by the charge.
     pub order_number: String,
-    /// `metadata.line_item_ids`, comma-separated: the lines a partial refund is for.
+    /// `metadata.line_item_ids`, comma-separated, of the latest refund or else
+    /// the charge: the lines a partial refund is for.
     pub line_item_ids: Vec<String>,
     /// The charge's currency, upper-cased (`USD`).
     pub currency: String,
     /// The charge, in the currency's smallest unit.
     pub amount: i64,
-    /// How much of it is refunded so far, in the same unit.
-    pub amount_refunded: i64,
+    /// What this event refunds, in the same unit: the latest refund's amount,
+    /// or, when the event lists no refund, the charge's `amount_refunded`.
+    pub refunded: i64,
     /// The latest refund's reason, when Stripe says (`requested_by_customer`...).
     pub reason: String,
 }
@@ -172,20 +180,29 @@ pub fn parse_event(body: &[u8]) -> Result<StripeEvent, EventError> {
         .as_str()
         .filter(|number| !number.is_empty())
         .ok_or_else(|| missing("data.object.metadata.order_number", "is required: the order the charge paid"))?;
-    let line_item_ids = metadata["line_item_ids"]
-        .as_str()
-        .map(|ids| ids.split(',').map(str::trim).filter(|id| !id.is_empty()).map(String::from).collect())
-        .unwrap_or_default();
+    let latest = charge["refunds"]["data"].as_array().and_then(|refunds| refunds.first());
+    let ids_in = |metadata: &serde_json::Value| -> Vec<String> {
+        metadata["line_item_ids"]
+            .as_str()
+            .map(|ids| ids.split(',').map(str::trim).filter(|id| !id.is_empty()).map(String::from).collect())
+            .unwrap_or_default()
+    };
+    let mut line_item_ids = latest.map(|refund| ids_in(&refund["metadata"])).unwrap_or_default();
+    if line_item_ids.is_empty() {
+        line_item_ids = ids_in(metadata);
+    }
     let amount = charge["amount"].as_i64().ok_or_else(|| missing("data.object.amount", "is required (an integer)"))?;
-    let amount_refunded = charge["amount_refunded"]
-        .as_i64()
-        .ok_or_else(|| missing("data.object.amount_refunded", "is required (an integer)"))?;
+    let refunded = match latest.and_then(|refund| refund["amount"].as_i64()) {
+        Some(refunded) => refunded,
+        None => charge["amount_refunded"]
+            .as_i64()
+            .ok_or_else(|| missing("data.object.amount_refunded", "is required (an integer)"))?,
+    };
     let currency = charge["currency"]
         .as_str()
         .filter(|code| code.len() == 3)
         .ok_or_else(|| missing("data.object.currency", "is required (a three-letter code)"))?
         .to_ascii_uppercase();
-    let latest = charge["refunds"]["data"].as_array().and_then(|refunds| refunds.first());
     let reason = latest.and_then(|refund| refund["reason"].as_str()).unwrap_or("refunded").to_string();
     Ok(StripeEvent::ChargeRefunded(ChargeRefunded {
         event_id: raw.id,
@@ -193,7 +210,7 @@ pub fn parse_event(body: &[u8]) -> Result<StripeEvent, EventError> {
         line_item_ids,
         currency,
         amount,
-        amount_refunded,
+        refunded,
         reason,
     }))
 }
@@ -209,7 +226,7 @@ pub enum Lines {
 
 /// Which lines `charge` refunds under `mode`.
 pub fn lines_to_refund(charge: &ChargeRefunded, mode: RefundLines) -> Result<Lines, EventError> {
-    let whole = charge.amount_refunded >= charge.amount;
+    let whole = charge.refunded >= charge.amount;
     let named = |amount: Option<Money>| -> Result<Lines, EventError> {
         if charge.line_item_ids.is_empty() {
             return Err(missing(
@@ -235,7 +252,7 @@ pub fn lines_to_refund(charge: &ChargeRefunded, mode: RefundLines) -> Result<Lin
         RefundLines::Amount if whole => Ok(Lines::WholeOrder),
         RefundLines::Amount => named(Some(Money {
             currency_code: charge.currency.clone(),
-            amount: major_units(charge.amount_refunded, &charge.currency),
+            amount: major_units(charge.refunded, &charge.currency),
         })),
     }
 }
@@ -285,8 +302,16 @@ impl StripeWebhook {
         }))
     }
 
-    /// Verifies, reads and applies one delivery. `deadline` bounds the calls to Fulfillment.
-    pub async fn answer(&self, signature: Option<&str>, body: &[u8], now: i64, deadline: Duration) -> Answer {
+    /// Verifies, reads and applies one delivery. `deadline` bounds the calls to
+    /// Fulfillment, which receive `request_id` as the gateway's other calls do.
+    pub async fn answer(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        now: i64,
+        deadline: Duration,
+        request_id: Option<&str>,
+    ) -> Answer {
         let secrets: Vec<&str> = self.secrets.iter().map(Secret::expose).collect();
         if let Err(error) = super::signature::verify(signature, body, &secrets, now, self.tolerance.as_secs()) {
             let code = match error {
@@ -313,7 +338,7 @@ impl StripeWebhook {
         };
         let lines = match lines_to_refund(&charge, self.lines).map_err(bad)? {
             Lines::Named(lines) => lines,
-            Lines::WholeOrder => self.order_lines(&charge.order_number, deadline).await?,
+            Lines::WholeOrder => self.order_lines(&charge.order_number, deadline, request_id).await?,
         };
         let mut request = tonic::Request::new(pb::RefundOrderRequest {
             order_number: charge.order_number.clone(),
@@ -322,8 +347,27 @@ impl StripeWebhook {
             reason: format!("{} (Stripe event {})", charge.reason, charge.event_id),
             source: SOURCE.into(),
         });
-        request.set_timeout(deadline);
-        let refunded = self.fulfillment.clone().refund_order(request).await?.into_inner();
+        prepare(&mut request, deadline, request_id);
+        let refunded = match self.fulfillment.clone().refund_order(request).await {
+            Ok(answer) => answer.into_inner(),
+            // Refused for good: Stripe retrying for days would change nothing.
+            Err(status) if matches!(status.code(), Code::AlreadyExists | Code::FailedPrecondition) => {
+                tracing::warn!(
+                    event_id = %charge.event_id,
+                    order_number = %charge.order_number,
+                    code = ?status.code(),
+                    message = status.message(),
+                    "a Stripe refund was not applied; an operator should look"
+                );
+                return Ok(serde_json::json!({
+                    "received": true,
+                    "event_id": charge.event_id,
+                    "applied": false,
+                    "reason": status.message(),
+                }));
+            }
+            Err(status) => return Err(status),
+        };
         let fulfillments: Vec<serde_json::Value> = refunded
             .fulfillments
             .iter()
@@ -335,6 +379,7 @@ impl StripeWebhook {
         Ok(serde_json::json!({
             "received": true,
             "event_id": charge.event_id,
+            "applied": true,
             "created": refunded.created,
             "fulfillments": fulfillments,
         }))
@@ -345,13 +390,14 @@ impl StripeWebhook {
         &self,
         order_number: &str,
         deadline: Duration,
+        request_id: Option<&str>,
     ) -> Result<Vec<pb::RefundedLine>, tonic::Status> {
         let mut request = tonic::Request::new(pb::ListOrderFulfillmentsRequest {
             order_number: order_number.into(),
             page_size: 500,
             page_token: String::new(),
         });
-        request.set_timeout(deadline);
+        prepare(&mut request, deadline, request_id);
         let listed = self.fulfillment.clone().list_order_fulfillments(request).await?.into_inner();
         if listed.fulfillments.is_empty() {
             return Err(tonic::Status::not_found(format!(
@@ -363,6 +409,16 @@ impl StripeWebhook {
             .into_iter()
             .map(|f| pb::RefundedLine { line_item_id: f.line_item_id, refunded_amount: None })
             .collect())
+    }
+}
+
+/// A call's deadline, the webhook as its caller, and the request id.
+fn prepare<T>(request: &mut tonic::Request<T>, deadline: Duration, request_id: Option<&str>) {
+    request.set_timeout(deadline);
+    let metadata = request.metadata_mut();
+    metadata.insert(crate::server::SUBJECT_METADATA, tonic::metadata::MetadataValue::from_static("webhook:stripe"));
+    if let Some(id) = request_id.and_then(|id| tonic::metadata::MetadataValue::try_from(id).ok()) {
+        metadata.insert(crate::server::REQUEST_ID_HEADER, id);
     }
 }
 
@@ -382,7 +438,7 @@ mod tests {
             "type": "charge.refunded",
             "data": {"object": {
                 "amount": 29800, "amount_refunded": amount_refunded, "currency": "usd", "metadata": metadata,
-                "refunds": {"data": [{"reason": "requested_by_customer"}]}
+                "refunds": {"data": [{"reason": "requested_by_customer", "amount": amount_refunded}]}
             }}
         }))
         .unwrap()
@@ -409,6 +465,29 @@ mod tests {
         assert_eq!(unnamed.field, "data.object.metadata.line_item_ids");
         assert_eq!(lines_to_refund(&charge(&event(100, None)), RefundLines::WholeOrder), Ok(Lines::WholeOrder));
         assert!(lines_to_refund(&charge(&event(29800, None)), RefundLines::Metadata).is_err());
+    }
+
+    #[test]
+    fn a_second_partial_refund_is_the_latest_refund_not_the_running_total() {
+        let second = serde_json::to_vec(&serde_json::json!({
+            "id": "evt_2", "type": "charge.refunded",
+            "data": {"object": {
+                "amount": 29800, "amount_refunded": 29800, "currency": "usd",
+                "metadata": {"order_number": "EDX-1", "line_item_ids": "l1"},
+                "refunds": {"data": [
+                    {"amount": 14900, "reason": "requested_by_customer", "metadata": {"line_item_ids": "l2"}},
+                    {"amount": 14900, "metadata": {"line_item_ids": "l1"}}
+                ]}
+            }}
+        }))
+        .unwrap();
+        let charge = charge(&second);
+        assert_eq!((charge.refunded, charge.line_item_ids.as_slice()), (14900, &["l2".to_string()][..]));
+        let Lines::Named(lines) = lines_to_refund(&charge, RefundLines::Amount).unwrap() else { panic!() };
+        assert_eq!(
+            (lines[0].line_item_id.as_str(), lines[0].refunded_amount.as_ref().unwrap().amount.as_str()),
+            ("l2", "149.00")
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use vocab::{
 
 use crate::domain::{
     ErrorKind, JobState, Learner, LearnerKey, LearnerRef, MAX_LINE_ITEMS, Mode, Order, OrderHeader, OrderLine, Product,
-    RefundEffect, RefundTerms, Repeat, compare_repeat,
+    RefundTerms, Repeat, compare_repeat,
 };
 use crate::store::{
     FulfillmentJob, NewJob, NewRefundRequest, Redriven, RefundOf, RefundRequested, Refunded, Store, StoreError,
@@ -449,20 +449,20 @@ impl FulfillmentApi {
                 }
                 Ok((jobs, created))
             }
-            Refunded::Refused { job, effect } => Err(refund_refused(&job, effect)),
+            Refunded::Refused { job, .. } => Err(refund_refused(&job)),
             Refunded::NotFound(id) => Err(not_found(&id)),
         }
     }
 }
 
-/// Why a refund of `job` was refused, for the caller to branch on.
-fn refund_refused(job: &FulfillmentJob, effect: RefundEffect) -> Status {
+/// Why a refund of `job` was refused (a [`crate::domain::RefundEffect::Conflict`]), for the caller to branch on.
+fn refund_refused(job: &FulfillmentJob) -> Status {
     let line = job.spec.line.line_item_id.to_string();
     let order = job.spec.header.order_number.to_string();
     let metadata =
         [("fulfillment_id", job.id.clone()), ("line_item_id", line.clone()), ("order_number", order.clone())];
-    match (effect, &job.refund) {
-        (RefundEffect::Conflict, Some(recorded)) => with_reason(
+    match &job.refund {
+        Some(recorded) => with_reason(
             Code::AlreadyExists,
             format!(
                 "line item {line} of order {order} was already refunded on other terms ({} {}, reason {:?}, source \
@@ -475,20 +475,11 @@ fn refund_refused(job: &FulfillmentJob, effect: RefundEffect) -> Status {
             "REFUND_MISMATCH",
             metadata,
         ),
-        (RefundEffect::Conflict, None) => with_reason(
+        // A refunded state without its refund: written by hand, not by this service.
+        None => with_reason(
             Code::FailedPrecondition,
             format!("line item {line} of order {order} is {} and cannot be refunded; nothing was changed", job.state),
             "NOT_REFUNDABLE",
-            metadata,
-        ),
-        _ => with_reason(
-            Code::FailedPrecondition,
-            format!(
-                "line item {line} of order {order} is {}: the learner was never enrolled, so there is nothing to \
-                 revoke; nothing was changed",
-                job.state
-            ),
-            "NOT_FULFILLED",
             metadata,
         ),
     }

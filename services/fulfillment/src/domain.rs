@@ -479,9 +479,11 @@ pub struct Refund {
 /// What a refund does to a line, by the line's state (decided under the row's lock).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefundEffect {
-    /// SUCCEEDED: record it, REVOKING, due now.
+    /// Record it, REVOKING, due now: SUCCEEDED, or PENDING or FAILED after an
+    /// LMS call that may have enrolled the learner (a timeout, a 5xx).
     Revoke,
-    /// PENDING: record it, CANCELLED; the LMS is never called.
+    /// Record it, CANCELLED: PENDING and never sent to the LMS, or FAILED
+    /// because the LMS refused it (nothing was granted).
     Cancel,
     /// IN_PROGRESS: record it; the attempt in flight decides when it ends
     /// ([`state_after_attempt`]).
@@ -490,20 +492,35 @@ pub enum RefundEffect {
     Repeat,
     /// Already refunded on other terms: refuse.
     Conflict,
-    /// FAILED: it was never fulfilled; refuse.
-    NotFulfilled,
 }
 
-/// What a refund on `asked` terms does to a line in `state`, refunded before on `recorded` terms or not.
-pub fn refund_effect(state: JobState, recorded: Option<&RefundTerms>, asked: &RefundTerms) -> RefundEffect {
+/// Whether the LMS may have granted a line that did not succeed: it was sent
+/// at least once, and its latest answer was not a refusal. The enrollment API
+/// is idempotent, so a line granted by an earlier attempt whose answer was
+/// lost is answered 2xx, never 4xx, by the next one.
+pub fn may_have_granted(attempts: u32, last_error: Option<&JobError>) -> bool {
+    match last_error {
+        None => attempts > 0,
+        Some(error) => !error.is_refusal(),
+    }
+}
+
+/// What a refund on `asked` terms does to a line in `state` (`granted`: see
+/// [`may_have_granted`]), refunded before on `recorded` terms or not.
+pub fn refund_effect(
+    state: JobState,
+    granted: bool,
+    recorded: Option<&RefundTerms>,
+    asked: &RefundTerms,
+) -> RefundEffect {
     match recorded {
         Some(recorded) if recorded.same_as(asked) => RefundEffect::Repeat,
         Some(_) => RefundEffect::Conflict,
         None => match state {
-            JobState::Pending => RefundEffect::Cancel,
             JobState::InProgress => RefundEffect::AwaitAttempt,
             JobState::Succeeded => RefundEffect::Revoke,
-            JobState::Failed => RefundEffect::NotFulfilled,
+            JobState::Pending | JobState::Failed if granted => RefundEffect::Revoke,
+            JobState::Pending | JobState::Failed => RefundEffect::Cancel,
             // Every refunded state has its refund recorded: a row without one was not refunded here.
             JobState::Revoking | JobState::Revoked | JobState::RevokeFailed | JobState::Cancelled => {
                 RefundEffect::Conflict
@@ -519,24 +536,26 @@ pub enum AttemptEnd {
     Succeeded,
     /// A transient failure with attempts left.
     Retry,
-    /// A permanent failure, or attempts exhausted.
+    /// The LMS refused (4xx): nothing was granted.
+    Refused,
+    /// Attempts exhausted on transient failures: the LMS may have acted.
     Failed,
 }
 
 /// The state a job moves to when an attempt begun in `claimed` (IN_PROGRESS
 /// to enrol, REVOKING to revoke) ends so, `refunded` or not by then. An
-/// enrollment refunded while it ran is revoked if it enrolled, and cancelled
-/// if it did not.
+/// enrollment refunded while it ran is cancelled if the LMS refused it, and
+/// revoked otherwise: it enrolled, or may have (a timeout, a 5xx).
 pub fn state_after_attempt(claimed: JobState, end: AttemptEnd, refunded: bool) -> JobState {
     match (claimed, end) {
         (JobState::Revoking, AttemptEnd::Succeeded) => JobState::Revoked,
         (JobState::Revoking, AttemptEnd::Retry) => JobState::Revoking,
-        (JobState::Revoking, AttemptEnd::Failed) => JobState::RevokeFailed,
-        (_, AttemptEnd::Succeeded) if refunded => JobState::Revoking,
+        (JobState::Revoking, AttemptEnd::Refused | AttemptEnd::Failed) => JobState::RevokeFailed,
+        (_, AttemptEnd::Refused) if refunded => JobState::Cancelled,
+        (_, _) if refunded => JobState::Revoking,
         (_, AttemptEnd::Succeeded) => JobState::Succeeded,
-        (_, AttemptEnd::Retry | AttemptEnd::Failed) if refunded => JobState::Cancelled,
         (_, AttemptEnd::Retry) => JobState::Pending,
-        (_, AttemptEnd::Failed) => JobState::Failed,
+        (_, AttemptEnd::Refused | AttemptEnd::Failed) => JobState::Failed,
     }
 }
 
@@ -576,9 +595,10 @@ pub enum RequestTarget {
 }
 
 /// The target among `jobs` (newest first: their state, whether they were
-/// refunded, whether a request was recorded for them).
+/// refunded, whether a request was recorded for them). A request for a line
+/// refunded since does not answer for a newer purchase of the same run.
 pub fn refund_request_target(jobs: &[(JobState, bool, bool)]) -> RequestTarget {
-    if let Some(i) = jobs.iter().position(|(_, _, requested)| *requested) {
+    if let Some(i) = jobs.iter().position(|(_, refunded, requested)| *requested && !refunded) {
         return RequestTarget::Repeat(i);
     }
     if let Some(i) = jobs.iter().position(|(state, refunded, _)| *state == JobState::Succeeded && !refunded) {
@@ -658,6 +678,13 @@ pub struct JobError {
     pub lms_status: Option<u16>,
     /// What happened, with the start of the LMS's body.
     pub message: String,
+}
+
+impl JobError {
+    /// Whether the LMS answered a refusal (a 4xx other than 408/429): it did not act.
+    pub fn is_refusal(&self) -> bool {
+        self.kind == ErrorKind::Rejected && self.lms_status.is_some_and(|status| (400..500).contains(&status))
+    }
 }
 
 /// What one failed attempt told us.
@@ -853,31 +880,43 @@ mod tests {
     #[test]
     fn a_refund_does_what_the_line_state_allows() {
         let asked = terms("149.00", "requested_by_customer");
-        assert_eq!(refund_effect(JobState::Pending, None, &asked), RefundEffect::Cancel);
-        assert_eq!(refund_effect(JobState::InProgress, None, &asked), RefundEffect::AwaitAttempt);
-        assert_eq!(refund_effect(JobState::Succeeded, None, &asked), RefundEffect::Revoke);
-        assert_eq!(refund_effect(JobState::Failed, None, &asked), RefundEffect::NotFulfilled);
+        assert_eq!(refund_effect(JobState::Pending, false, None, &asked), RefundEffect::Cancel);
+        assert_eq!(refund_effect(JobState::Pending, true, None, &asked), RefundEffect::Revoke, "sent before");
+        assert_eq!(refund_effect(JobState::InProgress, true, None, &asked), RefundEffect::AwaitAttempt);
+        assert_eq!(refund_effect(JobState::Succeeded, true, None, &asked), RefundEffect::Revoke);
+        assert_eq!(refund_effect(JobState::Failed, false, None, &asked), RefundEffect::Cancel, "the LMS refused it");
+        assert_eq!(refund_effect(JobState::Failed, true, None, &asked), RefundEffect::Revoke, "it may have enrolled");
         for state in [JobState::Revoking, JobState::Revoked, JobState::RevokeFailed, JobState::Cancelled] {
-            assert_eq!(refund_effect(state, Some(&asked), &asked), RefundEffect::Repeat, "{state}");
-            assert_eq!(refund_effect(state, Some(&terms("1", "x")), &asked), RefundEffect::Conflict, "{state}");
+            assert_eq!(refund_effect(state, true, Some(&asked), &asked), RefundEffect::Repeat, "{state}");
+            assert_eq!(refund_effect(state, true, Some(&terms("1", "x")), &asked), RefundEffect::Conflict, "{state}");
         }
-        assert_eq!(refund_effect(JobState::InProgress, Some(&asked), &asked), RefundEffect::Repeat);
+        assert_eq!(refund_effect(JobState::InProgress, true, Some(&asked), &asked), RefundEffect::Repeat);
+        let refused = JobError { kind: ErrorKind::Rejected, lms_status: Some(400), message: String::new() };
+        let lost = JobError { kind: ErrorKind::Timeout, lms_status: None, message: String::new() };
+        assert!(!may_have_granted(0, None));
+        assert!(may_have_granted(1, None));
+        assert!(!may_have_granted(3, Some(&refused)));
+        assert!(may_have_granted(0, Some(&lost)), "a re-driven line whose earlier answer was lost");
     }
 
     #[test]
     fn an_attempt_ends_in_the_state_its_phase_and_the_refund_say() {
         use JobState::{Cancelled, InProgress, Pending, RevokeFailed, Revoked, Revoking};
         let (ok, retry, fail) = (AttemptEnd::Succeeded, AttemptEnd::Retry, AttemptEnd::Failed);
+        let refused = AttemptEnd::Refused;
         let cases = [
             (InProgress, ok, false, JobState::Succeeded),
             (InProgress, retry, false, Pending),
             (InProgress, fail, false, JobState::Failed),
+            (InProgress, refused, false, JobState::Failed),
             (InProgress, ok, true, Revoking),
-            (InProgress, retry, true, Cancelled),
-            (InProgress, fail, true, Cancelled),
+            (InProgress, retry, true, Revoking),
+            (InProgress, fail, true, Revoking),
+            (InProgress, refused, true, Cancelled),
             (Revoking, ok, true, Revoked),
             (Revoking, retry, true, Revoking),
             (Revoking, fail, true, RevokeFailed),
+            (Revoking, refused, true, RevokeFailed),
         ];
         for (claimed, end, refunded, expected) in cases {
             assert_eq!(state_after_attempt(claimed, end, refunded), expected, "{claimed} {end:?} {refunded}");
@@ -897,6 +936,11 @@ mod tests {
             refund_request_target(&[(Succeeded, false, false), (Succeeded, false, true)]),
             RequestTarget::Repeat(1),
             "a request recorded before is answered again"
+        );
+        assert_eq!(
+            refund_request_target(&[(Succeeded, false, false), (Revoked, true, true)]),
+            RequestTarget::New(0),
+            "bought again after a refund: a new request"
         );
         assert_eq!(refund_request_target(&[(Revoked, true, false)]), RequestTarget::AlreadyRefunded(0));
     }

@@ -44,7 +44,7 @@ pub struct FulfillmentMetrics {
     /// Jobs per state: PENDING, IN_PROGRESS, FAILED, REVOKING and REVOKE_FAILED (refreshed from the
     /// store every few seconds; successes are `attempts{outcome="succeeded"}`).
     pub jobs: Family<StateLabel, Gauge>,
-    /// Seconds the longest-waiting due PENDING job has waited past its due time; 0 when none.
+    /// Seconds the longest-waiting due PENDING (or REVOKING) job has waited past its due time; 0 when none.
     pub oldest_pending_age: Gauge<f64, AtomicU64>,
     /// LMS attempts by outcome.
     pub attempts: Family<OutcomeLabel, Counter>,
@@ -76,7 +76,7 @@ impl FulfillmentMetrics {
         );
         metrics.register(
             "fulfillment_oldest_pending_age_seconds",
-            "Seconds the longest-waiting due PENDING fulfillment job has waited for a worker",
+            "Seconds the longest-waiting due PENDING or REVOKING fulfillment job has waited for a worker",
             self.oldest_pending_age.clone(),
         );
         metrics.register("fulfillment_attempts", "LMS attempts by outcome", self.attempts.clone());

@@ -255,16 +255,38 @@ async fn a_refund_racing_an_inflight_enrollment_ends_with_the_learner_unenrolled
     );
 }
 
-async fn an_enrollment_refunded_while_it_failed_is_cancelled(f: Fixture) {
+async fn a_refunded_line_the_lms_may_have_enrolled_is_revoked_and_one_it_refused_is_cancelled(f: Fixture) {
+    // A 503 while the refund arrives: the LMS may have enrolled before failing, so it is revoked.
     enrollments_answer(&f, 503, 1).await;
     let id = f.fulfill(one_line(&order_number())).await.unwrap().fulfillments[0].fulfillment_id.clone();
     let claimed = f.claim_at(now()).await;
     f.revoke(revoke(&id, None)).await.unwrap();
     f.fulfillment.workers().with_jitter(|| 1.0).attempt(claimed).await;
     let job = f.get(&id).await;
-    assert_eq!(state(&job), pb::FulfillmentState::Cancelled, "never enrolled, so nothing to revoke");
+    assert_eq!((state(&job), job.attempts), (pb::FulfillmentState::Revoking, 0), "may have enrolled: revoked");
     assert_eq!(job.last_error.unwrap().lms_status, 503);
-    assert!(f.store().claim(10, std::time::Duration::from_secs(30), now() + secs(3600)).await.unwrap().is_empty());
+    assert_eq!(f.path(&id).await.last(), Some(&(Some(JobState::InProgress), JobState::Revoking)));
+    // A line PENDING after a timeout or a 5xx is revoked too, not cancelled.
+    enrollments_answer(&f, 503, 1).await;
+    let retried = f.fulfill(one_line(&order_number())).await.unwrap().fulfillments[0].fulfillment_id.clone();
+    let mut claimed = f.store().claim(10, std::time::Duration::from_secs(30), now()).await.unwrap();
+    let claimed = claimed.remove(claimed.iter().position(|c| c.job.id == retried).unwrap());
+    f.fulfillment.workers().with_jitter(|| 1.0).attempt(claimed).await;
+    assert_eq!(state(&f.get(&retried).await), pb::FulfillmentState::Pending);
+    let refunded = f.revoke(revoke(&retried, None)).await.unwrap().fulfillment.unwrap();
+    assert_eq!(state(&refunded), pb::FulfillmentState::Revoking);
+
+    // A 400 while the refund arrives: the LMS refused, nothing was granted: cancelled.
+    enrollments_answer(&f, 400, 1).await;
+    let refused = f.fulfill(one_line(&order_number())).await.unwrap().fulfillments[0].fulfillment_id.clone();
+    let mut claimed = f.store().claim(10, std::time::Duration::from_secs(30), now()).await.unwrap();
+    let claimed = claimed.remove(claimed.iter().position(|c| c.job.id == refused).unwrap());
+    f.revoke(revoke(&refused, None)).await.unwrap();
+    f.fulfillment.workers().with_jitter(|| 1.0).attempt(claimed).await;
+    assert_eq!(state(&f.get(&refused).await), pb::FulfillmentState::Cancelled);
+    // No purchase was announced for any of them, so no refund is.
+    let outbox = f.store().unpublished(1000).await.unwrap();
+    assert!(outbox.iter().all(|entry| !entry.event.event_id.starts_with("purchase-")), "{outbox:?}");
 }
 
 async fn revocation_retries_5xx_fails_on_4xx_and_is_redriven(f: Fixture) {
@@ -373,19 +395,20 @@ async fn bad_refunds_are_refused_naming_the_field_and_change_nothing(f: Fixture)
     let none = f.refund_order(refund(&number, vec![])).await.unwrap_err();
     assert_eq!(kit::error::field_violations(&none)[0].0, "lines");
 
-    // A line that FAILED was never fulfilled.
+    let job = f.get(&id).await;
+    assert!(job.refund.is_none(), "nothing changed");
+    assert_eq!(state(&job), pb::FulfillmentState::Succeeded);
+
+    // A line that FAILED because the LMS refused it was never granted: its
+    // refund is recorded and it is cancelled, so no re-drive can enrol it later.
     lms_answers(&f, ENROLL, ResponseTemplate::new(400), 1).await;
     let failed = f.fulfill(one_line(&order_number())).await.unwrap().fulfillments[0].fulfillment_id.clone();
     f.attempt_at(now()).await;
-    let refused = f.revoke(revoke(&failed, None)).await.unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert_eq!(kit::error::reason(&refused).as_deref(), Some("NOT_FULFILLED"));
-
-    for id in [&id, &failed] {
-        let job = f.get(id).await;
-        assert!(job.refund.is_none(), "nothing changed");
-    }
-    assert_eq!(state(&f.get(&id).await), pb::FulfillmentState::Succeeded);
+    let cancelled = f.revoke(revoke(&failed, None)).await.unwrap().fulfillment.unwrap();
+    assert_eq!(state(&cancelled), pb::FulfillmentState::Cancelled);
+    let redrive = pb::RetryFulfillmentRequest { fulfillment_id: failed.clone() };
+    let refused = f.client.clone().retry_fulfillment(redrive).await.unwrap_err();
+    assert_eq!(kit::error::reason(&refused).as_deref(), Some("NOT_FAILED"));
 }
 
 async fn a_refund_of_an_order_is_all_or_nothing(f: Fixture) {
@@ -499,8 +522,11 @@ macro_rules! suite {
                     .await;
             }
             #[tokio::test]
-            async fn an_enrollment_refunded_while_it_failed_is_cancelled() {
-                super::an_enrollment_refunded_while_it_failed_is_cancelled(fixture($kind).await).await;
+            async fn a_refunded_line_the_lms_may_have_enrolled_is_revoked_and_one_it_refused_is_cancelled() {
+                super::a_refunded_line_the_lms_may_have_enrolled_is_revoked_and_one_it_refused_is_cancelled(
+                    fixture($kind).await,
+                )
+                .await;
             }
             #[tokio::test]
             async fn revocation_retries_5xx_fails_on_4xx_and_is_redriven() {

@@ -25,7 +25,7 @@ use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use crate::domain::{
     AttemptEnd, ErrorKind, JobError, JobSpec, JobState, LearnerKey, Refund, RefundEffect, RefundRequest, RefundTerms,
-    RequestTarget, refund_effect, refund_request_target, state_after_attempt,
+    RequestTarget, may_have_granted, refund_effect, refund_request_target, state_after_attempt,
 };
 use vocab::{CourseRunKey, RefundReason};
 
@@ -145,6 +145,7 @@ impl Outcome {
         match self {
             Outcome::Succeeded { .. } => AttemptEnd::Succeeded,
             Outcome::RetryAt { .. } => AttemptEnd::Retry,
+            Outcome::Failed { error } if error.is_refusal() => AttemptEnd::Refused,
             Outcome::Failed { .. } => AttemptEnd::Failed,
         }
     }
@@ -170,8 +171,7 @@ pub enum Refunded {
         /// Whether this call changed anything.
         created: bool,
     },
-    /// Refused, and nothing changed: this job's refund would be a
-    /// [`RefundEffect::Conflict`] or [`RefundEffect::NotFulfilled`].
+    /// Refused, and nothing changed: this job's refund would be a [`RefundEffect::Conflict`].
     Refused {
         /// The job at fault, as it is.
         job: Box<FulfillmentJob>,
@@ -392,6 +392,8 @@ struct RefundChange {
     reset_attempts: bool,
     next_attempt_at: Option<DateTime<Utc>>,
     from: Option<JobState>,
+    /// The line SUCCEEDED, so its purchase was announced: announce the refund (`PurchaseRefunded`).
+    announces: bool,
 }
 
 /// The row change of a refund with `effect` on `job`; None when nothing changes.
@@ -401,10 +403,11 @@ fn refund_change(job: &FulfillmentJob, effect: RefundEffect, now: DateTime<Utc>)
         RefundEffect::Cancel => (JobState::Cancelled, false, None),
         // The attempt in flight decides; only the refund is recorded.
         RefundEffect::AwaitAttempt => (job.state, false, job.next_attempt_at),
-        RefundEffect::Repeat | RefundEffect::Conflict | RefundEffect::NotFulfilled => return None,
+        RefundEffect::Repeat | RefundEffect::Conflict => return None,
     };
     let from = (state != job.state).then_some(job.state);
-    Some(RefundChange { state, reset_attempts, next_attempt_at, from })
+    let announces = state == JobState::Revoking && job.state == JobState::Succeeded;
+    Some(RefundChange { state, reset_attempts, next_attempt_at, from, announces })
 }
 
 /// Decides every refund against the jobs as locked (`jobs[i]` for
@@ -416,8 +419,9 @@ fn plan_refunds(
 ) -> Result<Vec<Option<RefundChange>>, Refunded> {
     let mut changes = Vec::with_capacity(jobs.len());
     for (job, asked) in jobs.iter().zip(refunds) {
-        let effect = refund_effect(job.state, job.refund.as_ref().map(|r| &r.terms), &asked.terms);
-        if matches!(effect, RefundEffect::Conflict | RefundEffect::NotFulfilled) {
+        let granted = may_have_granted(job.attempts, job.last_error.as_ref());
+        let effect = refund_effect(job.state, granted, job.refund.as_ref().map(|r| &r.terms), &asked.terms);
+        if effect == RefundEffect::Conflict {
             return Err(Refunded::Refused { job: Box::new(job.clone()), effect });
         }
         changes.push(refund_change(job, effect, now));
@@ -425,8 +429,9 @@ fn plan_refunds(
     Ok(changes)
 }
 
-/// The events of a job that just became REVOKING from SUCCEEDED (a refund recorded):
-/// `PurchaseRefunded`, with the job's learner as stored now.
+/// The events of a job that just became REVOKING from SUCCEEDED (a refund recorded,
+/// or an enrollment refunded while it ran succeeded): `PurchaseRefunded`, with
+/// the job's learner as stored now.
 fn revoking_events(job: &FulfillmentJob) -> Vec<OutboxEvent> {
     match (&job.refund, job.state) {
         (Some(refund), JobState::Revoking) => vec![crate::outbox::refund_recorded_event(job, refund)],
@@ -599,9 +604,11 @@ struct Written<'a> {
     /// refunded meanwhile succeeds: SUCCEEDED, then REVOKING).
     path: Vec<JobState>,
     next_attempt_at: Option<DateTime<Utc>>,
-    /// An enrollment refunded while it ran enrolled: it is revoked next, with
-    /// its attempts counted afresh and its refund announced (`PurchaseRefunded`).
+    /// An enrollment refunded while it ran is revoked next (it enrolled, or
+    /// may have), its attempts counted afresh.
     revokes_next: bool,
+    /// It enrolled: its refund is announced (`PurchaseRefunded`) after its purchase.
+    announces_refund: bool,
     error: Option<&'a JobError>,
     entitlement_uuid: Option<&'a str>,
     events: &'a [OutboxEvent],
@@ -615,15 +622,22 @@ impl<'a> Written<'a> {
             Outcome::Succeeded { entitlement_uuid, events } => (None, entitlement_uuid.as_deref(), events.as_slice()),
             Outcome::RetryAt { error, .. } | Outcome::Failed { error } => (Some(error), None, &[][..]),
         };
+        let revokes_next = claimed == JobState::InProgress && state == JobState::Revoking;
+        let announces_refund = revokes_next && matches!(outcome, Outcome::Succeeded { .. });
         let next_attempt_at = match (state, outcome) {
+            // Refunded while it enrolled: the revocation is due at once.
+            (JobState::Revoking, _) if revokes_next => Some(now),
             (JobState::Pending | JobState::Revoking, Outcome::RetryAt { at, .. }) => Some(*at),
-            // Enrolled, and refunded meanwhile: the revocation is due at once.
-            (JobState::Revoking, _) => Some(now),
             _ => None,
         };
-        let revokes_next = claimed == JobState::InProgress && state == JobState::Revoking;
-        let path = if revokes_next { vec![JobState::Succeeded, JobState::Revoking] } else { vec![state] };
-        Written { state, path, next_attempt_at, revokes_next, error, entitlement_uuid, events }
+        let path = if announces_refund { vec![JobState::Succeeded, JobState::Revoking] } else { vec![state] };
+        Written { state, path, next_attempt_at, revokes_next, announces_refund, error, entitlement_uuid, events }
+    }
+
+    /// The attempt number a transition to `to` records: the claim's, but a
+    /// revocation starting afresh counts from 0.
+    fn attempt_of(&self, to: JobState, claimed_attempts: i32) -> i32 {
+        if self.revokes_next && to == JobState::Revoking { 0 } else { claimed_attempts }
     }
 }
 

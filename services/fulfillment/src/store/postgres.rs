@@ -221,7 +221,8 @@ impl Store for PostgresStore {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         // Expired leases first (a worker died holding them), then due jobs in due
         // order; rows another worker is claiming right now are skipped, not waited for.
-        // A revocation stays REVOKING while leased; an enrollment becomes IN_PROGRESS.
+        // A revocation stays REVOKING while leased; an enrollment becomes IN_PROGRESS,
+        // unless it was refunded while a worker that died held it: then it is revoked.
         let rows: Vec<ClaimRow> = sqlx::query_as(concat!(
             "WITH expired AS (
                  SELECT fulfillment_id, state FROM fulfillments
@@ -235,7 +236,8 @@ impl Store for PostgresStore {
                  SELECT * FROM (SELECT * FROM expired UNION ALL SELECT * FROM due) c LIMIT $2
              ), claimed AS (
                  UPDATE fulfillments f
-                 SET state = CASE WHEN picked.state = 'REVOKING' THEN 'REVOKING' ELSE 'IN_PROGRESS' END,
+                 SET state = CASE WHEN picked.state = 'REVOKING' OR f.refund IS NOT NULL
+                                  THEN 'REVOKING' ELSE 'IN_PROGRESS' END,
                      attempts = f.attempts + 1, next_attempt_at = NULL,
                      lease_token = gen_random_uuid()::text, lease_expires_at = $3, update_time = $1
                  FROM picked WHERE f.fulfillment_id = picked.fulfillment_id
@@ -264,15 +266,15 @@ impl Store for PostgresStore {
     async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The lock orders this with a refund of the same job: whichever is second sees the other's change.
-        let held: Option<(String, bool)> = sqlx::query_as(
-            "SELECT state, refund IS NOT NULL FROM fulfillments
+        let held: Option<(String, bool, i32)> = sqlx::query_as(
+            "SELECT state, refund IS NOT NULL, attempts FROM fulfillments
              WHERE fulfillment_id = $1 AND lease_token = $2 AND state IN ('IN_PROGRESS', 'REVOKING') FOR UPDATE",
         )
         .bind(&lease.job_id)
         .bind(&lease.token)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((claimed, refunded)) = held else {
+        let Some((claimed, refunded, claimed_attempts)) = held else {
             return Ok(Finished::LeaseLost);
         };
         let claimed = JobState::parse(&claimed)
@@ -311,7 +313,7 @@ impl Store for PostgresStore {
             .bind(&job.id)
             .bind(from.as_str())
             .bind(to.as_str())
-            .bind(i32::try_from(job.attempts).unwrap_or(i32::MAX))
+            .bind(written.attempt_of(*to, claimed_attempts))
             .bind(&lease.token)
             .bind(now)
             .execute(&mut *tx)
@@ -319,7 +321,7 @@ impl Store for PostgresStore {
             from = *to;
         }
         let mut events = events_for(&job, written.events);
-        if written.revokes_next {
+        if written.announces_refund {
             events.extend(revoking_events(&job));
         }
         kit::outbox::postgres::insert(&mut tx, &events, now).await?;
@@ -337,8 +339,12 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<Refunded, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut locked = Vec::with_capacity(refunds.len());
-        for asked in refunds {
+        // Locked in id order, whatever order the lines were named in: two
+        // refunds of one order naming its lines differently cannot deadlock.
+        let mut by_id: Vec<&RefundOf> = refunds.iter().collect();
+        by_id.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        let mut found = std::collections::HashMap::with_capacity(refunds.len());
+        for asked in by_id {
             let row: Option<PgJobRow> = sqlx::query_as(concat!(
                 "SELECT ",
                 job_columns!(),
@@ -348,10 +354,12 @@ impl Store for PostgresStore {
             .fetch_optional(&mut *tx)
             .await?;
             match row {
-                Some(row) => locked.push(job(row)?),
+                Some(row) => found.insert(asked.job_id.as_str(), job(row)?),
                 None => return Ok(Refunded::NotFound(asked.job_id.clone())),
-            }
+            };
         }
+        let locked: Vec<FulfillmentJob> =
+            refunds.iter().filter_map(|asked| found.get(asked.job_id.as_str()).cloned()).collect();
         let changes = match plan_refunds(&locked, refunds, now) {
             Ok(changes) => changes,
             Err(refused) => return Ok(refused),
@@ -400,7 +408,9 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            kit::outbox::postgres::insert(&mut tx, &revoking_events(&after), now).await?;
+            if change.announces {
+                kit::outbox::postgres::insert(&mut tx, &revoking_events(&after), now).await?;
+            }
             revoking |= after.state == JobState::Revoking;
             created = true;
             jobs.push(after);

@@ -147,12 +147,13 @@ impl Store for SqliteStore {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let expires = micros(now).saturating_add(duration_micros(lease));
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let picked: Vec<(String, String)> = sqlx::query_as(
-            "SELECT fulfillment_id, state FROM (
-                 SELECT fulfillment_id, state, 0 AS rank, lease_expires_at AS t FROM fulfillments
+        let picked: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT fulfillment_id, state, refunded FROM (
+                 SELECT fulfillment_id, state, refund IS NOT NULL AS refunded, 0 AS rank, lease_expires_at AS t
+                 FROM fulfillments
                  WHERE state IN ('IN_PROGRESS', 'REVOKING') AND lease_expires_at <= ?1
                  UNION ALL
-                 SELECT fulfillment_id, state, 1, next_attempt_at FROM fulfillments
+                 SELECT fulfillment_id, state, refund IS NOT NULL, 1, next_attempt_at FROM fulfillments
                  WHERE state IN ('PENDING', 'REVOKING') AND next_attempt_at <= ?1
              ) ORDER BY rank, t LIMIT ?2",
         )
@@ -161,10 +162,12 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed = Vec::with_capacity(picked.len());
-        for (id, from) in picked {
+        for (id, from, refunded) in picked {
             let token = uuid::Uuid::new_v4().to_string();
-            // A revocation stays REVOKING while leased; an enrollment becomes IN_PROGRESS.
-            let leased = if from == JobState::Revoking.as_str() { JobState::Revoking } else { JobState::InProgress };
+            // A revocation stays REVOKING while leased; an enrollment becomes IN_PROGRESS,
+            // unless it was refunded while a worker that died held it: then it is revoked.
+            let leased =
+                if from == JobState::Revoking.as_str() || refunded { JobState::Revoking } else { JobState::InProgress };
             let row: LiteJobRow = sqlx::query_as(concat!(
                 "UPDATE fulfillments
                  SET state = ?, attempts = attempts + 1, next_attempt_at = NULL,
@@ -189,15 +192,15 @@ impl Store for SqliteStore {
 
     async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let held: Option<(String, bool)> = sqlx::query_as(
-            "SELECT state, refund IS NOT NULL FROM fulfillments
+        let held: Option<(String, bool, i32)> = sqlx::query_as(
+            "SELECT state, refund IS NOT NULL, attempts FROM fulfillments
              WHERE fulfillment_id = ?1 AND lease_token = ?2 AND state IN ('IN_PROGRESS', 'REVOKING')",
         )
         .bind(&lease.job_id)
         .bind(&lease.token)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((claimed, refunded)) = held else {
+        let Some((claimed, refunded, claimed_attempts)) = held else {
             return Ok(Finished::LeaseLost);
         };
         let claimed = JobState::parse(&claimed)
@@ -229,11 +232,12 @@ impl Store for SqliteStore {
         let job = job(row)?;
         let mut from = claimed;
         for to in &written.path {
-            transition(&mut tx, &job.id, Some(from), *to, job.attempts, Some(&lease.token), now).await?;
+            let attempt = u32::try_from(written.attempt_of(*to, claimed_attempts)).unwrap_or_default();
+            transition(&mut tx, &job.id, Some(from), *to, attempt, Some(&lease.token), now).await?;
             from = *to;
         }
         let mut events = events_for(&job, written.events);
-        if written.revokes_next {
+        if written.announces_refund {
             events.extend(revoking_events(&job));
         }
         kit::outbox::sqlite::insert(&mut tx, &events, now).await?;
@@ -297,7 +301,9 @@ impl Store for SqliteStore {
             if let Some(from) = change.from {
                 transition(&mut tx, &after.id, Some(from), after.state, after.attempts, None, now).await?;
             }
-            kit::outbox::sqlite::insert(&mut tx, &revoking_events(&after), now).await?;
+            if change.announces {
+                kit::outbox::sqlite::insert(&mut tx, &revoking_events(&after), now).await?;
+            }
             created = true;
             jobs.push(after);
         }
@@ -472,17 +478,35 @@ impl Store for SqliteStore {
     }
 
     async fn stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
-        // Each count uses a partial index: SUCCEEDED rows, which only grow, are never scanned.
-        let mut by_state = Vec::with_capacity(5);
-        for (state, count) in [
-            (JobState::Pending, "SELECT count(*) FROM fulfillments WHERE state = 'PENDING'"),
-            (JobState::InProgress, "SELECT count(*) FROM fulfillments WHERE state = 'IN_PROGRESS'"),
-            (JobState::Failed, "SELECT count(*) FROM fulfillments WHERE state = 'FAILED'"),
-            (JobState::Revoking, "SELECT count(*) FROM fulfillments WHERE state = 'REVOKING'"),
-            (JobState::RevokeFailed, "SELECT count(*) FROM fulfillments WHERE state = 'REVOKE_FAILED'"),
-        ] {
-            by_state.push((state, sqlx::query_scalar(count).fetch_one(&self.pool).await?));
-        }
+        // Each count uses a partial index: SUCCEEDED rows, which only grow, are
+        // never scanned. SQLite uses a partial index only for a WHERE that
+        // repeats its predicate, hence the grouped counts.
+        let mut counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM fulfillments WHERE state IN ('PENDING', 'REVOKING') GROUP BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        counts.extend(
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT state, count(*) FROM fulfillments WHERE state IN ('FAILED', 'REVOKE_FAILED') GROUP BY state",
+            )
+            .fetch_all(&self.pool)
+            .await?,
+        );
+        counts.extend(
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT state, count(*) FROM fulfillments WHERE state IN ('IN_PROGRESS', 'REVOKING')
+                 AND state = 'IN_PROGRESS' GROUP BY state",
+            )
+            .fetch_all(&self.pool)
+            .await?,
+        );
+        let count = |state: JobState| counts.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
+        let by_state =
+            [JobState::Pending, JobState::InProgress, JobState::Failed, JobState::Revoking, JobState::RevokeFailed]
+                .into_iter()
+                .map(|state| (state, count(state)))
+                .collect();
         let oldest_due: Option<i64> = sqlx::query_scalar(
             "SELECT min(next_attempt_at) FROM fulfillments WHERE state IN ('PENDING', 'REVOKING') AND next_attempt_at <= ?",
         )
