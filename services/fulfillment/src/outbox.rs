@@ -30,10 +30,7 @@ pub fn completion_events(
     trace: &TextContext,
 ) -> Vec<OutboxEvent> {
     let spec = &job.spec;
-    let (course_run_key, course_uuid) = match &spec.line.product {
-        Product::CourseRun { course_run_key, .. } => (course_run_key.to_string(), String::new()),
-        Product::Entitlement { course_uuid, .. } => (String::new(), course_uuid.to_string()),
-    };
+    let (course_run_key, course_uuid) = product_keys(&spec.line.product);
     let completed = events::FulfillmentCompleted {
         fulfillment_id: job.id.clone(),
         order_number: spec.header.order_number.to_string(),
@@ -113,10 +110,7 @@ pub fn revocation_events(
     trace: &TextContext,
 ) -> Vec<OutboxEvent> {
     let spec = &job.spec;
-    let (course_run_key, course_uuid) = match &spec.line.product {
-        Product::CourseRun { course_run_key, .. } => (course_run_key.to_string(), String::new()),
-        Product::Entitlement { course_uuid, .. } => (String::new(), course_uuid.to_string()),
-    };
+    let (course_run_key, course_uuid) = product_keys(&spec.line.product);
     let revoked = events::FulfillmentRevoked {
         fulfillment_id: job.id.clone(),
         order_number: spec.header.order_number.to_string(),
@@ -144,10 +138,7 @@ pub fn revocation_events(
 /// The `RefundRequested` event of a refund the LMS asked for, in the asking call's trace.
 pub fn refund_requested_event(job: &FulfillmentJob, request: &RefundRequest, traceparent: &str) -> OutboxEvent {
     let spec = &job.spec;
-    let course_run_key = match &spec.line.product {
-        Product::CourseRun { course_run_key, .. } => course_run_key.to_string(),
-        Product::Entitlement { .. } => String::new(),
-    };
+    let (course_run_key, _) = product_keys(&spec.line.product);
     let requested = events::RefundRequested {
         refund_request_id: request.id.clone(),
         fulfillment_id: job.id.clone(),
@@ -168,6 +159,14 @@ pub fn refund_requested_event(job: &FulfillmentJob, request: &RefundRequest, tra
         &trace,
         Payload::RefundRequested(requested),
     )
+}
+
+/// The event fields of a product: (course run key, course UUID), one of them empty.
+fn product_keys(product: &Product) -> (String, String) {
+    match product {
+        Product::CourseRun { course_run_key, .. } => (course_run_key.to_string(), String::new()),
+        Product::Entitlement { course_uuid, .. } => (String::new(), course_uuid.to_string()),
+    }
 }
 
 /// The purchase a fulfilled job announced.

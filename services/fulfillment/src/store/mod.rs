@@ -394,10 +394,18 @@ struct RefundChange {
     from: Option<JobState>,
     /// The line SUCCEEDED, so its purchase was announced: announce the refund (`PurchaseRefunded`).
     announces: bool,
+    /// The refund as the `refund` column holds it (JSON).
+    refund: String,
 }
 
-/// The row change of a refund with `effect` on `job`; None when nothing changes.
-fn refund_change(job: &FulfillmentJob, effect: RefundEffect, now: DateTime<Utc>) -> Option<RefundChange> {
+/// The row change of a refund with `effect` on `job` (`refund`: the column's
+/// JSON); None when nothing changes.
+fn refund_change(
+    job: &FulfillmentJob,
+    effect: RefundEffect,
+    now: DateTime<Utc>,
+    refund: String,
+) -> Option<RefundChange> {
     let (state, reset_attempts, next_attempt_at) = match effect {
         RefundEffect::Revoke => (JobState::Revoking, true, Some(now)),
         RefundEffect::Cancel => (JobState::Cancelled, false, None),
@@ -407,7 +415,7 @@ fn refund_change(job: &FulfillmentJob, effect: RefundEffect, now: DateTime<Utc>)
     };
     let from = (state != job.state).then_some(job.state);
     let announces = state == JobState::Revoking && job.state == JobState::Succeeded;
-    Some(RefundChange { state, reset_attempts, next_attempt_at, from, announces })
+    Some(RefundChange { state, reset_attempts, next_attempt_at, from, announces, refund })
 }
 
 /// Decides every refund against the jobs as locked (`jobs[i]` for
@@ -415,18 +423,22 @@ fn refund_change(job: &FulfillmentJob, effect: RefundEffect, now: DateTime<Utc>)
 fn plan_refunds(
     jobs: &[FulfillmentJob],
     refunds: &[RefundOf],
+    traceparent: &str,
     now: DateTime<Utc>,
-) -> Result<Vec<Option<RefundChange>>, Refunded> {
+) -> Result<Result<Vec<Option<RefundChange>>, Refunded>, StoreError> {
     let mut changes = Vec::with_capacity(jobs.len());
     for (job, asked) in jobs.iter().zip(refunds) {
         let granted = may_have_granted(job.attempts, job.last_error.as_ref());
         let effect = refund_effect(job.state, granted, job.refund.as_ref().map(|r| &r.terms), &asked.terms);
         if effect == RefundEffect::Conflict {
-            return Err(Refunded::Refused { job: Box::new(job.clone()), effect });
+            return Ok(Err(Refunded::Refused { job: Box::new(job.clone()), effect }));
         }
-        changes.push(refund_change(job, effect, now));
+        let refund = Refund { terms: asked.terms.clone(), requested_at: now, traceparent: traceparent.to_owned() };
+        let refund = serde_json::to_string(&refund)
+            .map_err(|e| StoreError::Corrupt { id: job.id.clone(), reason: e.to_string() })?;
+        changes.push(refund_change(job, effect, now, refund));
     }
-    Ok(changes)
+    Ok(Ok(changes))
 }
 
 /// The events of a job that just became REVOKING from SUCCEEDED (a refund recorded,

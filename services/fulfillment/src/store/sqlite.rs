@@ -264,24 +264,17 @@ impl Store for SqliteStore {
                 None => return Ok(Refunded::NotFound(asked.job_id.clone())),
             }
         }
-        let changes = match plan_refunds(&locked, refunds, now) {
+        let changes = match plan_refunds(&locked, refunds, traceparent, now)? {
             Ok(changes) => changes,
             Err(refused) => return Ok(refused),
         };
         let mut created = false;
         let mut jobs = Vec::with_capacity(locked.len());
-        for ((before, asked), change) in locked.into_iter().zip(refunds).zip(changes) {
+        for (before, change) in locked.into_iter().zip(changes) {
             let Some(change) = change else {
                 jobs.push(before);
                 continue;
             };
-            let refund = crate::domain::Refund {
-                terms: asked.terms.clone(),
-                requested_at: now,
-                traceparent: traceparent.to_owned(),
-            };
-            let refund = serde_json::to_string(&refund)
-                .map_err(|e| StoreError::Corrupt { id: before.id.clone(), reason: e.to_string() })?;
             let row: LiteJobRow = sqlx::query_as(concat!(
                 "UPDATE fulfillments
                  SET state = ?2, attempts = CASE WHEN ?3 THEN 0 ELSE attempts END, next_attempt_at = ?4,
@@ -293,7 +286,7 @@ impl Store for SqliteStore {
             .bind(change.state.as_str())
             .bind(change.reset_attempts)
             .bind(change.next_attempt_at.map(micros))
-            .bind(refund)
+            .bind(&change.refund)
             .bind(micros(now))
             .fetch_one(&mut *tx)
             .await?;
