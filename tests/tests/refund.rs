@@ -2,7 +2,8 @@
 //! in Stripe (its signed `charge.refunded` webhook to the gateway), is
 //! deactivated in the LMS (REVOKED), and the purchase is listed as refunded in
 //! `/buyList` — all one trace, from the webhook request to the LMS call and
-//! the purchase update. (The REST `:refund` route is the quickstart's.)
+//! the purchase update; on embedded storage and on Postgres + Redis. (The
+//! REST `:refund` route is the quickstart's.)
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails by panicking
 
@@ -14,6 +15,7 @@ use gateway::webhooks::signature::sign;
 use kit::bus::EventBus;
 use kit::shutdown::Shutdown;
 use kit::telemetry::TelemetryConfig;
+use kit::testing::TestDatabase;
 use mesh_tests::collector::Collector;
 use mesh_tests::orders::course_run_order;
 use proto::commerce::fulfillment::v1 as pb;
@@ -26,12 +28,13 @@ const GUARD: Duration = Duration::from_secs(30);
 const TRACE_ID: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "10f067aa0ba902b7";
 
-/// Waits (on the log's blocking read) for the event `event_id` on `stream`.
+/// Waits (on the bus's blocking read) for the event `event_id` on `stream`.
 async fn event(bus: &dyn EventBus, stream: &str, event_id: &str) {
-    bus.ensure_group(stream, "refund-test").await.unwrap();
+    let group = format!("refund-test-{}", uuid::Uuid::new_v4().simple());
+    bus.ensure_group(stream, &group).await.unwrap();
     tokio::time::timeout(GUARD, async {
         loop {
-            let read = bus.read(stream, "refund-test", "t", 100, Duration::from_secs(1)).await.unwrap();
+            let read = bus.read(stream, &group, "t", 500, Duration::from_secs(1)).await.unwrap();
             if read.iter().any(|d| d.event_id == event_id) {
                 return;
             }
@@ -41,8 +44,26 @@ async fn event(bus: &dyn EventBus, stream: &str, event_id: &str) {
     .unwrap_or_else(|_| panic!("{event_id} on {stream}"));
 }
 
+enum Storage {
+    Embedded,
+    PostgresAndRedis,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace() {
+async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace_on_embedded_storage() {
+    a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace(Storage::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace_on_postgres_and_redis() {
+    a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace(Storage::PostgresAndRedis).await;
+}
+
+async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace(storage: Storage) {
+    // Unique per run: Redis keeps its streams between runs.
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (number, username, event_id) = (format!("EDX-R-{run}"), format!("ada-{run}"), format!("evt_{run}"));
+    let lms_user_id = (u64::from_str_radix(run, 16).unwrap() % 1_000_000_000 + 1).to_string();
     let mut collector = Collector::start().await.expect("collector");
     let telemetry = kit::telemetry::init_with_components(
         &TelemetryConfig {
@@ -70,16 +91,27 @@ async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace() {
     config.use_ephemeral_ports();
     config.fulfillment.settings.lms.url = lms.uri();
     config.gateway.http.webhooks.stripe.signing_secrets = vec![Secret::new("whsec_refund_test".into())];
+    let _database = match storage {
+        Storage::Embedded => None,
+        Storage::PostgresAndRedis => {
+            let database = TestDatabase::postgres("unused").await;
+            config.database_url = Some(database.config().url.clone());
+            let redis = std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            config.redis_url = Some(format!("{}/9", redis.trim_end_matches('/')));
+            Some(database)
+        }
+    };
     let mesh = commerce_mesh::start(config.clone(), Shutdown::new()).await.expect("mesh starts");
     for component in [Component::Fulfillment, Component::PurchaseHistory] {
         mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");
     }
     let scopes = ["fulfillment:write", "fulfillment:read", "purchases:read"].map(String::from).to_vec();
     let token = commerce_mesh::dev_tokens::mint(&config, "support", scopes, Duration::from_secs(300)).expect("token");
-    let bus = kit::bus::open(None, &data.path().join("events.db")).expect("event log");
+    let bus = kit::bus::open(config.redis_url.as_deref(), &data.path().join("events.db")).expect("event bus");
 
-    let mut order = course_run_order("EDX-R1", "");
-    order.learner = Some(pb::Learner { lms_user_id: "4242".into(), lms_username: "ada".into(), ..Default::default() });
+    let mut order = course_run_order(&number, "");
+    order.learner =
+        Some(pb::Learner { lms_user_id: lms_user_id.clone(), lms_username: username.clone(), ..Default::default() });
     order.line_items[0].price =
         Some(proto::commerce::r#type::v1::Money { currency_code: "USD".into(), amount: "149.00".into() });
     let mut fulfillment =
@@ -92,9 +124,9 @@ async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace() {
     let gateway = mesh.url(Component::Gateway);
     // Refunded in full in Stripe: the whole order.
     let charge_refunded = serde_json::to_vec(&json!({
-        "id": "evt_refund_1",
+        "id": event_id,
         "type": "charge.refunded",
-        "data": {"object": {"amount": 14900, "amount_refunded": 14900, "currency": "usd", "metadata": {"order_number": "EDX-R1"}}}
+        "data": {"object": {"amount": 14900, "amount_refunded": 14900, "currency": "usd", "metadata": {"order_number": number}}}
     }))
     .unwrap();
     let signed_at = chrono::Utc::now().timestamp();
@@ -122,7 +154,7 @@ async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace() {
         .filter(|body| body["is_active"] == json!(false))
         .collect();
     assert_eq!(deactivations.len(), 1, "the learner unenrolled once");
-    assert_eq!(deactivations[0]["user"], "ada");
+    assert_eq!(deactivations[0]["user"], username.as_str());
 
     // PurchaseHistory's span for the refund closes the trace: once it is exported, the purchase is marked.
     let flushing = tokio::task::spawn_blocking(move || {
@@ -146,7 +178,7 @@ async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace() {
     assert_eq!(unenroll.parent_span_id, revocation.span_id, "the LMS call is the revocation's");
     traced("purchase refunded");
 
-    let listed = http.get(format!("{gateway}/buyList/ada")).bearer_auth(&token).send().await.unwrap();
+    let listed = http.get(format!("{gateway}/buyList/{username}")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(listed.status(), 200);
     let listed: serde_json::Value = listed.json().await.unwrap();
     let listed = listed.as_array().expect("a bare JSON array");
@@ -155,9 +187,9 @@ async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace() {
     assert_eq!(listed[0]["status"], "PURCHASE_STATUS_REFUNDED");
     assert_eq!(listed[0]["refund"]["refunded_amount"]["amount"], "149.00");
     assert_eq!(listed[0]["refund"]["source"], "stripe");
-    assert!(listed[0]["refund"]["reason"].as_str().is_some_and(|r| r.contains("evt_refund_1")), "{listed:?}");
+    assert!(listed[0]["refund"]["reason"].as_str().is_some_and(|r| r.contains(&event_id)), "{listed:?}");
     let hidden = http
-        .get(format!("{gateway}/v1/purchases?username=ada&hide_refunded=true"))
+        .get(format!("{gateway}/v1/purchases?username={username}&hide_refunded=true"))
         .bearer_auth(&token)
         .send()
         .await

@@ -432,3 +432,50 @@ async fn another_process_hears_of_new_work_after_the_commit() {
     shutdown.cancel();
     listening.await.unwrap();
 }
+
+/// SQLite cannot alter a CHECK constraint, so `0004_refunds` rebuilds the jobs
+/// table and its transitions: what a release before it wrote must read back
+/// whole after it, and keep working.
+#[tokio::test]
+async fn jobs_written_before_the_refund_migration_read_back_and_run_after_it() {
+    let db = TestDatabase::new(Backend::Sqlite, fulfillment::NAME).await;
+    let Database::Sqlite(pool) = Database::open(db.config()).expect("open") else { panic!("a SQLite database") };
+    fulfillment::MIGRATIONS.sqlite.run_to(3, &pool).await.expect("migrations up to 0003");
+    let job = order("EDX-M", &["l1"]).remove(0);
+    let spec = serde_json::to_string(&job.spec).unwrap();
+    let at = t0().timestamp_micros();
+    sqlx::query(
+        "INSERT INTO fulfillments (fulfillment_id, order_number, line_item_id, position, spec, fingerprint, state,
+                                   attempts, next_attempt_at, traceparent, create_time, update_time)
+         VALUES (?1, 'EDX-M', 'l1', 0, ?2, ?3, 'PENDING', 0, ?4, '', ?4, ?4)",
+    )
+    .bind(&job.id)
+    .bind(spec)
+    .bind(&job.spec.fingerprint)
+    .bind(at)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO fulfillment_transitions (fulfillment_id, to_state, attempt, at) VALUES (?1, 'PENDING', 0, ?2)",
+    )
+    .bind(&job.id)
+    .bind(at)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    kit::db::migrate(db.config(), &fulfillment::MIGRATIONS).await.expect("0004 applies over existing rows");
+    let store = for_database(&Database::open(db.config()).expect("open"));
+    let stored = store.get(&job.id).await.unwrap().expect("the job survives the rebuild");
+    assert_eq!((stored.state, stored.spec, stored.refund), (JobState::Pending, job.spec.clone(), None));
+    assert_eq!(store.transitions(&job.id).await.unwrap().len(), 1, "its history too");
+    let claimed = store.claim(1, Duration::from_secs(30), t0() + secs(1)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "and it is still due work");
+    let orphan = sqlx::query(
+        "INSERT INTO fulfillment_transitions (fulfillment_id, to_state, attempt, at) VALUES ('none', 'X', 0, 0)",
+    )
+    .execute(&pool)
+    .await;
+    assert!(orphan.is_err(), "the transitions still reference the jobs");
+}
