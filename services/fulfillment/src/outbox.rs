@@ -102,9 +102,11 @@ pub fn refund_recorded_event(job: &FulfillmentJob, refund: &Refund) -> OutboxEve
     )
 }
 
-/// The `FulfillmentRevoked` event of a job the LMS just revoked.
+/// The `FulfillmentRevoked` event of a job the LMS just revoked (`entitlement_uuid`:
+/// the entitlement expired, when the revocation found one the job had not stored).
 pub fn revocation_events(
     job: &FulfillmentJob,
+    entitlement_uuid: Option<&str>,
     refund: &Refund,
     revoked_at: DateTime<Utc>,
     trace: &TextContext,
@@ -119,7 +121,7 @@ pub fn revocation_events(
         lms_username: spec.learner.lms_username.to_string(),
         course_run_key,
         course_uuid,
-        entitlement_uuid: job.entitlement_uuid.clone().unwrap_or_default(),
+        entitlement_uuid: entitlement_uuid.or(job.entitlement_uuid.as_deref()).unwrap_or_default().to_string(),
         refunded_amount: Some(Money::from(refund.terms.amount())),
         reason: refund.terms.reason().to_string(),
         source: refund.terms.source().to_string(),

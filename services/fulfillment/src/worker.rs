@@ -211,7 +211,9 @@ impl Workers {
                 Ok((entitlement_uuid, _)) => {
                     let trace = TextContext::current();
                     let events = match (&job.refund, revoking) {
-                        (Some(refund), true) => revocation_events(&job, refund, now, &trace),
+                        (Some(refund), true) => {
+                            revocation_events(&job, entitlement_uuid.as_deref(), refund, now, &trace)
+                        }
                         _ => completion_events(&job, entitlement_uuid.as_deref(), now, &trace),
                     };
                     (Outcome::Succeeded { entitlement_uuid, events }, labels[0])
@@ -323,7 +325,8 @@ impl Workers {
                         }
                     }
                 };
-                self.lms.revoke_entitlement(&uuid).await.map(|r| (None, r.status))
+                // Answered as the entitlement revoked, so a uuid found only now is kept and announced.
+                self.lms.revoke_entitlement(&uuid).await.map(|r| (Some(uuid), r.status))
             }
         }
     }
