@@ -12,14 +12,17 @@
 //! 3. the lines ([`RefundLines`]): a refund of the whole charge is the whole
 //!    order; a partial one refunds the lines named in `metadata.line_item_ids`
 //!    (the refund's own metadata first, then the charge's), one named line by
-//!    the refund's amount. The charge's `amount_refunded` is cumulative, so the
-//!    latest refund (`refunds.data[0]`) is what this event adds;
+//!    the refund's amount. The charge's `amount_refunded` is cumulative, so
+//!    what this event adds is the latest refund (`refunds.data[0]`) or, when
+//!    the event lists none, the growth since `previous_attributes`;
 //! 4. `RefundOrder`, with source `stripe` and the event id in the reason:
 //!    the same event delivered again is the same refund, answered as a repeat
-//!    that changes nothing. A refund Fulfillment refuses for good (a line
-//!    refunded already, on other terms) is answered 200 with `applied: false`
-//!    and logged, so Stripe does not retry it for days; a failure that may
-//!    pass (Fulfillment unavailable) is passed on for Stripe to retry.
+//!    that changes nothing. A refund that can never be applied (a line
+//!    refunded already on other terms, no line named for a partial refund, an
+//!    unknown order or line, an amount above the price) is answered 200 with
+//!    `applied: false` and logged, so Stripe does not deliver it again for
+//!    days; a failure that may pass (Fulfillment unavailable or slow) is
+//!    passed on for Stripe to retry.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -192,11 +195,18 @@ pub fn parse_event(body: &[u8]) -> Result<StripeEvent, EventError> {
         line_item_ids = ids_in(metadata);
     }
     let amount = charge["amount"].as_i64().ok_or_else(|| missing("data.object.amount", "is required (an integer)"))?;
+    // What this event adds: the latest refund's amount when the event lists
+    // refunds (older API versions, or expanded), else the growth of the
+    // cumulative `amount_refunded` since `previous_attributes`, else all of it.
     let refunded = match latest.and_then(|refund| refund["amount"].as_i64()) {
         Some(refunded) => refunded,
-        None => charge["amount_refunded"]
-            .as_i64()
-            .ok_or_else(|| missing("data.object.amount_refunded", "is required (an integer)"))?,
+        None => {
+            let total = charge["amount_refunded"]
+                .as_i64()
+                .ok_or_else(|| missing("data.object.amount_refunded", "is required (an integer)"))?;
+            let before = raw.data["previous_attributes"]["amount_refunded"].as_i64().unwrap_or(0);
+            total.saturating_sub(before)
+        }
     };
     let currency = charge["currency"]
         .as_str()
@@ -326,6 +336,7 @@ impl StripeWebhook {
             ));
         }
         let bad = |error: EventError| {
+            // A signed event this webhook cannot read at all.
             let mut violations = kit::error::BadRequest::new();
             violations.field(error.field, error.reason);
             violations.into_status()
@@ -336,10 +347,14 @@ impl StripeWebhook {
                 return Ok(serde_json::json!({"received": true, "event_id": id, "ignored": kind}));
             }
         };
-        let lines = match lines_to_refund(&charge, self.lines).map_err(bad)? {
-            Lines::Named(lines) => lines,
-            Lines::WholeOrder => self.order_lines(&charge.order_number, deadline, request_id).await?,
+        let lines = match lines_to_refund(&charge, self.lines) {
+            Ok(Lines::Named(lines)) => lines,
+            Ok(Lines::WholeOrder) => self.order_lines(&charge.order_number, deadline, request_id).await?,
+            Err(error) => return Ok(not_applied(&charge, &error.to_string())),
         };
+        if lines.is_empty() {
+            return Ok(not_applied(&charge, "every line of the order is refunded already"));
+        }
         let mut request = tonic::Request::new(pb::RefundOrderRequest {
             order_number: charge.order_number.clone(),
             lines,
@@ -350,23 +365,10 @@ impl StripeWebhook {
         prepare(&mut request, deadline, request_id);
         let refunded = match self.fulfillment.clone().refund_order(request).await {
             Ok(answer) => answer.into_inner(),
+            // A failure that may pass: Stripe delivers again later.
+            Err(status) if may_pass(status.code()) => return Err(status),
             // Refused for good: Stripe retrying for days would change nothing.
-            Err(status) if matches!(status.code(), Code::AlreadyExists | Code::FailedPrecondition) => {
-                tracing::warn!(
-                    event_id = %charge.event_id,
-                    order_number = %charge.order_number,
-                    code = ?status.code(),
-                    message = status.message(),
-                    "a Stripe refund was not applied; an operator should look"
-                );
-                return Ok(serde_json::json!({
-                    "received": true,
-                    "event_id": charge.event_id,
-                    "applied": false,
-                    "reason": status.message(),
-                }));
-            }
-            Err(status) => return Err(status),
+            Err(status) => return Ok(not_applied(&charge, status.message())),
         };
         let fulfillments: Vec<serde_json::Value> = refunded
             .fulfillments
@@ -385,7 +387,7 @@ impl StripeWebhook {
         }))
     }
 
-    /// Every line of the order, each to be refunded by its price.
+    /// Every line of the order not refunded yet, each to be refunded by its price.
     async fn order_lines(
         &self,
         order_number: &str,
@@ -407,9 +409,37 @@ impl StripeWebhook {
         Ok(listed
             .fulfillments
             .into_iter()
+            .filter(|f| f.refund.is_none())
             .map(|f| pb::RefundedLine { line_item_id: f.line_item_id, refunded_amount: None })
             .collect())
     }
+}
+
+/// Whether a failure from Fulfillment may pass if Stripe delivers again (the
+/// service unavailable, slow, or failing): the webhook answers an error then.
+fn may_pass(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Internal
+            | Code::Unknown
+            | Code::Cancelled
+    )
+}
+
+/// The answer to a signed refund the webhook cannot apply, ever: 200, so Stripe
+/// does not deliver it again for days, with the reason, logged for an operator.
+fn not_applied(charge: &ChargeRefunded, reason: &str) -> serde_json::Value {
+    tracing::warn!(
+        event_id = %charge.event_id,
+        order_number = %charge.order_number,
+        reason,
+        "a Stripe refund was not applied; an operator should look"
+    );
+    serde_json::json!({"received": true, "event_id": charge.event_id, "applied": false, "reason": reason})
 }
 
 /// A call's deadline, the webhook as its caller, and the request id.
@@ -488,6 +518,20 @@ mod tests {
             (lines[0].line_item_id.as_str(), lines[0].refunded_amount.as_ref().unwrap().amount.as_str()),
             ("l2", "149.00")
         );
+    }
+
+    #[test]
+    fn without_the_refund_list_the_growth_since_the_previous_attributes_is_refunded() {
+        let second = serde_json::to_vec(&serde_json::json!({
+            "id": "evt_3", "type": "charge.refunded",
+            "data": {
+                "object": {"amount": 29800, "amount_refunded": 29800, "currency": "usd",
+                           "metadata": {"order_number": "EDX-1", "line_item_ids": "l2"}},
+                "previous_attributes": {"amount_refunded": 14900, "refunded": false}
+            }
+        }))
+        .unwrap();
+        assert_eq!(charge(&second).refunded, 14900, "not the running total, which would be the whole order");
     }
 
     #[test]

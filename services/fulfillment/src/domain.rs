@@ -596,13 +596,17 @@ pub enum RequestTarget {
 
 /// The target among `jobs` (newest first: their state, whether they were
 /// refunded, whether a request was recorded for them). A request for a line
-/// refunded since does not answer for a newer purchase of the same run.
+/// refunded since does not answer for a newer purchase of the same run, but
+/// is answered again when there is none.
 pub fn refund_request_target(jobs: &[(JobState, bool, bool)]) -> RequestTarget {
     if let Some(i) = jobs.iter().position(|(_, refunded, requested)| *requested && !refunded) {
         return RequestTarget::Repeat(i);
     }
     if let Some(i) = jobs.iter().position(|(state, refunded, _)| *state == JobState::Succeeded && !refunded) {
         return RequestTarget::New(i);
+    }
+    if let Some(i) = jobs.iter().position(|(_, _, requested)| *requested) {
+        return RequestTarget::Repeat(i);
     }
     match jobs.iter().position(|(_, refunded, _)| *refunded) {
         Some(i) => RequestTarget::AlreadyRefunded(i),
@@ -943,6 +947,11 @@ mod tests {
             "bought again after a refund: a new request"
         );
         assert_eq!(refund_request_target(&[(Revoked, true, false)]), RequestTarget::AlreadyRefunded(0));
+        assert_eq!(
+            refund_request_target(&[(Revoked, true, true)]),
+            RequestTarget::Repeat(0),
+            "the LMS repeating its request after the refund gets the request it made"
+        );
     }
 
     #[test]

@@ -351,6 +351,28 @@ async fn concurrent_claimers_never_share_a_job(f: Fixture) {
     assert_eq!((total, all.len()), (100, 100), "every job claimed exactly once");
 }
 
+async fn a_refunded_job_whose_worker_vanished_is_reclaimed_for_revocation(f: Fixture) {
+    f.store.insert_order(&order("EDX-V", &["l1"]), t0()).await.unwrap();
+    let vanished = f.store.claim(1, Duration::from_secs(10), t0()).await.unwrap().remove(0);
+    let terms = fulfillment::domain::RefundTerms::for_line(
+        &vanished.job.spec.line.price,
+        None,
+        vocab::RefundReason::default(),
+        SourceSystem::parse("support").unwrap(),
+    )
+    .unwrap();
+    let refund = fulfillment::store::RefundOf { job_id: vanished.job.id.clone(), terms };
+    f.store.refund(&[refund], "", t0() + secs(1)).await.unwrap();
+    // Its lease runs out: the job is taken again to be revoked, never enrolled again, its attempts afresh.
+    let taken = f.store.claim(1, Duration::from_secs(10), t0() + secs(11)).await.unwrap().remove(0);
+    assert_eq!((taken.job.state, taken.job.attempts), (JobState::Revoking, 1));
+    let late = Outcome::Succeeded { entitlement_uuid: None, events: Vec::new() };
+    assert_eq!(f.store.finish(&vanished.lease, late, t0() + secs(12)).await.unwrap(), Finished::LeaseLost);
+    let path: Vec<(Option<JobState>, JobState)> =
+        f.store.transitions(&taken.job.id).await.unwrap().into_iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(path.last(), Some(&(Some(JobState::InProgress), JobState::Revoking)));
+}
+
 macro_rules! contract {
     ($name:ident, $kind:expr) => {
         mod $name {
@@ -363,6 +385,10 @@ macro_rules! contract {
             #[tokio::test]
             async fn claims_take_due_jobs_once_and_count_attempts() {
                 super::claims_take_due_jobs_once_and_count_attempts(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn a_refunded_job_whose_worker_vanished_is_reclaimed_for_revocation() {
+                super::a_refunded_job_whose_worker_vanished_is_reclaimed_for_revocation(fixture($kind).await).await;
             }
             #[tokio::test]
             async fn only_the_current_lease_records_an_outcome() {

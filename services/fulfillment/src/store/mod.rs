@@ -637,7 +637,8 @@ impl<'a> Written<'a> {
         let revokes_next = claimed == JobState::InProgress && state == JobState::Revoking;
         let announces_refund = revokes_next && matches!(outcome, Outcome::Succeeded { .. });
         let next_attempt_at = match (state, outcome) {
-            // Refunded while it enrolled: the revocation is due at once.
+            // Refunded while it enrolled: the revocation is due at once, or when the LMS asked to be left alone.
+            (JobState::Revoking, Outcome::RetryAt { at, .. }) if revokes_next => Some((*at).max(now)),
             (JobState::Revoking, _) if revokes_next => Some(now),
             (JobState::Pending | JobState::Revoking, Outcome::RetryAt { at, .. }) => Some(*at),
             _ => None,

@@ -238,7 +238,10 @@ impl Store for PostgresStore {
                  UPDATE fulfillments f
                  SET state = CASE WHEN picked.state = 'REVOKING' OR f.refund IS NOT NULL
                                   THEN 'REVOKING' ELSE 'IN_PROGRESS' END,
-                     attempts = f.attempts + 1, next_attempt_at = NULL,
+                     -- A refunded enrollment reclaimed for revocation starts its attempts afresh.
+                     attempts = CASE WHEN picked.state <> 'REVOKING' AND f.refund IS NOT NULL
+                                     THEN 1 ELSE f.attempts + 1 END,
+                     next_attempt_at = NULL,
                      lease_token = gen_random_uuid()::text, lease_expires_at = $3, update_time = $1
                  FROM picked WHERE f.fulfillment_id = picked.fulfillment_id
                  RETURNING f.*, picked.state AS from_state

@@ -168,14 +168,17 @@ impl Store for SqliteStore {
             // unless it was refunded while a worker that died held it: then it is revoked.
             let leased =
                 if from == JobState::Revoking.as_str() || refunded { JobState::Revoking } else { JobState::InProgress };
+            // A refunded enrollment reclaimed for revocation starts its attempts afresh.
+            let afresh = refunded && from != JobState::Revoking.as_str();
             let row: LiteJobRow = sqlx::query_as(concat!(
                 "UPDATE fulfillments
-                 SET state = ?, attempts = attempts + 1, next_attempt_at = NULL,
+                 SET state = ?, attempts = CASE WHEN ? THEN 1 ELSE attempts + 1 END, next_attempt_at = NULL,
                      lease_token = ?, lease_expires_at = ?, update_time = ?
                  WHERE fulfillment_id = ? RETURNING ",
                 job_columns!()
             ))
             .bind(leased.as_str())
+            .bind(afresh)
             .bind(&token)
             .bind(expires)
             .bind(micros(now))
