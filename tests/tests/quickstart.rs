@@ -19,6 +19,7 @@ use kit::shutdown::Shutdown;
 use kit::telemetry::{Telemetry, TelemetryConfig};
 use kit::testing::TestDatabase;
 use mesh_tests::collector::{CollectedSpan, Collector, one};
+use mesh_tests::storage::Storage;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -83,11 +84,6 @@ impl TraceSink {
     }
 }
 
-enum Storage {
-    Embedded,
-    PostgresAndRedis,
-}
-
 /// The mesh, up as the quickstart has it, and a REST client holding a development token.
 struct Quickstart {
     mesh: RunningMesh,
@@ -108,17 +104,7 @@ impl Quickstart {
         config.fulfillment.settings.check_course_runs = true;
         config.catalog_ingest.settings.sources_dir =
             concat!(env!("CARGO_MANIFEST_DIR"), "/../config/catalog/sources").into();
-        let database = match storage {
-            Storage::Embedded => None,
-            Storage::PostgresAndRedis => {
-                let database = TestDatabase::postgres("unused").await;
-                config.database_url = Some(database.config().url.clone());
-                // Fulfillment publishes to the fixed stream names: a logical database of their own.
-                let redis = std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-                config.redis_url = Some(format!("{}/9", redis.trim_end_matches('/')));
-                Some(database)
-            }
-        };
+        let database = storage.configure(&mut config).await;
         let mesh = commerce_mesh::start(config.clone(), Shutdown::new()).await.expect("mesh starts");
         for component in Component::SERVICES {
             mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");

@@ -15,14 +15,12 @@ use gateway::webhooks::signature::sign;
 use kit::bus::EventBus;
 use kit::shutdown::Shutdown;
 use kit::telemetry::TelemetryConfig;
-use kit::testing::TestDatabase;
 use mesh_tests::collector::Collector;
 use mesh_tests::orders::course_run_order;
+use mesh_tests::storage::Storage;
 use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use serde_json::json;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const GUARD: Duration = Duration::from_secs(30);
 const TRACE_ID: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
@@ -42,11 +40,6 @@ async fn event(bus: &dyn EventBus, stream: &str, event_id: &str) {
     })
     .await
     .unwrap_or_else(|_| panic!("{event_id} on {stream}"));
-}
-
-enum Storage {
-    Embedded,
-    PostgresAndRedis,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,33 +67,14 @@ async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace(storage:
         Component::span_components(),
     )
     .expect("telemetry");
-    let lms = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/oauth2/access_token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token": "t", "expires_in": 3600})))
-        .mount(&lms)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/api/enrollment/v1/enrollment"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&lms)
-        .await;
+    let lms = mesh_tests::lms_stub::enrolling().await;
 
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
     config.use_ephemeral_ports();
     config.fulfillment.settings.lms.url = lms.uri();
     config.gateway.http.webhooks.stripe.signing_secrets = vec![Secret::new("whsec_refund_test".into())];
-    let _database = match storage {
-        Storage::Embedded => None,
-        Storage::PostgresAndRedis => {
-            let database = TestDatabase::postgres("unused").await;
-            config.database_url = Some(database.config().url.clone());
-            let redis = std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-            config.redis_url = Some(format!("{}/9", redis.trim_end_matches('/')));
-            Some(database)
-        }
-    };
+    let _database = storage.configure(&mut config).await;
     let mesh = commerce_mesh::start(config.clone(), Shutdown::new()).await.expect("mesh starts");
     for component in [Component::Fulfillment, Component::PurchaseHistory] {
         mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");

@@ -16,20 +16,15 @@ use gateway::webhooks::signature::sign;
 use kit::bus::EventBus;
 use kit::shutdown::Shutdown;
 use kit::testing::TestDatabase;
+use mesh_tests::storage::Storage;
 use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
 const GUARD: Duration = Duration::from_secs(30);
 const OLD_SECRET: &str = "whsec_old_0123456789";
 const NEW_SECRET: &str = "whsec_new_0123456789";
-
-enum Storage {
-    Embedded,
-    PostgresAndRedis,
-}
 
 struct Fixture {
     mesh: RunningMesh,
@@ -44,17 +39,7 @@ struct Fixture {
 }
 
 async fn start(storage: Storage) -> Fixture {
-    let lms = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/oauth2/access_token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token": "t", "expires_in": 3600})))
-        .mount(&lms)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/api/enrollment/v1/enrollment"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&lms)
-        .await;
+    let lms = mesh_tests::lms_stub::enrolling().await;
     let data = tempfile::tempdir().unwrap();
     let mut config = MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
     config.use_ephemeral_ports();
@@ -62,16 +47,7 @@ async fn start(storage: Storage) -> Fixture {
     // Both secrets, as while one is rotated.
     config.gateway.http.webhooks.stripe.signing_secrets =
         vec![Secret::new(NEW_SECRET.into()), Secret::new(OLD_SECRET.into())];
-    let database = match storage {
-        Storage::Embedded => None,
-        Storage::PostgresAndRedis => {
-            let database = TestDatabase::postgres("unused").await;
-            config.database_url = Some(database.config().url.clone());
-            let redis = std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-            config.redis_url = Some(format!("{}/9", redis.trim_end_matches('/')));
-            Some(database)
-        }
-    };
+    let database = storage.configure(&mut config).await;
     let mesh = commerce_mesh::start(config.clone(), Shutdown::new()).await.expect("mesh starts");
     mesh_tests::health::wait_serving(&mesh.grpc_url(Component::Fulfillment), GUARD).await.expect("ready");
     let db = kit::db::Database::open(&config.database(Component::Fulfillment).unwrap()).expect("database");
