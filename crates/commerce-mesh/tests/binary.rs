@@ -442,3 +442,61 @@ async fn refund_refunds_the_lines_named_or_the_whole_order_and_prints_where_each
     assert!(stderr.contains("lines[0].refunded_amount.amount"), "the field is named: {stderr}");
     mesh.stop().await.expect("clean stop");
 }
+
+/// A rollback: the database holds a migration of a newer release, which this
+/// binary does not know. Every service still starts on it, serves and reports ready.
+#[tokio::test]
+async fn serve_starts_every_service_on_a_schema_a_newer_release_migrated() {
+    let test_db = kit::testing::TestDatabase::postgres("unused").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let migrated = mesh_command(dir.path())
+        .args(["migrate", "all"])
+        .env("MESH_DATABASE_URL", &test_db.config().url)
+        .output()
+        .await
+        .expect("run migrate");
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let pool = sqlx::PgPool::connect(&test_db.config().url).await.expect("connect");
+    for schema in ["catalog_ingest", "customer_identity", "fulfillment", "purchase_history"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO \"{schema}\"._sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (99990101000000, 'from a newer release', true, '\\x00', 0)"
+        )))
+        .execute(&pool)
+        .await
+        .expect("a newer release's migration");
+    }
+    pool.close().await;
+
+    let mut children = Vec::new();
+    for (component, prefix) in [
+        ("fulfillment", "FULFILLMENT"),
+        ("customer-identity", "CUSTOMER_IDENTITY"),
+        ("catalog-ingest", "CATALOG_INGEST"),
+        ("purchase-history", "PURCHASE_HISTORY"),
+    ] {
+        let mut child = mesh_command(dir.path())
+            .args(["serve", component])
+            .env("MESH_DATABASE_URL", &test_db.config().url)
+            .env(format!("MESH_{prefix}__LISTEN"), "127.0.0.1:0")
+            .env(format!("MESH_{prefix}__ADMIN_LISTEN"), "127.0.0.1:0")
+            .env("MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT", "a-secret-of-this-deployment")
+            .spawn()
+            .expect("spawn");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let address = loop {
+            let line = next_line(&mut lines).await;
+            let log: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
+            if log["message"] == "listening" {
+                break log["fields"]["address"].as_str().expect("address field").to_string();
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        wait_serving(&format!("http://{address}")).await;
+        children.push(child);
+    }
+    for mut child in children {
+        let (status, _) = terminate_and_wait(&mut child).await;
+        assert_eq!(status.code(), Some(0));
+    }
+}

@@ -214,6 +214,10 @@ impl Database {
 /// Creates the Postgres schema if missing and applies the migrations not
 /// applied yet, over a connection of its own. Safe to run from several
 /// processes at once: Postgres serialises them with an advisory lock.
+///
+/// Migrations a newer release applied, which this binary does not know, are
+/// tolerated: releases overlap during a rollout and a rollback (expand, then
+/// contract), so an older binary must start on a newer schema.
 pub async fn migrate(config: &DatabaseConfig, migrations: &Migrations) -> Result<(), DbError> {
     let connect_error = |source| DbError::Connect { url: redact(&config.url), source };
     // A one-connection pool rather than a bare connection: the migrator then
@@ -238,7 +242,7 @@ pub async fn migrate(config: &DatabaseConfig, migrations: &Migrations) -> Result
                 .connect_with(options)
                 .await
                 .map_err(connect_error)?;
-            let result = migrations.postgres.run(&pool).await;
+            let result = tolerant(&migrations.postgres).run(&pool).await;
             pool.close().await;
             result?;
         }
@@ -249,12 +253,19 @@ pub async fn migrate(config: &DatabaseConfig, migrations: &Migrations) -> Result
                 .connect_with(sqlite_options(config)?)
                 .await
                 .map_err(connect_error)?;
-            let result = migrations.sqlite.run(&pool).await;
+            let result = tolerant(&migrations.sqlite).run(&pool).await;
             pool.close().await;
             result?;
         }
     }
     Ok(())
+}
+
+/// `migrator`'s migrations, run so that applied ones it does not know (a newer release's) are ignored.
+fn tolerant(migrator: &Migrator) -> Migrator {
+    let mut tolerant = Migrator::with_migrations(migrator.iter().cloned().collect());
+    tolerant.set_ignore_missing(true);
+    tolerant
 }
 
 /// The versions of `migrations` not applied yet to the database `config`
