@@ -449,7 +449,7 @@ impl FulfillmentApi {
                 }
                 Ok((jobs, created))
             }
-            Refunded::Refused { job, .. } => Err(refund_refused(&job)),
+            Refunded::Refused { job } => Err(refund_refused(&job)),
             Refunded::NotFound(id) => Err(not_found(&id)),
         }
     }

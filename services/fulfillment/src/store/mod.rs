@@ -171,12 +171,11 @@ pub enum Refunded {
         /// Whether this call changed anything.
         created: bool,
     },
-    /// Refused, and nothing changed: this job's refund would be a [`RefundEffect::Conflict`].
+    /// Refused, and nothing changed: this job was refunded before on other
+    /// terms (a [`RefundEffect::Conflict`]).
     Refused {
-        /// The job at fault, as it is.
+        /// The job at fault, as it is, with its recorded refund.
         job: Box<FulfillmentJob>,
-        /// Why.
-        effect: RefundEffect,
     },
     /// No job with this id.
     NotFound(String),
@@ -431,7 +430,7 @@ fn plan_refunds(
         let granted = may_have_granted(job.attempts, job.last_error.as_ref());
         let effect = refund_effect(job.state, granted, job.refund.as_ref().map(|r| &r.terms), &asked.terms);
         if effect == RefundEffect::Conflict {
-            return Ok(Err(Refunded::Refused { job: Box::new(job.clone()), effect }));
+            return Ok(Err(Refunded::Refused { job: Box::new(job.clone()) }));
         }
         let refund = Refund { terms: asked.terms.clone(), requested_at: now, traceparent: traceparent.to_owned() };
         let refund = serde_json::to_string(&refund)

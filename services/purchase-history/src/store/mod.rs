@@ -103,24 +103,33 @@ pub fn for_database(db: &Database) -> Arc<dyn Store> {
     }
 }
 
-/// A batch as it is written: one purchase per id, the first of the batch for
+/// A batch as it is written: one entry (purchase or refund) per purchase id, the first of the batch for
 /// each, in purchase_id order. The order makes concurrent writers of
 /// overlapping batches take the unique index's entries in the same order, so
 /// they wait for each other instead of deadlocking.
-fn unique_in_id_order(purchases: &[Purchase]) -> Vec<&Purchase> {
-    let mut unique: Vec<&Purchase> = purchases.iter().collect();
+fn unique_in_id_order<T: KeyedByPurchase>(batch: &[T]) -> Vec<&T> {
+    let mut unique: Vec<&T> = batch.iter().collect();
     // Stable: among equal ids the batch's first stays first, and dedup keeps it.
-    unique.sort_by(|a, b| a.purchase_id.cmp(&b.purchase_id));
-    unique.dedup_by(|later, first| later.purchase_id == first.purchase_id);
+    unique.sort_by(|a, b| a.purchase_id().cmp(b.purchase_id()));
+    unique.dedup_by(|later, first| later.purchase_id() == first.purchase_id());
     unique
 }
 
-/// Refunds as they are written: one per purchase, the first for each, in id order (see [`unique_in_id_order`]).
-fn unique_refunds_in_id_order(refunds: &[PurchaseRefund]) -> Vec<&PurchaseRefund> {
-    let mut unique: Vec<&PurchaseRefund> = refunds.iter().collect();
-    unique.sort_by(|a, b| a.purchase_id.cmp(&b.purchase_id));
-    unique.dedup_by(|later, first| later.purchase_id == first.purchase_id);
-    unique
+/// What a batch is written once per: a purchase, or a purchase's refund.
+trait KeyedByPurchase {
+    fn purchase_id(&self) -> &PurchaseId;
+}
+
+impl KeyedByPurchase for Purchase {
+    fn purchase_id(&self) -> &PurchaseId {
+        &self.purchase_id
+    }
+}
+
+impl KeyedByPurchase for PurchaseRefund {
+    fn purchase_id(&self) -> &PurchaseId {
+        &self.purchase_id
+    }
 }
 
 /// A username as both backends compare it: `lower()` on the stored column folds

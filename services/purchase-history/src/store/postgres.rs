@@ -6,10 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{
-    Listed, ListedRow, Store, StoreError, folded, purchase_columns, stored_placeholder, unique_in_id_order,
-    unique_refunds_in_id_order,
-};
+use super::{Listed, ListedRow, Store, StoreError, folded, purchase_columns, stored_placeholder, unique_in_id_order};
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use crate::domain::{LearnerKey, PageCursor, Purchase};
@@ -141,7 +138,7 @@ impl Store for PostgresStore {
     }
 
     async fn insert_refunds(&self, refunds: &[PurchaseRefund]) -> Result<u64, StoreError> {
-        let unique = unique_refunds_in_id_order(refunds);
+        let unique = unique_in_id_order(refunds);
         if unique.is_empty() {
             return Ok(0);
         }
