@@ -7,7 +7,6 @@
 //! validates the bindings at start-up, answers `/healthz`, and answers every
 //! other path 501 with a `google.rpc.Status` body.
 
-pub mod auth;
 pub mod binding;
 pub mod codec;
 pub mod metrics;

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -28,6 +29,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry::global;
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_http::HeaderExtractor;
 use prost_reflect::{DescriptorPool, MessageDescriptor};
 use serde::{Deserialize, Serialize};
@@ -42,7 +44,6 @@ use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, 
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::auth::{AuthConfig, AuthSetupError, Authenticator, Caller};
 use crate::binding::{InvalidBindings, method_bindings};
 use crate::codec::DynamicCodec;
 use crate::metrics::HttpMetrics;
@@ -53,6 +54,7 @@ use crate::template::{PathTemplate, TemplateError};
 use crate::transcode;
 use crate::webhooks::WebhooksConfig;
 use crate::webhooks::stripe::{StripeSetupError, StripeWebhook};
+use kit::auth::{AuthConfig, AuthSetupError, Authenticator, Caller};
 
 /// The metadata key carrying the authenticated caller's token subject to the service.
 pub const SUBJECT_METADATA: &str = "x-authenticated-subject";
@@ -73,8 +75,15 @@ pub struct Config {
     /// (`commerce.fulfillment.v1.FulfillmentService`): `http://host:port`, or
     /// `dns:///host:port` to balance across every address a (headless) name resolves to.
     pub upstreams: BTreeMap<String, String>,
-    /// Token verification.
+    /// Token verification: the mesh's `[auth]`, which every service shares
+    /// (the services verify the tokens the gateway forwards), so not a key
+    /// of the gateway's own.
+    #[serde(skip)]
     pub auth: AuthConfig,
+    /// What the gateway presents on calls of its own (webhooks); on a
+    /// caller's request it forwards the caller's token instead.
+    #[serde(skip)]
+    pub identity: kit::credential::Credential,
     /// The longest a request may take; passed on as the gRPC deadline.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -98,6 +107,24 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Signed inbound events (Stripe's refunds).
     pub webhooks: WebhooksConfig,
+    /// Continue a caller's `traceparent` (its trace id and sampling
+    /// decision) instead of starting a trace of the gateway's own linked to
+    /// it. Off: callers are the internet, and one that could pick trace ids
+    /// or switch sampling off would steer the whole mesh's traces. On only
+    /// when every caller is trusted (a proxy of yours that starts the trace).
+    /// Unset: off under `serve gateway`, on under `up` (a laptop).
+    pub trust_client_traces: Option<bool>,
+    /// Once asked to stop: how long the gateway keeps accepting and serving
+    /// while `/healthz` answers 503, so load balancers take it out before its
+    /// listener closes. The mesh's `serve.shutdown_grace`, as for every
+    /// component, so not a key of the gateway's own.
+    #[serde(skip)]
+    pub shutdown_grace: Duration,
+    /// Then, with the listener closed: the longest wait for requests in
+    /// flight; connections still open after it are closed. The mesh's
+    /// `serve.drain_timeout`.
+    #[serde(skip)]
+    pub drain_timeout: Duration,
 }
 
 impl Default for Config {
@@ -106,6 +133,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstreams: BTreeMap::new(),
             auth: AuthConfig::default(),
+            identity: kit::credential::Credential::none(),
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 1024,
@@ -114,6 +142,9 @@ impl Default for Config {
             body_read_timeout: Duration::from_secs(15),
             cors: CorsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            trust_client_traces: None,
+            shutdown_grace: Duration::ZERO,
+            drain_timeout: Duration::from_secs(4),
         }
     }
 }
@@ -229,6 +260,9 @@ struct Inner {
     metrics: HttpMetrics,
     stripe: Option<StripeWebhook>,
     config: Config,
+    /// Set once [`serve`] is asked to stop: `/healthz` answers 503 and every
+    /// answer carries `Connection: close`.
+    draining: AtomicBool,
 }
 
 impl Gateway {
@@ -253,7 +287,7 @@ impl Gateway {
                         .upstreams
                         .get(&service)
                         .ok_or_else(|| GatewayError::MissingUpstream { service: service.clone() })?;
-                    let channel = kit::client::channel_from("gateway", address)
+                    let channel = kit::client::channel_from("gateway", address, config.identity.clone())
                         .map_err(|source| GatewayError::Upstream { service: service.clone(), source })?;
                     let upstream = Arc::new(Upstream { service: service.clone(), channel });
                     upstreams.insert(service.clone(), upstream.clone());
@@ -328,6 +362,7 @@ impl Gateway {
             metrics: HttpMetrics::register(metrics),
             stripe,
             config,
+            draining: AtomicBool::new(false),
         })))
     }
 
@@ -336,12 +371,17 @@ impl Gateway {
         self.0.routes.routes().len()
     }
 
+    /// Whether [`serve`] has been asked to stop (and is in its grace or drain).
+    pub fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Relaxed)
+    }
+
     /// The axum app: `/healthz`, `/readyz`, `/openapi.json`, and every
     /// binding. Metrics are not here: they are on the admin port
     /// (`kit::metrics::serve_admin`), never on the public one.
     pub fn router(&self) -> Result<Router, GatewayError> {
         let app = Router::new()
-            .route("/healthz", get(|| async { "ok" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/openapi.json", get(openapi_json))
             .route(STRIPE_WEBHOOK_ROUTE, axum::routing::post(stripe_webhook))
@@ -352,11 +392,27 @@ impl Gateway {
             Some(cors) => app.layer(cors),
             None => app,
         };
+        let gateway = self.clone();
+        let close_while_draining = move |mut response: Response| {
+            // While draining, each answer closes its connection: a client (or
+            // a proxy's upstream pool, or a conntrack-pinned ClusterIP
+            // connection) that would keep sending on a kept-alive connection
+            // opens a new one instead, which the load balancer sends to a
+            // ready pod once it has seen our 503. A kept-alive connection the
+            // gateway closed itself later, when its listener closes, could
+            // race a request the client sends at that moment; one closed right
+            // after an answer that says so cannot.
+            if gateway.draining() {
+                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        };
         // Outermost: every answer, even a CORS refusal, carries the request id.
         Ok(app
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
-            .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id)))
+            .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id))
+            .layer(tower::util::MapResponseLayer::new(close_while_draining)))
     }
 }
 
@@ -414,7 +470,17 @@ fn cors(config: &CorsConfig) -> Result<Option<CorsLayer>, GatewayError> {
 }
 
 /// Serves `gateway` on `listener` over HTTP/1.1 until `shutdown` is
-/// cancelled, then lets requests in flight finish.
+/// cancelled, then drains, as `kit::serve` does for the services:
+///
+/// 1. `/healthz` answers 503 and every answer carries `Connection: close`,
+///    while the gateway keeps accepting and serving everything for
+///    `shutdown_grace`, so load balancers take it out first;
+/// 2. the listener closes: connections the kernel had completed are
+///    accepted and served first, so none is reset unanswered;
+/// 3. requests in flight finish, for up to `drain_timeout`; connections
+///    kept alive from before the shutdown close once idle (hyper's graceful
+///    shutdown), those opened during the grace after their one answer; what is
+///    still open after `drain_timeout` is closed.
 ///
 /// Not `axum::serve`: it has no header-read timeout, so a client trickling
 /// its headers (or idling between requests) would hold its connection for
@@ -430,44 +496,128 @@ pub async fn serve(
 ) -> Result<(), GatewayError> {
     let address = listener.local_addr()?;
     let app = gateway.router()?;
+    let config = &gateway.0.config;
     let mut http = hyper::server::conn::http1::Builder::new();
-    let header_read_timeout = Some(gateway.0.config.header_read_timeout).filter(|timeout| !timeout.is_zero());
+    let header_read_timeout = Some(config.header_read_timeout).filter(|timeout| !timeout.is_zero());
     http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
-    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let (open, mut all_closed) = tokio::sync::mpsc::channel(1);
+    let connections = Connections {
+        http,
+        app,
+        kept_alive: hyper_util::server::graceful::GracefulShutdown::new(),
+        open,
+        cut_off: kit::shutdown::Shutdown::new(),
+    };
     tracing::info!(%address, routes = gateway.route_count(), "gateway listening");
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                // Out of file descriptors, say: the listener stays, and a
-                // pause keeps the loop from spinning while none are freed.
-                tracing::warn!(%error, "cannot accept a connection");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
+    accept_until(&listener, shutdown.cancelled(), &connections, false).await;
+
+    gateway.0.draining.store(true, Ordering::Relaxed);
+    let grace = config.shutdown_grace;
+    tracing::info!(?grace, "shutting down: /healthz answers 503; serving every request through the grace");
+    accept_until(&listener, tokio::time::sleep(grace), &connections, true).await;
+    // What the kernel accepted already is served, not reset by the close.
+    match listener.into_std() {
+        Ok(listener) => {
+            while let Ok((stream, _)) = listener.accept() {
+                match stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream)) {
+                    Ok(stream) => connections.serve(stream, true),
+                    Err(error) => tracing::warn!(%error, "cannot serve a connection accepted at the close"),
+                }
             }
-        };
+        }
+        Err(error) => tracing::warn!(%error, "cannot take the last connections off the listener"),
+    }
+    let drain_timeout = config.drain_timeout;
+    tracing::info!(?drain_timeout, "listener closed; draining the requests in flight");
+
+    let Connections { kept_alive, open, cut_off, .. } = connections;
+    drop(open);
+    // Each connection task holds a sender: `recv` answers None once all have ended.
+    let drained = async {
+        tokio::join!(kept_alive.shutdown(), all_closed.recv());
+    };
+    if tokio::time::timeout(drain_timeout, drained).await.is_err() {
+        tracing::warn!(?drain_timeout, "requests still in flight after the drain timeout; closing them");
+        cut_off.cancel();
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// What every connection of [`serve`] shares.
+struct Connections {
+    http: hyper::server::conn::http1::Builder,
+    app: Router,
+    /// Connections accepted before the shutdown began: told to close once
+    /// idle when the listener closes. Those accepted during the grace are not:
+    /// their first answer closes them, and one accepted just before the close
+    /// is still waiting for the request its client has sent.
+    kept_alive: hyper_util::server::graceful::GracefulShutdown,
+    /// Held by every connection's task.
+    open: tokio::sync::mpsc::Sender<()>,
+    /// Cancelled when the drain times out: every connection still open closes.
+    cut_off: kit::shutdown::Shutdown,
+}
+
+impl Connections {
+    /// Serves one accepted connection on a task of its own.
+    fn serve(&self, stream: tokio::net::TcpStream, draining: bool) {
         // Nagle's algorithm off: a response written in pieces must not wait for the client's delayed ACK.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY not set on an accepted connection");
         }
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let connection = connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                // A client that went away, or one too slow with its headers.
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
+        let service = hyper_util::service::TowerToHyperService::new(self.app.clone());
+        let connection = self.http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let (open, cut_off) = (self.open.clone(), self.cut_off.clone());
+        if draining {
+            tokio::spawn(until_closed(connection, open, cut_off));
+        } else {
+            tokio::spawn(until_closed(self.kept_alive.watch(connection), open, cut_off));
+        }
     }
-    drop(listener);
-    // Idle connections close now; those with a request in flight after its answer.
-    connections.shutdown().await;
-    tracing::info!("gateway stopped");
-    Ok(())
+}
+
+/// Runs a connection until it ends or the drain is cut off.
+async fn until_closed(
+    connection: impl Future<Output = Result<(), hyper::Error>>,
+    _open: tokio::sync::mpsc::Sender<()>,
+    cut_off: kit::shutdown::Shutdown,
+) {
+    tokio::select! {
+        ended = connection => if let Err(error) = ended {
+            // A client that went away, or one too slow with its headers.
+            tracing::debug!(%error, "connection ended with an error");
+        },
+        () = cut_off.cancelled() => tracing::debug!("connection closed at the end of the drain"),
+    }
+}
+
+/// Accepts connections on `listener` and serves them until `until` resolves.
+async fn accept_until(
+    listener: &TcpListener,
+    until: impl Future<Output = ()>,
+    connections: &Connections,
+    draining: bool,
+) {
+    let mut until = std::pin::pin!(until);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut until => return,
+        };
+        match accepted {
+            Ok((stream, _)) => connections.serve(stream, draining),
+            Err(error) => {
+                // Out of file descriptors, say: the listener stays, and a
+                // pause keeps the loop from spinning while none are freed.
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                    () = &mut until => return,
+                }
+            }
+        }
+    }
 }
 
 /// How long the accept loop pauses after an error accepting a connection.
@@ -498,7 +648,7 @@ async fn fixed_path_method_not_allowed(State(gateway): State<Gateway>, request: 
 /// ([`crate::webhooks::stripe`]); traced and measured as every route is.
 async fn stripe_webhook(State(gateway): State<Gateway>, request: Request) -> Response {
     let started = Instant::now();
-    let span = server_span(&request, Some(STRIPE_WEBHOOK_ROUTE));
+    let span = server_span(&request, Some(STRIPE_WEBHOOK_ROUTE), gateway.0.config.trust_client_traces == Some(true));
     let inner = &gateway.0;
     let response = async {
         let Some(webhook) = &inner.stripe else {
@@ -530,13 +680,28 @@ async fn stripe_webhook(State(gateway): State<Gateway>, request: Request) -> Res
     response
 }
 
+/// `ok`; from the moment the gateway is asked to stop, 503 (UNAVAILABLE as a
+/// `google.rpc.Status`), while it keeps serving every request for its
+/// `shutdown_grace`: the serving port's readiness.
+async fn healthz(State(gateway): State<Gateway>) -> Response {
+    if gateway.draining() {
+        return gateway.0.errors.response(&tonic::Status::unavailable("the gateway is shutting down"));
+    }
+    "ok".into_response()
+}
+
 async fn openapi_json(State(gateway): State<Gateway>) -> Response {
     ([(CONTENT_TYPE, "application/json")], gateway.0.openapi.clone()).into_response()
 }
 
 /// 200 when every upstream answers SERVING to a health check of its service,
-/// else 503; the body lists each upstream's answer.
+/// else 503; the body lists each upstream's answer. 503 without asking them
+/// once the gateway is shutting down.
 async fn readyz(State(gateway): State<Gateway>) -> Response {
+    if gateway.draining() {
+        let body = serde_json::json!({ "ready": false, "shutting_down": true });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     let checks = gateway.0.upstreams.iter().map(|upstream| async move {
         let mut client = HealthClient::new(upstream.channel.clone());
         let check = client.check(HealthCheckRequest { service: upstream.service.clone() });
@@ -569,15 +734,17 @@ async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> 
         RouteMatch::Found { route, .. } => Some(route.template.text()),
         _ => None,
     };
-    let span = server_span(&request, route);
+    let span = server_span(&request, route, gateway.0.config.trust_client_traces == Some(true));
     let response = handle(&gateway, request, found, &span).instrument(span.clone()).await;
     finish_span(&gateway, &span, method.as_str(), route, &response, started);
     response
 }
 
-/// The server span of a request on `route` (OpenTelemetry HTTP conventions),
-/// continuing the caller's `traceparent`.
-fn server_span(request: &Request, route: Option<&str>) -> Span {
+/// The server span of a request on `route` (OpenTelemetry HTTP conventions):
+/// the root of a trace of the gateway's own, linked to the caller's
+/// `traceparent` when it sent one; with `trust_client_traces`, a
+/// continuation of the caller's trace.
+fn server_span(request: &Request, route: Option<&str>, trust_client_traces: bool) -> Span {
     let method = request.method();
     let span = tracing::info_span!(
         "http",
@@ -594,10 +761,23 @@ fn server_span(request: &Request, route: Option<&str>) -> Span {
         span.record("http.route", route);
     }
     // A disabled span (tracing filtered out) has no trace to continue.
-    if !span.is_disabled() {
-        let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
-        if let Err(error) = span.set_parent(parent) {
+    if span.is_disabled() {
+        return span;
+    }
+    let caller = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    if trust_client_traces {
+        if let Err(error) = span.set_parent(caller) {
             tracing::debug!(%error, "cannot continue the caller's trace");
+        }
+    } else {
+        // A new root: the gateway's sampler decides, and the trace id is ours.
+        // Cut from any trace the task was in, so only the link leads to the caller's.
+        if let Err(error) = span.set_parent(opentelemetry::Context::new()) {
+            tracing::debug!(%error, "cannot start the request's trace");
+        }
+        let linked = caller.span().span_context().clone();
+        if linked.is_valid() {
+            span.add_link(linked);
         }
     }
     span
@@ -765,6 +945,12 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
     let mut metadata = tonic::metadata::MetadataMap::new();
     if let Ok(subject) = MetadataValue::try_from(caller.subject.as_str()) {
         metadata.insert(SUBJECT_METADATA, subject);
+    }
+    // The service checks the caller itself, with the token the gateway verified.
+    if let Some(token) =
+        parts.headers.get(AUTHORIZATION).and_then(|value| MetadataValue::try_from(value.as_bytes()).ok())
+    {
+        metadata.insert(AUTHORIZATION.as_str(), token);
     }
     if let Some(id) = request_id.as_ref().and_then(|id| MetadataValue::try_from(id.as_bytes()).ok()) {
         metadata.insert(REQUEST_ID_HEADER, id);

@@ -9,26 +9,26 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use gateway::auth::{
+use http::HeaderValue;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kit::auth::{
     AuthConfig, AuthSetupError, Authenticator, Caller, DevelopmentClaims, JwksError, MintError, Secret,
     Unauthenticated, mint_development_token,
 };
-use http::HeaderValue;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const KEY1: &[u8] = include_bytes!("keys/key1.pem");
-const KEY2: &[u8] = include_bytes!("keys/key2.pem");
-const KEY1_PUBLIC_PEM: &[u8] = include_bytes!("keys/key1.pub.pem");
-const KEY1_PUBLIC_PKCS1_DER: &[u8] = include_bytes!("keys/key1.pub.pkcs1.der");
-const JWKS_KEY1: &str = include_str!("keys/jwks-key1.json");
-const JWKS_BOTH: &str = include_str!("keys/jwks-both.json");
+const KEY1: &[u8] = include_bytes!("../../crates/kit/tests/keys/key1.pem");
+const KEY2: &[u8] = include_bytes!("../../crates/kit/tests/keys/key2.pem");
+const KEY1_PUBLIC_PEM: &[u8] = include_bytes!("../../crates/kit/tests/keys/key1.pub.pem");
+const KEY1_PUBLIC_PKCS1_DER: &[u8] = include_bytes!("../../crates/kit/tests/keys/key1.pub.pkcs1.der");
+const JWKS_KEY1: &str = include_str!("../../crates/kit/tests/keys/jwks-key1.json");
+const JWKS_BOTH: &str = include_str!("../../crates/kit/tests/keys/jwks-both.json");
 const DEVELOPMENT_SECRET: &str = "development secret, at least 32 bytes";
 
 fn keys_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/kit/tests/keys")
 }
 
 fn now() -> u64 {
@@ -257,6 +257,7 @@ async fn a_token_signed_by_another_key_is_refused() {
 async fn unsigned_tokens_are_refused() {
     let with_secret = AuthConfig {
         development_secret: Some(Secret::new(DEVELOPMENT_SECRET.into())),
+        allow_development_tokens: true,
         ..file_config("jwks-key1.json")
     };
     for config in [file_config("jwks-key1.json"), with_secret] {
@@ -280,6 +281,7 @@ async fn an_hs256_token_keyed_with_the_rsa_public_key_is_refused() {
     let jwks_only = authenticator(&file_config("jwks-key1.json")).await;
     let with_secret = AuthConfig {
         development_secret: Some(Secret::new(DEVELOPMENT_SECRET.into())),
+        allow_development_tokens: true,
         ..file_config("jwks-key1.json")
     };
     let jwks_and_secret = authenticator(&with_secret).await;
@@ -296,6 +298,7 @@ async fn an_hs256_token_keyed_with_the_rsa_public_key_is_refused() {
 async fn other_algorithms_are_refused_even_with_the_right_key() {
     let with_secret = AuthConfig {
         development_secret: Some(Secret::new(DEVELOPMENT_SECRET.into())),
+        allow_development_tokens: true,
         ..file_config("jwks-key1.json")
     };
     let authenticator = authenticator(&with_secret).await;
@@ -420,10 +423,17 @@ async fn setup_refuses_configurations_that_cannot_authenticate() {
     assert!(matches!(error, AuthSetupError::TwoJwksSources), "{error}");
 
     let secret = "s".repeat(20);
-    let short = AuthConfig { development_secret: Some(Secret::new(secret.clone())), ..file_config("jwks-key1.json") };
+    let short = AuthConfig { development_secret: Some(Secret::new(secret.clone())), ..AuthConfig::default() };
     let error = Authenticator::new(&short).await.unwrap_err();
     assert!(matches!(error, AuthSetupError::SecretTooShort { length: 20 }), "{error}");
     assert!(!error.to_string().contains(&secret));
+
+    // A JWKS and a development secret: only when explicitly allowed.
+    let both_kinds =
+        AuthConfig { development_secret: development_config().development_secret, ..file_config("jwks-key1.json") };
+    let error = Authenticator::new(&both_kinds).await.unwrap_err();
+    assert!(matches!(error, AuthSetupError::DevelopmentBesideJwks), "{error}");
+    assert!(Authenticator::new(&AuthConfig { allow_development_tokens: true, ..both_kinds }).await.is_ok());
 
     for config in [
         AuthConfig { jwks_refresh: Duration::ZERO, ..development_config() },

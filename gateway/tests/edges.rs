@@ -194,24 +194,33 @@ async fn metrics_count_requests_by_route_template_on_the_admin_port_only() {
 }
 
 #[tokio::test]
-async fn a_callers_trace_continues_to_the_service() {
+async fn a_trusted_callers_trace_continues_to_the_service_and_an_untrusted_one_does_not() {
     // The process-wide subscriber and W3C propagator every component installs;
     // no exporter, as no endpoint is set.
     let config =
         kit::telemetry::TelemetryConfig { log_filter: "warn,gateway=info,kit=info".into(), ..Default::default() };
     let _telemetry = kit::telemetry::init(&config).unwrap();
-    let gateway = start().await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let parent = "b7ad6b7169203331";
-    let request = gateway.request("GET", "/v1/items/a").header("traceparent", format!("00-{trace_id}-{parent}-01"));
-    let reply = Reply::send(request).await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    let traceparent =
-        gateway.calls.last().metadata.get("traceparent").cloned().expect("a traceparent reached the service");
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    assert_eq!(parts.len(), 4, "{traceparent}");
-    assert_eq!(parts[1], trace_id, "the same trace: {traceparent}");
-    assert_ne!(parts[2], parent, "a span of the gateway's own is the parent: {traceparent}");
+    // What reached the service: (trace id, parent span id).
+    let sent = |trust: Option<bool>| async move {
+        let gateway = start_with(|config| config.trust_client_traces = trust).await;
+        let request = gateway.request("GET", "/v1/items/a").header("traceparent", format!("00-{trace_id}-{parent}-01"));
+        let reply = Reply::send(request).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let traceparent =
+            gateway.calls.last().metadata.get("traceparent").cloned().expect("a traceparent reached the service");
+        let parts: Vec<String> = traceparent.split('-').map(String::from).collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        (parts[1].clone(), parts[2].clone())
+    };
+    let (trusted_trace, trusted_parent) = sent(Some(true)).await;
+    assert_eq!(trusted_trace, trace_id, "a trusted caller's trace is continued");
+    assert_ne!(trusted_parent, parent, "a span of the gateway's own is the parent");
+    // By default callers are not trusted: the gateway starts a trace of its own (linked to theirs).
+    let (own_trace, own_parent) = sent(None).await;
+    assert_ne!(own_trace, trace_id, "an untrusted caller does not pick the trace id");
+    assert_ne!(own_parent, parent);
 }
 
 #[tokio::test]

@@ -200,9 +200,9 @@ async fn bad_tokens_are_refused_without_taking_a_permit() {
     assert_eq!(gateway.calls.count(), 2, "no refused request reached the service");
 }
 
-const KEY2: &[u8] = include_bytes!("keys/key2.pem");
-const JWKS_KEY1: &str = include_str!("keys/jwks-key1.json");
-const JWKS_BOTH: &str = include_str!("keys/jwks-both.json");
+const KEY2: &[u8] = include_bytes!("../../crates/kit/tests/keys/key2.pem");
+const JWKS_KEY1: &str = include_str!("../../crates/kit/tests/keys/jwks-key1.json");
+const JWKS_BOTH: &str = include_str!("../../crates/kit/tests/keys/jwks-both.json");
 
 /// A JWKS server that answers key 1 at once, then holds every later fetch
 /// until released, and answers both keys.
@@ -249,6 +249,7 @@ async fn unknown_key_ids_are_refused_at_once_while_the_jwks_is_fetched_in_the_ba
     let jwks = stalled_jwks().await;
     let gateway = start_with(|config| {
         config.auth.jwks_url = Some(jwks.url.clone());
+        config.auth.allow_development_tokens = true;
         config.auth.jwks_refetch_cooldown = Duration::ZERO;
         config.max_concurrent_requests = 2;
         config.queue_timeout = Duration::from_millis(50);

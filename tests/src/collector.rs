@@ -28,6 +28,8 @@ pub struct CollectedSpan {
     pub attributes: HashMap<String, String>,
     /// The resource's `service.name`.
     pub service_name: String,
+    /// The span's links, as (hex trace id, hex span id).
+    pub links: Vec<(String, String)>,
 }
 
 impl CollectedSpan {
@@ -83,6 +85,7 @@ impl TraceService for Recorder {
                     kind: span.kind,
                     attributes,
                     service_name: service_name.clone(),
+                    links: span.links.iter().map(|link| (hex(&link.trace_id), hex(&link.span_id))).collect(),
                 });
             }
         }

@@ -34,11 +34,9 @@ async fn the_mesh_with_the_dev_lms_fulfills_an_order_into_it() {
     for component in [Component::Fulfillment, Component::CustomerIdentity] {
         mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");
     }
-    let mut identity =
-        CustomerIdentityServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::CustomerIdentity)).unwrap());
+    let mut identity = CustomerIdentityServiceClient::new(mesh.grpc_channel(Component::CustomerIdentity));
     identity.upsert_customer(link_ada("cust-7")).await.expect("customer linked");
-    let mut fulfillment =
-        FulfillmentServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::Fulfillment)).unwrap());
+    let mut fulfillment = FulfillmentServiceClient::new(mesh.grpc_channel(Component::Fulfillment));
     let accepted =
         fulfillment.fulfill_order(course_run_order("EDX-200", "cust-7")).await.expect("accepted").into_inner();
     let id = accepted.fulfillments[0].fulfillment_id.clone();

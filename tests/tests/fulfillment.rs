@@ -46,10 +46,8 @@ async fn an_order_for_a_customer_is_resolved_enrolled_and_announced() {
     for component in [Component::Fulfillment, Component::CustomerIdentity] {
         mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");
     }
-    let mut identity =
-        CustomerIdentityServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::CustomerIdentity)).unwrap());
-    let mut fulfillment =
-        FulfillmentServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::Fulfillment)).unwrap());
+    let mut identity = CustomerIdentityServiceClient::new(mesh.grpc_channel(Component::CustomerIdentity));
+    let mut fulfillment = FulfillmentServiceClient::new(mesh.grpc_channel(Component::Fulfillment));
 
     let unknown = fulfillment.fulfill_order(order("EDX-404", "nobody")).await.unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::FailedPrecondition, "{unknown:?}");
@@ -123,8 +121,7 @@ async fn with_course_run_checks_only_what_the_catalog_sells_is_accepted() {
     let payload: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(examples.join("exec-ed-partner/product.upserted.json")).unwrap())
             .unwrap();
-    let mut catalog =
-        CatalogIngestServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::CatalogIngest)).unwrap());
+    let mut catalog = CatalogIngestServiceClient::new(mesh.grpc_channel(Component::CatalogIngest));
     catalog
         .ingest_product_event(IngestProductEventRequest {
             source: "exec-ed-partner".into(),
@@ -136,8 +133,7 @@ async fn with_course_run_checks_only_what_the_catalog_sells_is_accepted() {
         .await
         .expect("ingested");
 
-    let mut fulfillment =
-        FulfillmentServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::Fulfillment)).unwrap());
+    let mut fulfillment = FulfillmentServiceClient::new(mesh.grpc_channel(Component::Fulfillment));
     let order_for = |number: &str, run: &str, mode: &str| {
         let mut order = order(number, "");
         order.learner = Some(pb::Learner { lms_user_id: "7".into(), lms_username: "ada".into(), ..Default::default() });

@@ -1,4 +1,4 @@
-//! A REST request continues the caller's trace: the gateway's server span is a
+//! Under `up`, a REST request continues the caller's trace (a trusted caller): the gateway's server span is a
 //! child of the incoming `traceparent`, and its call to the service carries the
 //! trace on, received by an in-process OTLP collector; each component's spans
 //! carry its own service name though they share one process.
@@ -78,6 +78,67 @@ async fn a_rest_request_continues_the_callers_trace_into_the_service() {
     assert_eq!(gateway.attribute("http.route"), Some("/v1/customers/{customer_id}"));
     assert_eq!(gateway.attribute("http.response.status_code"), Some("404"));
     assert_eq!(gateway.attribute("url.path"), Some("/v1/customers/c-404"));
+
+    mesh.stop().await.expect("mesh stops cleanly");
+    telemetry.shutdown().await;
+}
+
+/// Behind `serve gateway` (callers untrusted), a request is the root of a
+/// trace of the gateway's own: the caller's `traceparent` is only linked, so
+/// it chooses neither the trace id nor, with its flags, whether the mesh samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_callers_trace_is_linked_not_continued() {
+    let mut collector = Collector::start().await.expect("collector");
+    let telemetry = kit::telemetry::init_with_components(
+        &TelemetryConfig {
+            otlp_endpoint: Some(collector.endpoint().to_string()),
+            service_name: "gateway-trace-test".into(),
+            ..Default::default()
+        },
+        Component::span_components(),
+    )
+    .expect("telemetry");
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
+    config.use_ephemeral_ports();
+    config.gateway.http.trust_client_traces = Some(false);
+    let mesh = commerce_mesh::start(config.clone(), Shutdown::new()).await.expect("mesh starts");
+    mesh_tests::health::wait_serving(&mesh.grpc_url(Component::CustomerIdentity), Duration::from_secs(30))
+        .await
+        .expect("ready");
+    let token =
+        commerce_mesh::dev_tokens::mint(&config, "tracer", vec!["identity:read".into()], Duration::from_secs(60))
+            .expect("token");
+    // Not sampled, by the caller's say: were it obeyed, nothing would be recorded.
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/customers/c-404", mesh.url(Component::Gateway)))
+        .bearer_auth(token)
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-00"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    let flushing = tokio::task::spawn_blocking(move || {
+        telemetry.force_flush();
+        telemetry
+    });
+    let telemetry = flushing.await.expect("flush");
+    let spans = collector
+        .wait_until(Duration::from_secs(30), |spans| {
+            spans.iter().any(|s| s.name == "commerce.identity.v1.CustomerIdentityService/GetCustomer" && s.kind == 2)
+        })
+        .await;
+    let gateway = one(&spans, "GET /v1/customers/{customer_id}", 2);
+    let in_service = one(&spans, "commerce.identity.v1.CustomerIdentityService/GetCustomer", 2);
+    assert_ne!(gateway.trace_id, TRACE_ID, "the gateway's own trace id");
+    assert!(gateway.parent_span_id.is_empty(), "a root span: {gateway:?}");
+    assert_eq!(gateway.links, [(TRACE_ID.to_string(), CALLER_SPAN.to_string())], "linked to the caller's span");
+    assert_eq!(in_service.trace_id, gateway.trace_id, "the mesh's spans are in the gateway's trace");
+    assert!(spans.iter().all(|span| span.trace_id != TRACE_ID), "nothing joined the caller's trace");
 
     mesh.stop().await.expect("mesh stops cleanly");
     telemetry.shutdown().await;

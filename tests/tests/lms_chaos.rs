@@ -206,7 +206,7 @@ async fn every_job_succeeds_exactly_once_through_a_chaotic_lms() {
     for component in [Component::Fulfillment, Component::CustomerIdentity, Component::PurchaseHistory] {
         mesh_tests::health::wait_serving(&mesh.grpc_url(component), guard).await.expect("ready");
     }
-    let channel = |component| kit::client::channel(&mesh.grpc_url(component)).unwrap();
+    let channel = |component| mesh.grpc_channel(component);
     let mut identity = CustomerIdentityServiceClient::new(channel(Component::CustomerIdentity));
     let mut fulfillment = FulfillmentServiceClient::new(channel(Component::Fulfillment));
     let mut history = PurchaseHistoryServiceClient::new(channel(Component::PurchaseHistory));

@@ -68,7 +68,7 @@ async fn a_span_crosses_components_with_one_trace_and_the_right_parents() {
     let relay_url = format!("http://{}", relay_listener.local_addr().expect("address"));
     let relay_shutdown = Shutdown::new();
     let relay =
-        Relay { fulfillment: FulfillmentServiceClient::new(kit::client::channel(&fulfillment_url).expect("channel")) };
+        Relay { fulfillment: FulfillmentServiceClient::new(mesh.grpc_channel(commerce_mesh::Component::Fulfillment)) };
     let relay_task = tokio::spawn(GrpcServer::new("relay").service(PurchaseHistoryServiceServer::new(relay)).run(
         relay_listener,
         async { Ok::<(), std::io::Error>(()) },

@@ -24,8 +24,7 @@ async fn a_renamed_learner_keeps_their_purchase_history() {
     for component in [Component::PurchaseHistory, Component::CustomerIdentity] {
         mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");
     }
-    let mut identity =
-        CustomerIdentityServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::CustomerIdentity)).unwrap());
+    let mut identity = CustomerIdentityServiceClient::new(mesh.grpc_channel(Component::CustomerIdentity));
     let link = |username: &str| UpsertCustomerRequest {
         customer_id: "cust-9".into(),
         lms_user_id: "909".into(),
@@ -53,8 +52,7 @@ async fn a_renamed_learner_keeps_their_purchase_history() {
     assert_eq!(store.insert_batch(&purchases).await.unwrap(), 3);
 
     identity.upsert_customer(link("grace_h")).await.expect("renamed");
-    let mut history =
-        PurchaseHistoryServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::PurchaseHistory)).unwrap());
+    let mut history = PurchaseHistoryServiceClient::new(mesh.grpc_channel(Component::PurchaseHistory));
     let list = |username: &str| ListPurchasesRequest {
         learner: Some(list_purchases_request::Learner::Username(username.into())),
         page_size: 0,
@@ -82,7 +80,7 @@ async fn the_purchases_stream_is_trimmed_once_consumed_and_reported() {
     let mesh = commerce_mesh::start(config, Shutdown::new()).await.expect("mesh starts");
     let url = mesh.grpc_url(Component::PurchaseHistory);
     mesh_tests::health::wait_serving(&url, GUARD).await.expect("ready");
-    let mut history = PurchaseHistoryServiceClient::new(kit::client::channel(&url).unwrap());
+    let mut history = PurchaseHistoryServiceClient::new(mesh.grpc_channel(Component::PurchaseHistory));
     for n in 0..3 {
         let purchase = proto::commerce::purchases::v1::Purchase {
             purchase_id: format!("p-trim-{n}"),

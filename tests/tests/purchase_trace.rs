@@ -39,7 +39,7 @@ async fn a_stored_purchase_continues_the_trace_of_its_recording() {
         ..Default::default()
     };
     async {
-        let mut client = PurchaseHistoryServiceClient::new(kit::client::channel(&url).unwrap());
+        let mut client = PurchaseHistoryServiceClient::new(mesh.grpc_channel(Component::PurchaseHistory));
         let request = RecordPurchaseRequest { purchase: Some(purchase), ..Default::default() };
         client.record_purchase(request).await.expect("recorded");
     }

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use commerce_mesh::Component;
-use gateway::auth::Secret;
 use gateway::webhooks::signature::sign;
+use kit::auth::Secret;
 use kit::bus::EventBus;
 use kit::shutdown::Shutdown;
 use kit::telemetry::TelemetryConfig;
@@ -88,8 +88,7 @@ async fn a_stripe_refund_is_revoked_and_listed_as_refunded_in_one_trace(storage:
         Some(pb::Learner { lms_user_id: lms_user_id.clone(), lms_username: username.clone(), ..Default::default() });
     order.line_items[0].price =
         Some(proto::commerce::r#type::v1::Money { currency_code: "USD".into(), amount: "149.00".into() });
-    let mut fulfillment =
-        FulfillmentServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::Fulfillment)).unwrap());
+    let mut fulfillment = FulfillmentServiceClient::new(mesh.grpc_channel(Component::Fulfillment));
     let id =
         fulfillment.fulfill_order(order).await.expect("accepted").into_inner().fulfillments[0].fulfillment_id.clone();
     event(&*bus, proto::streams::FULFILLMENTS, &format!("fulfillment-completed:{id}")).await;

@@ -173,7 +173,7 @@ async fn retirement_reaches_every_service(storage: Storage) {
     for component in Component::SERVICES {
         mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");
     }
-    let channel = |component| kit::client::channel(&mesh.grpc_url(component)).unwrap();
+    let channel = |component| mesh.grpc_channel(component);
     let mut clients = Clients {
         identity: CustomerIdentityServiceClient::new(channel(Component::CustomerIdentity)),
         fulfillment: FulfillmentServiceClient::new(channel(Component::Fulfillment)),

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use commerce_mesh::{Component, MeshConfig, RunningMesh};
 use fulfillment::store::{FulfillmentJob, Store, Transition};
-use gateway::auth::Secret;
 use gateway::webhooks::signature::sign;
+use kit::auth::Secret;
 use kit::bus::EventBus;
 use kit::shutdown::Shutdown;
 use kit::testing::TestDatabase;
@@ -52,8 +52,7 @@ async fn start(storage: Storage) -> Fixture {
     mesh_tests::health::wait_serving(&mesh.grpc_url(Component::Fulfillment), GUARD).await.expect("ready");
     let db = kit::db::Database::open(&config.database(Component::Fulfillment).unwrap()).expect("database");
     let bus = kit::bus::open(config.redis_url.as_deref(), &data.path().join("events.db")).expect("bus");
-    let fulfillment =
-        FulfillmentServiceClient::new(kit::client::channel(&mesh.grpc_url(Component::Fulfillment)).unwrap());
+    let fulfillment = FulfillmentServiceClient::new(mesh.grpc_channel(Component::Fulfillment));
     Fixture {
         webhook: format!("{}/v1/webhooks/stripe", mesh.url(Component::Gateway)),
         mesh,

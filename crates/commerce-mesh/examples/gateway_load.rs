@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use commerce_mesh::{Component, MeshConfig, RunningMesh};
-use gateway::auth::Secret;
+use kit::auth::Secret;
 use kit::bench::{CpuSnapshot, cpu_snapshot, ms, percentile, thousands};
 use kit::client::TracedChannel;
 use kit::shutdown::Shutdown;
@@ -420,7 +420,7 @@ async fn mesh_config(args: &Args, data_dir: &std::path::Path) -> MeshConfig {
     let mut config = MeshConfig { data_dir: data_dir.to_path_buf(), ..MeshConfig::default() };
     config.use_ephemeral_ports();
     config.telemetry.log_filter = args.log_filter.clone();
-    config.gateway.http.auth.development_secret =
+    config.auth.development_secret =
         Some(Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())));
     if let Some(admin_url) = &args.postgres {
         let admin = sqlx::PgPool::connect(admin_url).await.expect("Postgres reachable");
@@ -484,13 +484,12 @@ async fn run(args: Args, mesh_runtime: tokio::runtime::Handle) {
     let shutdown = Shutdown::new();
     let mesh: RunningMesh = mesh_runtime.spawn(commerce_mesh::start(config, shutdown)).await.unwrap().unwrap();
     let gateway_url = mesh.url(Component::Gateway);
-    let identity_url = mesh.grpc_url(Component::CustomerIdentity);
 
     let rest =
         reqwest::Client::builder().no_proxy().http1_only().pool_max_idle_per_host(args.clients.max(1)).build().unwrap();
     wait_until_ready(&rest, &gateway_url).await;
     let grpc: Vec<_> = (0..args.grpc_channels.max(1))
-        .map(|_| CustomerIdentityServiceClient::new(kit::client::channel(&identity_url).unwrap()))
+        .map(|_| CustomerIdentityServiceClient::new(mesh.grpc_channel(Component::CustomerIdentity)))
         .collect();
 
     let customer_id = uuid::Uuid::new_v4().to_string();

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use commerce_mesh::{Component, MeshConfig, RunningMesh};
-use gateway::auth::Secret;
+use kit::auth::Secret;
 use kit::bench::{cpu_snapshot, ms, percentile, thousands};
 use kit::shutdown::Shutdown;
 use serde_json::json;
@@ -80,7 +80,7 @@ async fn mesh_config(args: &Args, data_dir: &std::path::Path) -> MeshConfig {
     let mut config = MeshConfig { data_dir: data_dir.to_path_buf(), ..MeshConfig::default() };
     config.use_ephemeral_ports();
     config.telemetry.log_filter = args.log_filter.clone();
-    config.gateway.http.auth.development_secret =
+    config.auth.development_secret =
         Some(Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())));
     config.dev_lms.enabled = true;
     config.dev_lms.answer_delay = Duration::from_millis(args.lms_latency_ms);

@@ -88,6 +88,17 @@ impl Component {
         }
     }
 
+    /// The scope of the service's reads (`<area>:read`); None for the gateway.
+    pub fn read_scope(self) -> Option<&'static str> {
+        match self {
+            Component::Gateway => None,
+            Component::Fulfillment => Some("fulfillment:read"),
+            Component::CustomerIdentity => Some("identity:read"),
+            Component::CatalogIngest => Some("catalog:read"),
+            Component::PurchaseHistory => Some("purchases:read"),
+        }
+    }
+
     /// The service's migrations; None for the gateway.
     pub fn migrations(self) -> Option<&'static Migrations> {
         match self {

@@ -38,9 +38,14 @@
 //! | `gateway.max_concurrent_requests` | `MESH_GATEWAY__MAX_CONCURRENT_REQUESTS` | `1024` in flight; more wait `gateway.queue_timeout` (`500ms`), then 503. Taken only once a request is authenticated and its body read |
 //! | `gateway.header_read_timeout` | `MESH_GATEWAY__HEADER_READ_TIMEOUT` | `10s` to send a request's headers, and the longest a kept-alive connection idles; then it is closed |
 //! | `gateway.body_read_timeout` | `MESH_GATEWAY__BODY_READ_TIMEOUT` | `15s` to send a request's body; then 408 and the connection is closed |
-//! | `gateway.auth.jwks_url` or `.jwks_file` | `MESH_GATEWAY__AUTH__JWKS_URL`, `..._JWKS_FILE` | unset; RS256 tokens are verified against this JWKS (the URL re-fetched every `auth.jwks_refresh`, `5m`, and in the background on an unknown `kid`, which is refused meanwhile; at most once per `auth.jwks_refetch_cooldown`, `30s`) |
-//! | `gateway.auth.issuer`, `.audience` | `MESH_GATEWAY__AUTH__ISSUER`, `..._AUDIENCE` | `commerce-mesh`, `commerce-mesh`: a token's `iss` and `aud` must match (`auth.leeway`, `30s`, for `exp`/`nbf`) |
-//! | `gateway.auth.development_secret` | `MESH_GATEWAY__AUTH__DEVELOPMENT_SECRET` | unset; HS256 tokens signed with it are accepted (`commerce-mesh token`). `up` with no key source makes one in `data_dir/gateway-development-secret`; `serve gateway` needs one of the three |
+//! | `auth.jwks_url` or `.jwks_file` | `MESH_AUTH__JWKS_URL`, `..._JWKS_FILE` | unset; RS256 tokens are verified against this JWKS (the URL re-fetched every `auth.jwks_refresh`, `5m`, and in the background on an unknown `kid`, which is refused meanwhile; at most once per `auth.jwks_refetch_cooldown`, `30s`). The gateway and every service verify callers with the same settings: the gateway forwards the token it verified, and a service checks it again against the RPC's scopes |
+//! | `auth.issuer`, `.audience` | `MESH_AUTH__ISSUER`, `..._AUDIENCE` | `commerce-mesh`, `commerce-mesh`: a token's `iss` and `aud` must match (`auth.leeway`, `30s`, for `exp`/`nbf`) |
+//! | `auth.development_secret` | `MESH_AUTH__DEVELOPMENT_SECRET` | unset; HS256 tokens signed with it are accepted (`commerce-mesh token`). `up` with no key source makes one in `data_dir/gateway-development-secret`; `serve` needs one of the three |
+//! | `auth.allow_development_tokens` | `MESH_AUTH__ALLOW_DEVELOPMENT_TOKENS` | `false`: a JWKS and a development secret together are refused at start; `true` accepts both (and says so in the log) |
+//! | `auth.peers.issuer`, `.audience` | `MESH_AUTH__PEERS__ISSUER`, `..._AUDIENCE` | `https://kubernetes.default.svc.cluster.local`, `commerce-mesh`: the components' own tokens (projected service-account tokens, subject `system:serviceaccount:<namespace>:<component>`). A component may call what the configuration says it calls (a `*_url` naming the service: that service's `<area>:read`; the gateway with Stripe webhooks: `fulfillment:read` and `fulfillment:write`, to list and refund an order) |
+//! | `auth.peers.jwks_url` or `.jwks_file` | `MESH_AUTH__PEERS__JWKS_URL`, `..._JWKS_FILE` | unset: peer tokens are verified with the development secret only (when development tokens are accepted); on Kubernetes the cluster's service-account JWKS |
+//! | `auth.peers.namespace`, `.token_file` | `MESH_AUTH__PEERS__NAMESPACE`, `..._TOKEN_FILE` | unset: peers from any namespace, and this component mints its own development identity with the secret; on Kubernetes the pod's namespace and its projected token |
+//! | `gateway.trust_client_traces` | `MESH_GATEWAY__TRUST_CLIENT_TRACES` | unset: `false` under `serve` (each request is the root of a trace of the gateway's own, linked to the caller's `traceparent`, so a caller picks neither trace ids nor sampling), `true` under `up` (the caller's trace is continued) |
 //! | `gateway.cors.allowed_origins` | `MESH_GATEWAY__CORS__ALLOWED_ORIGINS` | empty: no CORS; `["*"]` or a list of origins |
 //! | `gateway.webhooks.stripe.signing_secrets`, `.signing_secrets_file` | `MESH_GATEWAY__WEBHOOKS__STRIPE__SIGNING_SECRETS` (`[whsec_new,whsec_old]`), `..._SIGNING_SECRETS_FILE` (one a line) | empty: `POST /v1/webhooks/stripe` answers 404. Any listed secret verifies a signature, so one is rotated by listing both; never logged |
 //! | `gateway.webhooks.stripe.tolerance`, `.refund_lines` | `MESH_GATEWAY__WEBHOOKS__STRIPE__TOLERANCE`, `..._REFUND_LINES` | `5m` between a signature's timestamp and now; `amount` (a full refund is the whole order, a partial one the lines in `metadata.line_item_ids`), `whole_order` or `metadata` |
@@ -52,9 +57,11 @@
 //! | `telemetry.otlp_endpoint` | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset: no span export |
 //! | `serve.rpc_timeout` | `MESH_SERVE__RPC_TIMEOUT` | `30s`: a unary call past it ends DEADLINE_EXCEEDED (a caller's shorter deadline wins; streaming calls have only the caller's); `0s`: none |
 //! | `serve.max_concurrent_rpcs` | `MESH_SERVE__MAX_CONCURRENT_RPCS` | `1024` calls at once per component; one more is refused at once, UNAVAILABLE with `RetryInfo` (health and reflection never) |
-//! | `serve.shutdown_grace` | `MESH_SERVE__SHUTDOWN_GRACE` | `0s` |
-//! | `serve.drain_timeout` | `MESH_SERVE__DRAIN_TIMEOUT` | `4s` |
+//! | `serve.shutdown_grace` | `MESH_SERVE__SHUTDOWN_GRACE` | `0s`: on SIGTERM every component, the gateway too, first reports not ready (a service's gRPC health NOT_SERVING, the gateway's `/healthz` 503, its answers then with `Connection: close`) and keeps serving this long, then closes its listener |
+//! | `serve.drain_timeout` | `MESH_SERVE__DRAIN_TIMEOUT` | `4s`: then calls and requests in flight get this long to finish; what is still open is closed |
+//! | `serve.reflection` | `MESH_SERVE__REFLECTION` | `false`: no gRPC server reflection under `serve`; `up` turns it on |
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -79,6 +86,8 @@ pub struct MeshConfig {
     pub bus: kit::bus::BusConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
+    /// How callers' and components' tokens are verified, by the gateway and every service.
+    pub auth: kit::auth::AuthConfig,
     /// How gRPC components stop.
     pub serve: ServeOptions,
     /// `up`'s admin port: `/metrics` of every component, `/healthz`. (`serve`
@@ -206,6 +215,7 @@ impl Default for MeshConfig {
             redis_url: None,
             bus: kit::bus::BusConfig::default(),
             telemetry: TelemetryConfig::default(),
+            auth: kit::auth::AuthConfig::default(),
             serve: ServeOptions::default(),
             admin_listen: local(9090),
             gateway: GatewayConfig::default(),
@@ -233,6 +243,89 @@ pub enum ConfigProblem {
 }
 
 impl MeshConfig {
+    /// The services `component` calls and where it is told they are: what
+    /// its identity may call ([`MeshConfig::peer_grants`]) and, on
+    /// Kubernetes, what its NetworkPolicy lets it reach.
+    pub fn peer_urls(&self, component: Component) -> Vec<(Component, &str)> {
+        let gateway = &self.gateway;
+        match component {
+            Component::Gateway => vec![
+                (Component::Fulfillment, gateway.fulfillment_url.as_str()),
+                (Component::CustomerIdentity, &gateway.customer_identity_url),
+                (Component::CatalogIngest, &gateway.catalog_ingest_url),
+                (Component::PurchaseHistory, &gateway.purchase_history_url),
+            ],
+            Component::Fulfillment => vec![
+                (Component::CustomerIdentity, self.fulfillment.settings.customer_identity_url.as_str()),
+                (Component::CatalogIngest, &self.fulfillment.settings.catalog_url),
+            ],
+            Component::PurchaseHistory => {
+                vec![(Component::CustomerIdentity, self.purchase_history.settings.customer_identity_url.as_str())]
+            }
+            Component::CustomerIdentity | Component::CatalogIngest => Vec::new(),
+        }
+    }
+
+    /// What each component may call with its own identity, as scopes: the
+    /// read scope of every service its configuration points it at, and for
+    /// the gateway with Stripe webhooks, refunds. The gateway otherwise
+    /// calls with its caller's token, never with its own.
+    pub fn peer_grants(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut grants: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for component in [Component::Fulfillment, Component::PurchaseHistory] {
+            let scopes = self
+                .peer_urls(component)
+                .into_iter()
+                .filter(|(_, url)| !url.is_empty())
+                .filter_map(|(service, _)| service.read_scope())
+                .map(str::to_string);
+            grants.entry(component.name().to_string()).or_default().extend(scopes);
+        }
+        if self.gateway.http.webhooks.stripe.secrets().is_ok_and(|secrets| !secrets.is_empty()) {
+            let refunds = ["fulfillment:read".to_string(), "fulfillment:write".to_string()];
+            grants.entry(Component::Gateway.name().to_string()).or_default().extend(refunds);
+        }
+        grants
+    }
+
+    /// How `component` checks the callers of its RPCs: the mesh's `auth`
+    /// for callers' tokens, the components' identities and
+    /// [`MeshConfig::peer_grants`] for peers.
+    pub async fn access(&self) -> Result<kit::access::Access, kit::auth::AuthSetupError> {
+        let rules = proto::access_rules().map_err(|e| kit::auth::AuthSetupError::Setting {
+            setting: "rules",
+            problem: format!("the mesh's descriptors: {e}"),
+        })?;
+        let callers = kit::auth::Authenticator::new(&self.auth).await?;
+        let peers = match self.auth.peer_verification() {
+            Some(verification) => Some(kit::access::Peers::new(
+                kit::auth::Authenticator::new(&verification).await?,
+                self.auth.peers.namespace.clone(),
+                self.peer_grants(),
+            )),
+            None => None,
+        };
+        Ok(kit::access::Access::new(kit::access::AccessRules::new(rules), callers, peers))
+    }
+
+    /// What `component` presents when it calls a peer.
+    pub fn identity(&self, component: Component) -> kit::credential::Credential {
+        kit::credential::Credential::of_component(&self.auth, component.name())
+    }
+
+    /// The gateway's settings: its own, each service's upstream, the mesh's
+    /// `auth`, and its identity for calls of its own; and how it stops, the
+    /// mesh's `serve.shutdown_grace` and `serve.drain_timeout` as for every
+    /// component.
+    pub fn gateway_settings(&self) -> gateway::Config {
+        let mut settings = self.gateway.gateway_settings();
+        settings.auth = self.auth.clone();
+        settings.identity = self.identity(Component::Gateway);
+        settings.shutdown_grace = self.serve.shutdown_grace;
+        settings.drain_timeout = self.serve.drain_timeout;
+        settings
+    }
+
     /// `component`'s addresses and database (none for the gateway).
     fn placement(&self, component: Component) -> Placement<'_> {
         match component {

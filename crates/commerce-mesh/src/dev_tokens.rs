@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gateway::auth::{DevelopmentClaims, MintError, Secret};
+use kit::auth::{DevelopmentClaims, MintError, Secret};
 
 use crate::MeshConfig;
 
@@ -23,7 +23,7 @@ pub const SECRET_FILE: &str = "gateway-development-secret";
 pub enum DevTokenError {
     /// Neither a configured secret nor the one `up` writes.
     #[error(
-        "no development secret: set MESH_GATEWAY__AUTH__DEVELOPMENT_SECRET, or run `commerce-mesh up` once \
+        "no development secret: set MESH_AUTH__DEVELOPMENT_SECRET, or run `commerce-mesh up` once \
          (it writes {0})"
     )]
     NoSecret(PathBuf),
@@ -41,6 +41,9 @@ pub enum DevTokenError {
     /// No scope was asked for.
     #[error("name the scopes the token carries: --scopes a,b (or --all-scopes)")]
     NoScopes,
+    /// A token given on the command line cannot be sent (control characters, empty).
+    #[error("the token given (--token or COMMERCE_MESH_TOKEN) is empty or not printable")]
+    InvalidToken,
 }
 
 /// The secret in `data_dir`, written first (random, 0600) when absent.
@@ -77,7 +80,7 @@ fn read_secret(path: &Path) -> Result<Option<Secret>, DevTokenError> {
 
 /// The secret `token` signs with: the configured one, else the one `up` wrote.
 pub fn signing_secret(config: &MeshConfig) -> Result<Secret, DevTokenError> {
-    if let Some(secret) = &config.gateway.http.auth.development_secret {
+    if let Some(secret) = &config.auth.development_secret {
         return Ok(secret.clone());
     }
     let path = config.data_dir.join(SECRET_FILE);
@@ -100,7 +103,7 @@ pub fn mint(config: &MeshConfig, subject: &str, scopes: Vec<String>, ttl: Durati
     if scopes.is_empty() {
         return Err(DevTokenError::NoScopes);
     }
-    let auth = &config.gateway.http.auth;
+    let auth = &config.auth;
     let claims = DevelopmentClaims {
         issuer: auth.issuer.clone(),
         audience: auth.audience.clone(),
@@ -108,7 +111,30 @@ pub fn mint(config: &MeshConfig, subject: &str, scopes: Vec<String>, ttl: Durati
         scopes,
         ttl,
     };
-    Ok(gateway::auth::mint_development_token(&signing_secret(config)?, &claims)?)
+    Ok(kit::auth::mint_development_token(&signing_secret(config)?, &claims)?)
+}
+
+/// What a command-line tool presents to a service: `token` when given, else
+/// a development token carrying `scopes` when a development secret is at
+/// hand (configured, or the one `up` wrote), else nothing (the service then
+/// answers UNAUTHENTICATED, saying a token is needed).
+pub fn tool_credential(
+    config: &MeshConfig,
+    token: Option<String>,
+    scopes: &[&str],
+) -> Result<kit::credential::Credential, DevTokenError> {
+    if let Some(token) = token {
+        return kit::credential::Credential::bearer(&token).map_err(|_| DevTokenError::InvalidToken);
+    }
+    let Ok(secret) = signing_secret(config) else { return Ok(kit::credential::Credential::none()) };
+    let claims = DevelopmentClaims {
+        issuer: config.auth.issuer.clone(),
+        audience: config.auth.audience.clone(),
+        subject: "commerce-mesh-cli".into(),
+        scopes: scopes.iter().map(ToString::to_string).collect(),
+        ttl: Duration::from_secs(60 * 60),
+    };
+    Ok(kit::credential::Credential::development(secret, claims)?)
 }
 
 #[cfg(test)]

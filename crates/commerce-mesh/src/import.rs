@@ -73,11 +73,12 @@ impl Columns {
     }
 }
 
-/// Streams `path` to the CustomerIdentity at `endpoint` in batches of
-/// `batch_size` rows; answers the service's summary.
+/// Streams `path` to the CustomerIdentity at `endpoint`, presenting
+/// `credential`, in batches of `batch_size` rows; answers the service's summary.
 pub async fn import_customers(
     path: &Path,
     endpoint: &str,
+    credential: kit::credential::Credential,
     batch_size: usize,
 ) -> Result<ImportCustomersResponse, ImportError> {
     let shown = path.display().to_string();
@@ -129,7 +130,7 @@ pub async fn import_customers(
         })
     };
 
-    let mut client = CustomerIdentityServiceClient::new(kit::client::channel(endpoint)?);
+    let mut client = CustomerIdentityServiceClient::new(kit::client::channel_as(endpoint, credential)?);
     let answer = client.import_customers(ReceiverStream::new(receiver)).await;
     let read = reading.await.map_err(|e| ImportError::Csv { path: shown, message: e.to_string() })?;
     progress.finish_and_clear();

@@ -35,7 +35,8 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Run one component.
+    /// Run one component. A service applies no migrations: it reports not
+    /// ready until `migrate` has applied every one it knows.
     Serve {
         /// Which component.
         component: Component,
@@ -84,6 +85,10 @@ enum Command {
         /// How many rejected rows to list (the service reports up to 1000).
         #[arg(long, default_value_t = 20)]
         show_rejections: usize,
+        /// A bearer token with `identity:import`; default: a development token
+        /// minted with the development secret, when there is one.
+        #[arg(long, env = "COMMERCE_MESH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Refund an order (every line at its price), or the lines named; the
     /// workers then take the learner's access away in the LMS.
@@ -105,6 +110,10 @@ enum Command {
         /// Fulfillment's gRPC address; default: where this configuration has it listen.
         #[arg(long)]
         fulfillment: Option<String>,
+        /// A bearer token with `fulfillment:read` and `fulfillment:write`; default:
+        /// a development token minted with the development secret, when there is one.
+        #[arg(long, env = "COMMERCE_MESH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -194,17 +203,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|token| println!("{token}"))
                 .map_err(anyhow::Error::from)
         }
-        Command::ImportCustomers { file, identity, batch_size, show_rejections } => {
+        Command::ImportCustomers { file, identity, batch_size, show_rejections, token } => {
             let endpoint = identity.unwrap_or_else(|| format!("http://{}", config.listen(Component::CustomerIdentity)));
-            commerce_mesh::import::import_customers(&file, &endpoint, batch_size)
+            let credential = commerce_mesh::dev_tokens::tool_credential(&config, token, &["identity:import"])?;
+            commerce_mesh::import::import_customers(&file, &endpoint, credential, batch_size)
                 .await
                 .map(|answer| print!("{}", commerce_mesh::import::summary(&answer, show_rejections)))
                 .map_err(anyhow::Error::from)
         }
-        Command::Refund { order_number, lines, amount, reason, source, fulfillment } => {
+        Command::Refund { order_number, lines, amount, reason, source, fulfillment, token } => {
             let endpoint = fulfillment.unwrap_or_else(|| format!("http://{}", config.listen(Component::Fulfillment)));
             let args = commerce_mesh::refund::RefundArgs { order_number, lines, amount, reason, source };
-            commerce_mesh::refund::refund(&endpoint, &args)
+            let scopes = ["fulfillment:read", "fulfillment:write"];
+            let credential = commerce_mesh::dev_tokens::tool_credential(&config, token, &scopes)?;
+            commerce_mesh::refund::refund(&endpoint, credential, &args)
                 .await
                 .map(|answer| print!("{}", commerce_mesh::refund::summary(&answer)))
                 .map_err(anyhow::Error::from)

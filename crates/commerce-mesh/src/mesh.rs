@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use kit::db::{Database, DbError};
+use kit::db::{Database, DbError, Migrations};
 use kit::metrics::Metrics;
 use kit::serve::{GrpcServer, ServeError};
 use kit::shutdown::Shutdown;
@@ -103,10 +103,12 @@ pub async fn serve(component: Component, config: &MeshConfig, shutdown: Shutdown
     let listener = bind(component, config.listen(component)).await?;
     let (admin_listener, admin_address) = bind_admin(config.admin_listen_of(component)).await?;
     let metrics = Metrics::new().for_component(component.name());
-    // The admin port stops with the component, however the component stops.
-    let admin_stop = shutdown.child_token();
+    // The admin port stops with the component, however the component stops,
+    // and only then: through the shutdown grace and the drain it still
+    // answers `/healthz` (liveness) and `/metrics`.
+    let admin_stop = Shutdown::new();
     let served = async {
-        let result = run(component, listener, config, &metrics, shutdown).await;
+        let result = run(component, listener, config, &metrics, Schema::AwaitMigrations, shutdown).await;
         admin_stop.cancel();
         result
     };
@@ -217,15 +219,19 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
     }
     // Peers in this process call each other where they actually listen (ports may be ephemeral).
     let mut config = config;
-    let development_tokens = !config.gateway.http.auth.has_key_source();
+    // One process for a laptop: tools may list and describe its services,
+    // and a developer's own traceparent is followed (unless configured off).
+    config.serve.reflection = true;
+    config.gateway.http.trust_client_traces.get_or_insert(true);
+    let development_tokens = !config.auth.has_key_source();
     if development_tokens {
         let secret = crate::dev_tokens::load_or_create_secret(&config.data_dir)
             .map_err(|e| MeshError::Setup { component: Component::Gateway, reason: e.to_string() })?;
         tracing::warn!(
             file = %config.data_dir.join(crate::dev_tokens::SECRET_FILE).display(),
-            "the gateway accepts development tokens (`commerce-mesh token`); configure gateway.auth.jwks_url for real callers"
+            "the gateway accepts development tokens (`commerce-mesh token`); configure auth.jwks_url for real callers"
         );
-        config.gateway.http.auth.development_secret = Some(secret);
+        config.auth.development_secret = Some(secret);
     }
     if let Some(identity) = addresses.get(&Component::CustomerIdentity) {
         config.fulfillment.settings.customer_identity_url = format!("http://{identity}");
@@ -260,7 +266,9 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
         let config = config.clone();
         let shutdown = shutdown.clone();
         let metrics = metrics.for_component(component.name());
-        tasks.spawn(async move { (component.name(), run(component, listener, &config, &metrics, shutdown).await) });
+        tasks.spawn(async move {
+            (component.name(), run(component, listener, &config, &metrics, Schema::Migrate, shutdown).await)
+        });
     }
     let admin = admin(admin_listener, admin_address, metrics, shutdown.clone());
     tasks.spawn(async move { ("admin", admin.await) });
@@ -273,6 +281,7 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
         shared_database: config.database_url,
         development_tokens,
         dev_lms: dev_lms_address,
+        auth: config.auth,
     })
 }
 
@@ -289,6 +298,8 @@ pub struct RunningMesh {
     development_tokens: bool,
     /// Where the development LMS listens, when it runs.
     dev_lms: Option<SocketAddr>,
+    /// How callers are verified (with the development secret `up` made, if it made one).
+    auth: kit::auth::AuthConfig,
 }
 
 impl RunningMesh {
@@ -306,6 +317,30 @@ impl RunningMesh {
     /// The gRPC endpoint of a service (same as [`RunningMesh::url`]).
     pub fn grpc_url(&self, component: Component) -> String {
         self.url(component)
+    }
+
+    /// A gRPC channel to `component` presenting a development token with
+    /// every scope of the mesh, for tools and tests on this machine; with no
+    /// development secret (a JWKS only), it presents nothing and the services
+    /// refuse it.
+    pub fn grpc_channel(&self, component: Component) -> kit::client::TracedChannel {
+        let credential = match &self.auth.development_secret {
+            Some(secret) if self.auth.accepts_development_tokens() => {
+                let claims = kit::auth::DevelopmentClaims {
+                    issuer: self.auth.issuer.clone(),
+                    audience: self.auth.audience.clone(),
+                    subject: "developer".into(),
+                    scopes: crate::dev_tokens::every_scope(),
+                    ttl: std::time::Duration::from_secs(24 * 60 * 60),
+                };
+                kit::credential::Credential::development(secret.clone(), claims).unwrap_or_default()
+            }
+            _ => kit::credential::Credential::none(),
+        };
+        // The address is a socket address this process bound: always a valid URI.
+        kit::client::channel_as(&self.grpc_url(component), credential).unwrap_or_else(|_| {
+            kit::client::traced(tonic::transport::Channel::from_static("http://0.0.0.0:0").connect_lazy())
+        })
     }
 
     /// Where the admin port listens.
@@ -398,6 +433,38 @@ async fn admin(listener: TcpListener, address: SocketAddr, metrics: Metrics, sto
         .map_err(|source| MeshError::Admin { address, source })
 }
 
+/// Who brings a service's schema up to date before it serves.
+#[derive(Clone, Copy, Debug)]
+enum Schema {
+    /// This process migrates (`up`: one process, nothing else to do it).
+    Migrate,
+    /// Another process does (`migrate`, the Kubernetes Job): the service
+    /// only waits, NOT_SERVING, until every migration it knows is applied.
+    /// Migrations a newer release applied are tolerated, so a rollback starts.
+    AwaitMigrations,
+}
+
+/// How often a service waiting for its migrations looks again.
+const MIGRATIONS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until every migration in `migrations` is applied to `database`,
+/// applying nothing; logs what it waits for whenever that changes.
+async fn await_migrations(component: Component, database: &kit::db::DatabaseConfig, migrations: &Migrations) {
+    let mut last = None;
+    loop {
+        let now = match kit::db::pending_migrations(database, migrations).await {
+            Ok(pending) if pending.is_empty() => return,
+            Ok(pending) => format!("migrations {pending:?} not applied; run `commerce-mesh migrate {component}`"),
+            Err(error) => format!("database not answering: {error}"),
+        };
+        if last.as_ref() != Some(&now) {
+            tracing::warn!(%component, waiting_for = %now, "not ready");
+            last = Some(now);
+        }
+        tokio::time::sleep(MIGRATIONS_POLL).await;
+    }
+}
+
 /// `metrics` is the component's handle: its server records RED per RPC into it,
 /// and service constructors register their own metrics through it.
 async fn run(
@@ -405,20 +472,26 @@ async fn run(
     listener: TcpListener,
     config: &MeshConfig,
     metrics: &Metrics,
+    schema: Schema,
     shutdown: Shutdown,
 ) -> Result<(), MeshError> {
     if component == Component::Gateway {
-        return Ok(gateway::run(listener, config.gateway.gateway_settings(), metrics, shutdown).await?);
+        return Ok(gateway::run(listener, config.gateway_settings(), metrics, shutdown).await?);
     }
     let database = config.database(component)?;
     let migrations = component.migrations().ok_or(ConfigProblem::NoDatabase)?;
     let db = Database::open(&database).map_err(|source| MeshError::Database { component, source })?;
+    let access = config.access().await.map_err(|e| MeshError::Setup { component, reason: e.to_string() })?;
     let (server, background) = grpc_server(component, &db, config, metrics)?;
+    let server = server.access(access);
     // Health stays NOT_SERVING until the schema is current and the database
-    // answers; background work (Fulfillment's workers) starts only then.
+    // answers (a service that waits for migrations keeps waiting, it never fails); background work (Fulfillment's workers) starts only then.
     let (is_ready, ready_signal) = tokio::sync::oneshot::channel::<()>();
     let ready = async move {
-        kit::db::migrate(&database, migrations).await?;
+        match schema {
+            Schema::Migrate => kit::db::migrate(&database, migrations).await?,
+            Schema::AwaitMigrations => await_migrations(component, &database, migrations).await,
+        }
         db.ping().await?;
         let _ = is_ready.send(());
         Ok::<(), DbError>(())
@@ -504,11 +577,16 @@ fn grpc_server(
     let server = match component {
         Component::Gateway => return Err(ConfigProblem::NoDatabase.into()),
         Component::Fulfillment => {
-            let settings = &config.fulfillment.settings;
+            let settings =
+                &fulfillment::Config { identity: config.identity(component), ..config.fulfillment.settings.clone() };
             let setup = |reason: String| MeshError::Setup { component, reason };
             let bus = open_bus(component, config, metrics, &mut background)?;
-            let channel = kit::client::channel_from(component.name(), &settings.customer_identity_url)
-                .map_err(|e| setup(format!("fulfillment.customer_identity_url: {e}")))?;
+            let channel = kit::client::channel_from(
+                component.name(),
+                &settings.customer_identity_url,
+                config.identity(component),
+            )
+            .map_err(|e| setup(format!("fulfillment.customer_identity_url: {e}")))?;
             let identity =
                 proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient::new(
                     channel,
@@ -538,10 +616,15 @@ fn grpc_server(
         Component::PurchaseHistory => {
             let settings = &config.purchase_history.settings;
             let bus = open_bus(component, config, metrics, &mut background)?;
-            let channel =
-                kit::client::channel_from(component.name(), &settings.customer_identity_url).map_err(|e| {
-                    MeshError::Setup { component, reason: format!("purchase_history.customer_identity_url: {e}") }
-                })?;
+            let channel = kit::client::channel_from(
+                component.name(),
+                &settings.customer_identity_url,
+                config.identity(component),
+            )
+            .map_err(|e| MeshError::Setup {
+                component,
+                reason: format!("purchase_history.customer_identity_url: {e}"),
+            })?;
             let identity =
                 proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient::new(
                     channel,

@@ -44,12 +44,17 @@ fn violations(status: &tonic::Status) -> String {
     kit::error::field_violations(status).iter().map(|(field, reason)| format!("\n  {field}: {reason}")).collect()
 }
 
-/// Refunds what `args` names through Fulfillment at `endpoint`; answers its answer.
-pub async fn refund(endpoint: &str, args: &RefundArgs) -> Result<pb::RefundOrderResponse, RefundError> {
+/// Refunds what `args` names through Fulfillment at `endpoint`, presenting
+/// `credential`; answers its answer.
+pub async fn refund(
+    endpoint: &str,
+    credential: kit::credential::Credential,
+    args: &RefundArgs,
+) -> Result<pb::RefundOrderResponse, RefundError> {
     if args.amount.is_some() && args.lines.len() != 1 {
         return Err(RefundError::AmountWithoutOneLine);
     }
-    let mut client = FulfillmentServiceClient::new(kit::client::channel(endpoint)?);
+    let mut client = FulfillmentServiceClient::new(kit::client::channel_as(endpoint, credential)?);
     let lines = match args.lines.as_slice() {
         [] => order_lines(&mut client, &args.order_number).await?,
         named => named.iter().map(|id| pb::RefundedLine { line_item_id: id.clone(), refunded_amount: None }).collect(),

@@ -10,10 +10,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use support::{HANG_GUARD, mesh_command, wait_serving};
 
+/// The development secret `serve` processes verify tokens with (services refuse to start without a key source).
+const SERVE_SECRET: &str = "binary-tests-development-secret-of-32-bytes";
+
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -104,7 +108,14 @@ async fn up_with_no_configuration_serves_every_service_and_stops_on_sigterm() {
 
     // Fulfillment answers over its embedded store.
     let mut fulfillment = proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient::new(
-        kit::client::channel("http://127.0.0.1:50051").expect("channel"),
+        kit::client::channel_as(
+            "http://127.0.0.1:50051",
+            support::developer(
+                &commerce_mesh::MeshConfig { data_dir: dir.path().join("data"), ..Default::default() },
+                &["fulfillment:read"],
+            ),
+        )
+        .expect("channel"),
     );
     let status = fulfillment
         .get_fulfillment(proto::commerce::fulfillment::v1::GetFulfillmentRequest { fulfillment_id: "f-1".into() })
@@ -150,26 +161,41 @@ async fn up_with_no_configuration_serves_every_service_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0), "SIGTERM ends the mesh with exit 0");
 }
 
+/// `serve` applies no migration: a service on a database not migrated yet
+/// listens, says what it waits for and stays NOT_SERVING until `migrate` ran.
 #[tokio::test]
-async fn serve_runs_one_component_and_logs_json_lines() {
+async fn serve_runs_one_component_waits_for_its_migrations_and_logs_json_lines() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = mesh_command(dir.path())
         .args(["serve", "customer-identity"])
         .env("MESH_CUSTOMER_IDENTITY__LISTEN", "127.0.0.1:0")
         .env("MESH_CUSTOMER_IDENTITY__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("MESH_AUTH__DEVELOPMENT_SECRET", SERVE_SECRET)
+        .env("MESH_SERVE__REFLECTION", "true")
         .spawn()
         .expect("spawn");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let address = loop {
+    let mut address = None;
+    let waiting = loop {
         let line = next_line(&mut lines).await;
         let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?} is JSON: {e}"));
         assert!(log["timestamp"].is_string() && log["level"].is_string(), "{line}");
         if log["message"] == "listening" {
-            break log["fields"]["address"].as_str().expect("address field").to_string();
+            address = Some(log["fields"]["address"].as_str().expect("address field").to_string());
+        }
+        if log["message"] == "not ready" {
+            break log["fields"]["waiting_for"].as_str().expect("what it waits for").to_string();
         }
     };
+    assert!(waiting.contains("commerce-mesh migrate customer-identity"), "says what to run: {waiting}");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let url = format!("http://{address}");
+    let url = format!("http://{}", address.expect("listening before waiting"));
+    let mut health = HealthClient::new(kit::client::channel(&url).expect("channel"));
+    let status = health.check(HealthCheckRequest { service: String::new() }).await.expect("health answers");
+    assert_eq!(status.into_inner().status(), ServingStatus::NotServing, "not ready before its migrations");
+
+    let migrated = mesh_command(dir.path()).args(["migrate", "customer-identity"]).output().await.expect("migrate");
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
     wait_serving(&url).await;
     assert!(listed_services(&url).await.contains("commerce.identity.v1.CustomerIdentityService"));
     let (status, _) = terminate_and_wait(&mut child).await;
@@ -184,6 +210,7 @@ async fn serve_customer_identity_on_postgres_refuses_the_development_salt() {
         let mut command = mesh_command(dir.path());
         command
             .args(["serve", "customer-identity"])
+            .env("MESH_AUTH__DEVELOPMENT_SECRET", SERVE_SECRET)
             .env("MESH_DATABASE_URL", &test_db.config().url)
             .env("MESH_CUSTOMER_IDENTITY__LISTEN", "127.0.0.1:0")
             .env("MESH_CUSTOMER_IDENTITY__ADMIN_LISTEN", "127.0.0.1:0");
@@ -313,7 +340,7 @@ async fn import_customers_streams_a_csv_and_reports_rejections() {
     assert!(stdout.contains("row 3 (line 4) customer \"\": customer_id:"), "{stdout}");
 
     use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
-    let mut client = CustomerIdentityServiceClient::new(kit::client::channel(&identity).expect("channel"));
+    let mut client = CustomerIdentityServiceClient::new(mesh.grpc_channel(commerce_mesh::Component::CustomerIdentity));
     let found = client
         .get_customer(proto::commerce::identity::v1::GetCustomerRequest { customer_id: "c3".into() })
         .await
@@ -389,7 +416,7 @@ async fn refund_refunds_the_lines_named_or_the_whole_order_and_prints_where_each
         line_items: vec![line("l1"), line("l2")],
         ..Default::default()
     };
-    let mut client = FulfillmentServiceClient::new(kit::client::channel(&url).expect("channel"));
+    let mut client = FulfillmentServiceClient::new(mesh.grpc_channel(commerce_mesh::Component::Fulfillment));
     let ids: Vec<String> = client
         .fulfill_order(order)
         .await
@@ -449,13 +476,7 @@ async fn refund_refunds_the_lines_named_or_the_whole_order_and_prints_where_each
 async fn serve_starts_every_service_on_a_schema_a_newer_release_migrated() {
     let test_db = kit::testing::TestDatabase::postgres("unused").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let migrated = mesh_command(dir.path())
-        .args(["migrate", "all"])
-        .env("MESH_DATABASE_URL", &test_db.config().url)
-        .output()
-        .await
-        .expect("run migrate");
-    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    support::migrate(dir.path(), &test_db.config().url, "all").await;
     let pool = sqlx::PgPool::connect(&test_db.config().url).await.expect("connect");
     for schema in ["catalog_ingest", "customer_identity", "fulfillment", "purchase_history"] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -477,6 +498,7 @@ async fn serve_starts_every_service_on_a_schema_a_newer_release_migrated() {
     ] {
         let mut child = mesh_command(dir.path())
             .args(["serve", component])
+            .env("MESH_AUTH__DEVELOPMENT_SECRET", SERVE_SECRET)
             .env("MESH_DATABASE_URL", &test_db.config().url)
             .env(format!("MESH_{prefix}__LISTEN"), "127.0.0.1:0")
             .env(format!("MESH_{prefix}__ADMIN_LISTEN"), "127.0.0.1:0")
@@ -492,7 +514,16 @@ async fn serve_starts_every_service_on_a_schema_a_newer_release_migrated() {
             }
         };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        wait_serving(&format!("http://{address}")).await;
+        let url = format!("http://{address}");
+        wait_serving(&url).await;
+        // `serve` does not describe its API to whoever reaches the port: reflection is off.
+        let mut reflection = ServerReflectionClient::new(kit::client::channel(&url).expect("channel"));
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let refused = reflection.server_reflection_info(tokio_stream::once(request)).await.expect_err("no reflection");
+        assert_eq!(refused.code(), tonic::Code::Unimplemented, "{component}: {refused:?}");
         children.push(child);
     }
     for mut child in children {

@@ -18,16 +18,15 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kit::db::Backend;
 use kit::testing::TestDatabase;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use support::{nss_wrapper, port_free_on_every, serve, wait_until};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
@@ -42,32 +41,6 @@ const CLIENTS: usize = 3;
 const REPLICAS: [Ipv4Addr; 3] = [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
 const NAME: &str = "catalog-ingest.quota.test";
 const GATEWAY_SECRET: &str = "quota-replicas-gateway-development-secret";
-
-/// nss_wrapper's library, wherever the distribution put it.
-fn nss_wrapper() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = vec!["/usr/lib".into(), "/usr/lib64".into(), "/lib".into()];
-    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
-        dirs.extend(entries.filter_map(|entry| Some(entry.ok()?.path())));
-    }
-    dirs.into_iter()
-        .map(|dir| dir.join("libnss_wrapper.so"))
-        .find(|library| library.exists())
-        .expect("libnss_wrapper.so (apt-get install libnss-wrapper; scripts/services installs it)")
-}
-
-/// A port free on every address (bound on all, then released for the processes).
-fn port_free_on_every(addresses: &[Ipv4Addr]) -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind((addresses[0], 0)).expect("bind");
-        let port = first.local_addr().expect("address").port();
-        let others: Result<Vec<TcpListener>, _> =
-            addresses[1..].iter().map(|address| TcpListener::bind((*address, port))).collect();
-        if others.is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free on every replica address");
-}
 
 /// The shipped exec-ed-partner source renamed `source`, with the quota under test.
 fn write_source(dir: &Path, source: &str) {
@@ -84,37 +57,6 @@ fn write_source(dir: &Path, source: &str) {
         .collect();
     std::fs::create_dir_all(dir).expect("sources dir");
     std::fs::write(dir.join(format!("{source}.toml")), text.join("\n")).expect("source file");
-}
-
-/// `commerce-mesh serve <component>` with only `env` (and PATH), logging to `log`.
-fn serve(component: &str, dir: &Path, env: &[(String, String)], log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_commerce-mesh"))
-        .args(["serve", component])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().cloned())
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn commerce-mesh serve")
-}
-
-/// Polls `probe` until it answers, within the guard (a process coming up gives no signal).
-async fn wait_until<T, Fut: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> Fut) -> T {
-    tokio::time::timeout(support::HANG_GUARD, async {
-        loop {
-            if let Some(answer) = probe().await {
-                return answer;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: not within {:?}", support::HANG_GUARD))
 }
 
 /// The sum of the samples of `name` in an OpenMetrics text whose labels contain every one of `labels`.
@@ -146,6 +88,7 @@ async fn a_source_gets_its_quota_across_three_replicas_not_three_times_it() {
     // The three replicas: one port on three addresses, as pods behind a headless service.
     let port = port_free_on_every(&REPLICAS);
     let admin_port = port_free_on_every(&REPLICAS);
+    support::migrate(dir.path(), &db.config().url, "catalog-ingest").await;
     let mut children = Vec::new();
     for (i, address) in REPLICAS.iter().enumerate() {
         let env = [
@@ -157,6 +100,7 @@ async fn a_source_gets_its_quota_across_three_replicas_not_three_times_it() {
             ("MESH_CATALOG_INGEST__SOURCES_DIR", dir.path().join("sources").display().to_string()),
             // The default share (1): had the replicas fallen back to deciding alone, the source would get 3×.
             ("MESH_CATALOG_INGEST__QUOTA__KEY_PREFIX", format!("test-{run}:")),
+            ("MESH_AUTH__DEVELOPMENT_SECRET", GATEWAY_SECRET.into()),
             ("MESH_TELEMETRY__LOG_FILTER", "info".into()),
         ]
         .map(|(key, value)| (key.to_string(), value));
@@ -177,7 +121,7 @@ async fn a_source_gets_its_quota_across_three_replicas_not_three_times_it() {
         ("NSS_WRAPPER_HOSTS", hosts.display().to_string()),
         ("MESH_GATEWAY__LISTEN", format!("127.0.0.1:{gateway_port}")),
         ("MESH_GATEWAY__ADMIN_LISTEN", format!("127.0.0.1:{gateway_admin}")),
-        ("MESH_GATEWAY__AUTH__DEVELOPMENT_SECRET", GATEWAY_SECRET.into()),
+        ("MESH_AUTH__DEVELOPMENT_SECRET", GATEWAY_SECRET.into()),
         ("MESH_GATEWAY__CATALOG_INGEST_URL", format!("dns:///{NAME}:{port}")),
         ("MESH_TELEMETRY__LOG_FILTER", "info".into()),
     ]
@@ -186,7 +130,7 @@ async fn a_source_gets_its_quota_across_three_replicas_not_three_times_it() {
     let base = format!("http://127.0.0.1:{gateway_port}");
 
     let mut config = commerce_mesh::MeshConfig::default();
-    config.gateway.http.auth.development_secret = Some(gateway::auth::Secret::new(GATEWAY_SECRET.to_string()));
+    config.auth.development_secret = Some(kit::auth::Secret::new(GATEWAY_SECRET.to_string()));
     let scopes = vec!["catalog:ingest".to_string(), "catalog:read".to_string()];
     let token =
         Arc::new(commerce_mesh::dev_tokens::mint(&config, "quota-test", scopes, Duration::from_secs(3600)).unwrap());

@@ -21,7 +21,7 @@ use support::{HANG_GUARD, mesh_command, wait_serving};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use gateway::auth::{DevelopmentClaims, Secret};
+use kit::auth::{DevelopmentClaims, Secret};
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
@@ -244,7 +244,7 @@ async fn secrets_stay_out_of_the_logs(log_format: &str, password_in: PasswordIn)
         ttl: Duration::from_secs(600),
     };
     let mint = |secret: &str, audience: &str| {
-        gateway::auth::mint_development_token(&Secret::new(secret.to_string()), &claims(audience)).unwrap()
+        kit::auth::mint_development_token(&Secret::new(secret.to_string()), &claims(audience)).unwrap()
     };
     let valid_token = mint(&development_secret, "commerce-mesh");
     // The signature's first character: all six of its bits are signature (the last one's are not all).
@@ -271,7 +271,7 @@ async fn secrets_stay_out_of_the_logs(log_format: &str, password_in: PasswordIn)
         ("MESH_PURCHASE_HISTORY__LISTEN", "127.0.0.1:0".into()),
         ("MESH_TELEMETRY__LOG_FILTER", "debug".into()),
         ("MESH_TELEMETRY__LOG_FORMAT", log_format.into()),
-        ("MESH_GATEWAY__AUTH__DEVELOPMENT_SECRET", development_secret.clone()),
+        ("MESH_AUTH__DEVELOPMENT_SECRET", development_secret.clone()),
         ("MESH_FULFILLMENT__LMS__URL", lms_url.clone()),
         ("MESH_FULFILLMENT__LMS__CLIENT_ID", "commerce-mesh-secrets-test".into()),
         ("MESH_FULFILLMENT__LMS__CLIENT_SECRET", client_secret.clone()),

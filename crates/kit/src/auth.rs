@@ -49,7 +49,7 @@ const MAX_LEEWAY: Duration = Duration::from_secs(60 * 60);
 const MAX_JWKS_REFRESH: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 const JWKS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const JWKS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const USER_AGENT: &str = concat!("commerce-mesh-gateway/", env!("CARGO_PKG_VERSION"));
+const USER_AGENT: &str = concat!("commerce-mesh/", env!("CARGO_PKG_VERSION"));
 /// The claims every token must carry; `nbf` is checked when present.
 const REQUIRED_CLAIMS: [&str; 4] = ["exp", "iss", "aud", "sub"];
 /// Verified tokens remembered at most; past it, the least likely to be
@@ -101,9 +101,15 @@ pub struct AuthConfig {
     pub jwks_refetch_cooldown: Duration,
     /// HS256 secret (at least 32 bytes) that development tokens are signed with; unset in production.
     pub development_secret: Option<Secret>,
+    /// Accept development tokens beside a JWKS. Off: a JWKS and a
+    /// development secret together are refused at start, since anyone who
+    /// reads the secret could mint tokens production would accept.
+    pub allow_development_tokens: bool,
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// The mesh's own components calling each other ([`PeerConfig`]).
+    pub peers: PeerConfig,
 }
 
 impl Default for AuthConfig {
@@ -116,8 +122,77 @@ impl Default for AuthConfig {
             jwks_refresh: Duration::from_secs(5 * 60),
             jwks_refetch_cooldown: Duration::from_secs(30),
             development_secret: None,
+            allow_development_tokens: false,
             leeway: Duration::from_secs(30),
+            peers: PeerConfig::default(),
         }
+    }
+}
+
+/// How components prove who they are to each other: on Kubernetes, a
+/// projected service-account token (subject
+/// `system:serviceaccount:<namespace>:<component>`) verified against the
+/// cluster's JWKS; elsewhere, a token of the same shape signed with the
+/// development secret, when development tokens are accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerConfig {
+    /// The `iss` of peer tokens: the cluster's service-account issuer.
+    pub issuer: String,
+    /// The audience peer tokens are minted for (the projected volume's `audience`).
+    pub audience: String,
+    /// The cluster's service-account JWKS, as a file.
+    pub jwks_file: Option<PathBuf>,
+    /// The cluster's service-account JWKS, as a URL (its public OIDC issuer's `jwks_uri`).
+    pub jwks_url: Option<String>,
+    /// The namespace peers run in; unset: any (development).
+    pub namespace: Option<String>,
+    /// This component's own token (the projected volume's file), read again
+    /// as the kubelet rotates it; unset: minted with the development secret.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "https://kubernetes.default.svc.cluster.local".into(),
+            audience: "commerce-mesh".into(),
+            jwks_file: None,
+            jwks_url: None,
+            namespace: None,
+            token_file: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether tokens signed with the development secret are accepted: a
+    /// secret is set, and there is no JWKS or they are explicitly allowed.
+    pub fn accepts_development_tokens(&self) -> bool {
+        self.development_secret.is_some() && (!self.has_jwks() || self.allow_development_tokens)
+    }
+
+    fn has_jwks(&self) -> bool {
+        self.jwks_file.as_ref().is_some_and(|path| !path.as_os_str().is_empty())
+            || self.jwks_url.as_ref().is_some_and(|url| !url.is_empty())
+    }
+
+    /// What verifies peer tokens: the peers' issuer, audience and JWKS, and
+    /// the development secret when development tokens are accepted. None
+    /// when neither is there (no peer is then accepted).
+    pub fn peer_verification(&self) -> Option<AuthConfig> {
+        let peers = &self.peers;
+        let config = AuthConfig {
+            issuer: peers.issuer.clone(),
+            audience: peers.audience.clone(),
+            jwks_file: peers.jwks_file.clone(),
+            jwks_url: peers.jwks_url.clone(),
+            development_secret: self.development_secret.clone().filter(|_| self.accepts_development_tokens()),
+            allow_development_tokens: true,
+            peers: PeerConfig::default(),
+            ..self.clone()
+        };
+        config.has_key_source().then_some(config)
     }
 }
 
@@ -189,6 +264,12 @@ pub enum AuthSetupError {
         /// What is wrong.
         source: JwksError,
     },
+    /// A JWKS and a development secret, without `allow_development_tokens`.
+    #[error(
+        "auth: a JWKS and a development secret are both set; unset development_secret \
+         (production), or set allow_development_tokens = true to accept both"
+    )]
+    DevelopmentBesideJwks,
     /// A JWKS URL needs a tokio runtime to refresh its keys in.
     #[error("auth.jwks_url: the authenticator must be created inside a tokio runtime")]
     NoRuntime,
@@ -344,9 +425,7 @@ impl AuthConfig {
     /// True when some key source is set: a JWKS file or URL (empty counts as
     /// unset), or a development secret.
     pub fn has_key_source(&self) -> bool {
-        self.development_secret.is_some()
-            || self.jwks_file.as_ref().is_some_and(|path| !path.as_os_str().is_empty())
-            || self.jwks_url.as_ref().is_some_and(|url| !url.is_empty())
+        self.development_secret.is_some() || self.has_jwks()
     }
 }
 
@@ -355,6 +434,16 @@ impl Authenticator {
     /// or the secret is shorter than 32 bytes.
     pub async fn new(config: &AuthConfig) -> Result<Self, AuthSetupError> {
         check_settings(config)?;
+        if config.development_secret.is_some() && config.has_jwks() {
+            if !config.allow_development_tokens {
+                return Err(AuthSetupError::DevelopmentBesideJwks);
+            }
+            tracing::warn!(
+                issuer = %config.issuer,
+                "development tokens are accepted beside the JWKS (allow_development_tokens): \
+                 anyone with the development secret can mint tokens"
+            );
+        }
         let development_key = match &config.development_secret {
             Some(secret) if secret.expose().len() < MIN_SECRET_BYTES => {
                 return Err(AuthSetupError::SecretTooShort { length: secret.expose().len() });
@@ -389,6 +478,12 @@ impl Authenticator {
 
     /// Verifies the `Authorization` header value.
     pub async fn authenticate(&self, authorization: Option<&HeaderValue>) -> Result<Caller, Unauthenticated> {
+        self.verify(authorization)
+    }
+
+    /// [`Authenticator::authenticate`], which never waits: keys are at hand
+    /// (a JWKS URL is fetched in the background), so a tower layer can call it.
+    pub fn verify(&self, authorization: Option<&HeaderValue>) -> Result<Caller, Unauthenticated> {
         let token = bearer_token(authorization)?;
         if let Some(caller) = self.inner.verified.get(token, Instant::now()) {
             return Ok(caller);

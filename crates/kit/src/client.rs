@@ -11,7 +11,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
 
+pub use crate::credential::Credential;
 use crate::trace::{InjectTraceContext, InjectTraceContextLayer, grpc_client_layer, grpc_client_layer_for};
 
 /// A tonic channel whose connection failures reach the caller as UNAVAILABLE
@@ -28,6 +29,8 @@ use crate::trace::{InjectTraceContext, InjectTraceContextLayer, grpc_client_laye
 #[derive(Clone, Debug)]
 pub struct PeerChannel {
     inner: Channel,
+    /// Presented on every call that carries no `authorization` of its own.
+    credential: Credential,
 }
 
 type GrpcRequest = http::Request<tonic::body::Body>;
@@ -42,7 +45,12 @@ impl tower::Service<GrpcRequest> for PeerChannel {
         self.inner.poll_ready(cx).map_err(connection_failed)
     }
 
-    fn call(&mut self, request: GrpcRequest) -> Self::Future {
+    fn call(&mut self, mut request: GrpcRequest) -> Self::Future {
+        if !request.headers().contains_key(http::header::AUTHORIZATION)
+            && let Some(token) = self.credential.header()
+        {
+            request.headers_mut().insert(http::header::AUTHORIZATION, token);
+        }
         PeerCall { answer: self.inner.call(request) }
     }
 }
@@ -108,17 +116,29 @@ pub enum ClientError {
 ///   every ready pod: a single connection to a ClusterIP would pin all calls
 ///   to one pod. Must be called inside a tokio runtime.
 pub fn channel(address: &str) -> Result<TracedChannel, ClientError> {
-    channel_with(address, grpc_client_layer())
+    channel_with(address, grpc_client_layer(), Credential::none())
 }
 
-/// [`channel`] for calls `component` makes: its client spans say so in
+/// [`channel`] presenting `credential` on every call that has no
+/// `authorization` of its own (a command-line tool, a test).
+pub fn channel_as(address: &str, credential: Credential) -> Result<TracedChannel, ClientError> {
+    channel_with(address, grpc_client_layer(), credential)
+}
+
+/// [`channel`] for calls `component` makes, presenting its own `credential`
+/// (see [`Credential::of_component`]) unless a call carries a token already
+/// (the gateway forwarding its caller's): its client spans say so in
 /// `mesh.component` (see [`crate::component_spans`]).
-pub fn channel_from(component: &str, address: &str) -> Result<TracedChannel, ClientError> {
-    channel_with(address, grpc_client_layer_for(component))
+pub fn channel_from(component: &str, address: &str, credential: Credential) -> Result<TracedChannel, ClientError> {
+    channel_with(address, grpc_client_layer_for(component), credential)
 }
 
-fn channel_with(address: &str, layer: crate::trace::GrpcTraceLayer) -> Result<TracedChannel, ClientError> {
-    let traced = |channel: Channel| traced_with(layer, channel);
+fn channel_with(
+    address: &str,
+    layer: crate::trace::GrpcTraceLayer,
+    credential: Credential,
+) -> Result<TracedChannel, ClientError> {
+    let traced = |channel: Channel| traced_with(layer, channel, credential);
     match address.strip_prefix(DNS_SCHEME) {
         Some(target) => {
             let target = target.trim_start_matches('/').to_string();
@@ -171,54 +191,190 @@ impl Resolve for DnsResolver {
 }
 
 /// A channel balanced across every address `resolver` gives for `host`,
-/// followed as it changes. The resolving task ends when the channel is dropped.
+/// followed as it changes, and across those of them whose gRPC health is
+/// SERVING. The resolving task ends when the channel is dropped.
+///
+/// Each address's health (service `""`) is watched on a connection of its
+/// own (gRPC's client-side health checking): a replica that reports
+/// NOT_SERVING, as every `kit::serve` component does from the moment it is
+/// asked to stop, or that cannot be reached, leaves the balance at once, not
+/// at the next resolution, so no call goes to a listener closing under a
+/// stale DNS answer; it comes back once it answers SERVING again. A peer
+/// whose health cannot be asked (no health service, or a refusal) is
+/// balanced as if SERVING, an address not heard from yet too; and when no
+/// address qualifies, all are balanced, so calls fail fast (UNAVAILABLE)
+/// rather than wait for a replica.
 pub fn resolved_channel(host: String, port: u16, every: Duration, resolver: impl Resolve) -> Channel {
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
-    tokio::spawn(async move {
-        let mut current: BTreeSet<SocketAddr> = BTreeSet::new();
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let resolved: BTreeSet<SocketAddr> = match resolver.resolve(&host, port).await {
-                Ok(addresses) => addresses.into_iter().collect(),
-                Err(error) => {
-                    // Keep the endpoints we have: a DNS hiccup must not empty the pool.
-                    tracing::warn!(%host, %error, "cannot resolve the gRPC peer; keeping its known addresses");
-                    continue;
-                }
-            };
-            if resolved.is_empty() {
-                tracing::warn!(%host, "the gRPC peer resolves to no address; keeping its known addresses");
-                continue;
-            }
-            for gone in current.difference(&resolved) {
-                if changes.send(Change::Remove(*gone)).await.is_err() {
-                    return;
-                }
-            }
-            for new in resolved.difference(&current) {
-                let Ok(endpoint) = endpoint(&format!("http://{new}")) else { continue };
-                if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
-                    return;
-                }
-            }
-            if resolved != current {
-                tracing::debug!(%host, addresses = resolved.len(), "gRPC peer addresses changed");
-            }
-            current = resolved;
-        }
-    });
+    tokio::spawn(follow(host, port, every, resolver, changes));
     channel
+}
+
+/// How long a health watcher waits before asking a replica that is not
+/// SERVING, or cannot be reached, again.
+pub const HEALTH_RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// What the health watcher of one address last learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Health {
+    /// Nothing yet.
+    Unknown,
+    /// SERVING, or the peer does not tell.
+    Serving,
+    /// NOT_SERVING (starting, or stopping) or any other status.
+    NotServing,
+    /// No connection, or the watch broke.
+    Unreachable,
+}
+
+/// A resolved address: its health, and the task watching it (ended with it).
+struct Peer {
+    health: Health,
+    watcher: tokio::task::AbortHandle,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// Resolves `host` every `every`, watches each address's health, and keeps
+/// the balance (`changes`) to the addresses to call, until the channel is dropped.
+async fn follow(
+    host: String,
+    port: u16,
+    every: Duration,
+    resolver: impl Resolve,
+    changes: tokio::sync::mpsc::Sender<Change<SocketAddr, Endpoint>>,
+) {
+    let (reports, mut health) = tokio::sync::mpsc::channel::<(SocketAddr, Health)>(64);
+    let mut peers: BTreeMap<SocketAddr, Peer> = BTreeMap::new();
+    let mut balanced: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = changes.closed() => return,
+            _ = ticks.tick() => match resolver.resolve(&host, port).await {
+                Ok(addresses) if !addresses.is_empty() => {
+                    let resolved: BTreeSet<SocketAddr> = addresses.into_iter().collect();
+                    if resolved.iter().ne(peers.keys()) {
+                        tracing::debug!(%host, addresses = resolved.len(), "gRPC peer addresses changed");
+                    }
+                    peers.retain(|address, _| resolved.contains(address));
+                    for address in resolved {
+                        peers.entry(address).or_insert_with(|| Peer {
+                            health: Health::Unknown,
+                            watcher: tokio::spawn(watch_health(address, reports.clone())).abort_handle(),
+                        });
+                    }
+                }
+                // Keep the endpoints we have: a DNS hiccup must not empty the pool.
+                Ok(_) => tracing::warn!(%host, "the gRPC peer resolves to no address; keeping its known addresses"),
+                Err(error) => {
+                    tracing::warn!(%host, %error, "cannot resolve the gRPC peer; keeping its known addresses");
+                }
+            },
+            Some((address, now)) = health.recv() => {
+                if let Some(peer) = peers.get_mut(&address)
+                    && peer.health != now
+                {
+                    tracing::debug!(%host, %address, health = ?now, "gRPC peer health changed");
+                    peer.health = now;
+                }
+            }
+        }
+        let wanted = to_balance(&peers);
+        for gone in balanced.difference(&wanted) {
+            if changes.send(Change::Remove(*gone)).await.is_err() {
+                return;
+            }
+        }
+        for new in wanted.difference(&balanced) {
+            let Ok(endpoint) = endpoint(&format!("http://{new}")) else { continue };
+            if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
+                return;
+            }
+        }
+        balanced = wanted;
+    }
+}
+
+/// The addresses calls go to: those SERVING or not heard from yet; all of
+/// them when none is.
+fn to_balance(peers: &BTreeMap<SocketAddr, Peer>) -> BTreeSet<SocketAddr> {
+    let callable: BTreeSet<SocketAddr> = peers
+        .iter()
+        .filter(|(_, peer)| matches!(peer.health, Health::Serving | Health::Unknown))
+        .map(|(address, _)| *address)
+        .collect();
+    if callable.is_empty() { peers.keys().copied().collect() } else { callable }
+}
+
+/// Watches the health of the server at `address` and reports each change of
+/// it, until aborted.
+///
+/// A watch stream is kept open only while the server says SERVING: a server
+/// that is stopping waits for its open streams before it closes, so on any
+/// other status the stream is dropped, and asked again after
+/// [`HEALTH_RETRY_EVERY`].
+async fn watch_health(address: SocketAddr, reports: tokio::sync::mpsc::Sender<(SocketAddr, Health)>) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let Ok(endpoint) = endpoint(&format!("http://{address}")) else { return };
+    let mut client = HealthClient::new(endpoint.connect_lazy());
+    loop {
+        let health = match client.watch(HealthCheckRequest { service: String::new() }).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(answer)) if answer.status() == ServingStatus::Serving => {
+                            if reports.send((address, Health::Serving)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Some(_)) => break Health::NotServing,
+                        // The server went away, or the connection did.
+                        Ok(None) | Err(_) => break Health::Unreachable,
+                    }
+                }
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unimplemented
+                        | tonic::Code::NotFound
+                        | tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                ) =>
+            {
+                tracing::warn!(%address, %status, "the gRPC peer does not tell its health; balancing to it regardless");
+                let _ = reports.send((address, Health::Serving)).await;
+                return;
+            }
+            Err(_) => Health::Unreachable,
+        };
+        if reports.send((address, health)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(HEALTH_RETRY_EVERY).await;
+    }
 }
 
 /// Wraps an existing channel with the client trace layers.
 pub fn traced(channel: Channel) -> TracedChannel {
-    traced_with(grpc_client_layer(), channel)
+    traced_with(grpc_client_layer(), channel, Credential::none())
 }
 
-fn traced_with(layer: crate::trace::GrpcTraceLayer, channel: Channel) -> TracedChannel {
-    ServiceBuilder::new().layer(layer).layer(InjectTraceContextLayer).service(PeerChannel { inner: channel })
+fn traced_with(layer: crate::trace::GrpcTraceLayer, channel: Channel, credential: Credential) -> TracedChannel {
+    ServiceBuilder::new()
+        .layer(layer)
+        .layer(InjectTraceContextLayer)
+        .service(PeerChannel { inner: channel, credential })
 }
 
 /// tonic turns a service error that is a `Status` into that status: the call

@@ -24,11 +24,14 @@
 //! - [`throttle`]: a rate quota per key, in process (governor) or shared by every
 //!   replica (Redis), and a concurrency gate that queues briefly, then sheds.
 
+pub mod access;
+pub mod auth;
 pub mod bus;
 pub mod cache;
 pub mod client;
 pub mod component_spans;
 pub mod config;
+pub mod credential;
 pub mod db;
 pub mod error;
 pub mod json;

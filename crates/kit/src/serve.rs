@@ -1,10 +1,12 @@
 //! The one way a gRPC component starts.
 //!
 //! A [`GrpcServer`] serves the component's services together with
-//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha), behind the
-//! server trace layer and, with [`GrpcServer::metrics`], RED metrics per RPC,
-//! and protected by [`crate::protect`]: a deadline on every unary call
-//! (`rpc_timeout`) and load shedding past `max_concurrent_rpcs`.
+//! `grpc.health.v1.Health` and, when `reflection` is on, server reflection
+//! (v1 and v1alpha), behind the server trace layer and, with
+//! [`GrpcServer::metrics`], RED metrics per RPC, its callers checked with
+//! [`GrpcServer::access`] ([`crate::access`]), and protected by
+//! [`crate::protect`]: a deadline on every unary call (`rpc_timeout`) and
+//! load shedding past `max_concurrent_rpcs`.
 //! Health answers NOT_SERVING until the component says it is ready (migrations
 //! ran, dependencies answer), then SERVING. On shutdown it goes NOT_SERVING
 //! first, waits `shutdown_grace` so load balancers notice, stops accepting, and
@@ -38,6 +40,7 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::access::{Access, AccessLayer};
 use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::protect::{ProtectLayer, Protection};
 use crate::shutdown::Shutdown;
@@ -64,6 +67,10 @@ pub struct ServeOptions {
     /// Longest wait for in-flight calls once the listener closed.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Serve gRPC server reflection (v1, v1alpha), so tools such as
+    /// `grpcurl` list and describe the services. Off unless asked for: it
+    /// maps the whole API for anyone who reaches the port.
+    pub reflection: bool,
 }
 
 impl Default for ServeOptions {
@@ -73,6 +80,7 @@ impl Default for ServeOptions {
             max_concurrent_rpcs: 1024,
             shutdown_grace: Duration::ZERO,
             drain_timeout: Duration::from_secs(4),
+            reflection: false,
         }
     }
 }
@@ -105,6 +113,7 @@ pub struct GrpcServer {
     descriptors: Vec<&'static [u8]>,
     options: ServeOptions,
     metrics: GrpcMetricsLayer,
+    access: AccessLayer,
 }
 
 impl GrpcServer {
@@ -117,6 +126,7 @@ impl GrpcServer {
             descriptors: Vec::new(),
             options: ServeOptions::default(),
             metrics: GrpcMetricsLayer::disabled(),
+            access: AccessLayer::new(None),
         }
     }
 
@@ -149,6 +159,13 @@ impl GrpcServer {
         self
     }
 
+    /// Checks every call's caller against `access` (see [`crate::access`]);
+    /// without it every call is let through.
+    pub fn access(mut self, access: Access) -> Self {
+        self.access = AccessLayer::new(Some(access));
+        self
+    }
+
     /// Records RED metrics of every RPC into `metrics`, labelled with its
     /// component (see [`GrpcMetricsLayer`]).
     pub fn metrics(mut self, metrics: Metrics) -> Self {
@@ -168,28 +185,30 @@ impl GrpcServer {
     where
         E: Into<BoxError> + 'static,
     {
-        let Self { component, mut routes, services, descriptors, options, metrics } = self;
+        let Self { component, mut routes, services, descriptors, options, metrics, access } = self;
         let address = listener.local_addr()?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_status(&health, &services, ServingStatus::NotServing).await;
         routes.add_service(health_service);
 
-        let mut reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-        let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-        for set in &descriptors {
-            reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
-            reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
+        if options.reflection {
+            let mut reflection_v1 = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            let mut reflection_v1alpha = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            for set in &descriptors {
+                reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
+                reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
+            }
+            // List only what this component serves, not every service in the descriptors.
+            for name in services.iter().copied().chain(["grpc.health.v1.Health"]) {
+                reflection_v1 = reflection_v1.with_service_name(name);
+                reflection_v1alpha = reflection_v1alpha.with_service_name(name);
+            }
+            routes.add_service(reflection_v1.build_v1()?);
+            routes.add_service(reflection_v1alpha.build_v1alpha()?);
         }
-        // List only what this component serves, not every service in the descriptors.
-        for name in services.iter().copied().chain(["grpc.health.v1.Health"]) {
-            reflection_v1 = reflection_v1.with_service_name(name);
-            reflection_v1alpha = reflection_v1alpha.with_service_name(name);
-        }
-        routes.add_service(reflection_v1.build_v1()?);
-        routes.add_service(reflection_v1alpha.build_v1alpha()?);
         let protection = ProtectLayer::new(Protection {
             max_concurrent_rpcs: options.max_concurrent_rpcs,
             rpc_timeout: options.rpc_timeout,
@@ -228,8 +247,10 @@ impl GrpcServer {
         let server = tonic::transport::Server::builder()
             .layer(grpc_server_layer_for(component))
             .layer(metrics)
-            // Inside the trace and metrics layers, so a shed or timed-out call is
-            // traced and counted with its status like any other.
+            // Inside the trace and metrics layers, so a refused, shed or
+            // timed-out call is traced and counted with its status like any
+            // other; callers are checked before a call takes a permit.
+            .layer(access)
             .layer(protection)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(accept_nodelay(listener), stop_accepting);

@@ -118,3 +118,91 @@ async fn a_refused_connection_is_unavailable() {
     let status = client.check(HealthCheckRequest { service: String::new() }).await.expect_err("no answer");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
+
+/// A health server on `ip` that knows service `name` (so a Check tells which
+/// pod answered), with its reporter and a handle that stops it; the whole
+/// server (`""`) is SERVING.
+async fn named_pod(
+    ip: [u8; 4],
+    name: &str,
+) -> (SocketAddr, tonic_health::server::HealthReporter, kit::shutdown::Shutdown) {
+    let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    let stop = kit::shutdown::Shutdown::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped.cancelled_owned())
+            .await
+            .unwrap();
+    });
+    (address, reporter, stop)
+}
+
+/// Which pods answered `calls` Checks of service "first", which only the
+/// first pod knows (the second answers NOT_FOUND); any other answer fails the test.
+async fn pods_answering(channel: &tonic::transport::Channel, calls: usize) -> Vec<&'static str> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut client = HealthClient::new(channel.clone());
+    for _ in 0..calls {
+        match client.check(HealthCheckRequest { service: "first".into() }).await {
+            Ok(_) => seen.insert("first"),
+            Err(status) if status.code() == tonic::Code::NotFound => seen.insert("second"),
+            Err(status) => panic!("a call failed: {status:?}"),
+        };
+    }
+    seen.into_iter().collect()
+}
+
+/// Until `names` (and only they) answer, within a guard: health changes reach
+/// the balance through the watchers, which ask again every second.
+async fn until_answering(channel: &tonic::transport::Channel, names: &[&str]) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while pods_answering(channel, 50).await != names {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {names:?} answer"));
+}
+
+/// Client-side health checking: a replica NOT_SERVING (as one stopping is,
+/// through its grace) leaves the balance though the resolver still lists it,
+/// and comes back once SERVING; when none is SERVING every one is called;
+/// and once a replica that left has closed its listener, no call fails.
+#[tokio::test]
+async fn replicas_not_serving_leave_the_balance_until_they_serve_again() {
+    let (first, first_health, _first_stop) = named_pod([127, 0, 0, 1], "first").await;
+    let (second, second_health, second_stop) = named_pod([127, 0, 0, 2], "second").await;
+    let pods = Pods::default();
+    *pods.0.lock().unwrap() = vec![first, second];
+    // Resolved once: the name goes on listing both addresses.
+    let channel = resolved_channel("pods.example".into(), 0, Duration::from_secs(3600), pods.clone());
+    until_answering(&channel, &["first", "second"]).await;
+
+    second_health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    until_answering(&channel, &["first"]).await;
+    second_health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    until_answering(&channel, &["first", "second"]).await;
+
+    // None SERVING: calls go to every replica rather than wait for one.
+    second_health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    first_health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    until_answering(&channel, &["first", "second"]).await;
+    first_health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    until_answering(&channel, &["first"]).await;
+
+    // The second stops (its listener closes): every call still answered, by the first.
+    second_stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while tokio::net::TcpStream::connect(second).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the second's listener closes");
+    assert_eq!(pods_answering(&channel, 500).await, ["first"]);
+}

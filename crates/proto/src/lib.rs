@@ -38,6 +38,34 @@ pub fn descriptor_pool() -> Result<prost_reflect::DescriptorPool, prost_reflect:
     prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
 }
 
+/// The access option every RPC carries (`commerce.auth.v1.access`).
+pub const ACCESS_OPTION: &str = "commerce.auth.v1.access";
+
+/// Every RPC of the four commerce services by its path
+/// (`/package.Service/Method`), with the scopes its access option requires.
+/// An RPC without the option is left out: nobody may call it.
+pub fn access_rules() -> Result<std::collections::BTreeMap<String, Vec<String>>, prost_reflect::DescriptorError> {
+    let pool = descriptor_pool()?;
+    let mut rules = std::collections::BTreeMap::new();
+    let Some(access) = pool.get_extension_by_name(ACCESS_OPTION) else { return Ok(rules) };
+    for service in COMMERCE_SERVICES.iter().filter_map(|name| pool.get_service_by_name(name)) {
+        for method in service.methods() {
+            let options = method.options();
+            if !options.has_extension(&access) {
+                continue;
+            }
+            let rule = options.get_extension(&access);
+            let Some(rule) =
+                rule.as_message().and_then(|rule| rule.transcode_to::<commerce::auth::v1::AccessRule>().ok())
+            else {
+                continue;
+            };
+            rules.insert(format!("/{}/{}", service.full_name(), method.name()), rule.scopes);
+        }
+    }
+    Ok(rules)
+}
+
 /// Event-bus stream names: the contract between the services that publish to
 /// a stream and those that consume it.
 pub mod streams {

@@ -35,7 +35,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
-use crate::auth::Secret;
+use kit::auth::Secret;
 
 /// The `source` of refunds that come from Stripe.
 pub const SOURCE: &str = "stripe";

@@ -440,7 +440,7 @@ pub fn config(upstream: SocketAddr) -> gateway::Config {
         upstreams: [(ECHO_SERVICE.to_string(), format!("http://{upstream}"))].into(),
         ..Default::default()
     };
-    config.auth.development_secret = Some(gateway::auth::Secret::new(SECRET.into()));
+    config.auth.development_secret = Some(kit::auth::Secret::new(SECRET.into()));
     config
 }
 
@@ -469,14 +469,14 @@ pub async fn start() -> Running {
 
 /// A development token for subject `tester` with `scopes`.
 pub fn token(scopes: &[&str]) -> String {
-    let claims = gateway::auth::DevelopmentClaims {
+    let claims = kit::auth::DevelopmentClaims {
         issuer: "commerce-mesh".into(),
         audience: "commerce-mesh".into(),
         subject: "tester".into(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         ttl: Duration::from_secs(600),
     };
-    gateway::auth::mint_development_token(&gateway::auth::Secret::new(SECRET.into()), &claims).unwrap()
+    kit::auth::mint_development_token(&kit::auth::Secret::new(SECRET.into()), &claims).unwrap()
 }
 
 /// Every scope the test service uses.

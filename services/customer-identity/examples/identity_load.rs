@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The development secret the server verifies the harness's tokens with.
+const BENCH_SECRET: &str = "identity-load-development-secret-of-32-bytes";
+
 use clap::Parser;
 use kit::bench::percentile;
 use proto::commerce::identity::v1 as pb;
@@ -168,6 +171,16 @@ async fn main() {
         url + &args.database
     };
 
+    // `serve` applies no migration: the schema first, as the migrations Job does.
+    let mut migrate = tokio::process::Command::new(&args.mesh_binary);
+    migrate.args(["migrate", "customer-identity"]);
+    match &args.embedded {
+        Some(dir) => migrate.env("MESH_DATA_DIR", dir).env_remove("MESH_DATABASE_URL"),
+        None => migrate.env("MESH_DATABASE_URL", &database_url),
+    };
+    let migrated = migrate.output().await.expect("run commerce-mesh migrate");
+    assert!(migrated.status.success(), "migrate: {}", String::from_utf8_lossy(&migrated.stderr));
+
     // A free port for the server.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut command = tokio::process::Command::new(&args.mesh_binary);
@@ -179,6 +192,7 @@ async fn main() {
     let mut server = command
         .env("MESH_CUSTOMER_IDENTITY__LISTEN", format!("127.0.0.1:{port}"))
         .env("MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT", "bench")
+        .env("MESH_AUTH__DEVELOPMENT_SECRET", BENCH_SECRET)
         .env("MESH_CUSTOMER_IDENTITY__CACHE__NAMESPACE", format!("bench-{}", uuid::Uuid::new_v4().simple()))
         .env("MESH_TELEMETRY__LOG_FILTER", "warn")
         .stdout(Stdio::null())
@@ -201,7 +215,17 @@ async fn main() {
         }
     }
     let rss_start = rss_kib(pid);
-    let client = CustomerIdentityServiceClient::new(kit::client::channel(&url).unwrap())
+    // The server checks its callers: a development token with what the harness calls.
+    let claims = kit::auth::DevelopmentClaims {
+        issuer: "commerce-mesh".into(),
+        audience: "commerce-mesh".into(),
+        subject: "identity-load".into(),
+        scopes: vec!["identity:read".into(), "identity:import".into(), "identity:write".into()],
+        ttl: Duration::from_secs(24 * 60 * 60),
+    };
+    let credential = kit::credential::Credential::development(kit::auth::Secret::new(BENCH_SECRET.into()), claims)
+        .expect("a development credential");
+    let client = CustomerIdentityServiceClient::new(kit::client::channel_as(&url, credential).unwrap())
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
 

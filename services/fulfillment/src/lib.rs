@@ -85,6 +85,10 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     /// How long published outbox rows are kept.
     pub outbox: OutboxConfig,
+    /// What Fulfillment presents to CatalogIngest (its own identity, given
+    /// by whoever runs it; not a configuration key).
+    #[serde(skip)]
+    pub identity: kit::credential::Credential,
 }
 
 impl Default for Config {
@@ -98,6 +102,7 @@ impl Default for Config {
             check_course_runs: false,
             catalog_url: "http://127.0.0.1:50053".into(),
             customers_stream: proto::streams::CUSTOMERS.into(),
+            identity: kit::credential::Credential::none(),
             consumer: ConsumerConfig::default(),
             outbox: OutboxConfig::default(),
         }
@@ -177,7 +182,7 @@ impl Fulfillment {
         config.check()?;
         let catalog = match config.check_course_runs {
             true => Some(CatalogIngestServiceClient::new(
-                kit::client::channel_from(NAME, &config.catalog_url)
+                kit::client::channel_from(NAME, &config.catalog_url, config.identity.clone())
                     .map_err(|e| ConfigError(format!("catalog_url: {e}")))?,
             )),
             false => None,

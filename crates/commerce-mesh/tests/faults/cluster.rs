@@ -207,7 +207,7 @@ impl MeshProcesses {
         let mut env = BTreeMap::from([
             ("MESH_DATABASE_URL".to_string(), database_url.to_string()),
             ("MESH_REDIS_URL".into(), redis_url.into()),
-            ("MESH_GATEWAY__AUTH__DEVELOPMENT_SECRET".into(), GATEWAY_SECRET.into()),
+            ("MESH_AUTH__DEVELOPMENT_SECRET".into(), GATEWAY_SECRET.into()),
             ("MESH_GATEWAY__REQUEST_TIMEOUT".into(), "5s".into()),
             ("MESH_GATEWAY__FULFILLMENT_URL".into(), grpc(Component::Fulfillment)),
             ("MESH_GATEWAY__CUSTOMER_IDENTITY_URL".into(), grpc(Component::CustomerIdentity)),
@@ -252,6 +252,8 @@ impl MeshProcesses {
             children: BTreeMap::new(),
             starts: BTreeMap::new(),
         };
+        // As the migrations Job would: `serve` applies none.
+        crate::support::migrate(mesh.dir.path(), database_url, "all").await;
         for component in Component::ALL {
             mesh.spawn(component);
         }

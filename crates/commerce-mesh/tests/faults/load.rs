@@ -90,8 +90,7 @@ impl Load {
     /// A generator against the gateway at `base`, with a token carrying every scope.
     pub fn new(base: String) -> Self {
         let mut config = commerce_mesh::MeshConfig::default();
-        config.gateway.http.auth.development_secret =
-            Some(gateway::auth::Secret::new(super::cluster::GATEWAY_SECRET.to_string()));
+        config.auth.development_secret = Some(kit::auth::Secret::new(super::cluster::GATEWAY_SECRET.to_string()));
         let scopes = commerce_mesh::dev_tokens::every_scope();
         let token = commerce_mesh::dev_tokens::mint(&config, "faults-suite", scopes, Duration::from_secs(3600))
             .expect("a development token");

@@ -411,7 +411,10 @@ async fn seams_hold_between_processes_odd_orders_and_a_frozen_peer() {
         rig.load.send(reqwest::Method::POST, &format!("/v1/orders/{number}:fulfill"), Some(order.clone())).await;
     // Fulfillment itself, asked over gRPC with a deadline longer than its own
     // wait for CustomerIdentity: its answer is its classification of the stall.
-    let channel = kit::client::channel(&rig.mesh.grpc_url(Component::Fulfillment)).expect("channel");
+    let mut secret = commerce_mesh::MeshConfig::default();
+    secret.auth.development_secret = Some(kit::auth::Secret::new(cluster::GATEWAY_SECRET.to_string()));
+    let credential = support::developer(&secret, &["fulfillment:write"]);
+    let channel = kit::client::channel_as(&rig.mesh.grpc_url(Component::Fulfillment), credential).expect("channel");
     let mut fulfillment = FulfillmentServiceClient::new(channel);
     let mut direct = tonic::Request::new(grpc_order(&format!("{number}-GRPC"), &customer));
     direct.set_timeout(Duration::from_secs(30));

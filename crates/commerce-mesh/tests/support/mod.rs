@@ -49,3 +49,109 @@ pub fn mesh_command(dir: &Path) -> Command {
     }
     command
 }
+
+/// A credential carrying `scopes`, minted with the development secret
+/// `config` knows (configured, or the one `up` wrote in its `data_dir`).
+pub fn developer(config: &commerce_mesh::MeshConfig, scopes: &[&str]) -> kit::credential::Credential {
+    let credential = commerce_mesh::dev_tokens::tool_credential(config, None, scopes).expect("a credential");
+    assert!(credential.header().is_some(), "a development secret to mint with");
+    credential
+}
+
+/// Applies the migrations of `target` (a service or `all`) to the Postgres
+/// database at `database_url`, as the migrations Job does: `serve` applies
+/// none, it waits for them.
+pub async fn migrate(dir: &Path, database_url: &str, target: &str) {
+    let output = mesh_command(dir)
+        .args(["migrate", target])
+        .env("MESH_DATABASE_URL", database_url)
+        .output()
+        .await
+        .expect("run commerce-mesh migrate");
+    assert!(output.status.success(), "migrate {target}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The variable carrying the development secret tokens are signed with, which
+/// the gateway and every service verify them with (the one place a test
+/// names it).
+pub const DEVELOPMENT_SECRET_ENV: &str = "MESH_AUTH__DEVELOPMENT_SECRET";
+
+/// A development token for `subject` with `scopes`, signed with `secret`, as
+/// `commerce-mesh token` mints it.
+pub async fn development_token(dir: &Path, secret: &str, subject: &str, scopes: &[&str]) -> String {
+    let output = mesh_command(dir)
+        .args(["token", "--subject", subject, "--scopes", &scopes.join(",")])
+        .env(DEVELOPMENT_SECRET_ENV, secret)
+        .output()
+        .await
+        .expect("run commerce-mesh token");
+    assert!(output.status.success(), "token: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8").trim().to_string()
+}
+
+/// nss_wrapper's library, wherever the distribution put it: preloaded into a
+/// process (`LD_PRELOAD`, `NSS_WRAPPER_HOSTS`), it answers getaddrinfo from a
+/// hosts file of the test's own, so a `dns:///` name resolves to several
+/// loopback addresses without touching /etc/hosts.
+pub fn nss_wrapper() -> std::path::PathBuf {
+    let mut dirs: Vec<std::path::PathBuf> = vec!["/usr/lib".into(), "/usr/lib64".into(), "/lib".into()];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(entries.filter_map(|entry| Some(entry.ok()?.path())));
+    }
+    dirs.into_iter()
+        .map(|dir| dir.join("libnss_wrapper.so"))
+        .find(|library| library.exists())
+        .expect("libnss_wrapper.so (apt-get install libnss-wrapper; scripts/services installs it)")
+}
+
+/// A port free on every address (bound on all, then released for the processes).
+pub fn port_free_on_every(addresses: &[std::net::Ipv4Addr]) -> u16 {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind((addresses[0], 0)).expect("bind");
+        let port = first.local_addr().expect("address").port();
+        let others: Result<Vec<std::net::TcpListener>, _> =
+            addresses[1..].iter().map(|address| std::net::TcpListener::bind((*address, port))).collect();
+        if others.is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on every replica address");
+}
+
+/// `commerce-mesh serve <component>` with only `env` (and PATH), logging to `log`.
+pub fn serve(component: &str, dir: &Path, env: &[(String, String)], log: &Path) -> tokio::process::Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_commerce-mesh"))
+        .args(["serve", component])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().cloned())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn commerce-mesh serve")
+}
+
+/// Sends SIGTERM to `child`, as Kubernetes does to stop a pod.
+pub async fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running").to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill runs");
+    assert!(kill.success(), "kill -TERM {pid}");
+}
+
+/// Polls `probe` until it answers, within the guard (a process coming up gives no signal).
+pub async fn wait_until<T, Fut: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> Fut) -> T {
+    tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            if let Some(answer) = probe().await {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within {HANG_GUARD:?}"))
+}
