@@ -42,7 +42,7 @@
 //! | `auth.issuer`, `.audience` | `MESH_AUTH__ISSUER`, `..._AUDIENCE` | `commerce-mesh`, `commerce-mesh`: a token's `iss` and `aud` must match (`auth.leeway`, `30s`, for `exp`/`nbf`) |
 //! | `auth.development_secret` | `MESH_AUTH__DEVELOPMENT_SECRET` | unset; HS256 tokens signed with it are accepted (`commerce-mesh token`). `up` with no key source makes one in `data_dir/gateway-development-secret`; `serve` needs one of the three |
 //! | `auth.allow_development_tokens` | `MESH_AUTH__ALLOW_DEVELOPMENT_TOKENS` | `false`: a JWKS and a development secret together are refused at start; `true` accepts both (and says so in the log) |
-//! | `auth.peers.issuer`, `.audience` | `MESH_AUTH__PEERS__ISSUER`, `..._AUDIENCE` | `https://kubernetes.default.svc.cluster.local`, `commerce-mesh`: the components' own tokens (projected service-account tokens, subject `system:serviceaccount:<namespace>:<component>`). A component may call what the configuration says it calls (a `*_url` naming the service: that service's `<area>:read`; the gateway with Stripe webhooks: `fulfillment:read` and `fulfillment:write`, to list and refund an order) |
+//! | `auth.peers.issuer`, `.audience` | `MESH_AUTH__PEERS__ISSUER`, `..._AUDIENCE` | `https://kubernetes.default.svc.cluster.local`, `commerce-mesh`: the components' own tokens (projected service-account tokens, subject `system:serviceaccount:<namespace>:<component>`). Fulfillment and PurchaseHistory may call, with their own identity, the `<area>:read` RPCs of each service a `*_url` of theirs names; the gateway, pointed at Fulfillment, `fulfillment:read` and `fulfillment:write` (its webhooks list and refund orders); on callers' requests the gateway forwards their token |
 //! | `auth.peers.jwks_url` or `.jwks_file` | `MESH_AUTH__PEERS__JWKS_URL`, `..._JWKS_FILE` | unset: peer tokens are verified with the development secret only (when development tokens are accepted); on Kubernetes the cluster's service-account JWKS |
 //! | `auth.peers.namespace`, `.token_file` | `MESH_AUTH__PEERS__NAMESPACE`, `..._TOKEN_FILE` | unset: peers from any namespace, and this component mints its own development identity with the secret; on Kubernetes the pod's namespace and its projected token |
 //! | `gateway.trust_client_traces` | `MESH_GATEWAY__TRUST_CLIENT_TRACES` | unset: `false` under `serve` (each request is the root of a trace of the gateway's own, linked to the caller's `traceparent`, so a caller picks neither trace ids nor sampling), `true` under `up` (the caller's trace is continued) |
@@ -268,8 +268,8 @@ impl MeshConfig {
 
     /// What each component may call with its own identity, as scopes: the
     /// read scope of every service its configuration points it at, and for
-    /// the gateway with Stripe webhooks, refunds. The gateway otherwise
-    /// calls with its caller's token, never with its own.
+    /// the gateway pointed at Fulfillment, refunds (its webhooks). The gateway
+    /// otherwise calls with its caller's token, never with its own.
     pub fn peer_grants(&self) -> BTreeMap<String, BTreeSet<String>> {
         let mut grants: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for component in [Component::Fulfillment, Component::PurchaseHistory] {
@@ -281,7 +281,10 @@ impl MeshConfig {
                 .map(str::to_string);
             grants.entry(component.name().to_string()).or_default().extend(scopes);
         }
-        if self.gateway.http.webhooks.stripe.secrets().is_ok_and(|secrets| !secrets.is_empty()) {
+        // The webhooks (Stripe's refunds) list and refund orders. Decided by
+        // where the gateway is pointed, not by its signing secrets: Fulfillment,
+        // which decides, is never given the gateway's secrets.
+        if !self.gateway.fulfillment_url.is_empty() {
             let refunds = ["fulfillment:read".to_string(), "fulfillment:write".to_string()];
             grants.entry(Component::Gateway.name().to_string()).or_default().extend(refunds);
         }

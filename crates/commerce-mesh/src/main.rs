@@ -146,6 +146,13 @@ fn report(error: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config: MeshConfig = kit::config::load(cli.config.as_deref()).context("loading configuration")?;
+    // Moved, not dropped: an old key silently ignored could leave a JWKS unused.
+    if kit::config::figment::<MeshConfig>(cli.config.as_deref())?.find_value("gateway.auth").is_ok() {
+        anyhow::bail!(
+            "gateway.auth (MESH_GATEWAY__AUTH__*) has moved to the top-level [auth] (MESH_AUTH__*), \
+             which the gateway and every service share"
+        );
+    }
     if let Command::Up { with_dev_lms: true } = &cli.command {
         config.dev_lms.enabled = true;
     }

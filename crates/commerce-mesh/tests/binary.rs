@@ -531,3 +531,20 @@ async fn serve_starts_every_service_on_a_schema_a_newer_release_migrated() {
         assert_eq!(status.code(), Some(0));
     }
 }
+
+/// `gateway.auth` moved to the top-level `[auth]`: an old key stops the
+/// binary, naming where it went, rather than being ignored (a JWKS unused).
+#[tokio::test]
+async fn an_old_gateway_auth_key_is_refused_naming_its_new_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = mesh_command(dir.path())
+        .args(["serve", "gateway"])
+        .env("MESH_GATEWAY__AUTH__JWKS_URL", "https://issuer.example/jwks.json")
+        .env("MESH_AUTH__DEVELOPMENT_SECRET", SERVE_SECRET)
+        .output()
+        .await
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused: {stderr}");
+    assert!(stderr.contains("MESH_AUTH__"), "names the new place: {stderr}");
+}

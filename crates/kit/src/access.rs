@@ -182,8 +182,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let Some(access) = &self.access else { return Either::Right(self.inner.call(request)) };
         let path = request.uri().path();
-        let service = path.trim_start_matches('/').rsplit_once('/').map_or(path, |(service, _)| service);
-        if UNPROTECTED_SERVICES.contains(&service) {
+        if UNPROTECTED_SERVICES.contains(&crate::protect::service_of(path)) {
             return Either::Right(self.inner.call(request));
         }
         match access.check(path, request.headers().get(http::header::AUTHORIZATION)) {

@@ -109,13 +109,24 @@ impl Credential {
                 {
                     return Some(value.clone());
                 }
-                match std::fs::read_to_string(path).map(|text| bearer(text.trim())) {
-                    Ok(Ok(value)) => *current = Some((Instant::now(), value)),
-                    // Keep the last token: it may well still be valid.
-                    Ok(Err(InvalidToken)) => tracing::warn!(path = %path.display(), "the token file holds no token"),
-                    Err(error) => tracing::warn!(path = %path.display(), %error, "cannot read the token file"),
+                let read = std::fs::read_to_string(path).map(|text| bearer(text.trim()));
+                let value = match read {
+                    Ok(Ok(value)) => Some(value),
+                    // Keep the last token (it may well still be valid), and
+                    // try the file again only after REREAD_EVERY.
+                    Ok(Err(InvalidToken)) => {
+                        tracing::warn!(path = %path.display(), "the token file holds no token");
+                        current.as_ref().map(|(_, value)| value.clone())
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "cannot read the token file");
+                        current.as_ref().map(|(_, value)| value.clone())
+                    }
+                };
+                if let Some(value) = &value {
+                    *current = Some((Instant::now(), value.clone()));
                 }
-                current.as_ref().map(|(_, value)| value.clone())
+                value
             }
             Source::Minted { secret, claims, current } => {
                 let mut current = current.lock().unwrap_or_else(PoisonError::into_inner);

@@ -100,7 +100,7 @@ pub struct Protect<S> {
 }
 
 /// `/package.Service/Method` → `package.Service`.
-fn service_of(path: &str) -> &str {
+pub(crate) fn service_of(path: &str) -> &str {
     let path = path.strip_prefix('/').unwrap_or(path);
     path.rsplit_once('/').map_or(path, |(service, _)| service)
 }

@@ -427,6 +427,10 @@ fn may_pass(code: Code) -> bool {
             | Code::Internal
             | Code::Unknown
             | Code::Cancelled
+            // Fulfillment refusing the gateway's own identity: a deployment
+            // fault an operator fixes, after which Stripe's retry applies.
+            | Code::Unauthenticated
+            | Code::PermissionDenied
     )
 }
 
