@@ -529,3 +529,73 @@ async fn every_rpc_called_directly_checks_its_caller() {
     println!("direct gRPC sweep: {} RPCs, {refused} refused calls, {reached} admitted", rules.len());
     mesh.stop().await.expect("clean stop");
 }
+
+/// `up` beside a JWKS (callers' tokens from a real issuer, no development
+/// tokens): the components still call each other, with development
+/// identities of their own that no caller can present. An order naming only
+/// a customer is resolved by Fulfillment calling CustomerIdentity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beside_a_jwks_up_still_calls_its_own_components() {
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/kit/tests/keys");
+    let data = tempfile::tempdir().unwrap();
+    let mut config = MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
+    config.use_ephemeral_ports();
+    config.auth.jwks_file = Some(keys.join("jwks-key1.json"));
+    config.fulfillment.settings.lms.url = "http://127.0.0.1:9".into();
+    let (issuer, audience) = (config.auth.issuer.clone(), config.auth.audience.clone());
+    let mesh = commerce_mesh::start(config, Shutdown::new()).await.expect("mesh starts");
+    for component in [Component::CustomerIdentity, Component::Fulfillment] {
+        mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");
+    }
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(keys.join("key1.pem")).unwrap()).unwrap();
+    let scopes: Vec<String> = ["identity:write", "fulfillment:write"].map(String::from).to_vec();
+    let token = jsonwebtoken::encode(&header, &claims(&issuer, &audience, &scopes, 600), &key).unwrap();
+    let caller = |component| {
+        let credential = kit::credential::Credential::bearer(&token).unwrap();
+        kit::client::channel_as(&mesh.grpc_url(component), credential).unwrap()
+    };
+    use proto::commerce::fulfillment::v1 as fulfillment;
+    use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
+    let mut identity = CustomerIdentityServiceClient::new(caller(Component::CustomerIdentity));
+    identity
+        .upsert_customer(proto::commerce::identity::v1::UpsertCustomerRequest {
+            customer_id: "c-jwks".into(),
+            lms_user_id: "4343".into(),
+            lms_username: "jwks_learner".into(),
+            email: String::new(),
+            expected_version: None,
+        })
+        .await
+        .expect("an RS256 caller's token is accepted");
+    let order = fulfillment::FulfillOrderRequest {
+        order_number: "EDX-JWKS".into(),
+        date_placed: Some(kit::time::to_timestamp(chrono::Utc::now())),
+        learner: Some(fulfillment::Learner { customer_id: "c-jwks".into(), ..Default::default() }),
+        line_items: vec![fulfillment::LineItem {
+            line_item_id: "l1".into(),
+            product: Some(fulfillment::line_item::Product::CourseRun(fulfillment::CourseRunEnrollment {
+                course_run_key: "course-v1:edX+Jwks+T1".into(),
+                mode: "verified".into(),
+                credit_provider_id: String::new(),
+            })),
+            price: Some(proto::commerce::r#type::v1::Money { currency_code: "USD".into(), amount: "10.00".into() }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut orders =
+        fulfillment::fulfillment_service_client::FulfillmentServiceClient::new(caller(Component::Fulfillment));
+    let accepted = orders.fulfill_order(order).await.expect("Fulfillment resolved the customer as a peer");
+    let learner = accepted.into_inner().fulfillments[0].learner.clone().unwrap();
+    assert_eq!(learner.lms_username, "jwks_learner");
+    // Callers need the issuer's tokens here: `grpc_channel` has no development token to offer.
+    let mut developer = CustomerIdentityServiceClient::new(mesh.grpc_channel(Component::CustomerIdentity));
+    let refused = developer
+        .get_customer(proto::commerce::identity::v1::GetCustomerRequest { customer_id: "c-jwks".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    mesh.stop().await.expect("clean stop");
+}

@@ -10,15 +10,21 @@ use std::time::Duration;
 use commerce_mesh::Component;
 use kit::shutdown::Shutdown;
 use kit::telemetry::TelemetryConfig;
-use mesh_tests::collector::{Collector, one};
+use mesh_tests::collector::{CollectedSpan, Collector, one};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rest_request_continues_the_callers_trace_into_the_service() {
+/// Runs `up` (with `trust_client_traces` as given) exporting to an
+/// in-process collector, as `up` does: one process, each component's spans
+/// under its own service name. Sends `GET /v1/customers/c-404` with
+/// `traceparent` and answers the spans once `enough` holds.
+async fn spans_of_one_request(
+    trust_client_traces: Option<bool>,
+    traceparent: &str,
+    enough: impl Fn(&[CollectedSpan]) -> bool,
+) -> Vec<CollectedSpan> {
     let mut collector = Collector::start().await.expect("collector");
-    // As `up` does: one process, each component's spans under its own service name.
     let telemetry = kit::telemetry::init_with_components(
         &TelemetryConfig {
             otlp_endpoint: Some(collector.endpoint().to_string()),
@@ -32,6 +38,7 @@ async fn a_rest_request_continues_the_callers_trace_into_the_service() {
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
     config.use_ephemeral_ports();
+    config.gateway.http.trust_client_traces = trust_client_traces;
     let mesh = commerce_mesh::start(config.clone(), Shutdown::new()).await.expect("mesh starts");
     mesh_tests::health::wait_serving(&mesh.grpc_url(Component::CustomerIdentity), Duration::from_secs(30))
         .await
@@ -39,14 +46,13 @@ async fn a_rest_request_continues_the_callers_trace_into_the_service() {
     let token =
         commerce_mesh::dev_tokens::mint(&config, "tracer", vec!["identity:read".into()], Duration::from_secs(60))
             .expect("token");
-
     let response = reqwest::Client::builder()
         .no_proxy()
         .build()
         .unwrap()
         .get(format!("{}/v1/customers/c-404", mesh.url(Component::Gateway)))
         .bearer_auth(token)
-        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+        .header("traceparent", traceparent)
         .send()
         .await
         .unwrap();
@@ -57,9 +63,19 @@ async fn a_rest_request_continues_the_callers_trace_into_the_service() {
         telemetry
     });
     let telemetry = flushing.await.expect("flush");
-    let spans = collector
-        .wait_until(Duration::from_secs(30), |spans| spans.iter().filter(|s| s.trace_id == TRACE_ID).count() >= 3)
-        .await;
+    let spans = collector.wait_until(Duration::from_secs(30), enough).await;
+    mesh.stop().await.expect("mesh stops cleanly");
+    telemetry.shutdown().await;
+    spans
+}
+
+/// Under `up` (unset: trusted), the caller's trace is continued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_request_continues_the_callers_trace_into_the_service() {
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    let spans =
+        spans_of_one_request(None, &traceparent, |spans| spans.iter().filter(|s| s.trace_id == TRACE_ID).count() >= 3)
+            .await;
 
     let gateway = one(&spans, "GET /v1/customers/{customer_id}", 2);
     let to_service = one(&spans, "commerce.identity.v1.CustomerIdentityService/GetCustomer", 3);
@@ -78,9 +94,6 @@ async fn a_rest_request_continues_the_callers_trace_into_the_service() {
     assert_eq!(gateway.attribute("http.route"), Some("/v1/customers/{customer_id}"));
     assert_eq!(gateway.attribute("http.response.status_code"), Some("404"));
     assert_eq!(gateway.attribute("url.path"), Some("/v1/customers/c-404"));
-
-    mesh.stop().await.expect("mesh stops cleanly");
-    telemetry.shutdown().await;
 }
 
 /// Behind `serve gateway` (callers untrusted), a request is the root of a
@@ -88,50 +101,12 @@ async fn a_rest_request_continues_the_callers_trace_into_the_service() {
 /// it chooses neither the trace id nor, with its flags, whether the mesh samples.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_callers_trace_is_linked_not_continued() {
-    let mut collector = Collector::start().await.expect("collector");
-    let telemetry = kit::telemetry::init_with_components(
-        &TelemetryConfig {
-            otlp_endpoint: Some(collector.endpoint().to_string()),
-            service_name: "gateway-trace-test".into(),
-            ..Default::default()
-        },
-        Component::span_components(),
-    )
-    .expect("telemetry");
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
-    config.use_ephemeral_ports();
-    config.gateway.http.trust_client_traces = Some(false);
-    let mesh = commerce_mesh::start(config.clone(), Shutdown::new()).await.expect("mesh starts");
-    mesh_tests::health::wait_serving(&mesh.grpc_url(Component::CustomerIdentity), Duration::from_secs(30))
-        .await
-        .expect("ready");
-    let token =
-        commerce_mesh::dev_tokens::mint(&config, "tracer", vec!["identity:read".into()], Duration::from_secs(60))
-            .expect("token");
     // Not sampled, by the caller's say: were it obeyed, nothing would be recorded.
-    let response = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/v1/customers/c-404", mesh.url(Component::Gateway)))
-        .bearer_auth(token)
-        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-00"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
-
-    let flushing = tokio::task::spawn_blocking(move || {
-        telemetry.force_flush();
-        telemetry
-    });
-    let telemetry = flushing.await.expect("flush");
-    let spans = collector
-        .wait_until(Duration::from_secs(30), |spans| {
-            spans.iter().any(|s| s.name == "commerce.identity.v1.CustomerIdentityService/GetCustomer" && s.kind == 2)
-        })
-        .await;
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-00");
+    let spans = spans_of_one_request(Some(false), &traceparent, |spans| {
+        spans.iter().any(|s| s.name == "commerce.identity.v1.CustomerIdentityService/GetCustomer" && s.kind == 2)
+    })
+    .await;
     let gateway = one(&spans, "GET /v1/customers/{customer_id}", 2);
     let in_service = one(&spans, "commerce.identity.v1.CustomerIdentityService/GetCustomer", 2);
     assert_ne!(gateway.trace_id, TRACE_ID, "the gateway's own trace id");
@@ -139,7 +114,4 @@ async fn an_untrusted_callers_trace_is_linked_not_continued() {
     assert_eq!(gateway.links, [(TRACE_ID.to_string(), CALLER_SPAN.to_string())], "linked to the caller's span");
     assert_eq!(in_service.trace_id, gateway.trace_id, "the mesh's spans are in the gateway's trace");
     assert!(spans.iter().all(|span| span.trace_id != TRACE_ID), "nothing joined the caller's trace");
-
-    mesh.stop().await.expect("mesh stops cleanly");
-    telemetry.shutdown().await;
 }

@@ -42,7 +42,7 @@
 //! | `auth.issuer`, `.audience` | `MESH_AUTH__ISSUER`, `..._AUDIENCE` | `commerce-mesh`, `commerce-mesh`: a token's `iss` and `aud` must match (`auth.leeway`, `30s`, for `exp`/`nbf`) |
 //! | `auth.development_secret` | `MESH_AUTH__DEVELOPMENT_SECRET` | unset; HS256 tokens signed with it are accepted (`commerce-mesh token`). `up` with no key source makes one in `data_dir/gateway-development-secret`; `serve` needs one of the three |
 //! | `auth.allow_development_tokens` | `MESH_AUTH__ALLOW_DEVELOPMENT_TOKENS` | `false`: a JWKS and a development secret together are refused at start; `true` accepts both (and says so in the log) |
-//! | `auth.peers.issuer`, `.audience` | `MESH_AUTH__PEERS__ISSUER`, `..._AUDIENCE` | `https://kubernetes.default.svc.cluster.local`, `commerce-mesh`: the components' own tokens (projected service-account tokens, subject `system:serviceaccount:<namespace>:<component>`). Fulfillment and PurchaseHistory may call, with their own identity, the `<area>:read` RPCs of each service a `*_url` of theirs names; the gateway, pointed at Fulfillment, `fulfillment:read` and `fulfillment:write` (its webhooks list and refund orders); on callers' requests the gateway forwards their token |
+//! | `auth.peers.issuer`, `.audience` | `MESH_AUTH__PEERS__ISSUER`, `..._AUDIENCE` | `https://kubernetes.default.svc.cluster.local`, `commerce-mesh`: the components' own tokens (projected service-account tokens, subject `system:serviceaccount:<namespace>:<component>`). Fulfillment and PurchaseHistory may call, with their own identity, the `<area>:read` RPCs of each service a `*_url` of theirs names (the catalog only with `fulfillment.check_course_runs`); the gateway, pointed at Fulfillment, `fulfillment:read` and `fulfillment:write` (its webhooks list and refund orders); on callers' requests the gateway forwards their token |
 //! | `auth.peers.jwks_url` or `.jwks_file` | `MESH_AUTH__PEERS__JWKS_URL`, `..._JWKS_FILE` | unset: peer tokens are verified with the development secret only (when development tokens are accepted); on Kubernetes the cluster's service-account JWKS |
 //! | `auth.peers.namespace`, `.token_file` | `MESH_AUTH__PEERS__NAMESPACE`, `..._TOKEN_FILE` | unset: peers from any namespace, and this component mints its own development identity with the secret; on Kubernetes the pod's namespace and its projected token |
 //! | `gateway.trust_client_traces` | `MESH_GATEWAY__TRUST_CLIENT_TRACES` | unset: `false` under `serve` (each request is the root of a trace of the gateway's own, linked to the caller's `traceparent`, so a caller picks neither trace ids nor sampling), `true` under `up` (the caller's trace is continued) |
@@ -277,6 +277,12 @@ impl MeshConfig {
                 .peer_urls(component)
                 .into_iter()
                 .filter(|(_, url)| !url.is_empty())
+                // Fulfillment asks the catalog only to check course runs.
+                .filter(|(service, _)| {
+                    component != Component::Fulfillment
+                        || *service != Component::CatalogIngest
+                        || self.fulfillment.settings.check_course_runs
+                })
                 .filter_map(|(service, _)| service.read_scope())
                 .map(str::to_string);
             grants.entry(component.name().to_string()).or_default().extend(scopes);
@@ -414,6 +420,25 @@ impl MeshConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_components_identity_may_read_what_its_configuration_points_it_at() {
+        let scopes = |items: &[&str]| items.iter().map(ToString::to_string).collect::<BTreeSet<String>>();
+        let mut config = MeshConfig::default();
+        let grants = config.peer_grants();
+        assert_eq!(grants["fulfillment"], scopes(&["identity:read"]), "no catalog checks by default");
+        assert_eq!(grants["purchase-history"], scopes(&["identity:read"]));
+        assert_eq!(grants["gateway"], scopes(&["fulfillment:read", "fulfillment:write"]), "its webhooks refund");
+        assert!(!grants.contains_key("customer-identity") && !grants.contains_key("catalog-ingest"));
+
+        config.fulfillment.settings.check_course_runs = true;
+        config.purchase_history.settings.customer_identity_url = String::new();
+        config.gateway.fulfillment_url = String::new();
+        let grants = config.peer_grants();
+        assert_eq!(grants["fulfillment"], scopes(&["catalog:read", "identity:read"]));
+        assert!(grants["purchase-history"].is_empty(), "pointed nowhere: may call nothing");
+        assert!(!grants.contains_key("gateway"));
+    }
 
     #[test]
     fn embedded_by_default_one_sqlite_file_per_service() {

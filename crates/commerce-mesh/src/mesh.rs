@@ -233,6 +233,14 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
         );
         config.auth.development_secret = Some(secret);
     }
+    // Components call each other with development identities unless given
+    // token files; beside a JWKS (no callers' secret) they get one of their own.
+    let peers = &config.auth.peers;
+    if peers.token_file.is_none() && config.auth.peer_development_secret().is_none() {
+        let secret = crate::dev_tokens::load_or_create_secret(&config.data_dir)
+            .map_err(|e| MeshError::Setup { component: Component::Gateway, reason: e.to_string() })?;
+        config.auth.peers.development_secret = Some(secret);
+    }
     if let Some(identity) = addresses.get(&Component::CustomerIdentity) {
         config.fulfillment.settings.customer_identity_url = format!("http://{identity}");
         config.purchase_history.settings.customer_identity_url = format!("http://{identity}");

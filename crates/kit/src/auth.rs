@@ -150,6 +150,11 @@ pub struct PeerConfig {
     /// This component's own token (the projected volume's file), read again
     /// as the kubelet rotates it; unset: minted with the development secret.
     pub token_file: Option<PathBuf>,
+    /// A secret for the components' development identities only, when
+    /// callers' development tokens are not accepted (`up` beside a JWKS).
+    /// Set by the process, never configured.
+    #[serde(skip)]
+    pub development_secret: Option<Secret>,
 }
 
 impl Default for PeerConfig {
@@ -161,6 +166,7 @@ impl Default for PeerConfig {
             jwks_url: None,
             namespace: None,
             token_file: None,
+            development_secret: None,
         }
     }
 }
@@ -170,6 +176,15 @@ impl AuthConfig {
     /// secret is set, and there is no JWKS or they are explicitly allowed.
     pub fn accepts_development_tokens(&self) -> bool {
         self.development_secret.is_some() && (!self.has_jwks() || self.allow_development_tokens)
+    }
+
+    /// The secret peers' development identities are minted and verified
+    /// with: the peers' own, else the callers' when those are accepted.
+    pub fn peer_development_secret(&self) -> Option<Secret> {
+        self.peers
+            .development_secret
+            .clone()
+            .or_else(|| self.development_secret.clone().filter(|_| self.accepts_development_tokens()))
     }
 
     fn has_jwks(&self) -> bool {
@@ -187,7 +202,7 @@ impl AuthConfig {
             audience: peers.audience.clone(),
             jwks_file: peers.jwks_file.clone(),
             jwks_url: peers.jwks_url.clone(),
-            development_secret: self.development_secret.clone().filter(|_| self.accepts_development_tokens()),
+            development_secret: self.peer_development_secret(),
             allow_development_tokens: true,
             peers: PeerConfig::default(),
             ..self.clone()

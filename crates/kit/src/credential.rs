@@ -78,8 +78,7 @@ impl Credential {
         if let Some(path) = peers.token_file.clone().filter(|path| !path.as_os_str().is_empty()) {
             return Self::file(path);
         }
-        let secret = config.development_secret.clone().filter(|_| config.accepts_development_tokens());
-        let Some(secret) = secret else {
+        let Some(secret) = config.peer_development_secret() else {
             tracing::warn!(component, "no identity to present to peers: set auth.peers.token_file");
             return Self::none();
         };

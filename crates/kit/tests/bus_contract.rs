@@ -221,6 +221,24 @@ async fn an_unacked_entry_is_reclaimed_not_reread(fixture: Fixture) {
     assert_eq!(bus.pending(&stream, "g").await.unwrap(), 0);
 }
 
+async fn a_consumer_leaves_its_group_only_holding_nothing(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("leaving");
+    assert!(bus.leave(&stream, "g", "c1").await.unwrap(), "no group: nothing to leave");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    bus.publish(&stream, "held", b"1").await.unwrap();
+    let got = read_now(&bus, &stream, "g", "c1", 10).await;
+    assert!(!bus.leave(&stream, "g", "c1").await.unwrap(), "it holds an entry: it stays");
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 1, "and the entry stays pending");
+    let taken = bus.reclaim(&stream, "g", "c2", Duration::ZERO, 10).await.unwrap();
+    assert_eq!(event_ids(&taken), ["held"], "another consumer can still reclaim it");
+    assert!(bus.leave(&stream, "g", "c1").await.unwrap(), "holding nothing now: it leaves");
+    bus.ack(&stream, "g", &[got[0].id.clone()]).await.unwrap();
+    assert!(bus.leave(&stream, "g", "c2").await.unwrap());
+    assert!(bus.leave(&stream, "g", "c2").await.unwrap(), "leaving twice is harmless");
+    assert_eq!(bus.pending(&stream, "g").await.unwrap(), 0);
+}
+
 async fn reclaim_leaves_entries_idle_for_less_than_min_idle(fixture: Fixture) {
     let bus = fixture.open();
     let stream = fixture.stream("orders");
@@ -520,6 +538,10 @@ macro_rules! contract {
             use super::*;
 
             #[tokio::test]
+            async fn a_consumer_leaves_its_group_only_holding_nothing() {
+                super::a_consumer_leaves_its_group_only_holding_nothing($make).await;
+            }
+            #[tokio::test]
             async fn publish_read_ack_round_trip() {
                 super::publish_read_ack_round_trip($make).await;
             }
@@ -655,4 +677,36 @@ async fn redis_a_blocked_read_does_not_stall_other_calls() {
     bus.ack(&busy, "g", &[got[0].id.clone()]).await.unwrap();
     bus.publish(&quiet, "wake", b"2").await.unwrap();
     assert_eq!(event_ids(&blocked.await.unwrap()), ["wake"]);
+}
+
+/// Redis keeps a consumer in its group until told: one that left is no
+/// longer listed, one still holding entries is.
+#[tokio::test]
+async fn redis_a_consumer_that_left_is_no_longer_listed() {
+    let fixture = Fixture::redis();
+    let bus = fixture.open();
+    let stream = fixture.stream("listed");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    bus.publish(&stream, "one", b"1").await.unwrap();
+    let got = read_now(&bus, &stream, "g", "holder", 10).await;
+    assert!(read_now(&bus, &stream, "g", "idle", 10).await.is_empty());
+    assert!(bus.leave(&stream, "g", "idle").await.unwrap());
+    assert!(!bus.leave(&stream, "g", "holder").await.unwrap());
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let consumers: Vec<Vec<redis::Value>> =
+        redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg("g").query_async(&mut connection).await.unwrap();
+    let names: Vec<String> = consumers
+        .iter()
+        .filter_map(|fields| {
+            let at = fields.iter().position(|f| matches!(f, redis::Value::BulkString(b) if b == b"name"))?;
+            match fields.get(at + 1)? {
+                redis::Value::BulkString(name) => Some(String::from_utf8_lossy(name).into_owned()),
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(names, ["holder"], "the idle consumer left; the holder stays");
+    bus.ack(&stream, "g", &[got[0].id.clone()]).await.unwrap();
+    assert!(bus.leave(&stream, "g", "holder").await.unwrap());
 }

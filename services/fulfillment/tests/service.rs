@@ -415,6 +415,9 @@ impl EventBus for LostAcknowledgements {
     async fn pending(&self, stream: &str, group: &str) -> Result<u64, BusError> {
         self.bus.pending(stream, group).await
     }
+    async fn leave(&self, stream: &str, group: &str, consumer: &str) -> Result<bool, BusError> {
+        self.bus.leave(stream, group, consumer).await
+    }
 }
 
 async fn outbox_events_are_published_once_across_a_relay_restart(f: Fixture) {

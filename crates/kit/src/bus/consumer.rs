@@ -138,6 +138,9 @@ pub struct Consumer {
     pending_sampled: std::sync::Mutex<Option<Instant>>,
 }
 
+/// The longest a stopping consumer waits to leave its group (the bus may be down).
+const LEAVE_WITHIN: Duration = Duration::from_secs(2);
+
 /// How often the pending gauge is read from the bus, at most.
 const PENDING_EVERY: Duration = Duration::from_secs(1);
 
@@ -164,7 +167,22 @@ impl Consumer {
 
     /// Consumes until `shutdown`. Bus and handler failures are logged and
     /// retried with a growing pause; nothing acknowledged is ever handled again.
+    /// Then leaves the group if it holds nothing pending ([`EventBus::leave`]).
     pub async fn run(&self, handler: &dyn BatchHandler, shutdown: CancellationToken) {
+        self.consume(handler, shutdown).await;
+        match tokio::time::timeout(LEAVE_WITHIN, self.bus.leave(&self.stream, &self.group, &self.name)).await {
+            Ok(Ok(true)) => tracing::debug!(stream = %self.stream, consumer = %self.name, "left the consumer group"),
+            Ok(Ok(false)) => tracing::info!(
+                stream = %self.stream,
+                consumer = %self.name,
+                "stays in the consumer group: it holds pending entries, which another consumer reclaims"
+            ),
+            Ok(Err(error)) => tracing::warn!(%error, stream = %self.stream, "cannot leave the consumer group"),
+            Err(_) => tracing::warn!(stream = %self.stream, "leaving the consumer group took too long; left as is"),
+        }
+    }
+
+    async fn consume(&self, handler: &dyn BatchHandler, shutdown: CancellationToken) {
         let mut failures = 0u32;
         let mut last_reclaim: Option<Instant> = None;
         // The group is made sure of once, and again after any failure (a

@@ -196,6 +196,13 @@ pub trait EventBus: Send + Sync + 'static {
     async fn dead_letters(&self, stream: &str, max: usize) -> Result<Vec<DeadLetter>, BusError>;
     /// Entries in the group not yet acknowledged (pending) — for the stream-lag metric and tests.
     async fn pending(&self, stream: &str, group: &str) -> Result<u64, BusError>;
+    /// Takes `consumer` out of `group` when it stops, if it holds no pending entry (Redis:
+    /// `XGROUP DELCONSUMER`, checked and done in one script): consumers are named per process,
+    /// so without it every restart would leave one behind for ever. A consumer that still holds
+    /// entries stays, since deleting it would drop them from the pending list and no other
+    /// consumer could reclaim them. Answers whether it is gone (true also when it, its group or
+    /// its stream never existed).
+    async fn leave(&self, stream: &str, group: &str, consumer: &str) -> Result<bool, BusError>;
     /// Applies the retention of [`BusConfig`] to `stream` as of `now`: drops the entries every
     /// consumer group has acknowledged (a group needs what it has not read and what it has
     /// pending; Redis keeps its last delivered entry too, and trims whole nodes of up to 100

@@ -153,6 +153,16 @@ redis.call('XADD', KEYS[2], '*', 'original_id', ARGV[2], 'event_id', ARGV[3], 'p
 return 1
 ";
 
+/// Deletes a consumer from its group unless it holds pending entries, which
+/// deleting it would drop from the pending list (so nobody could reclaim them).
+/// KEYS: stream. ARGV: group, consumer. Answers 1 when it is gone, 0 when it stays.
+const LEAVE_SCRIPT: &str = r"
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #held > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
 /// The Redis Streams backend: consumer groups, XAUTOCLAIM, a dead-letter stream per stream.
 #[derive(Clone)]
 pub struct RedisStreams {
@@ -164,6 +174,7 @@ pub struct RedisStreams {
     reclaim: Arc<redis::Script>,
     dead_letter: Arc<redis::Script>,
     trim: Arc<redis::Script>,
+    leave: Arc<redis::Script>,
 }
 
 /// Connections for blocking reads. A blocking XREADGROUP holds its connection
@@ -215,6 +226,7 @@ impl RedisStreams {
             reclaim: Arc::new(redis::Script::new(RECLAIM_SCRIPT)),
             dead_letter: Arc::new(redis::Script::new(DEAD_LETTER_SCRIPT)),
             trim: Arc::new(redis::Script::new(TRIM_SCRIPT)),
+            leave: Arc::new(redis::Script::new(LEAVE_SCRIPT)),
         })
     }
 
@@ -486,6 +498,17 @@ impl EventBus for RedisStreams {
         match array(reply).and_then(|summary| summary.into_iter().next()) {
             Some(Value::Int(count)) => Ok(u64::try_from(count).unwrap_or(0)),
             _ => Err(BusError::malformed(stream, "", "XPENDING summary has no count")),
+        }
+    }
+
+    async fn leave(&self, stream: &str, group: &str, consumer: &str) -> Result<bool, BusError> {
+        let mut connection = self.connection.clone();
+        let left: Result<i64, _> = self.leave.key(stream).arg(group).arg(consumer).invoke_async(&mut connection).await;
+        match left.map_err(group_error(stream, group)) {
+            Ok(left) => Ok(left == 1),
+            // No group (or no stream): there is nothing to leave.
+            Err(BusError::NoGroup { .. }) => Ok(true),
+            Err(error) => Err(error),
         }
     }
 

@@ -612,6 +612,19 @@ impl EventBus for SqliteLog {
         count.map(|count| u64::try_from(count).unwrap_or(0)).ok_or_else(|| BusError::no_group(stream, group))
     }
 
+    async fn leave(&self, stream: &str, group: &str, consumer: &str) -> Result<bool, BusError> {
+        // The log keeps no list of consumers, only what each holds pending.
+        let pool = self.ready().await?;
+        let held: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pending WHERE stream = ? AND grp = ? AND consumer = ?")
+                .bind(stream)
+                .bind(group)
+                .bind(consumer)
+                .fetch_one(pool)
+                .await?;
+        Ok(held == 0)
+    }
+
     async fn trim(&self, stream: &str, now: DateTime<Utc>) -> Result<StreamStats, BusError> {
         let mut trimmed = 0;
         for _ in 0..TRIM_ROUNDS {
