@@ -57,7 +57,7 @@ use crate::webhooks::stripe::{StripeSetupError, StripeWebhook};
 use kit::auth::{AuthConfig, AuthSetupError, Authenticator, Caller};
 
 /// The metadata key carrying the authenticated caller's token subject to the service.
-pub const SUBJECT_METADATA: &str = "x-authenticated-subject";
+pub const SUBJECT_METADATA: &str = kit::access::SUBJECT_METADATA;
 /// The header (and metadata key) carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The route of Stripe's webhook ([`crate::webhooks::stripe`]).

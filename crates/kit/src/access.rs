@@ -42,6 +42,10 @@ use tonic::body::Body;
 use crate::auth::{Authenticator, Caller, Unauthenticated};
 use crate::protect::UNPROTECTED_SERVICES;
 
+/// The metadata key that names the verified caller to a service's handlers:
+/// set from the token by [`AccessLayer`], whatever the call carried.
+pub const SUBJECT_METADATA: &str = "x-authenticated-subject";
+
 /// The subject prefix of a Kubernetes service-account token.
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
@@ -187,6 +191,11 @@ where
         }
         match access.check(path, request.headers().get(http::header::AUTHORIZATION)) {
             Ok(caller) => {
+                // Whatever the call claimed, handlers see the subject the token proved.
+                match http::HeaderValue::try_from(caller.subject.as_str()) {
+                    Ok(subject) => request.headers_mut().insert(SUBJECT_METADATA, subject),
+                    Err(_) => request.headers_mut().remove(SUBJECT_METADATA),
+                };
                 request.extensions_mut().insert(caller);
                 Either::Right(self.inner.call(request))
             }
@@ -273,6 +282,39 @@ mod tests {
         assert_eq!(access.check(GET, Some(&elsewhere)).unwrap_err().code(), tonic::Code::Unauthenticated);
         let not_an_account = peer("fulfillment");
         assert_eq!(access.check(GET, Some(&not_an_account)).unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[tokio::test]
+    async fn the_layer_names_the_proven_subject_and_answers_refusals_itself() {
+        use tower::{Layer as _, ServiceExt as _};
+        // Echoes the subject its handler would see.
+        let handler = tower::service_fn(|request: Request<Body>| async move {
+            let seen = request.headers().get(SUBJECT_METADATA).cloned();
+            let mut response = Response::new(Body::empty());
+            if let Some(seen) = seen {
+                response.headers_mut().insert("seen-subject", seen);
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let service = AccessLayer::new(Some(access().await)).layer(handler);
+        let call = |authorization: Option<http::HeaderValue>| {
+            let mut request = Request::post(GET).body(Body::empty()).unwrap();
+            request.headers_mut().insert(SUBJECT_METADATA, http::HeaderValue::from_static("admin"));
+            if let Some(authorization) = authorization {
+                request.headers_mut().insert(http::header::AUTHORIZATION, authorization);
+            }
+            service.clone().oneshot(request)
+        };
+        let admitted = call(Some(user(&["shop:read"]))).await.unwrap();
+        assert_eq!(admitted.headers()["seen-subject"], "someone", "the token's subject, not the claimed one");
+        let refused = call(None).await.unwrap();
+        assert_eq!(refused.headers()["grpc-status"], "16", "UNAUTHENTICATED, trailers-only");
+        assert!(refused.headers().get("seen-subject").is_none(), "the handler never ran");
+        let health = Request::post("/grpc.health.v1.Health/Check").body(Body::empty()).unwrap();
+        assert!(
+            service.clone().oneshot(health).await.unwrap().headers().get("grpc-status").is_none(),
+            "health is open"
+        );
     }
 
     #[tokio::test]
