@@ -518,10 +518,26 @@ pub async fn serve(
     // What the kernel accepted already is served, not reset by the close.
     match listener.into_std() {
         Ok(listener) => {
-            while let Ok((stream, _)) = listener.accept() {
-                match stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream)) {
-                    Ok(stream) => connections.serve(stream, true),
-                    Err(error) => tracing::warn!(%error, "cannot serve a connection accepted at the close"),
+            let mut failures = 0u32;
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        match stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream)) {
+                            Ok(stream) => connections.serve(stream, true),
+                            Err(error) => tracing::warn!(%error, "cannot serve a connection accepted at the close"),
+                        }
+                    }
+                    // The queue is empty (the listener is non-blocking).
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                    // One connection aborted, or no descriptor for it: the others queued
+                    // behind it still count, but a failure that persists ends the loop.
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot accept a connection at the close");
+                        failures += 1;
+                        if failures >= MAX_CLOSING_ACCEPT_FAILURES {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -619,6 +635,9 @@ async fn accept_until(
         }
     }
 }
+
+/// Failed accepts tolerated while serving the connections queued at the close.
+const MAX_CLOSING_ACCEPT_FAILURES: u32 = 64;
 
 /// How long the accept loop pauses after an error accepting a connection.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);

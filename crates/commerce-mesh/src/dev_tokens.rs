@@ -103,15 +103,18 @@ pub fn mint(config: &MeshConfig, subject: &str, scopes: Vec<String>, ttl: Durati
     if scopes.is_empty() {
         return Err(DevTokenError::NoScopes);
     }
-    let auth = &config.auth;
-    let claims = DevelopmentClaims {
+    Ok(kit::auth::mint_development_token(&signing_secret(config)?, &claims(&config.auth, subject, scopes, ttl))?)
+}
+
+/// A caller's development claims for `subject`, as `auth` expects them (its issuer and audience).
+pub fn claims(auth: &kit::auth::AuthConfig, subject: &str, scopes: Vec<String>, ttl: Duration) -> DevelopmentClaims {
+    DevelopmentClaims {
         issuer: auth.issuer.clone(),
         audience: auth.audience.clone(),
-        subject: subject.to_string(),
+        subject: subject.into(),
         scopes,
         ttl,
-    };
-    Ok(kit::auth::mint_development_token(&signing_secret(config)?, &claims)?)
+    }
 }
 
 /// What a command-line tool presents to a service: `token` when given, else
@@ -127,13 +130,8 @@ pub fn tool_credential(
         return kit::credential::Credential::bearer(&token).map_err(|_| DevTokenError::InvalidToken);
     }
     let Ok(secret) = signing_secret(config) else { return Ok(kit::credential::Credential::none()) };
-    let claims = DevelopmentClaims {
-        issuer: config.auth.issuer.clone(),
-        audience: config.auth.audience.clone(),
-        subject: "commerce-mesh-cli".into(),
-        scopes: scopes.iter().map(ToString::to_string).collect(),
-        ttl: Duration::from_secs(60 * 60),
-    };
+    let scopes = scopes.iter().map(ToString::to_string).collect();
+    let claims = claims(&config.auth, "commerce-mesh-cli", scopes, Duration::from_secs(60 * 60));
     Ok(kit::credential::Credential::development(secret, claims)?)
 }
 

@@ -334,21 +334,14 @@ impl RunningMesh {
     pub fn grpc_channel(&self, component: Component) -> kit::client::TracedChannel {
         let credential = match &self.auth.development_secret {
             Some(secret) if self.auth.accepts_development_tokens() => {
-                let claims = kit::auth::DevelopmentClaims {
-                    issuer: self.auth.issuer.clone(),
-                    audience: self.auth.audience.clone(),
-                    subject: "developer".into(),
-                    scopes: crate::dev_tokens::every_scope(),
-                    ttl: std::time::Duration::from_secs(24 * 60 * 60),
-                };
+                let day = std::time::Duration::from_secs(24 * 60 * 60);
+                let claims = crate::dev_tokens::claims(&self.auth, "developer", crate::dev_tokens::every_scope(), day);
                 kit::credential::Credential::development(secret.clone(), claims).unwrap_or_default()
             }
             _ => kit::credential::Credential::none(),
         };
-        // The address is a socket address this process bound: always a valid URI.
-        kit::client::channel_as(&self.grpc_url(component), credential).unwrap_or_else(|_| {
-            kit::client::traced(tonic::transport::Channel::from_static("http://0.0.0.0:0").connect_lazy())
-        })
+        #[allow(clippy::expect_used)] // `http://` and a socket address this process bound: always a valid URI
+        kit::client::channel_as(&self.grpc_url(component), credential).expect("a bound address is a valid gRPC URI")
     }
 
     /// Where the admin port listens.

@@ -94,6 +94,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The descriptors given do not decode.
+    #[error("descriptors: {0}")]
+    Descriptors(#[from] prost::DecodeError),
     /// The reflection service could not read the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -212,7 +215,7 @@ impl GrpcServer {
         let protection = ProtectLayer::new(Protection {
             max_concurrent_rpcs: options.max_concurrent_rpcs,
             rpc_timeout: options.rpc_timeout,
-            streaming_methods: streaming_methods(&descriptors, &services),
+            streaming_methods: streaming_methods(&descriptors, &services)?,
         });
 
         let readiness = {
@@ -290,11 +293,16 @@ fn accept_nodelay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std
 
 /// The full paths (`/package.Service/Method`) of the streaming methods of
 /// `services`, from the descriptors given for reflection.
-fn streaming_methods(descriptors: &[&'static [u8]], services: &[&'static str]) -> HashSet<String> {
+fn streaming_methods(
+    descriptors: &[&'static [u8]],
+    services: &[&'static str],
+) -> Result<HashSet<String>, prost::DecodeError> {
     use prost::Message as _;
     let mut streaming = HashSet::new();
-    // Reflection has decoded every set already; one it could not read never gets here.
-    for set in descriptors.iter().filter_map(|bytes| prost_types::FileDescriptorSet::decode(*bytes).ok()) {
+    // A set that does not decode is an error, not skipped: its streaming
+    // methods would otherwise get the unary deadline.
+    for bytes in descriptors {
+        let set = prost_types::FileDescriptorSet::decode(*bytes)?;
         for file in &set.file {
             let package = file.package();
             for service in &file.service {
@@ -314,7 +322,7 @@ fn streaming_methods(descriptors: &[&'static [u8]], services: &[&'static str]) -
             }
         }
     }
-    streaming
+    Ok(streaming)
 }
 
 async fn set_status(health: &HealthReporter, services: &[&'static str], status: ServingStatus) {
@@ -362,7 +370,7 @@ mod tests {
             }],
         };
         let bytes: &'static [u8] = Box::leak(set.encode_to_vec().into_boxed_slice());
-        let mut found: Vec<String> = streaming_methods(&[bytes], &["shop.v1.Served"]).into_iter().collect();
+        let mut found: Vec<String> = streaming_methods(&[bytes], &["shop.v1.Served"]).unwrap().into_iter().collect();
         found.sort();
         assert_eq!(found, ["/shop.v1.Served/Chat", "/shop.v1.Served/Import", "/shop.v1.Served/Watch"]);
     }
