@@ -39,7 +39,7 @@ pub enum MeshError {
         source: DbError,
     },
     /// Migrations were still missing when `wait-for-migrations` gave up.
-    #[error("{component}: migrations {pending:?} not applied; run `commerce-mesh migrate`")]
+    #[error("{component}: migrations {pending:?} not applied; run `commerce-mesh migrate {component}`")]
     MigrationsPending {
         /// Which component.
         component: Component,
@@ -173,16 +173,11 @@ pub async fn wait_for_migrations(
         let mut last = None;
         let mut still = Vec::new();
         for (component, database, migrations) in waiting {
-            match kit::db::pending_migrations(&database, migrations).await {
-                Ok(pending) if pending.is_empty() => tracing::info!(%component, "migrations applied"),
-                Ok(pending) => {
-                    tracing::info!(%component, ?pending, "waiting for migrations");
-                    last = Some(MeshError::MigrationsPending { component, pending });
-                    still.push((component, database, migrations));
-                }
-                Err(source) => {
-                    tracing::info!(%component, error = %source, "waiting for the database");
-                    last = Some(MeshError::Database { component, source });
+            match migrations_applied(component, &database, migrations).await {
+                Ok(()) => tracing::info!(%component, "migrations applied"),
+                Err(error) => {
+                    tracing::info!(%component, %error, "waiting for migrations");
+                    last = Some(error);
                     still.push((component, database, migrations));
                 }
             }
@@ -445,6 +440,21 @@ enum Schema {
     AwaitMigrations,
 }
 
+/// One look at `database`: Ok once every migration of `component` is
+/// applied (newer unknown ones tolerated); else what is missing, or why the
+/// database could not say.
+async fn migrations_applied(
+    component: Component,
+    database: &kit::db::DatabaseConfig,
+    migrations: &Migrations,
+) -> Result<(), MeshError> {
+    match kit::db::pending_migrations(database, migrations).await {
+        Ok(pending) if pending.is_empty() => Ok(()),
+        Ok(pending) => Err(MeshError::MigrationsPending { component, pending }),
+        Err(source) => Err(MeshError::Database { component, source }),
+    }
+}
+
 /// How often a service waiting for its migrations looks again.
 const MIGRATIONS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -453,10 +463,9 @@ const MIGRATIONS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 async fn await_migrations(component: Component, database: &kit::db::DatabaseConfig, migrations: &Migrations) {
     let mut last = None;
     loop {
-        let now = match kit::db::pending_migrations(database, migrations).await {
-            Ok(pending) if pending.is_empty() => return,
-            Ok(pending) => format!("migrations {pending:?} not applied; run `commerce-mesh migrate {component}`"),
-            Err(error) => format!("database not answering: {error}"),
+        let now = match migrations_applied(component, database, migrations).await {
+            Ok(()) => return,
+            Err(error) => error.to_string(),
         };
         if last.as_ref() != Some(&now) {
             tracing::warn!(%component, waiting_for = %now, "not ready");
