@@ -32,11 +32,11 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --release --locked --package commerce-mesh --recipe-path recipe.json
+RUN cargo chef cook --profile dist --locked --package commerce-mesh --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked --package commerce-mesh --bin commerce-mesh \
+RUN cargo build --profile dist --locked --package commerce-mesh --bin commerce-mesh \
     && mkdir -p /out/data \
-    && cp target/release/commerce-mesh /out/commerce-mesh
+    && cp target/dist/commerce-mesh /out/commerce-mesh
 
 # glibc and CA certificates, no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
