@@ -31,12 +31,15 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
+# `dist` (fat LTO, Cargo.toml) for what ships; the Tilt dev loop passes
+# `release`, whose link is parallel and quick.
+ARG PROFILE=dist
 COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --profile dist --locked --package commerce-mesh --recipe-path recipe.json
+RUN cargo chef cook --profile ${PROFILE} --locked --package commerce-mesh --recipe-path recipe.json
 COPY . .
-RUN cargo build --profile dist --locked --package commerce-mesh --bin commerce-mesh \
+RUN cargo build --profile ${PROFILE} --locked --package commerce-mesh --bin commerce-mesh \
     && mkdir -p /out/data \
-    && cp target/dist/commerce-mesh /out/commerce-mesh
+    && cp target/${PROFILE}/commerce-mesh /out/commerce-mesh
 
 # glibc and CA certificates, no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
