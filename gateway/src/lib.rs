@@ -7,7 +7,9 @@
 //! validates the bindings at start-up, answers `/healthz`, and answers every
 //! other path 501 with a `google.rpc.Status` body.
 
+pub mod access_log;
 pub mod binding;
+pub mod callers;
 pub mod codec;
 pub mod metrics;
 pub mod openapi;

@@ -2,7 +2,8 @@
 //! RPC, behind authentication, limits, tracing and metrics.
 //!
 //! A request goes: headers (read within `header_read_timeout`) → route →
-//! token → scopes → body (size limit, read within `body_read_timeout`) →
+//! token → scopes → caller's quota ([`crate::callers`]) → body (size limit,
+//! read within `body_read_timeout`) →
 //! request message → concurrency gate → upstream call (deadline) → response
 //! JSON. Every refusal on the way is a `google.rpc.Status` JSON body
 //! ([`crate::status`]), and a refused request never reaches a service.
@@ -44,7 +45,9 @@ use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, 
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::access_log::AccessNote;
 use crate::binding::{InvalidBindings, method_bindings};
+use crate::callers::{CallerLimits, CallerQuotasConfig};
 use crate::codec::DynamicCodec;
 use crate::metrics::HttpMetrics;
 use crate::openapi::{self, ApiInfo};
@@ -107,6 +110,13 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Signed inbound events (Stripe's refunds).
     pub webhooks: WebhooksConfig,
+    /// Per-caller rate limits ([`crate::callers`]): by token subject and
+    /// scope; none unless configured.
+    pub caller_quotas: CallerQuotasConfig,
+    /// Where callers' quotas are kept cluster-wide: the mesh's `redis_url`,
+    /// so not a key of the gateway's own. Unset: in this process.
+    #[serde(skip)]
+    pub redis_url: Option<String>,
     /// Continue a caller's `traceparent` (its trace id and sampling
     /// decision) instead of starting a trace of the gateway's own linked to
     /// it. Off: callers are the internet, and one that could pick trace ids
@@ -142,6 +152,8 @@ impl Default for Config {
             body_read_timeout: Duration::from_secs(15),
             cors: CorsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            caller_quotas: CallerQuotasConfig::default(),
+            redis_url: None,
             trust_client_traces: None,
             shutdown_grace: Duration::ZERO,
             drain_timeout: Duration::from_secs(4),
@@ -218,6 +230,9 @@ pub enum GatewayError {
     /// A webhook is configured, but the service it calls is not served.
     #[error("webhooks.stripe has signing secrets, but no route leads to {FULFILLMENT_SERVICE}")]
     WebhookWithoutService,
+    /// The callers' quota store cannot be used (a malformed Redis URL).
+    #[error("caller_quotas: {0}")]
+    CallerQuotas(#[from] kit::throttle::ThrottleError),
     /// The server failed.
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
@@ -258,6 +273,7 @@ struct Inner {
     openapi: Bytes,
     gate: kit::throttle::ConcurrencyGate,
     metrics: HttpMetrics,
+    callers: CallerLimits,
     stripe: Option<StripeWebhook>,
     config: Config,
     /// Set once [`serve`] is asked to stop: `/healthz` answers 503 and every
@@ -360,6 +376,7 @@ impl Gateway {
             openapi: openapi.into(),
             gate: kit::throttle::ConcurrencyGate::new(config.max_concurrent_requests.max(1), config.queue_timeout),
             metrics: HttpMetrics::register(metrics),
+            callers: CallerLimits::new(config.caller_quotas.clone(), config.redis_url.as_deref(), metrics)?,
             stripe,
             config,
             draining: AtomicBool::new(false),
@@ -407,8 +424,10 @@ impl Gateway {
             }
             response
         };
-        // Outermost: every answer, even a CORS refusal, carries the request id.
+        // Outermost: every answer, even a CORS refusal, carries the request id,
+        // which the access log (inside it) writes down.
         Ok(app
+            .layer(axum::middleware::from_fn(crate::access_log::log_access))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
             .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id))
@@ -669,7 +688,7 @@ async fn stripe_webhook(State(gateway): State<Gateway>, request: Request) -> Res
     let started = Instant::now();
     let span = server_span(&request, Some(STRIPE_WEBHOOK_ROUTE), gateway.0.config.trust_client_traces == Some(true));
     let inner = &gateway.0;
-    let response = async {
+    let mut response = async {
         let Some(webhook) = &inner.stripe else {
             return inner.errors.response(&tonic::Status::not_found("no Stripe webhook is configured on this gateway"));
         };
@@ -696,6 +715,7 @@ async fn stripe_webhook(State(gateway): State<Gateway>, request: Request) -> Res
     .instrument(span.clone())
     .await;
     finish_span(&gateway, &span, "POST", Some(STRIPE_WEBHOOK_ROUTE), &response, started);
+    response.extensions_mut().insert(AccessNote::in_span(STRIPE_WEBHOOK_ROUTE, &span));
     response
 }
 
@@ -754,8 +774,10 @@ async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> 
         _ => None,
     };
     let span = server_span(&request, route, gateway.0.config.trust_client_traces == Some(true));
-    let response = handle(&gateway, request, found, &span).instrument(span.clone()).await;
+    let mut note = AccessNote::in_span(route.unwrap_or(crate::access_log::UNMATCHED), &span);
+    let mut response = handle(&gateway, request, found, &span, &mut note).instrument(span.clone()).await;
     finish_span(&gateway, &span, method.as_str(), route, &response, started);
+    response.extensions_mut().insert(note);
     response
 }
 
@@ -841,7 +863,11 @@ async fn read_body(inner: &Inner, headers: &HeaderMap, body: axum::body::Body) -
         Err(_) => Err(body_too_slow(errors, inner.config.body_read_timeout)),
         Ok(Err(error)) => {
             let mut violations = kit::error::BadRequest::new();
-            violations.field("body", format!("cannot read the request body: {error}"));
+            violations.violation(
+                "body",
+                kit::error::ViolationReason::InvalidFormat,
+                format!("cannot read the request body: {error}"),
+            );
             Err(errors.response(&violations.into_status()))
         }
     }
@@ -902,7 +928,13 @@ impl std::fmt::Display for SpanName<'_> {
     }
 }
 
-async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>, span: &Span) -> Response {
+async fn handle(
+    gateway: &Gateway,
+    request: Request,
+    found: RouteMatch<'_, Rpc>,
+    span: &Span,
+    note: &mut AccessNote,
+) -> Response {
     let inner = &gateway.0;
     let errors = &inner.errors;
     let (parts, body) = request.into_parts();
@@ -915,7 +947,8 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
         RouteMatch::Found { route, bindings } => (route, bindings),
         RouteMatch::BadPathValue(bad) => {
             let mut violations = kit::error::BadRequest::new();
-            violations.field(bad.field, bad.reason);
+            // A JSON body, query or path value that does not read as the message: its form.
+            violations.violation(bad.field, kit::error::ViolationReason::InvalidFormat, bad.reason);
             return errors.response(&violations.into_status());
         }
         RouteMatch::MethodNotAllowed { allowed } => {
@@ -931,15 +964,31 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
             return response;
         }
         RouteMatch::NotFound => {
-            return errors.response(&tonic::Status::not_found(format!("no route for {verb} {}", parts.uri.path())));
+            return errors.response(&tonic::Status::not_found(format!(
+                "no route for {verb} {}; every route is described at /openapi.json",
+                parts.uri.path()
+            )));
         }
     };
     let rpc = &route.value;
 
     let caller = match authorize(&inner.auth, &parts.headers, &rpc.scopes).await {
         Ok(caller) => caller,
-        Err(refusal) => return refusal.response(errors),
+        Err(refusal) => {
+            note.subject = refusal.subject();
+            return refusal.response(errors);
+        }
     };
+    note.subject = Some(caller.subject.clone());
+
+    // Before the body is read: a caller over its quota costs no more than a token check.
+    if let Err(over) = inner.callers.admit(&caller.subject, &rpc.scopes).await {
+        let status = kit::error::throttled(
+            format!("{} is over its quota for {}; retry after the delay given", caller.subject, over.scope),
+            over.retry_after,
+        );
+        return errors.response(&status);
+    }
 
     let body = match read_body(inner, &parts.headers, body).await {
         Ok(body) => body,
@@ -950,7 +999,7 @@ async fn handle(gateway: &Gateway, request: Request, found: RouteMatch<'_, Rpc>,
         Ok(messages) => messages,
         Err(error) => {
             let mut violations = kit::error::BadRequest::new();
-            violations.field(error.field, error.description);
+            violations.violation(error.field, kit::error::ViolationReason::InvalidFormat, error.description);
             return errors.response(&violations.into_status());
         }
     };
@@ -1057,15 +1106,31 @@ fn too_large(errors: &ErrorRenderer, limit: usize) -> Response {
 
 /// A caller refused before any service is called.
 enum Refusal {
-    Unauthenticated { reason: String, challenge: HeaderValue },
-    Forbidden { reason: String, challenge: HeaderValue },
+    Unauthenticated {
+        reason: String,
+        challenge: HeaderValue,
+    },
+    /// Authenticated as `subject`, but lacking a scope.
+    Forbidden {
+        reason: String,
+        challenge: HeaderValue,
+        subject: String,
+    },
 }
 
 impl Refusal {
+    /// The verified subject of a caller refused for its scopes.
+    fn subject(&self) -> Option<String> {
+        match self {
+            Refusal::Unauthenticated { .. } => None,
+            Refusal::Forbidden { subject, .. } => Some(subject.clone()),
+        }
+    }
+
     fn response(self, errors: &ErrorRenderer) -> Response {
         let (status, challenge) = match self {
             Refusal::Unauthenticated { reason, challenge } => (tonic::Status::unauthenticated(reason), challenge),
-            Refusal::Forbidden { reason, challenge } => (tonic::Status::permission_denied(reason), challenge),
+            Refusal::Forbidden { reason, challenge, .. } => (tonic::Status::permission_denied(reason), challenge),
         };
         let mut response = errors.response(&status);
         response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
@@ -1078,9 +1143,11 @@ async fn authorize(auth: &Authenticator, headers: &HeaderMap, scopes: &[String])
         challenge: refused.www_authenticate(),
         reason: refused.to_string(),
     })?;
-    caller
-        .require(scopes)
-        .map_err(|refused| Refusal::Forbidden { challenge: refused.www_authenticate(), reason: refused.to_string() })?;
+    caller.require(scopes).map_err(|refused| Refusal::Forbidden {
+        challenge: refused.www_authenticate(),
+        reason: refused.to_string(),
+        subject: caller.subject.clone(),
+    })?;
     Ok(caller)
 }
 

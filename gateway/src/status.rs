@@ -174,12 +174,13 @@ mod tests {
     #[test]
     fn bad_request_details_render_as_json_with_their_type() {
         let mut bad = kit::error::BadRequest::new();
-        bad.field("order_number", "must not be empty");
+        bad.violation("order_number", kit::error::ViolationReason::Required, "must not be empty");
         let json = renderer().json(&bad.into_status());
         assert_eq!(json["code"], 3);
         assert_eq!(json["details"][0]["@type"], "type.googleapis.com/google.rpc.BadRequest");
         assert_eq!(json["details"][0]["field_violations"][0]["field"], "order_number");
         assert_eq!(json["details"][0]["field_violations"][0]["description"], "must not be empty");
+        assert_eq!(json["details"][0]["field_violations"][0]["reason"], "REQUIRED");
     }
 
     #[test]

@@ -32,8 +32,21 @@ fn every_rpc_of_every_commerce_service_has_an_http_rule_and_an_access_rule() {
             assert!(!found.scopes.is_empty(), "{} names scopes", method.full_name());
         }
     }
-    assert_eq!(bindings.len(), expected);
-    assert_eq!(expected, 20, "7 fulfillment + 6 identity + 5 catalog + 2 purchases RPCs");
+    // And the operators' dead-letter services: list, replay, discard each, operators' scopes only.
+    let mut dead_letter_rpcs = 0;
+    for service in proto::DEAD_LETTER_SERVICES {
+        let descriptor = pool.get_service_by_name(service).unwrap_or_else(|| panic!("{service} is described"));
+        for method in descriptor.methods() {
+            dead_letter_rpcs += 1;
+            let found = find(&bindings, method.full_name());
+            assert!(!found.http.is_empty(), "{} has a binding", method.full_name());
+            let scope = if method.name() == "ListDeadLetters" { "ops:read" } else { "ops:write" };
+            assert_eq!(found.scopes, [scope], "{}", method.full_name());
+        }
+    }
+    assert_eq!(dead_letter_rpcs, 6);
+    assert_eq!(bindings.len(), expected + dead_letter_rpcs);
+    assert_eq!(expected, 22, "9 fulfillment + 6 identity + 5 catalog + 2 purchases RPCs");
 }
 
 #[test]

@@ -258,3 +258,16 @@ async fn other_methods_on_the_fixed_paths_are_405_with_a_status_body() {
         assert_eq!(reply.header("allow"), "GET,HEAD");
     }
 }
+
+#[tokio::test]
+async fn an_unknown_route_says_where_the_api_is_described() {
+    let gateway = start().await;
+    let reply = gateway.send("GET", "/v1/nowhere", None).await;
+    assert_eq!(reply.status, 404, "{reply:?}");
+    assert_eq!(reply.json["code"], 5, "NOT_FOUND: {reply:?}");
+    let message = reply.json["message"].as_str().unwrap();
+    assert!(message.contains("GET /v1/nowhere"), "names what was asked: {message}");
+    assert!(message.contains("/openapi.json"), "and where the routes are: {message}");
+    let described = Reply::send(gateway.client.get(gateway.url("/openapi.json"))).await;
+    assert_eq!(described.status, 200, "and that is served: {described:?}");
+}

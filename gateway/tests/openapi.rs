@@ -101,7 +101,7 @@ fn every_binding_of_every_rpc_is_an_operation_with_its_scopes() {
     assert_eq!(doc["info"]["title"], "commerce-mesh");
     assert_eq!(doc["info"]["version"], "1.2.3");
     assert!(doc["info"]["description"].as_str().unwrap().contains("lowerCamelCase"));
-    assert_eq!(bindings.len(), 20);
+    assert_eq!(bindings.len(), 28, "22 commerce RPCs and 6 dead-letter RPCs");
 
     let mut operation_ids = BTreeSet::new();
     let mut operations = 0;
@@ -144,7 +144,14 @@ fn every_binding_of_every_rpc_is_an_operation_with_its_scopes() {
     let tags: Vec<&str> = doc["tags"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(
         tags,
-        ["CatalogIngestService", "CustomerIdentityService", "FulfillmentService", "PurchaseHistoryService"]
+        [
+            "CatalogIngestService",
+            "CustomerIdentityService",
+            "FulfillmentDeadLetterService",
+            "FulfillmentService",
+            "PurchaseHistoryDeadLetterService",
+            "PurchaseHistoryService"
+        ]
     );
 }
 

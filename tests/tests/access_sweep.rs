@@ -397,9 +397,17 @@ async fn grpc_status(client: &reqwest::Client, url: &str, path: &str, authorizat
 /// The component serving `path` (`/package.Service/Method`).
 fn component_of(path: &str) -> Component {
     let service = path.trim_start_matches('/').split('/').next().unwrap();
-    let components =
-        [Component::Fulfillment, Component::CustomerIdentity, Component::CatalogIngest, Component::PurchaseHistory];
-    let index = proto::COMMERCE_SERVICES.iter().position(|name| *name == service).unwrap();
+    // The four services, then the dead-letter services beside Fulfillment and PurchaseHistory.
+    let components = [
+        Component::Fulfillment,
+        Component::CustomerIdentity,
+        Component::CatalogIngest,
+        Component::PurchaseHistory,
+        Component::Fulfillment,
+        Component::PurchaseHistory,
+    ];
+    let index =
+        proto::COMMERCE_SERVICES.iter().chain(&proto::DEAD_LETTER_SERVICES).position(|name| *name == service).unwrap();
     components[index]
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use commerce_mesh::Component;
 use kit::shutdown::Shutdown;
 use mesh_tests::orders::{course_run_order as order, link_ada};
+use mesh_tests::storage::Storage;
 use prost::Message;
 use proto::commerce::catalog::v1::IngestProductEventRequest;
 use proto::commerce::catalog::v1::catalog_ingest_service_client::CatalogIngestServiceClient;
@@ -18,6 +19,7 @@ use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentSer
 use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
 use proto::commerce::identity::v1::{RetireCustomerRequest, UpsertCustomerRequest, retire_customer_request};
 use serde_json::json;
+use tonic_types::StatusExt;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -107,11 +109,24 @@ async fn an_order_for_a_customer_is_resolved_enrolled_and_announced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_course_run_checks_only_what_the_catalog_sells_is_accepted() {
+async fn with_course_run_checks_only_what_the_catalog_sells_is_accepted_embedded() {
+    only_what_the_catalog_sells_is_accepted(Storage::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_course_run_checks_only_what_the_catalog_sells_is_accepted_postgres() {
+    only_what_the_catalog_sells_is_accepted(Storage::PostgresAndRedis).await;
+}
+
+/// Fulfillment asking the real CatalogIngest (`check_course_runs`): unknown
+/// runs, modes not sold and runs whose enrollment has closed are refused
+/// FAILED_PRECONDITION, naming the line; the example product's on-demand run is accepted.
+async fn only_what_the_catalog_sells_is_accepted(storage: Storage) {
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = commerce_mesh::MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
     config.use_ephemeral_ports();
     config.fulfillment.settings.check_course_runs = true;
+    let _database = storage.configure(&mut config).await;
     let mesh = commerce_mesh::start(config, Shutdown::new()).await.expect("mesh starts");
     for component in [Component::Fulfillment, Component::CatalogIngest] {
         mesh_tests::health::wait_serving(&mesh.grpc_url(component), GUARD).await.expect("ready");
@@ -144,15 +159,40 @@ async fn with_course_run_checks_only_what_the_catalog_sells_is_accepted() {
         }));
         order
     };
-    let sold = "course-v1:NorthbridgeX+LSC-201+2026-03";
+    // Open for enrollment until 2099 (no enroll_by: until the run ends).
+    let sold = "course-v1:NorthbridgeX+LSC-201+ON-DEMAND";
+    // Enrollment closed on 2026-02-23 (enroll_by); the 2026-SP run closed when it ended, 2026-08-31.
+    let closed = "course-v1:NorthbridgeX+LSC-201+2026-03";
+    let ended = "course-v1:NorthbridgeX+LSC-201+2026-SP";
     for (number, run, mode, reason) in [
         ("EDX-1", "course-v1:NorthbridgeX+LSC-201+1999", "paid-executive-education", "COURSE_RUN_UNKNOWN"),
         ("EDX-2", sold, "verified", "MODE_NOT_SOLD"),
+        ("EDX-4", closed, "paid-executive-education", "ENROLLMENT_CLOSED"),
+        ("EDX-5", ended, "paid-executive-education", "ENROLLMENT_CLOSED"),
     ] {
         let refused = fulfillment.fulfill_order(order_for(number, run, mode)).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
-        assert_eq!(kit::error::reason(&refused).as_deref(), Some(reason));
+        assert_eq!(kit::error::reason(&refused).as_deref(), Some(reason), "{number}: {refused:?}");
     }
+    let refused = fulfillment.fulfill_order(order_for("EDX-6", closed, "paid-executive-education")).await.unwrap_err();
+    let message = refused.message();
+    assert!(message.starts_with("line_items[0].course_run.course_run_key: line item "), "{message}");
+    assert!(
+        message.contains(&format!("enrollment in course run {closed} closed at 2026-02-23T00:00:00Z")),
+        "{message}"
+    );
+    let info = refused.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.metadata.get("course_run_key").map(String::as_str), Some(closed));
+    assert_eq!(info.metadata.get("enrollment_end_time").map(String::as_str), Some("2026-02-23T00:00:00Z"));
+    assert!(info.metadata.contains_key("line_item_id"), "{info:?}");
+    let nothing = fulfillment
+        .list_order_fulfillments(pb::ListOrderFulfillmentsRequest {
+            order_number: "EDX-6".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("listed");
+    assert!(nothing.into_inner().fulfillments.is_empty(), "a refused order stores nothing");
     let accepted = fulfillment.fulfill_order(order_for("EDX-3", sold, "paid-executive-education")).await;
     assert!(accepted.expect("sold in that mode").into_inner().created);
     mesh.stop().await.expect("clean stop");

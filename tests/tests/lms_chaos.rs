@@ -282,13 +282,16 @@ async fn every_job_succeeds_exactly_once_through_a_chaotic_lms() {
     // Per fulfillment id, the entitlement uuid of each completion event for it.
     let mut completions: HashMap<String, Vec<String>> = HashMap::new();
     let mut purchase_events: HashMap<String, usize> = HashMap::new();
+    // Per fulfillment id, the FulfillmentFailed events for it: a job ends in one event, completed or failed.
+    let mut failures: HashMap<String, usize> = HashMap::new();
     for stream in [proto::streams::FULFILLMENTS, proto::streams::PURCHASES] {
+        let expected = if stream == proto::streams::FULFILLMENTS { orders } else { expected_successes };
         let mut read = 0;
         tokio::time::timeout(guard, async {
             loop {
                 let batch = bus.read(stream, "chaos-audit", "auditor", 1000, Duration::from_millis(250)).await.unwrap();
                 // Once as many as expected are in, one empty read shows nothing more is coming.
-                if batch.is_empty() && read >= expected_successes {
+                if batch.is_empty() && read >= expected {
                     return;
                 }
                 read += batch.len();
@@ -301,13 +304,16 @@ async fn every_job_succeeds_exactly_once_through_a_chaotic_lms() {
                         Some(Payload::PurchaseRecorded(purchase)) => {
                             *purchase_events.entry(purchase.purchase_id).or_default() += 1;
                         }
+                        Some(Payload::FulfillmentFailed(failed)) => {
+                            *failures.entry(failed.fulfillment_id).or_default() += 1;
+                        }
                         other => panic!("unexpected event on {stream}: {other:?}"),
                     }
                 }
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("{stream}: {read} events of {expected_successes} within {guard:?}"));
+        .unwrap_or_else(|_| panic!("{stream}: {read} events of {expected} within {guard:?}"));
     }
     let mut stored_purchases: HashMap<String, usize> = HashMap::new();
     tokio::time::timeout(guard, async {
@@ -433,6 +439,10 @@ async fn every_job_succeeds_exactly_once_through_a_chaotic_lms() {
                     job.attempts,
                     requests.len()
                 ));
+            }
+            let failed_events = failures.get(id).copied().unwrap_or_default();
+            if failed_events != 1 {
+                problems.push(format!("{name}: {failed_events} FulfillmentFailed events for a failed job, not 1"));
             }
             if announced != (0, 0, 0) {
                 problems.push(format!(

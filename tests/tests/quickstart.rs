@@ -27,8 +27,9 @@ use serde_json::{Value, json};
 const GUARD: Duration = Duration::from_secs(60);
 /// The example source whose events are ingested.
 const SOURCE: &str = "exec-ed-partner";
-/// The run `course_run.upserted.json` describes, and the mode its seat sells.
-const COURSE_RUN: &str = "course-v1:NorthbridgeX+LSC-201+2026-09";
+/// The run `course_run.upserted.json` describes (the README's run, open for
+/// enrollment until 2099: the quickstart does not expire), and the mode its seat sells.
+const COURSE_RUN: &str = "course-v1:NorthbridgeX+LSC-201+ON-DEMAND";
 const MODE: &str = "paid-executive-education";
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;

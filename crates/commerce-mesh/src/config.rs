@@ -21,9 +21,11 @@
 //! | `catalog_ingest.discovery.url` | `MESH_CATALOG_INGEST__DISCOVERY__URL` | unset: no downstream calls |
 //! | `purchase_history.consumer.batch` | `MESH_PURCHASE_HISTORY__CONSUMER__BATCH` | `1000` entries per read (`consumer.reclaim_idle` `30s`, `consumer.max_deliveries` `5`, then dead-lettered) |
 //! | `purchase_history.customer_identity_url` | `MESH_PURCHASE_HISTORY__CUSTOMER_IDENTITY_URL` | `http://127.0.0.1:50052` (`up` uses its own) |
-//! | `fulfillment.check_course_runs` | `MESH_FULFILLMENT__CHECK_COURSE_RUNS` | `false`; `true`: only runs the catalog sells in the mode bought are accepted (`fulfillment.catalog_url`, `http://127.0.0.1:50053`; `up` uses its own) |
+//! | `fulfillment.check_course_runs` | `MESH_FULFILLMENT__CHECK_COURSE_RUNS` | `false`; `true`: only runs the catalog sells in the mode bought, open for enrollment (before their `enrollment_end_time`, else their end), are accepted (`fulfillment.catalog_url`, `http://127.0.0.1:50053`; `up` uses its own) |
 //! | `fulfillment.customer_identity_url` | `MESH_FULFILLMENT__CUSTOMER_IDENTITY_URL` | `http://127.0.0.1:50052` (`up` uses its own) |
 //! | `fulfillment.outbox.retention` | `MESH_FULFILLMENT__OUTBOX__RETENTION` | `7d`: published outbox rows are deleted this long after publishing (`outbox.prune_every`, `1m`) |
+//! | `fulfillment.webhooks.<source_system>.url`, `.secret` | `MESH_FULFILLMENT__WEBHOOKS__<SOURCE_SYSTEM>__URL`, `..._SECRET` | none: each line's SUCCEEDED, FAILED, REVOKED and REVOKE_FAILED POSTed to the order's source system (compared without case), signed with the secret (16+ characters, never logged; `X-Commerce-Mesh-Signature`, docs/OPERATIONS.md) |
+//! | `fulfillment.webhook_delivery.retry.base`, `.cap`, `.max_attempts` | `MESH_FULFILLMENT__WEBHOOK_DELIVERY__RETRY__BASE`, ... | `2s`, `15m`, `30` (408/429/5xx, timeouts, connection failures retried; other answers given up); `webhook_delivery.request_timeout` `10s`, `.connect_timeout` `2s`, `.concurrency` `16`, `.lease` `60s`, `.poll` `1s`, `.retention` `7d` |
 //! | `customer_identity.retirement_salt` | `MESH_CUSTOMER_IDENTITY__RETIREMENT_SALT` | a development value (warned about) |
 //! | `customer_identity.cache.ttl` | `MESH_CUSTOMER_IDENTITY__CACHE__TTL` | `5m` (misses: `cache.negative_ttl`, `5s`) |
 //! | `<service>.listen` | `MESH_FULFILLMENT__LISTEN`, ... | `127.0.0.1:50051` to `:50054` |
@@ -47,13 +49,17 @@
 //! | `auth.peers.namespace`, `.token_file` | `MESH_AUTH__PEERS__NAMESPACE`, `..._TOKEN_FILE` | unset: peers from any namespace, and this component mints its own development identity with the secret; on Kubernetes the pod's namespace and its projected token |
 //! | `gateway.trust_client_traces` | `MESH_GATEWAY__TRUST_CLIENT_TRACES` | unset: `false` under `serve` (each request is the root of a trace of the gateway's own, linked to the caller's `traceparent`, so a caller picks neither trace ids nor sampling), `true` under `up` (the caller's trace is continued) |
 //! | `gateway.cors.allowed_origins` | `MESH_GATEWAY__CORS__ALLOWED_ORIGINS` | empty: no CORS; `["*"]` or a list of origins |
+//! | `gateway.caller_quotas.default`, `.by_scope."<scope>"`, `.by_subject."<subject>"` | `MESH_GATEWAY__CALLER_QUOTAS__DEFAULT__RATE_PER_SECOND`, `..._BURST`, ... | unset: no per-caller limit. Each `{ rate_per_second, burst }`; a request counts against its caller (token subject) and its route's scope; the subject's quota beats the scope's, which beats `default`; over it: 429 with `Retry-After`. With `redis_url` shared by every gateway replica (`caller_quotas.cluster.expected_replicas`, `1`, divides it while Redis does not answer; keys `cluster.key_prefix` + `caller:<scope>/<subject>`, `quota:caller:…`) |
 //! | `gateway.webhooks.stripe.signing_secrets`, `.signing_secrets_file` | `MESH_GATEWAY__WEBHOOKS__STRIPE__SIGNING_SECRETS` (`[whsec_new,whsec_old]`), `..._SIGNING_SECRETS_FILE` (one a line) | empty: `POST /v1/webhooks/stripe` answers 404. Any listed secret verifies a signature, so one is rotated by listing both; never logged |
 //! | `gateway.webhooks.stripe.tolerance`, `.refund_lines` | `MESH_GATEWAY__WEBHOOKS__STRIPE__TOLERANCE`, `..._REFUND_LINES` | `5m` between a signature's timestamp and now; `amount` (a full refund is the whole order, a partial one the lines in `metadata.line_item_ids`), `whole_order` or `metadata` |
 //! | `dev_lms.enabled` | `MESH_DEV_LMS__ENABLED` (`up --with-dev-lms`) | `false`; `true`: `up` runs the development LMS (in memory, enrollments go nowhere; never for production) and points `fulfillment.lms` at it |
 //! | `dev_lms.listen` | `MESH_DEV_LMS__LISTEN` | `127.0.0.1:18000` (also `commerce-mesh dev-lms`'s default) |
+//! | `trace_ui.enabled` | `MESH_TRACE_UI__ENABLED` (`up --with-trace-ui`) | `false`; `true`: `up` also serves the Jaeger UI and Jaeger's query API over this process's spans, in memory (a binary built with `--features trace-ui`) |
+//! | `trace_ui.listen` | `MESH_TRACE_UI__LISTEN` | `127.0.0.1:16686` |
+//! | `trace_ui.max_traces`, `.max_memory_mib` | `MESH_TRACE_UI__MAX_TRACES`, `..._MAX_MEMORY_MIB` | `10000` traces, about `256` MiB: past either, the least recently used traces are dropped |
 //! | `admin_listen` | `MESH_ADMIN_LISTEN` | `127.0.0.1:9090`: the admin port of `up`, with every component's metrics |
 //! | `telemetry.log_filter` | `MESH_TELEMETRY__LOG_FILTER` (or `RUST_LOG`) | `info` |
-//! | `telemetry.log_format` | `MESH_TELEMETRY__LOG_FORMAT` | `json` (or `text`) |
+//! | `telemetry.log_format` | `MESH_TELEMETRY__LOG_FORMAT` | `auto`: human-readable text when stdout (where logs go) is a terminal, JSON lines otherwise; `json` or `text` decide |
 //! | `telemetry.otlp_endpoint` | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset: no span export |
 //! | `serve.rpc_timeout` | `MESH_SERVE__RPC_TIMEOUT` | `30s`: a unary call past it ends DEADLINE_EXCEEDED (a caller's shorter deadline wins; streaming calls have only the caller's); `0s`: none |
 //! | `serve.max_concurrent_rpcs` | `MESH_SERVE__MAX_CONCURRENT_RPCS` | `1024` calls at once per component; one more is refused at once, UNAVAILABLE with `RetryInfo` (health and reflection never) |
@@ -105,6 +111,8 @@ pub struct MeshConfig {
     pub purchase_history: ServiceConfig<purchase_history::Config>,
     /// The development LMS (off unless asked).
     pub dev_lms: crate::dev_lms::DevLmsConfig,
+    /// The trace UI of `up` (off unless asked).
+    pub trace_ui: crate::trace_ui::TraceUiConfig,
 }
 
 /// Where a gRPC service listens and keeps its data, and its own settings
@@ -173,6 +181,12 @@ impl GatewayConfig {
         for (service, url) in proto::COMMERCE_SERVICES.iter().zip(urls) {
             settings.upstreams.entry(service.to_string()).or_insert_with(|| url.clone());
         }
+        // The dead-letter services are served beside the services whose consumers they are about.
+        for (service, url) in
+            proto::DEAD_LETTER_SERVICES.iter().zip([&self.fulfillment_url, &self.purchase_history_url])
+        {
+            settings.upstreams.entry(service.to_string()).or_insert_with(|| url.clone());
+        }
         settings
     }
 }
@@ -224,6 +238,7 @@ impl Default for MeshConfig {
             catalog_ingest: ServiceConfig::on_ports(50053, 9053),
             purchase_history: ServiceConfig::on_ports(50054, 9054),
             dev_lms: crate::dev_lms::DevLmsConfig::default(),
+            trace_ui: crate::trace_ui::TraceUiConfig::default(),
         }
     }
 }
@@ -332,6 +347,8 @@ impl MeshConfig {
         settings.identity = self.identity(Component::Gateway);
         settings.shutdown_grace = self.serve.shutdown_grace;
         settings.drain_timeout = self.serve.drain_timeout;
+        // Callers' quotas are cluster-wide where the mesh keeps its other shared state.
+        settings.redis_url = self.redis_url.clone();
         settings
     }
 
@@ -377,7 +394,7 @@ impl MeshConfig {
         *self.addresses_mut(component).0 = address;
     }
 
-    /// Every component and admin port (and the development LMS) on 127.0.0.1 port 0: free ports, for tests.
+    /// Every component and admin port (and the development LMS and trace UI) on 127.0.0.1 port 0: free ports, for tests.
     pub fn use_ephemeral_ports(&mut self) {
         self.admin_listen = local(0);
         for component in Component::ALL {
@@ -385,6 +402,7 @@ impl MeshConfig {
             (*listen, *admin_listen) = (local(0), local(0));
         }
         self.dev_lms.listen = local(0);
+        self.trace_ui.listen = local(0);
     }
 
     /// The database `component` uses: its own, else a schema in the shared
@@ -514,6 +532,32 @@ mod tests {
         let ports: Vec<u16> = Component::DISPLAY_ORDER.iter().map(|c| config.admin_listen_of(*c).port()).collect();
         assert_eq!(ports, vec![9080, 9051, 9052, 9053, 9054]);
         assert_eq!(config.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+    fn caller_quotas_come_from_the_file_and_environment_and_follow_the_meshs_redis() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "mesh.toml",
+                "redis_url = \"redis://redis:6379\"\n[gateway.caller_quotas.by_scope]\n\
+                 \"fulfillment:write\" = { rate_per_second = 20, burst = 40 }\n",
+            )?;
+            jail.set_env("MESH_GATEWAY__CALLER_QUOTAS__DEFAULT__RATE_PER_SECOND", "50");
+            jail.set_env("MESH_GATEWAY__CALLER_QUOTAS__DEFAULT__BURST", "100");
+            jail.set_env("MESH_GATEWAY__CALLER_QUOTAS__CLUSTER__EXPECTED_REPLICAS", "3");
+            let config: MeshConfig =
+                kit::config::load(Some(std::path::Path::new("mesh.toml"))).map_err(|e| e.to_string())?;
+            let settings = config.gateway_settings();
+            let quotas = &settings.caller_quotas;
+            let quota = |rate_per_second, burst| kit::throttle::Quota { rate_per_second, burst };
+            assert_eq!(quotas.default, Some(quota(50, 100)));
+            assert_eq!(quotas.by_scope["fulfillment:write"], quota(20, 40));
+            assert_eq!(quotas.cluster.expected_replicas, 3);
+            assert_eq!(settings.redis_url.as_deref(), Some("redis://redis:6379"), "cluster-wide where Redis is");
+            assert_eq!(MeshConfig::default().gateway_settings().redis_url, None, "else in the process");
+            Ok(())
+        });
     }
 
     #[test]

@@ -41,6 +41,14 @@ pub enum DevTokenError {
     /// No scope was asked for.
     #[error("name the scopes the token carries: --scopes a,b (or --all-scopes)")]
     NoScopes,
+    /// A scope no RPC of the mesh requires: a typo, or a scope from elsewhere.
+    #[error("no RPC requires {}; the scopes are: {}", unknown.join(", "), known.join(", "))]
+    UnknownScopes {
+        /// The scopes asked for that no RPC requires.
+        unknown: Vec<String>,
+        /// Every scope some RPC requires.
+        known: Vec<String>,
+    },
     /// A token given on the command line cannot be sent (control characters, empty).
     #[error("the token given (--token or COMMERCE_MESH_TOKEN) is empty or not printable")]
     InvalidToken,
@@ -87,14 +95,33 @@ pub fn signing_secret(config: &MeshConfig) -> Result<Secret, DevTokenError> {
     read_secret(&path)?.ok_or(DevTokenError::NoSecret(path))
 }
 
-/// Every scope some RPC of the mesh requires, sorted.
+/// Every scope some RPC of the mesh requires, sorted: read from the access
+/// option (`commerce.auth.v1.access`) of every method of every service in the
+/// descriptors, so a scope added to a proto is known here without a list to keep.
 pub fn every_scope() -> Vec<String> {
     let Ok(pool) = proto::descriptor_pool() else { return Vec::new() };
-    let Ok(bindings) = gateway::binding::method_bindings(&pool) else { return Vec::new() };
-    let mut scopes: Vec<String> = bindings.into_iter().flat_map(|binding| binding.scopes).collect();
+    let Some(access) = pool.get_extension_by_name(proto::ACCESS_OPTION) else { return Vec::new() };
+    let mut scopes: Vec<String> = pool
+        .services()
+        .flat_map(|service| service.methods().collect::<Vec<_>>())
+        .filter(|method| method.options().has_extension(&access))
+        .filter_map(|method| {
+            let options = method.options();
+            let rule = options.get_extension(&access);
+            rule.as_message().and_then(|rule| rule.transcode_to::<proto::commerce::auth::v1::AccessRule>().ok())
+        })
+        .flat_map(|rule| rule.scopes)
+        .collect();
     scopes.sort();
     scopes.dedup();
     scopes
+}
+
+/// `scopes` when some RPC requires each of them; else the unknown ones, with the known.
+pub fn check_scopes(scopes: &[String]) -> Result<(), DevTokenError> {
+    let known = every_scope();
+    let unknown: Vec<String> = scopes.iter().filter(|scope| !known.contains(scope)).cloned().collect();
+    if unknown.is_empty() { Ok(()) } else { Err(DevTokenError::UnknownScopes { unknown, known }) }
 }
 
 /// A development token for `subject` carrying `scopes`, valid for `ttl`, with
@@ -103,6 +130,7 @@ pub fn mint(config: &MeshConfig, subject: &str, scopes: Vec<String>, ttl: Durati
     if scopes.is_empty() {
         return Err(DevTokenError::NoScopes);
     }
+    check_scopes(&scopes)?;
     Ok(kit::auth::mint_development_token(&signing_secret(config)?, &claims(&config.auth, subject, scopes, ttl))?)
 }
 
@@ -159,14 +187,38 @@ mod tests {
     fn minting_needs_a_secret_and_scopes() {
         let dir = tempfile::tempdir().unwrap();
         let config = MeshConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
-        assert!(matches!(
-            mint(&config, "dev", vec!["a".into()], Duration::from_secs(60)),
-            Err(DevTokenError::NoSecret(_))
-        ));
+        let read = || vec!["identity:read".to_string()];
+        assert!(matches!(mint(&config, "dev", read(), Duration::from_secs(60)), Err(DevTokenError::NoSecret(_))));
         load_or_create_secret(&config.data_dir).unwrap();
         assert!(matches!(mint(&config, "dev", vec![], Duration::from_secs(60)), Err(DevTokenError::NoScopes)));
-        let token = mint(&config, "dev", vec!["a".into()], Duration::from_secs(60)).unwrap();
+        let token = mint(&config, "dev", read(), Duration::from_secs(60)).unwrap();
         assert_eq!(token.split('.').count(), 3);
+    }
+
+    #[test]
+    fn a_scope_no_rpc_requires_is_refused_naming_the_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = MeshConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };
+        load_or_create_secret(&config.data_dir).unwrap();
+        let asked = vec!["identity:read".to_string(), "bogus:scope".to_string()];
+        let error = mint(&config, "dev", asked, Duration::from_secs(60)).unwrap_err();
+        let DevTokenError::UnknownScopes { unknown, known } = &error else { panic!("{error}") };
+        assert_eq!(unknown, &["bogus:scope".to_string()]);
+        assert_eq!(known, &every_scope());
+        let text = error.to_string();
+        assert!(text.starts_with("no RPC requires bogus:scope; the scopes are: "), "{text}");
+        assert!(text.contains("fulfillment:write") && text.contains("identity:import"), "{text}");
+    }
+
+    #[test]
+    fn every_scope_covers_every_access_rule() {
+        // Streaming and internal RPCs too (`identity:import` has no REST route).
+        let scopes = every_scope();
+        for (method, required) in proto::access_rules().unwrap() {
+            for scope in required {
+                assert!(scopes.contains(&scope), "{method} requires {scope}, missing from {scopes:?}");
+            }
+        }
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! `lms_username` and optionally `email`, in any order. Data row N (line N+1)
 //! is row N in the answer's rejections. A row with missing fields is sent as
 //! it is and rejected by the service, naming the field.
+//!
+//! Exit status: 0 when every row was stored (inserted, updated or unchanged),
+//! [`REJECTED_EXIT_CODE`] when the import ran to its end but some rows were
+//! rejected (listed), 1 when it could not run to its end (2 is clap's: bad usage).
 
 use std::fs::File;
 use std::path::Path;
@@ -37,6 +41,20 @@ pub enum ImportError {
     /// The service address is invalid.
     #[error(transparent)]
     Client(#[from] kit::client::ClientError),
+    /// No connection to CustomerIdentity could be made: nothing answered, nothing was imported.
+    #[error("could not connect to CustomerIdentity at {endpoint}: {cause}")]
+    Unreachable {
+        /// The address tried.
+        endpoint: String,
+        /// Why, in the words of the deepest cause (`Connection refused (os error 111)`).
+        cause: String,
+    },
+    /// The import ran to its end, but some rows were rejected (the summary lists them).
+    #[error("{rejected} row(s) rejected; the others are stored")]
+    Rejected {
+        /// How many.
+        rejected: i64,
+    },
     /// The service refused or failed the import; rows before the failure are stored.
     #[error("CustomerIdentity answered {}: {}", .0.code(), .0.message())]
     Service(tonic::Status),
@@ -135,13 +153,28 @@ pub async fn import_customers(
     let read = reading.await.map_err(|e| ImportError::Csv { path: shown, message: e.to_string() })?;
     progress.finish_and_clear();
     read?;
-    answer.map(tonic::Response::into_inner).map_err(ImportError::Service)
+    answer.map(tonic::Response::into_inner).map_err(|status| match kit::error::connection_failure(&status) {
+        Some(cause) => ImportError::Unreachable { endpoint: endpoint.to_string(), cause },
+        None => ImportError::Service(status),
+    })
+}
+
+/// The exit status of an import that ran to its end with rows rejected: a
+/// script tells it from success (0), failure (1) and bad usage (2, clap's).
+pub const REJECTED_EXIT_CODE: u8 = 3;
+
+/// `Ok` when every row was stored; else [`ImportError::Rejected`], whose
+/// exit status is [`REJECTED_EXIT_CODE`].
+pub fn outcome(answer: &ImportCustomersResponse) -> Result<(), ImportError> {
+    if answer.rejected > 0 { Err(ImportError::Rejected { rejected: answer.rejected }) } else { Ok(()) }
 }
 
 /// The summary printed after an import: counts, then up to `shown` rejections.
 pub fn summary(answer: &ImportCustomersResponse, shown: usize) -> String {
-    let mut text =
-        format!("imported: {} inserted, {} updated, {} rejected\n", answer.inserted, answer.updated, answer.rejected);
+    let mut text = format!(
+        "imported: {} inserted, {} updated, {} unchanged, {} rejected\n",
+        answer.inserted, answer.updated, answer.unchanged, answer.rejected
+    );
     for rejection in answer.rejections.iter().take(shown) {
         let field = if rejection.field.is_empty() { String::new() } else { format!("{}: ", rejection.field) };
         text.push_str(&format!(
@@ -188,6 +221,7 @@ mod tests {
         let answer = ImportCustomersResponse {
             inserted: 5,
             updated: 1,
+            unchanged: 7,
             rejected: 3,
             rejections: vec![
                 ImportRejection { row: 2, customer_id: "c2".into(), field: "lms_user_id".into(), reason: "bad".into() },
@@ -196,7 +230,7 @@ mod tests {
             ],
         };
         let text = summary(&answer, 2);
-        assert!(text.starts_with("imported: 5 inserted, 1 updated, 3 rejected"));
+        assert!(text.starts_with("imported: 5 inserted, 1 updated, 7 unchanged, 3 rejected"));
         assert!(text.contains("row 2 (line 3) customer \"c2\": lms_user_id: bad"));
         assert!(text.contains("row 4 (line 5) customer \"c4\": retired"));
         assert!(text.contains("... and 1 more rejected row(s)"));

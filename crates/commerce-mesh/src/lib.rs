@@ -17,14 +17,18 @@
 //! # Ok(()) }
 //! ```
 
+mod cli_output;
 mod component;
 mod config;
+pub mod dead_letters_cli;
 pub mod dev_lms;
 pub mod dev_tokens;
+pub mod fulfillments_cli;
 pub mod import;
 mod mesh;
 pub mod refund;
+pub mod trace_ui;
 
 pub use component::{Component, MigrateTarget};
 pub use config::{GatewayConfig, MeshConfig, NoSettings, ServiceConfig};
-pub use mesh::{MeshError, RunningMesh, migrate, serve, start, wait_for_migrations};
+pub use mesh::{MeshError, RunningMesh, migrate, serve, start, start_with_trace_store, wait_for_migrations};

@@ -27,6 +27,11 @@ enum Command {
         /// Also run the development LMS and point Fulfillment at it (sets `dev_lms.enabled`).
         #[arg(long)]
         with_dev_lms: bool,
+        /// Also serve the Jaeger UI over this process's traces, in memory, on
+        /// `trace_ui.listen` (127.0.0.1:16686; sets `trace_ui.enabled`). Needs a
+        /// build with `--features trace-ui`.
+        #[arg(long)]
+        with_trace_ui: bool,
     },
     /// Run the development LMS alone: OAuth2, enrollment and entitlement endpoints
     /// kept in memory, for trying the mesh without Open edX. Not for production.
@@ -58,7 +63,8 @@ enum Command {
     /// Print a development token for the gateway, signed with the development
     /// secret (configured, or the one `up` writes under the data directory).
     Token {
-        /// Scopes the token carries, comma-separated (see /openapi.json, x-required-scopes).
+        /// Scopes the token carries, comma-separated (see /openapi.json, x-required-scopes);
+        /// a scope no RPC requires is refused, and the known ones listed.
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
         /// Carry every scope any RPC requires.
@@ -72,7 +78,9 @@ enum Command {
         ttl: Duration,
     },
     /// Stream a CSV of customer links (header: customer_id, lms_user_id,
-    /// lms_username, email) into a running CustomerIdentity.
+    /// lms_username, email) into a running CustomerIdentity. Exits 0 when every
+    /// row is stored (inserted, updated or unchanged), 3 when some rows were
+    /// rejected (listed; the others are stored), 1 when the import failed.
     ImportCustomers {
         /// The CSV file.
         file: PathBuf,
@@ -115,6 +123,12 @@ enum Command {
         #[arg(long, env = "COMMERCE_MESH_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Find fulfillments across orders (`list`), or re-drive the failed ones in bulk (`retry`).
+    #[command(subcommand)]
+    Fulfillments(commerce_mesh::fulfillments_cli::FulfillmentsCommand),
+    /// List, replay or discard the dead letters of a stream a component consumes.
+    #[command(subcommand)]
+    DeadLetters(commerce_mesh::dead_letters_cli::DeadLettersCommand),
 }
 
 #[tokio::main]
@@ -123,7 +137,12 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("commerce-mesh: {}", report(&error));
-            ExitCode::FAILURE
+            match error.downcast_ref::<commerce_mesh::import::ImportError>() {
+                Some(commerce_mesh::import::ImportError::Rejected { .. }) => {
+                    ExitCode::from(commerce_mesh::import::REJECTED_EXIT_CODE)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -153,9 +172,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
              which the gateway and every service share"
         );
     }
-    if let Command::Up { with_dev_lms: true } = &cli.command {
-        config.dev_lms.enabled = true;
+    if let Command::Up { with_dev_lms, with_trace_ui } = &cli.command {
+        config.dev_lms.enabled |= *with_dev_lms;
+        config.trace_ui.enabled |= *with_trace_ui;
     }
+    // Only `up` serves the trace UI; made before telemetry, which feeds it.
+    let trace_store = match &cli.command {
+        Command::Up { .. } => commerce_mesh::trace_ui::TraceStore::for_config(&config.trace_ui)?,
+        _ => None,
+    };
     let alone = match &cli.command {
         Command::Serve { component } => Some(component.name()),
         Command::DevLms { .. } => Some("dev-lms"),
@@ -172,11 +197,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up { .. } => Component::span_components(),
         _ => kit::component_spans::Components::new(),
     };
-    let telemetry =
-        kit::telemetry::init_with_components(&config.telemetry, components).context("starting telemetry")?;
+    let telemetry = commerce_mesh::trace_ui::init_telemetry(&config.telemetry, components, trace_store.as_ref())
+        .context("starting telemetry")?;
     let result = match cli.command {
         Command::Up { .. } => {
-            let mesh = commerce_mesh::start(config, kit::shutdown::on_signal()).await?;
+            let mesh = commerce_mesh::start_with_trace_store(config, kit::shutdown::on_signal(), trace_store).await?;
             print!("{}", mesh.banner());
             mesh.wait().await.map_err(anyhow::Error::from)
         }
@@ -215,7 +240,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let credential = commerce_mesh::dev_tokens::tool_credential(&config, token, &["identity:import"])?;
             commerce_mesh::import::import_customers(&file, &endpoint, credential, batch_size)
                 .await
-                .map(|answer| print!("{}", commerce_mesh::import::summary(&answer, show_rejections)))
+                .and_then(|answer| {
+                    print!("{}", commerce_mesh::import::summary(&answer, show_rejections));
+                    commerce_mesh::import::outcome(&answer)
+                })
                 .map_err(anyhow::Error::from)
         }
         Command::Refund { order_number, lines, amount, reason, source, fulfillment, token } => {
@@ -228,6 +256,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|answer| print!("{}", commerce_mesh::refund::summary(&answer)))
                 .map_err(anyhow::Error::from)
         }
+        Command::Fulfillments(command) => commerce_mesh::fulfillments_cli::run(&config, command)
+            .await
+            .map(|text| print!("{text}"))
+            .map_err(anyhow::Error::from),
+        Command::DeadLetters(command) => commerce_mesh::dead_letters_cli::run(&config, command)
+            .await
+            .map(|text| print!("{text}"))
+            .map_err(anyhow::Error::from),
     };
     // Bounded: an unreachable collector must not hold the exit.
     if tokio::time::timeout(Duration::from_secs(2), telemetry.shutdown()).await.is_err() {

@@ -92,6 +92,9 @@ pub enum MeshError {
     /// The development LMS could not start or failed.
     #[error(transparent)]
     DevLms(#[from] crate::dev_lms::DevLmsError),
+    /// The trace UI could not start or failed.
+    #[error(transparent)]
+    TraceUi(#[from] crate::trace_ui::TraceUiError),
     /// A component's task panicked.
     #[error("a component crashed: {0}")]
     Crashed(#[from] tokio::task::JoinError),
@@ -195,6 +198,17 @@ pub async fn wait_for_migrations(
 /// runs), then starts them all. They stop when `shutdown` is cancelled, or when
 /// one of them fails.
 pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh, MeshError> {
+    start_with_trace_store(config, shutdown, None).await
+}
+
+/// [`start`], also serving the trace UI on `trace_ui.listen` over `traces`,
+/// the store this process's telemetry feeds ([`crate::trace_ui::init_telemetry`]).
+/// Without a store, `trace_ui.enabled` is refused.
+pub async fn start_with_trace_store(
+    config: MeshConfig,
+    shutdown: Shutdown,
+    traces: Option<crate::trace_ui::TraceStore>,
+) -> Result<RunningMesh, MeshError> {
     let mut listeners = Vec::new();
     for component in Component::ALL {
         listeners.push((component, bind(component, config.listen(component)).await?));
@@ -202,6 +216,14 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
     let (admin_listener, admin_address) = bind_admin(config.admin_listen).await?;
     let dev_lms_listener =
         if config.dev_lms.enabled { Some(crate::dev_lms::bind(config.dev_lms.listen).await?) } else { None };
+    let trace_ui = match traces {
+        Some(store) => Some((store, crate::trace_ui::bind(config.trace_ui.listen).await?)),
+        None if config.trace_ui.enabled => {
+            crate::trace_ui::TraceStore::for_config(&config.trace_ui)?;
+            return Err(crate::trace_ui::TraceUiError::NoStore.into());
+        }
+        None => None,
+    };
     let metrics = Metrics::new();
     let mut addresses = BTreeMap::new();
     for (component, listener) in &listeners {
@@ -265,6 +287,11 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
         dev_lms_address = Some(lms.address());
         tasks.spawn(async move { ("dev-lms", lms.wait().await.map_err(MeshError::from)) });
     }
+    let trace_ui_address = trace_ui.as_ref().map(|(_, (_, address))| *address);
+    if let Some((store, (listener, address))) = trace_ui {
+        let stop = shutdown.clone();
+        tasks.spawn(async move { ("trace-ui", store.serve(listener, address, stop).await.map_err(MeshError::from)) });
+    }
     for (component, listener) in listeners {
         let config = config.clone();
         let shutdown = shutdown.clone();
@@ -284,6 +311,7 @@ pub async fn start(config: MeshConfig, shutdown: Shutdown) -> Result<RunningMesh
         shared_database: config.database_url,
         development_tokens,
         dev_lms: dev_lms_address,
+        trace_ui: trace_ui_address,
         auth: config.auth,
     })
 }
@@ -301,6 +329,8 @@ pub struct RunningMesh {
     development_tokens: bool,
     /// Where the development LMS listens, when it runs.
     dev_lms: Option<SocketAddr>,
+    /// Where the trace UI listens, when it runs.
+    trace_ui: Option<SocketAddr>,
     /// How callers are verified (with the development secret `up` made, if it made one).
     auth: kit::auth::AuthConfig,
 }
@@ -354,6 +384,11 @@ impl RunningMesh {
         self.dev_lms.map(|address| format!("http://{address}"))
     }
 
+    /// `http://host:port` of the trace UI, when it runs ([`start_with_trace_store`]).
+    pub fn trace_ui_url(&self) -> Option<String> {
+        self.trace_ui.map(|address| format!("http://{address}"))
+    }
+
     /// What `commerce-mesh up` prints: every component's URL, the metrics URL
     /// and the storage in use.
     pub fn banner(&self) -> String {
@@ -370,6 +405,9 @@ impl RunningMesh {
         text.push_str(&format!("  {:<18} {}/openapi.json\n", "openapi", self.url(Component::Gateway)));
         if let Some(url) = self.dev_lms_url() {
             text.push_str(&format!("  {:<18} {url} (development LMS: enrollments go nowhere)\n", "dev-lms"));
+        }
+        if let Some(url) = self.trace_ui_url() {
+            text.push_str(&format!("  {:<18} {url} (Jaeger UI: this process's traces, in memory)\n", "trace-ui"));
         }
         if self.development_tokens {
             text.push_str(&format!(
@@ -603,7 +641,7 @@ fn grpc_server(
                 );
             let fulfillment = fulfillment::Fulfillment::new(db, bus, identity, settings, metrics)
                 .map_err(|e| setup(e.to_string()))?;
-            let server = server.service(fulfillment.service());
+            let server = server.service(fulfillment.service()).service(fulfillment.dead_letter_service());
             background.push(Background::Fulfillment(Box::new(fulfillment)));
             server
         }
@@ -640,7 +678,7 @@ fn grpc_server(
                     channel,
                 );
             let history = purchase_history::PurchaseHistory::new(db, bus, identity, settings, metrics);
-            let server = server.service(history.service());
+            let server = server.service(history.service()).service(history.dead_letter_service());
             background.push(Background::PurchaseHistory(Box::new(history)));
             server
         }

@@ -11,6 +11,8 @@ use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use proto::commerce::r#type::v1::Money;
 
+use crate::cli_output::violations;
+
 /// What to refund.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefundArgs {
@@ -38,10 +40,6 @@ pub enum RefundError {
     /// Fulfillment refused or failed; its message names the field or the line.
     #[error("Fulfillment answered {}: {}{}", .0.code(), .0.message(), violations(.0))]
     Service(tonic::Status),
-}
-
-fn violations(status: &tonic::Status) -> String {
-    kit::error::field_violations(status).iter().map(|(field, reason)| format!("\n  {field}: {reason}")).collect()
 }
 
 /// Refunds what `args` names through Fulfillment at `endpoint`, presenting

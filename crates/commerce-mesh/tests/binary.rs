@@ -98,12 +98,16 @@ async fn up_with_no_configuration_serves_every_service_and_stops_on_sigterm() {
         let url = format!("http://{default_address}");
         wait_serving(&url).await;
         let listed = listed_services(&url).await;
-        let expected: BTreeSet<String> = [service, "grpc.health.v1.Health"].into_iter().map(String::from).collect();
+        // A component that consumes a stream serves its dead-letter service beside its own.
+        let dead_letters =
+            proto::DEAD_LETTER_SERVICES.iter().copied().filter(|dead| dead.starts_with(service_package(service)));
+        let expected: BTreeSet<String> =
+            [service, "grpc.health.v1.Health"].into_iter().chain(dead_letters).map(String::from).collect();
         assert_eq!(listed, expected, "{name} lists what it serves");
         every_listed.extend(listed);
     }
-    for service in proto::COMMERCE_SERVICES {
-        assert!(every_listed.contains(service), "{service} is listed by reflection");
+    for service in proto::COMMERCE_SERVICES.iter().chain(&proto::DEAD_LETTER_SERVICES) {
+        assert!(every_listed.contains(*service), "{service} is listed by reflection");
     }
 
     // Fulfillment answers over its embedded store.
@@ -334,10 +338,35 @@ async fn import_customers_streams_a_csv_and_reports_rejections() {
         .await
         .expect("run import");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("imported: 2 inserted, 0 updated, 2 rejected"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Rows were rejected: a script sees it in the exit status (documented: 3).
+    assert_eq!(output.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stderr.contains("2 row(s) rejected; the others are stored"), "{stderr}");
+    assert!(stdout.contains("imported: 2 inserted, 0 updated, 0 unchanged, 2 rejected"), "{stdout}");
     assert!(stdout.contains("row 2 (line 3) customer \"c2\": lms_user_id:"), "{stdout}");
     assert!(stdout.contains("row 3 (line 4) customer \"\": customer_id:"), "{stdout}");
+
+    // The stored rows again, one changed: nothing rejected, exit 0, the same rows unchanged.
+    std::fs::write(
+        &csv,
+        "customer_id,lms_user_id,lms_username,email\nc1,1,ada,ada@example.org\nc3,3,alan,new@example.org\n",
+    )
+    .expect("write csv");
+    let import = || {
+        mesh_command(dir.path())
+            .args(["import-customers", csv.to_str().expect("utf-8 path"), "--identity", &identity])
+            .output()
+    };
+    let output = import().await.expect("run import");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("imported: 0 inserted, 1 updated, 1 unchanged, 0 rejected"), "{stdout}");
+    let output = import().await.expect("run import");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("imported: 0 inserted, 0 updated, 2 unchanged, 0 rejected"),
+        "a file imported twice: {stdout}"
+    );
 
     use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
     let mut client = CustomerIdentityServiceClient::new(mesh.grpc_channel(commerce_mesh::Component::CustomerIdentity));
@@ -348,6 +377,53 @@ async fn import_customers_streams_a_csv_and_reports_rejections() {
         .into_inner();
     assert_eq!(found.customer.expect("customer").lms_username, "alan");
     mesh.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn import_customers_with_nothing_listening_says_it_could_not_connect_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(&csv, "customer_id,lms_user_id,lms_username\nc1,1,ada\n").expect("write csv");
+    // A port nothing listens on: bound, then released.
+    let address = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+    let url = format!("http://{address}");
+    let output = mesh_command(dir.path())
+        .args(["import-customers", csv.to_str().expect("utf-8 path"), "--identity", &url, "--token", "t"])
+        .output()
+        .await
+        .expect("run import");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("could not connect to CustomerIdentity at {url}: ")), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "the cause: {stderr}");
+    assert!(!stderr.contains("answered"), "nothing answered: {stderr}");
+    assert_eq!(stderr.matches("tcp connect error").count(), 0, "no wrapper's text: {stderr}");
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "said once: {stderr}");
+}
+
+#[tokio::test]
+async fn token_refuses_a_scope_no_rpc_requires_and_lists_the_known_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = mesh_command(dir.path())
+        .args(["token", "--scopes", "identity:read,bogus:scope"])
+        .env("MESH_AUTH__DEVELOPMENT_SECRET", "a-development-secret-of-the-test")
+        .output()
+        .await
+        .expect("run token");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "no token printed");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no RPC requires bogus:scope; the scopes are: "), "{stderr}");
+    for scope in commerce_mesh::dev_tokens::every_scope() {
+        assert!(stderr.contains(&scope), "{scope} listed: {stderr}");
+    }
+    let output = mesh_command(dir.path())
+        .args(["token", "--scopes", "identity:read"])
+        .env("MESH_AUTH__DEVELOPMENT_SECRET", "a-development-secret-of-the-test")
+        .output()
+        .await
+        .expect("run token");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[tokio::test]
@@ -547,4 +623,9 @@ async fn an_old_gateway_auth_key_is_refused_naming_its_new_place() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "refused: {stderr}");
     assert!(stderr.contains("MESH_AUTH__"), "names the new place: {stderr}");
+}
+
+/// `commerce.purchases.v1.` of `commerce.purchases.v1.PurchaseHistoryService`.
+fn service_package(service: &str) -> &str {
+    &service[..=service.rfind('.').unwrap_or(0)]
 }

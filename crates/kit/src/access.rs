@@ -46,6 +46,20 @@ use crate::protect::UNPROTECTED_SERVICES;
 /// set from the token by [`AccessLayer`], whatever the call carried.
 pub const SUBJECT_METADATA: &str = "x-authenticated-subject";
 
+/// Who is calling, for a handler's records: the subject [`AccessLayer`] verified
+/// (the token's, in [`SUBJECT_METADATA`]); none when nothing verified one.
+pub fn subject<T>(request: &tonic::Request<T>) -> Option<String> {
+    if let Some(caller) = request.extensions().get::<Caller>() {
+        return Some(caller.subject.clone());
+    }
+    request
+        .metadata()
+        .get(SUBJECT_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .filter(|subject| !subject.is_empty())
+        .map(str::to_owned)
+}
+
 /// The subject prefix of a Kubernetes service-account token.
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 

@@ -34,10 +34,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -148,10 +148,11 @@ pub struct ReadThrough {
     ttl: Duration,
     negative_ttl: Duration,
     flights: Mutex<HashMap<String, Flight>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    loads: AtomicU64,
-    errors: AtomicU64,
+    // Prometheus counters rather than bare atomics, so `register_metrics` exports the same counts `stats` reads.
+    hits: Counter,
+    misses: Counter,
+    loads: Counter,
+    errors: Counter,
 }
 
 impl ReadThrough {
@@ -163,10 +164,10 @@ impl ReadThrough {
             ttl: config.ttl,
             negative_ttl: config.negative_ttl,
             flights: Mutex::new(HashMap::new()),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            loads: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            hits: Counter::default(),
+            misses: Counter::default(),
+            loads: Counter::default(),
+            errors: Counter::default(),
         }
     }
 
@@ -185,11 +186,33 @@ impl ReadThrough {
     /// Counters since start.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            loads: self.loads.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            loads: self.loads.get(),
+            errors: self.errors.get(),
         }
+    }
+
+    /// Registers the counters [`ReadThrough::stats`] reads as `<prefix>_hits_total`,
+    /// `<prefix>_misses_total`, `<prefix>_loads_total` and `<prefix>_errors_total`
+    /// (for example `customer_identity_cache`): the hit ratio is hits / (hits + misses).
+    pub fn register_metrics(&self, prefix: &str, metrics: &crate::metrics::Metrics) {
+        metrics.register(
+            format!("{prefix}_hits"),
+            "Reads answered from the cache (cached misses included)",
+            self.hits.clone(),
+        );
+        metrics.register(format!("{prefix}_misses"), "Reads that needed the system of record", self.misses.clone());
+        metrics.register(
+            format!("{prefix}_loads"),
+            "Loads from the system of record actually run (concurrent misses share one)",
+            self.loads.clone(),
+        );
+        metrics.register(
+            format!("{prefix}_errors"),
+            "Cache backend errors read around (the system of record answered instead)",
+            self.errors.clone(),
+        );
     }
 
     fn namespaced(&self, key: &str) -> String {
@@ -208,19 +231,19 @@ impl ReadThrough {
         let leased = match self.backend.lookup(std::slice::from_ref(&key), token).await {
             Ok(mut found) => match found.pop() {
                 Some(Lookup::Found(entry)) => {
-                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    self.hits.inc();
                     return Ok(entry.into_option());
                 }
                 Some(Lookup::Leased) => true,
                 Some(Lookup::Busy) | None => false,
             },
             Err(error) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.errors.inc();
                 tracing::warn!(%error, "cache unavailable; reading the system of record");
                 false
             }
         };
-        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.misses.inc();
         self.load_once(key, leased.then_some(token), load).await
     }
 
@@ -237,7 +260,7 @@ impl ReadThrough {
         let found = match self.backend.lookup(&namespaced, token).await {
             Ok(found) => found,
             Err(error) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.errors.inc();
                 tracing::warn!(%error, "cache unavailable; reading the system of record");
                 Vec::new()
             }
@@ -247,15 +270,15 @@ impl ReadThrough {
         for (index, key) in keys.iter().enumerate() {
             match found.get(index) {
                 Some(Lookup::Found(entry)) => {
-                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    self.hits.inc();
                     answers[index] = Some(entry.clone().into_option());
                 }
                 _ => missing.push((index, key.clone())),
             }
         }
         if !missing.is_empty() {
-            self.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
-            self.loads.fetch_add(1, Ordering::Relaxed);
+            self.misses.inc_by(missing.len() as u64);
+            self.loads.inc();
             let loaded = load_missing(missing.iter().map(|(_, key)| key.clone()).collect()).await?;
             for ((index, _), value) in missing.into_iter().zip(loaded) {
                 if found.get(index) == Some(&Lookup::Leased) {
@@ -285,7 +308,7 @@ impl ReadThrough {
         };
         let result = flight
             .get_or_try_init(|| async {
-                self.loads.fetch_add(1, Ordering::Relaxed);
+                self.loads.inc();
                 let value = load().await?;
                 if let Some(token) = lease {
                     self.fill(&key, token, &value).await;
@@ -307,7 +330,7 @@ impl ReadThrough {
             None => (Entry::Absent, self.negative_ttl),
         };
         if let Err(error) = self.backend.fill(key, token, &entry, ttl).await {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.errors.inc();
             tracing::warn!(%error, "cache fill failed");
         }
     }

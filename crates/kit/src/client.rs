@@ -382,15 +382,20 @@ fn traced_with(layer: crate::trace::GrpcTraceLayer, channel: Channel, credential
 /// A deadline that passed stays tonic's own answer (CANCELLED, "Timeout
 /// expired"), which callers tell apart from a lost peer.
 fn connection_failed(error: tonic::transport::Error) -> tower::BoxError {
-    let mut reason = error.to_string();
+    let mut root = error.to_string();
     let mut cause = std::error::Error::source(&error);
     while let Some(inner) = cause {
         if inner.is::<tonic::TimeoutExpired>() {
             return Box::new(error);
         }
-        reason.push_str(": ");
-        reason.push_str(&inner.to_string());
+        root = inner.to_string();
         cause = inner.source();
     }
-    Box::new(tonic::Status::unavailable(format!("the connection to the peer failed ({reason})")))
+    let reason = crate::error::causes(&error);
+    Box::new(crate::error::with_reason(
+        tonic::Code::Unavailable,
+        format!("the connection to the peer failed ({reason})"),
+        crate::error::CONNECTION_FAILED,
+        [("cause", root)],
+    ))
 }

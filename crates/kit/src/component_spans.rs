@@ -33,6 +33,11 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 /// The span attribute naming the component a span belongs to.
 pub const COMPONENT_ATTRIBUTE: &str = "mesh.component";
 
+/// The resource attribute telling instances of a service apart. A trace
+/// viewer shows each value as a process of its own, so each component's is
+/// the process's followed by `/<component>`.
+pub const SERVICE_INSTANCE_ID: &str = "service.instance.id";
+
 /// Which module prefixes belong to which component.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Components {
@@ -157,12 +162,20 @@ impl<E: SpanExporter> SpanExporter for ByComponent<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.default.set_resource(resource);
+        let process = resource.get(&Key::from_static_str(SERVICE_INSTANCE_ID));
         for (component, exporter) in &mut self.exporters {
+            let instance = match &process {
+                Some(process) => format!("{process}/{component}"),
+                None => component.clone(),
+            };
             let attributes = resource
                 .iter()
-                .filter(|(key, _)| key.as_str() != "service.name")
+                .filter(|(key, _)| key.as_str() != "service.name" && key.as_str() != SERVICE_INSTANCE_ID)
                 .map(|(key, value)| KeyValue::new(key.clone(), value.clone()))
-                .chain([KeyValue::new(Key::from_static_str("service.name"), component.clone())]);
+                .chain([
+                    KeyValue::new(Key::from_static_str("service.name"), component.clone()),
+                    KeyValue::new(Key::from_static_str(SERVICE_INSTANCE_ID), instance),
+                ]);
             let own = Resource::builder_empty().with_attributes(attributes).build();
             exporter.set_resource(&own);
         }
@@ -184,6 +197,8 @@ mod tests {
     struct Recording {
         service: Arc<Mutex<String>>,
         exported: Arc<Mutex<Vec<(String, String)>>>,
+        /// Every resource given, as (service name, service instance id).
+        resources: Arc<Mutex<Vec<(String, String)>>>,
     }
 
     impl SpanExporter for Recording {
@@ -198,8 +213,30 @@ mod tests {
 
         fn set_resource(&mut self, resource: &Resource) {
             let name = resource.get(&Key::from_static_str("service.name")).map(|v| v.to_string()).unwrap_or_default();
+            let instance =
+                resource.get(&Key::from_static_str(SERVICE_INSTANCE_ID)).map(|v| v.to_string()).unwrap_or_default();
+            self.resources.lock().unwrap().push((name.clone(), instance));
             *self.service.lock().unwrap() = name;
         }
+    }
+
+    #[test]
+    fn each_component_is_an_instance_of_its_own_within_the_process() {
+        let resources = Arc::new(Mutex::new(Vec::new()));
+        let components = Components::new().module("fulfillment", "fulfillment").module("gateway", "gateway");
+        let mut exporter = ByComponent::new(components, || {
+            Ok::<_, std::convert::Infallible>(Recording { resources: resources.clone(), ..Recording::default() })
+        })
+        .unwrap();
+        let process = Resource::builder_empty()
+            .with_service_name("commerce-mesh")
+            .with_attribute(KeyValue::new(SERVICE_INSTANCE_ID, "p-1"))
+            .build();
+        exporter.set_resource(&process);
+        let mut seen = resources.lock().unwrap().clone();
+        seen.sort();
+        let expected = [("commerce-mesh", "p-1"), ("fulfillment", "p-1/fulfillment"), ("gateway", "p-1/gateway")];
+        assert_eq!(seen, expected.map(|(name, instance)| (name.to_string(), instance.to_string())));
     }
 
     fn span(name: &str, attributes: Vec<KeyValue>) -> SpanData {
@@ -231,7 +268,7 @@ mod tests {
         let exported = Arc::new(Mutex::new(Vec::new()));
         let components = Components::new().module("fulfillment", "fulfillment").module("gateway", "gateway");
         let mut exporter = ByComponent::new(components, || {
-            Ok::<_, std::convert::Infallible>(Recording { service: Arc::default(), exported: exported.clone() })
+            Ok::<_, std::convert::Infallible>(Recording { exported: exported.clone(), ..Recording::default() })
         })
         .unwrap();
         exporter.set_resource(&Resource::builder_empty().with_service_name("commerce-mesh").build());

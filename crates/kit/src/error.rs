@@ -3,28 +3,65 @@
 //! Invalid input names every field at fault:
 //!
 //! ```
-//! use kit::error::BadRequest;
+//! use kit::error::{BadRequest, ViolationReason};
 //!
 //! let mut bad = BadRequest::new();
-//! bad.field("line_items[0].mode", "unknown mode \"gold\"");
+//! bad.violation("line_items[0].mode", ViolationReason::UnknownValue, "unknown mode \"gold\"");
 //! let status = bad.into_result().unwrap_err();
 //! assert_eq!(status.code(), tonic::Code::InvalidArgument);
 //! assert!(status.message().contains("line_items[0].mode"));
+//! let reasons = kit::error::violation_reasons(&status);
+//! assert_eq!(reasons, [("line_items[0].mode".to_string(), "UNKNOWN_VALUE".to_string())]);
 //! ```
+//!
+//! Every violation carries a stable `reason` ([`ViolationReason`], the same
+//! list in every service) for callers that branch; the description is for people.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+pub use vocab::ViolationReason;
 
 /// The `domain` of every `ErrorInfo` the mesh sends.
 pub const ERROR_DOMAIN: &str = "commerce-mesh";
 
+/// A parser's refusal: the description for people and the rule it broke.
+pub trait Refusal: std::fmt::Display {
+    /// The rule broken; a refusal that names none broke one of its own (`INVALID_VALUE`).
+    fn rule(&self) -> ViolationReason {
+        ViolationReason::InvalidValue
+    }
+}
+
+impl Refusal for vocab::Invalid {
+    fn rule(&self) -> ViolationReason {
+        vocab::Invalid::rule(self)
+    }
+}
+
+impl Refusal for vocab::MoneyError {
+    fn rule(&self) -> ViolationReason {
+        self.invalid.rule()
+    }
+}
+
+impl Refusal for String {}
+impl Refusal for &str {}
+
+/// One field at fault: where, which rule, why.
+#[derive(Debug, Clone)]
+struct Violation {
+    field: String,
+    reason: ViolationReason,
+    description: String,
+}
+
 /// Field violations collected while validating a request.
 #[derive(Debug, Default, Clone)]
 pub struct BadRequest {
-    violations: Vec<(String, String)>,
+    violations: Vec<Violation>,
 }
 
 impl BadRequest {
@@ -33,20 +70,32 @@ impl BadRequest {
         Self::default()
     }
 
-    /// Records that `field` (a path such as `order.line_items[2].price`) is invalid.
-    pub fn field(&mut self, field: impl Into<String>, description: impl Into<String>) -> &mut Self {
-        self.violations.push((field.into(), description.into()));
+    /// Records that `field` (a path such as `order.line_items[2].price`) broke
+    /// `reason`, for the reason `description` gives people.
+    pub fn violation(
+        &mut self,
+        field: impl Into<String>,
+        reason: ViolationReason,
+        description: impl Into<String>,
+    ) -> &mut Self {
+        self.violations.push(Violation { field: field.into(), reason, description: description.into() });
         self
     }
 
+    /// Records that `field` is invalid by a rule of its own (`INVALID_VALUE`);
+    /// prefer [`BadRequest::violation`] with the rule it broke.
+    pub fn field(&mut self, field: impl Into<String>, description: impl Into<String>) -> &mut Self {
+        self.violation(field, ViolationReason::InvalidValue, description)
+    }
+
     /// The value of a parse that succeeded; otherwise records `field` with the
-    /// parser's reason and answers `None`, so every bad field of a request is
-    /// named in one answer.
-    pub fn check<T, E: std::fmt::Display>(&mut self, field: impl Into<String>, parsed: Result<T, E>) -> Option<T> {
+    /// parser's reason and rule and answers `None`, so every bad field of a
+    /// request is named in one answer.
+    pub fn check<T, E: Refusal>(&mut self, field: impl Into<String>, parsed: Result<T, E>) -> Option<T> {
         match parsed {
             Ok(value) => Some(value),
-            Err(reason) => {
-                self.field(field, reason.to_string());
+            Err(refusal) => {
+                self.violation(field, refusal.rule(), refusal.to_string());
                 None
             }
         }
@@ -65,19 +114,27 @@ impl BadRequest {
 
     /// INVALID_ARGUMENT with a `BadRequest` detail; the message lists every violation.
     pub fn into_status(self) -> Status {
-        let message = self
-            .violations
-            .iter()
-            .map(|(field, description)| format!("{field}: {description}"))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let message =
+            self.violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
         let details = ErrorDetails::with_bad_request(
-            self.violations
-                .into_iter()
-                .map(|(field, description)| tonic_types::FieldViolation::new(field, description))
-                .collect::<Vec<_>>(),
+            self.violations.into_iter().map(|v| field_violation(v.field, v.reason, v.description)).collect::<Vec<_>>(),
         );
         Status::with_error_details(Code::InvalidArgument, format!("invalid request: {message}"), details)
+    }
+}
+
+/// A `google.rpc.BadRequest.FieldViolation` with its stable reason, for code
+/// that builds a `BadRequest` detail beside others.
+pub fn field_violation(
+    field: impl Into<String>,
+    reason: ViolationReason,
+    description: impl Into<String>,
+) -> tonic_types::FieldViolation {
+    tonic_types::FieldViolation {
+        field: field.into(),
+        description: description.into(),
+        reason: reason.as_str().to_string(),
+        localized_message: None,
     }
 }
 
@@ -172,6 +229,36 @@ pub fn from_peer(peer: &str, doing: &str, status: &Status) -> Status {
     }
 }
 
+/// The `ErrorInfo` reason of the UNAVAILABLE a call ends with when no
+/// connection to the peer could be made (refused, no such host, TLS): nothing
+/// answered. Metadata `cause`: the deepest cause, such as `Connection refused (os error 111)`.
+pub const CONNECTION_FAILED: &str = "CONNECTION_FAILED";
+
+/// When `status` says no connection to the peer could be made ([`CONNECTION_FAILED`]):
+/// why, in the words of the deepest cause.
+pub fn connection_failure(status: &Status) -> Option<String> {
+    let info = status.get_details_error_info().filter(|info| info.reason == CONNECTION_FAILED)?;
+    Some(info.metadata.get("cause").cloned().unwrap_or_default())
+}
+
+/// An error and its causes joined by `: `, each said once: a cause whose
+/// text the one before already says (a wrapper that displays its source) is left out.
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut previous = text.clone();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !previous.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        previous = said;
+        cause = inner.source();
+    }
+    text
+}
+
 /// The `ErrorInfo` reason of a status, if it carries one.
 pub fn reason(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
@@ -182,6 +269,14 @@ pub fn field_violations(status: &Status) -> Vec<(String, String)> {
     status
         .get_details_bad_request()
         .map(|bad| bad.field_violations.into_iter().map(|v| (v.field, v.description)).collect())
+        .unwrap_or_default()
+}
+
+/// The `(field, reason)` pairs of a status's `BadRequest` detail.
+pub fn violation_reasons(status: &Status) -> Vec<(String, String)> {
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| (v.field, v.reason)).collect())
         .unwrap_or_default()
 }
 
@@ -197,15 +292,25 @@ mod tests {
     #[test]
     fn bad_request_round_trips_every_violation() {
         let mut bad = BadRequest::new();
-        bad.field("order_number", "must not be empty").field("line_items", "at least one is required");
+        bad.violation("order_number", ViolationReason::Required, "must not be empty")
+            .field("line_items", "at least one");
+        bad.check("price", vocab::Price::parse("USD", "-1"));
         let status = bad.into_status();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(
             field_violations(&status),
             vec![
                 ("order_number".to_string(), "must not be empty".to_string()),
-                ("line_items".to_string(), "at least one is required".to_string()),
+                ("line_items".to_string(), "at least one".to_string()),
+                ("price".to_string(), "amount: must not be negative".to_string()),
             ]
+        );
+        let reasons: Vec<(String, String)> = violation_reasons(&status);
+        let reasons: Vec<(&str, &str)> = reasons.iter().map(|(f, r)| (f.as_str(), r.as_str())).collect();
+        assert_eq!(
+            reasons,
+            [("order_number", "REQUIRED"), ("line_items", "INVALID_VALUE"), ("price", "OUT_OF_RANGE")],
+            "every violation carries its rule"
         );
         assert!(status.message().contains("order_number: must not be empty"));
     }
@@ -249,6 +354,39 @@ mod tests {
             assert_eq!(status.code(), Code::Internal);
             assert!(!status.message().contains("relation foo"));
         }
+    }
+
+    /// An error that displays `text` and has `source`.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        // tonic's ConnectError displays hyper's, which has the same text: said once.
+        let refused = Layer("Connection refused (os error 111)", None);
+        let hyper = Layer("tcp connect error", Some(Box::new(refused)));
+        let wrapper = Layer("tcp connect error", Some(Box::new(hyper)));
+        let transport = Layer("transport error", Some(Box::new(wrapper)));
+        assert_eq!(causes(&transport), "transport error: tcp connect error: Connection refused (os error 111)");
+    }
+
+    #[test]
+    fn a_connection_failure_is_told_apart_by_its_reason() {
+        let status = with_reason(Code::Unavailable, "no", CONNECTION_FAILED, [("cause", "Connection refused")]);
+        assert_eq!(connection_failure(&status).as_deref(), Some("Connection refused"));
+        assert_eq!(connection_failure(&Status::unavailable("shedding")), None, "a peer that answered");
     }
 
     #[test]

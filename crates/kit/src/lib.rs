@@ -33,6 +33,7 @@ pub mod component_spans;
 pub mod config;
 pub mod credential;
 pub mod db;
+pub mod dead_letters;
 pub mod error;
 pub mod json;
 pub mod metrics;

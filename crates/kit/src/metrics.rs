@@ -22,7 +22,8 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use http::{HeaderMap, Request, Response, header};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -111,10 +112,30 @@ impl Registered {
             None => &mut self.registry,
         };
         match unit {
-            Some(unit) => registry.register_with_unit(name, help, unit, metric),
-            None => registry.register(name, help, metric),
+            Some(unit) => registry.register_with_unit(name, help, unit, Declared(metric)),
+            None => registry.register(name, help, Declared(metric)),
         }
     }
+}
+
+/// A metric encoded even before its first series: prometheus-client leaves a
+/// family without series out of the exposition, and then a dashboard, an
+/// alert or `crates/commerce-mesh/tests/monitoring.rs` (which reads the
+/// `# TYPE` lines) cannot tell a metric nothing recorded yet from one that
+/// does not exist. OpenMetrics allows a family with no samples.
+#[derive(Debug)]
+struct Declared<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Declared<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    // `is_empty` keeps its default, false: always declared.
 }
 
 impl Metrics {
@@ -447,6 +468,22 @@ mod tests {
         assert!(text.contains("# TYPE fulfillment_jobs counter\n"), "{text}");
         assert!(text.contains("fulfillment_jobs_total{component=\"fulfillment\"} 3\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_family_without_series_is_declared() {
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Labels {
+            outcome: String,
+        }
+        let metrics = Metrics::new();
+        let attempts = Family::<Labels, Counter>::default();
+        metrics.for_component("fulfillment").register("fulfillment_attempts", "Attempts", attempts);
+
+        let text = metrics.encode();
+        assert!(text.contains("# TYPE fulfillment_attempts counter\n"), "{text}");
+        assert!(text.contains("# TYPE rpc_server_duration_seconds histogram\n"), "before any call: {text}");
+        assert!(!text.contains("fulfillment_attempts_total"), "no sample yet: {text}");
     }
 
     #[test]

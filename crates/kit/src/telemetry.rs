@@ -1,8 +1,9 @@
 //! Logs and traces for every component.
 //!
 //! [`init`] installs, once per process:
-//! - logs as JSON lines (or human-readable text) carrying the `trace_id` and
-//!   `span_id` of the span they were written in;
+//! - logs on stdout: human-readable lines when stdout is a terminal, JSON
+//!   lines (carrying the `trace_id` and `span_id` of the span they were
+//!   written in) otherwise, unless `log_format` says which;
 //! - an OpenTelemetry layer, so every `tracing` span is an OpenTelemetry span
 //!   and trace context can be carried to the next hop;
 //! - OTLP/gRPC export of those spans when an endpoint is configured
@@ -11,7 +12,7 @@
 //!   `OTEL_TRACES_SAMPLER`, `OTEL_EXPORTER_OTLP_TIMEOUT`, ...) are honoured;
 //! - the W3C trace-context propagator.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 
 use opentelemetry::global;
@@ -19,9 +20,9 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, TracerProviderBuilder};
 
-use crate::component_spans::{ByComponent, Components};
+use crate::component_spans::{ByComponent, Components, SERVICE_INSTANCE_ID};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::dispatcher::WeakDispatch;
@@ -40,11 +41,26 @@ const QUIET: &str = "h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=warn,sq
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// One JSON object a line, with `trace_id` and `span_id`.
+    /// Text when the log stream (stdout) is a terminal, JSON otherwise.
     #[default]
+    Auto,
+    /// One JSON object a line, with `trace_id` and `span_id`.
     Json,
     /// Human-readable lines, for a terminal.
     Text,
+}
+
+impl LogFormat {
+    /// The format to write in, `Json` or `Text`: an explicit setting as it
+    /// is; `Auto` is text for a person at a terminal and JSON for whatever
+    /// collects the logs (a pipe, a file, a container runtime).
+    pub fn resolve(self, is_terminal: bool) -> LogFormat {
+        match self {
+            LogFormat::Auto if is_terminal => LogFormat::Text,
+            LogFormat::Auto => LogFormat::Json,
+            explicit => explicit,
+        }
+    }
 }
 
 /// Logging and tracing settings.
@@ -54,7 +70,7 @@ pub struct TelemetryConfig {
     /// Filter directives such as `info` or `info,fulfillment=debug`; `RUST_LOG`
     /// takes precedence when set.
     pub log_filter: String,
-    /// JSON lines or text.
+    /// JSON lines, text, or `auto` (text when stdout is a terminal, else JSON).
     pub log_format: LogFormat,
     /// OTLP/gRPC endpoint to export spans to, such as `http://jaeger:4317`.
     /// Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`;
@@ -68,7 +84,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             log_filter: "info".into(),
-            log_format: LogFormat::Json,
+            log_format: LogFormat::Auto,
             otlp_endpoint: None,
             service_name: "commerce-mesh".into(),
         }
@@ -134,15 +150,27 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
 /// [`init`], exporting each span under the `service.name` of its component
 /// ([`crate::component_spans`]): for a process that runs several.
 pub fn init_with_components(config: &TelemetryConfig, components: Components) -> Result<Telemetry, TelemetryError> {
+    init_with_components_and(config, components, |builder, _| builder)
+}
+
+/// [`init_with_components`], where `extend` may add span processors of its
+/// own beside OTLP export (the trace UI's in-memory store): it is given the
+/// tracer provider's builder and the components.
+pub fn init_with_components_and(
+    config: &TelemetryConfig,
+    components: Components,
+    extend: impl FnOnce(TracerProviderBuilder, &Components) -> TracerProviderBuilder,
+) -> Result<Telemetry, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let (provider, exporting) = tracer_provider(config, components)?;
+    let (provider, exporting) = tracer_provider(config, components, extend)?;
     global::set_tracer_provider(provider.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("commerce-mesh"));
 
     let filter = env_filter(config)?;
-    let logs = match config.log_format {
-        LogFormat::Json => JsonLogLayer::new(std::io::stdout).boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(true).boxed(),
+    // Logs go to stdout, so stdout is the stream whose reader decides the format.
+    let logs = match config.log_format.resolve(std::io::stdout().is_terminal()) {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stdout).with_target(true).boxed(),
+        LogFormat::Json | LogFormat::Auto => JsonLogLayer::new(std::io::stdout).boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)
@@ -164,12 +192,14 @@ fn env_filter(config: &TelemetryConfig) -> Result<EnvFilter, TelemetryError> {
 fn tracer_provider(
     config: &TelemetryConfig,
     components: Components,
+    extend: impl FnOnce(TracerProviderBuilder, &Components) -> TracerProviderBuilder,
 ) -> Result<(SdkTracerProvider, bool), TelemetryError> {
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(config.service_name.clone());
     }
-    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    let mut builder = SdkTracerProvider::builder().with_resource(with_instance_id(resource.build()));
+    builder = extend(builder, &components);
     let from_env = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
         .iter()
         .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
@@ -192,6 +222,22 @@ fn tracer_provider(
         }
     }
     Ok((builder.build(), exporting))
+}
+
+/// `resource` with a `service.instance.id` (a random UUID) unless
+/// `OTEL_RESOURCE_ATTRIBUTES` gave one: each process is an instance of its own
+/// in a trace viewer, and [`ByComponent`] derives each component's from it.
+fn with_instance_id(resource: Resource) -> Resource {
+    let key = opentelemetry::Key::from_static_str(SERVICE_INSTANCE_ID);
+    if resource.get(&key).is_some() {
+        return resource;
+    }
+    let attributes = resource.iter().map(|(key, value)| opentelemetry::KeyValue::new(key.clone(), value.clone()));
+    let mut builder = Resource::builder_empty().with_attributes(attributes);
+    if let Some(schema_url) = resource.schema_url() {
+        builder = builder.with_schema_url([], schema_url.to_string());
+    }
+    builder.with_attribute(opentelemetry::KeyValue::new(key, uuid::Uuid::new_v4().to_string())).build()
 }
 
 /// Writes each event as one JSON object a line: `timestamp`, `level`,
@@ -350,6 +396,24 @@ mod tests {
     }
 
     #[test]
+    fn an_explicit_format_wins_and_auto_follows_the_terminal() {
+        let cases = [
+            (LogFormat::Auto, true, LogFormat::Text),
+            (LogFormat::Auto, false, LogFormat::Json),
+            (LogFormat::Json, true, LogFormat::Json),
+            (LogFormat::Json, false, LogFormat::Json),
+            (LogFormat::Text, true, LogFormat::Text),
+            (LogFormat::Text, false, LogFormat::Text),
+        ];
+        for (setting, is_terminal, expected) in cases {
+            assert_eq!(setting.resolve(is_terminal), expected, "{setting:?}, terminal: {is_terminal}");
+        }
+        assert_eq!(TelemetryConfig::default().log_format, LogFormat::Auto, "unset means decide by the terminal");
+        let parsed: TelemetryConfig = serde_json::from_str(r#"{"log_format": "auto"}"#).unwrap();
+        assert_eq!(parsed.log_format, LogFormat::Auto);
+    }
+
+    #[test]
     fn events_outside_spans_have_no_ids() {
         let buffer = Buffer::default();
         let subscriber = tracing_subscriber::registry().with(JsonLogLayer::new(buffer.clone()));
@@ -357,5 +421,19 @@ mod tests {
         let logged = lines(&buffer);
         assert_eq!(logged[0]["message"], "plain");
         assert!(logged[0].get("trace_id").is_none());
+    }
+
+    #[test]
+    fn every_process_gets_an_instance_id_unless_given_one() {
+        let key = opentelemetry::Key::from_static_str(SERVICE_INSTANCE_ID);
+        let plain = || Resource::builder_empty().with_service_name("gateway").build();
+        let (first, second) = (with_instance_id(plain()), with_instance_id(plain()));
+        let id = |resource: &Resource| resource.get(&key).map(|v| v.to_string()).unwrap_or_default();
+        assert_eq!(id(&first).len(), 36, "a UUID: {first:?}");
+        assert_ne!(id(&first), id(&second), "each process its own");
+        assert_eq!(first.get(&opentelemetry::Key::from_static_str("service.name")), Some("gateway".into()));
+        let given =
+            Resource::builder_empty().with_attribute(opentelemetry::KeyValue::new(key.clone(), "pod-7")).build();
+        assert_eq!(id(&with_instance_id(given)), "pod-7", "OTEL_RESOURCE_ATTRIBUTES wins");
     }
 }

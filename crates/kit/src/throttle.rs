@@ -6,6 +6,11 @@
 //! `burst` calls pass at once, then one per `1 / rate_per_second`; a refused
 //! call learns how long until one would pass.
 //!
+//! Keys are either known up front with their quotas (`check(key)`: a
+//! catalog source) or met as calls arrive, each check naming its quota
+//! (`check_with(key, quota)`: the gateway's callers); a key met that way is
+//! forgotten in process once idle long enough to have its whole burst again.
+//!
 //! - [`Throttle`]: governor in this process. What the embedded mesh (`up`)
 //!   uses: one process holds the whole quota.
 //! - [`RedisQuota`]: the same GCRA in one Redis script on Redis's clock, so
@@ -31,13 +36,14 @@ mod redis_gcra;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::RateLimiter;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -48,7 +54,7 @@ use tokio::time::Instant;
 pub use self::redis_gcra::{DEFAULT_KEY_PREFIX, RedisQuota};
 
 /// A sustained rate and the burst allowed above it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     /// Calls per second, sustained (at least 1).
@@ -78,10 +84,22 @@ pub type Verdict = Result<(), Duration>;
 /// One key's limiter on clock `C`.
 type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
+/// Keys met as calls arrive, all under one quota, on clock `C`.
+type KeyedLimiter<C> = RateLimiter<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// Checks of keys met as calls arrive between two sweeps of their idle keys.
+const SWEEP_EVERY_CHECKS: u64 = 4096;
+
 /// A rate quota per key, each key independent of the others, in this process.
 pub struct Throttle<C: Clock = DefaultClock> {
     limiters: HashMap<String, Limiter<C>>,
     clock: C,
+    /// How many replicas share each quota ([`Throttle::per_replica`]).
+    replicas: u32,
+    /// Keys met as calls arrive ([`Throttle::check_with`]): one keyed limiter per distinct quota.
+    by_quota: Mutex<HashMap<Quota, Arc<KeyedLimiter<C>>>>,
+    /// Checks through `by_quota`, to sweep its idle keys now and then.
+    keyed_checks: AtomicU64,
 }
 
 impl Throttle {
@@ -109,7 +127,13 @@ impl<C: Clock + Clone> Throttle<C> {
             .into_iter()
             .map(|(key, quota)| (key, RateLimiter::direct_with_clock(quota.governor_share(replicas), clock.clone())))
             .collect();
-        Self { limiters, clock }
+        Self {
+            limiters,
+            clock,
+            replicas: replicas.max(1),
+            by_quota: Mutex::new(HashMap::new()),
+            keyed_checks: AtomicU64::new(0),
+        }
     }
 
     /// Admits one call for `key`, or answers how long until one would be
@@ -119,6 +143,38 @@ impl<C: Clock + Clone> Throttle<C> {
             None => Ok(()),
             Some(limiter) => limiter.check().map_err(|not_until| not_until.wait_time_from(self.clock.now())),
         }
+    }
+
+    /// Admits one call for `key` under `quota` (this replica's share of it),
+    /// or answers how long until one would be admitted: for keys not known
+    /// up front. Keys idle long enough to be full again are dropped now and
+    /// then, so a stream of one-off keys does not grow the process.
+    pub fn check_with(&self, key: &str, quota: Quota) -> Verdict {
+        let limiter = {
+            let mut by_quota = self.by_quota.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(by_quota.entry(quota).or_insert_with(|| {
+                Arc::new(RateLimiter::dashmap_with_clock(quota.governor_share(self.replicas), self.clock.clone()))
+            }))
+        };
+        if self.keyed_checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY_CHECKS == SWEEP_EVERY_CHECKS - 1 {
+            self.sweep_idle_keys();
+        }
+        limiter.check_key(&key.to_string()).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Drops the keys of [`Throttle::check_with`] whose state is a fresh key's.
+    fn sweep_idle_keys(&self) {
+        let limiters: Vec<_> = self.by_quota.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        for limiter in limiters {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// How many keys met through [`Throttle::check_with`] are remembered (after a sweep of idle ones).
+    pub fn remembered_keys(&self) -> usize {
+        self.sweep_idle_keys();
+        self.by_quota.lock().unwrap_or_else(PoisonError::into_inner).values().map(|limiter| limiter.len()).sum()
     }
 }
 
@@ -239,10 +295,22 @@ impl ClusterThrottle {
     /// Redis does not answer, this replica's share). A key without a quota is admitted.
     pub async fn check(&self, key: &str) -> Verdict {
         let Some(quota) = self.quotas.get(key) else { return Ok(()) };
+        self.check_in_redis(key, *quota, || self.fallback.check(key)).await
+    }
+
+    /// Admits one call for `key` under `quota`, for keys not known up front
+    /// (the gateway's callers): cluster-wide in Redis, or while Redis does not
+    /// answer this replica's share of `quota`.
+    pub async fn check_with(&self, key: &str, quota: Quota) -> Verdict {
+        self.check_in_redis(key, quota, || self.fallback.check_with(key, quota)).await
+    }
+
+    /// Asks Redis, or `alone` while Redis does not answer.
+    async fn check_in_redis(&self, key: &str, quota: Quota, alone: impl FnOnce() -> Verdict) -> Verdict {
         if self.degraded.load(Ordering::Acquire) && !self.take_retry() {
-            return self.decide_alone(key);
+            return self.decide_alone(alone);
         }
-        let asked = tokio::time::timeout(self.config.redis_timeout, self.redis.check(key, *quota)).await;
+        let asked = tokio::time::timeout(self.config.redis_timeout, self.redis.check(key, quota)).await;
         match asked.unwrap_or(Err(ThrottleError::Timeout(self.config.redis_timeout))) {
             Ok(verdict) => {
                 if self.degraded.swap(false, Ordering::AcqRel) {
@@ -263,7 +331,7 @@ impl ClusterThrottle {
                          until it does"
                     );
                 }
-                self.decide_alone(key)
+                self.decide_alone(alone)
             }
         }
     }
@@ -273,9 +341,9 @@ impl ClusterThrottle {
         self.degraded.load(Ordering::Acquire)
     }
 
-    fn decide_alone(&self, key: &str) -> Verdict {
+    fn decide_alone(&self, alone: impl FnOnce() -> Verdict) -> Verdict {
         self.metrics.fallback_checks.inc();
-        self.fallback.check(key)
+        alone()
     }
 
     /// Whether this check is the one that tries Redis again (at most one per `retry_every`).
@@ -323,6 +391,14 @@ impl Quotas {
         match self {
             Quotas::InProcess(throttle) => throttle.check(key),
             Quotas::Cluster(cluster) => cluster.check(key).await,
+        }
+    }
+
+    /// Admits one call for `key` under `quota`, a key not known up front.
+    pub async fn check_with(&self, key: &str, quota: Quota) -> Verdict {
+        match self {
+            Quotas::InProcess(throttle) => throttle.check_with(key, quota),
+            Quotas::Cluster(cluster) => cluster.check_with(key, quota).await,
         }
     }
 }
@@ -403,6 +479,26 @@ mod tests {
         let tiny = Throttle::shared_with_clock([("a".to_string(), Quota { rate_per_second: 1, burst: 1 })], 4, clock);
         assert!(tiny.check("a").is_ok(), "a share never rounds down to nothing");
         assert_eq!(tiny.check("a"), Err(Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn keys_met_as_calls_arrive_each_get_the_quota_named_and_idle_ones_are_forgotten() {
+        let clock = governor::clock::FakeRelativeClock::default();
+        let throttle = Throttle::with_clock(std::iter::empty(), clock.clone());
+        let small = Quota { rate_per_second: 10, burst: 2 };
+        let large = Quota { rate_per_second: 10, burst: 5 };
+        let admitted = |key: &str, quota| (0..100).take_while(|_| throttle.check_with(key, quota).is_ok()).count();
+        assert_eq!(admitted("caller-a", small), 2);
+        assert_eq!(throttle.check_with("caller-a", small), Err(Duration::from_millis(100)));
+        assert_eq!(admitted("caller-b", small), 2, "b has its own");
+        assert_eq!(admitted("caller-c", large), 5, "c's quota is the one its checks name");
+        assert_eq!(throttle.remembered_keys(), 3);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(throttle.remembered_keys(), 0, "full again: nothing to remember");
+        assert_eq!(admitted("caller-a", small), 2, "and a forgotten key starts with its burst");
+        let shared = Throttle::shared_with_clock(std::iter::empty(), 2, clock);
+        let admitted = (0..100).take_while(|_| shared.check_with("caller-a", large).is_ok()).count();
+        assert_eq!(admitted, 2, "a replica's share of the burst, as for known keys");
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kit::bus::{BusConfig, BusError, Delivery, EntryId, EventBus, Publication, StreamStats};
+use kit::bus::{BusConfig, BusError, DeadLetterQuery, Delivery, Discard, EntryId, EventBus, Publication, StreamStats};
 
 /// A wait that ends early when the bus works: long enough that a slow machine
 /// never fails a test on time alone.
@@ -526,6 +526,248 @@ async fn dead_letters_are_dropped_after_their_window(fixture: Fixture) {
     assert!(bus.dead_letters(&stream, 10).await.unwrap().is_empty());
 }
 
+async fn a_dead_letter_says_who_gave_up_after_how_many_deliveries_and_when(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    bus.publish(&stream, "poison", b"bad").await.unwrap();
+    assert_eq!(read_now(&bus, &stream, "g", "c1", 10).await.len(), 1);
+    let again = bus.reclaim(&stream, "g", "c2", Duration::ZERO, 10).await.unwrap();
+    assert_eq!(again[0].delivery_count, 2);
+    bus.dead_letter(&stream, "g", &again[0], "delivered 2 times").await.unwrap();
+
+    let dead = bus.dead_letters(&stream, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let letter = &dead[0];
+    assert_eq!(letter.group.as_deref(), Some("g"));
+    assert_eq!(letter.delivery_count, Some(2));
+    assert_eq!(letter.original_id, again[0].id);
+    let first_seen = letter.first_seen.expect("first seen");
+    let dead_at = letter.dead_lettered_at.expect("dead-lettered at");
+    assert!(before <= first_seen && first_seen <= dead_at, "{first_seen} then {dead_at}");
+    assert!(dead_at <= Utc::now() + chrono::Duration::seconds(1));
+}
+
+async fn dead_letters_are_listed_by_reason_and_group_in_pages(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    for group in ["g1", "g2"] {
+        bus.ensure_group(&stream, group).await.unwrap();
+    }
+    for n in 0..5 {
+        bus.publish(&stream, &format!("evt-{n}"), b"x").await.unwrap();
+    }
+    for delivery in read_now(&bus, &stream, "g1", "c", 10).await {
+        let reason = if delivery.event_id == "evt-4" { "timeout" } else { "invalid price: negative" };
+        bus.dead_letter(&stream, "g1", &delivery, reason).await.unwrap();
+    }
+    let by_g2 = read_now(&bus, &stream, "g2", "c", 1).await;
+    bus.dead_letter(&stream, "g2", &by_g2[0], "invalid price: negative").await.unwrap();
+
+    let list = |query: DeadLetterQuery| {
+        let bus = bus.clone();
+        let stream = stream.clone();
+        async move { bus.list_dead_letters(&stream, &query).await.unwrap() }
+    };
+    let all = list(DeadLetterQuery { max: 100, ..Default::default() }).await;
+    assert_eq!(all.letters.len(), 6);
+    assert_eq!(all.next, None);
+    let price = list(DeadLetterQuery { max: 100, reason: Some("price".into()), ..Default::default() }).await;
+    assert_eq!(price.letters.len(), 5);
+    assert!(price.letters.iter().all(|letter| letter.reason.contains("price")));
+    let g2 = list(DeadLetterQuery { max: 100, group: Some("g2".into()), ..Default::default() }).await;
+    assert_eq!(g2.letters.iter().map(|l| l.event_id.as_str()).collect::<Vec<_>>(), ["evt-0"]);
+    let g1_price = list(DeadLetterQuery {
+        max: 100,
+        group: Some("g1".into()),
+        reason: Some("price".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(g1_price.letters.len(), 4);
+
+    // Pages of two, oldest first, each going on where the last ended.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = list(DeadLetterQuery { max: 2, after: after.clone(), ..Default::default() }).await;
+        assert!(page.letters.len() <= 2);
+        seen.extend(page.letters.iter().map(|letter| letter.id.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, all.letters.iter().map(|letter| letter.id.clone()).collect::<Vec<_>>());
+}
+
+async fn a_replayed_dead_letter_is_delivered_again_despite_the_dedupe(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    bus.ensure_group(&stream, "other").await.unwrap();
+    bus.publish(&stream, "evt-1", b"payload one").await.unwrap();
+    let got = read_now(&bus, &stream, "g", "c", 10).await;
+    bus.dead_letter(&stream, "g", &got[0], "refused").await.unwrap();
+    let other = read_now(&bus, &stream, "other", "c", 10).await;
+    bus.ack(&stream, "other", &[other[0].id.clone()]).await.unwrap();
+    assert!(!bus.publish(&stream, "evt-1", b"payload one").await.unwrap(), "a publish is deduplicated");
+
+    let dead = bus.dead_letters(&stream, 10).await.unwrap();
+    let unknown = EntryId(if dead[0].id.0.contains('-') { "1-1".into() } else { "999999".into() });
+    let replayed =
+        bus.replay_dead_letters(&stream, &[dead[0].id.clone(), unknown, EntryId("not an id".into())]).await.unwrap();
+    assert!(replayed[0].is_some(), "{replayed:?}");
+    assert_eq!(replayed[1..], [None, None], "unknown ids are reported, not errors");
+    assert!(bus.dead_letters(&stream, 10).await.unwrap().is_empty(), "a replayed dead letter is gone");
+
+    let again = read_now(&bus, &stream, "g", "c", 10).await;
+    assert_eq!(event_ids(&again), ["evt-1"]);
+    assert_eq!(again[0].payload, b"payload one");
+    assert_eq!(again[0].delivery_count, 1, "a new entry");
+    assert_eq!(Some(&again[0].id), replayed[0].as_ref());
+    bus.ack(&stream, "g", &[again[0].id.clone()]).await.unwrap();
+    assert_eq!(event_ids(&read_now(&bus, &stream, "other", "c", 10).await), ["evt-1"], "every group reads it");
+
+    assert_eq!(bus.replay_dead_letters(&stream, &[dead[0].id.clone()]).await.unwrap(), [None], "replayed once");
+    assert!(!bus.publish(&stream, "evt-1", b"payload one").await.unwrap(), "the dedupe window starts again");
+}
+
+async fn a_dead_letter_is_replayed_after_its_dedupe_window_and_trims(fixture: Fixture) {
+    let config = BusConfig { dedupe_window: Duration::from_secs(3600), ..BusConfig::default() };
+    let bus = fixture.open_with(&config);
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    bus.publish(&stream, "evt-1", b"old").await.unwrap();
+    let got = read_now(&bus, &stream, "g", "c", 10).await;
+    bus.dead_letter(&stream, "g", &got[0], "refused").await.unwrap();
+    // Past the dedupe window (the id is forgotten) and the entry, acknowledged, gone.
+    let kept = bus.trim(&stream, after(Utc::now(), Duration::from_secs(7200))).await.unwrap();
+    assert_eq!(kept.dedupe_markers, 0, "{kept:?}");
+
+    let dead = bus.dead_letters(&stream, 10).await.unwrap();
+    assert!(bus.replay_dead_letters(&stream, &[dead[0].id.clone()]).await.unwrap()[0].is_some());
+    assert_eq!(event_ids(&read_now(&bus, &stream, "g", "c", 10).await), ["evt-1"]);
+}
+
+async fn a_discarded_dead_letter_is_gone_and_kept_for_the_audit(fixture: Fixture) {
+    let config = BusConfig { dead_letter_window: Duration::from_secs(3600), ..BusConfig::default() };
+    let bus = fixture.open_with(&config);
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    publish_many(&bus, &stream, "poison", 2).await;
+    for delivery in read_now(&bus, &stream, "g", "c", 10).await {
+        bus.dead_letter(&stream, "g", &delivery, "cannot parse").await.unwrap();
+    }
+    let dead = bus.dead_letters(&stream, 10).await.unwrap();
+    let discard = Discard { by: "operator@example.com".into(), reason: "a test order, never real".into() };
+    let answers =
+        bus.discard_dead_letters(&stream, &[dead[0].id.clone(), EntryId("nonsense".into())], &discard).await.unwrap();
+    assert_eq!(answers, [true, false]);
+    assert_eq!(bus.discard_dead_letters(&stream, &[dead[0].id.clone()], &discard).await.unwrap(), [false]);
+    assert_eq!(bus.dead_letters(&stream, 10).await.unwrap(), dead[1..], "the other stays");
+    assert_eq!(bus.replay_dead_letters(&stream, &[dead[0].id.clone()]).await.unwrap(), [None], "nor replayable");
+
+    let kept = discarded(&bus, &stream, 10).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].letter, dead[0], "kept as it was");
+    assert_eq!(kept[0].discard, discard);
+    assert!(kept[0].discarded_at >= dead[0].dead_lettered_at.unwrap());
+
+    let now = Utc::now();
+    bus.trim(&stream, now).await.unwrap();
+    assert_eq!(discarded(&bus, &stream, 10).await.len(), 1);
+    bus.trim(&stream, after(now, config.dead_letter_window)).await.unwrap();
+    assert!(discarded(&bus, &stream, 10).await.is_empty(), "kept for the window");
+}
+
+async fn discarded(bus: &Arc<dyn EventBus>, stream: &str, max: usize) -> Vec<kit::bus::DiscardedDeadLetter> {
+    bus.discarded_dead_letters(stream, &DeadLetterQuery { max, ..Default::default() }).await.unwrap().records
+}
+
+/// Every page of the discarded dead letters `query` asks for, by `max` a page.
+async fn all_discarded_pages(bus: &Arc<dyn EventBus>, stream: &str, query: DeadLetterQuery) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut query = query;
+    for _ in 0..100 {
+        let page = bus.discarded_dead_letters(stream, &query).await.unwrap();
+        assert!(page.records.len() <= query.max, "{page:?}");
+        seen.extend(page.records.iter().map(|record| record.letter.event_id.clone()));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return seen,
+        }
+    }
+    panic!("paging never ended: {seen:?}");
+}
+
+async fn discarded_dead_letters_are_listed_in_discard_order_by_group_in_pages(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    for group in ["g1", "g2"] {
+        bus.ensure_group(&stream, group).await.unwrap();
+    }
+    publish_many(&bus, &stream, "evt", 5).await;
+    for delivery in read_now(&bus, &stream, "g1", "c", 10).await {
+        bus.dead_letter(&stream, "g1", &delivery, "invalid price").await.unwrap();
+    }
+    for delivery in read_now(&bus, &stream, "g2", "c", 2).await {
+        bus.dead_letter(&stream, "g2", &delivery, "timeout").await.unwrap();
+    }
+    let dead = bus.dead_letters(&stream, 100).await.unwrap();
+    assert_eq!(dead.len(), 7);
+    // Discarded newest first: the audit lists them in the order they were discarded.
+    let newest_first: Vec<EntryId> = dead.iter().rev().map(|letter| letter.id.clone()).collect();
+    let discard = Discard { by: "operator".into(), reason: "test data".into() };
+    assert_eq!(bus.discard_dead_letters(&stream, &newest_first, &discard).await.unwrap(), [true; 7]);
+    let discard_order: Vec<String> = dead.iter().rev().map(|letter| letter.event_id.clone()).collect();
+
+    let paged = all_discarded_pages(&bus, &stream, DeadLetterQuery { max: 2, ..Default::default() }).await;
+    assert_eq!(paged, discard_order, "pages of two reach every discard, in discard order");
+    let first = bus.discarded_dead_letters(&stream, &DeadLetterQuery { max: 3, ..Default::default() }).await.unwrap();
+    assert_eq!(first.records.len(), 3);
+    assert!(first.next.is_some(), "more than a page: a next token");
+    assert_eq!(first.records[0].letter, dead[6], "kept as it was");
+
+    let g2 =
+        all_discarded_pages(&bus, &stream, DeadLetterQuery { max: 1, group: Some("g2".into()), ..Default::default() })
+            .await;
+    let g2_order: Vec<String> =
+        dead.iter().rev().filter(|l| l.group.as_deref() == Some("g2")).map(|l| l.event_id.clone()).collect();
+    assert_eq!((g2.len(), &g2), (2, &g2_order), "only g2's");
+    let g1 =
+        all_discarded_pages(&bus, &stream, DeadLetterQuery { max: 2, group: Some("g1".into()), ..Default::default() })
+            .await;
+    assert_eq!(g1.len(), 5, "{g1:?}");
+    let timeouts = all_discarded_pages(
+        &bus,
+        &stream,
+        DeadLetterQuery { max: 10, reason: Some("timeout".into()), ..Default::default() },
+    )
+    .await;
+    assert_eq!(timeouts, g2_order);
+}
+
+async fn dead_letters_are_read_by_id(fixture: Fixture) {
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    publish_many(&bus, &stream, "evt", 3).await;
+    for delivery in read_now(&bus, &stream, "g", "c", 10).await {
+        bus.dead_letter(&stream, "g", &delivery, "refused").await.unwrap();
+    }
+    let dead = bus.dead_letters(&stream, 10).await.unwrap();
+    let unknown = EntryId(if dead[0].id.0.contains('-') { "1-1".into() } else { "999999".into() });
+    let ids = [dead[2].id.clone(), unknown, EntryId("not an id".into()), dead[0].id.clone()];
+    let found = bus.dead_letters_by_id(&stream, &ids).await.unwrap();
+    assert_eq!(found, [Some(dead[2].clone()), None, None, Some(dead[0].clone())]);
+    assert_eq!(bus.dead_letters_by_id(&fixture.stream("other"), &ids[..1]).await.unwrap(), [None], "per stream");
+    let discard = Discard { by: "operator".into(), reason: "test".into() };
+    bus.discard_dead_letters(&stream, &[dead[2].id.clone()], &discard).await.unwrap();
+    assert_eq!(bus.dead_letters_by_id(&stream, &ids[..1]).await.unwrap(), [None], "a discarded one is gone");
+}
+
 async fn trimming_a_stream_that_does_not_exist_keeps_nothing(fixture: Fixture) {
     let bus = fixture.open();
     let kept = bus.trim(&fixture.stream("nothing"), Utc::now()).await.unwrap();
@@ -616,6 +858,34 @@ macro_rules! contract {
             #[tokio::test]
             async fn dead_letters_are_dropped_after_their_window() {
                 super::dead_letters_are_dropped_after_their_window($make).await;
+            }
+            #[tokio::test]
+            async fn a_dead_letter_says_who_gave_up_after_how_many_deliveries_and_when() {
+                super::a_dead_letter_says_who_gave_up_after_how_many_deliveries_and_when($make).await;
+            }
+            #[tokio::test]
+            async fn dead_letters_are_listed_by_reason_and_group_in_pages() {
+                super::dead_letters_are_listed_by_reason_and_group_in_pages($make).await;
+            }
+            #[tokio::test]
+            async fn a_replayed_dead_letter_is_delivered_again_despite_the_dedupe() {
+                super::a_replayed_dead_letter_is_delivered_again_despite_the_dedupe($make).await;
+            }
+            #[tokio::test]
+            async fn a_dead_letter_is_replayed_after_its_dedupe_window_and_trims() {
+                super::a_dead_letter_is_replayed_after_its_dedupe_window_and_trims($make).await;
+            }
+            #[tokio::test]
+            async fn a_discarded_dead_letter_is_gone_and_kept_for_the_audit() {
+                super::a_discarded_dead_letter_is_gone_and_kept_for_the_audit($make).await;
+            }
+            #[tokio::test]
+            async fn discarded_dead_letters_are_listed_in_discard_order_by_group_in_pages() {
+                super::discarded_dead_letters_are_listed_in_discard_order_by_group_in_pages($make).await;
+            }
+            #[tokio::test]
+            async fn dead_letters_are_read_by_id() {
+                super::dead_letters_are_read_by_id($make).await;
             }
             #[tokio::test]
             async fn trimming_a_stream_that_does_not_exist_keeps_nothing() {
@@ -709,4 +979,127 @@ async fn redis_a_consumer_that_left_is_no_longer_listed() {
     assert_eq!(names, ["holder"], "the idle consumer left; the holder stays");
     bus.ack(&stream, "g", &[got[0].id.clone()]).await.unwrap();
     assert!(bus.leave(&stream, "g", "holder").await.unwrap());
+}
+
+/// A dead letter Redis kept before the bus recorded groups and delivery counts
+/// reads with those unknown, and replays like any other.
+#[tokio::test]
+async fn redis_reads_dead_letters_of_the_old_shape() {
+    let fixture = Fixture::redis();
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(kit::bus::dead_letter_stream(&stream))
+        .arg("*")
+        .arg(&["original_id", "1700000000000-0", "event_id", "evt-old", "payload", "old", "reason", "refused"])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let dead = bus.dead_letters(&stream, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].group.as_deref(), dead[0].delivery_count), (None, None));
+    assert_eq!(dead[0].first_seen, DateTime::from_timestamp_millis(1_700_000_000_000));
+    assert!(dead[0].dead_lettered_at.is_some());
+    let listed = bus
+        .list_dead_letters(&stream, &DeadLetterQuery { max: 10, group: Some("g".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(listed.letters.len(), 1, "an unknown group is any group's");
+    assert!(bus.replay_dead_letters(&stream, &[dead[0].id.clone()]).await.unwrap()[0].is_some());
+    assert_eq!(event_ids(&read_now(&bus, &stream, "g", "c", 10).await), ["evt-old"]);
+}
+
+/// A dead-letter entry the bus did not write (fields missing) is listed with
+/// what is known and why it is unreadable, instead of failing every listing,
+/// replay of all and discard of the stream's dead letters.
+#[tokio::test]
+async fn redis_lists_a_malformed_dead_letter_instead_of_failing() {
+    let fixture = Fixture::redis();
+    let bus = fixture.open();
+    let stream = fixture.stream("orders");
+    bus.ensure_group(&stream, "g").await.unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let malformed: String = redis::cmd("XADD")
+        .arg(kit::bus::dead_letter_stream(&stream))
+        .arg("*")
+        .arg(&["event_id", "evt-odd", "something", "else"])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    bus.publish(&stream, "evt-good", b"good").await.unwrap();
+    let got = read_now(&bus, &stream, "g", "c", 10).await;
+    bus.dead_letter(&stream, "g", &got[0], "refused").await.unwrap();
+
+    let dead = bus.dead_letters(&stream, 10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].id, EntryId(malformed.clone()));
+    assert_eq!(dead[0].event_id, "evt-odd", "what is known");
+    let why = dead[0].unreadable.as_deref().expect("marked unreadable");
+    assert!(why.contains("no original_id") && why.contains("no payload"), "{why}");
+    assert_eq!((dead[1].event_id.as_str(), dead[1].unreadable.as_deref()), ("evt-good", None));
+    let by_id = bus.dead_letters_by_id(&stream, &[EntryId(malformed.clone())]).await.unwrap();
+    assert!(by_id[0].as_ref().is_some_and(|letter| letter.unreadable.is_some()), "{by_id:?}");
+
+    // An operator sees it with why it is unreadable where the payload's error goes.
+    let ops = kit::dead_letters::DeadLetterOps::new(
+        bus.clone(),
+        vec![kit::dead_letters::ConsumedStream::new(stream.clone(), "g")],
+    );
+    let listed = ops
+        .list(tonic::Request::new(proto::commerce::ops::v1::ListDeadLettersRequest {
+            stream: stream.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.dead_letters.len(), 2);
+    assert!(listed.dead_letters[0].payload_error.starts_with("unreadable dead letter"), "{listed:?}");
+
+    // The good one still replays; the bad one can be discarded and its audit listed.
+    assert!(bus.replay_dead_letters(&stream, &[dead[1].id.clone()]).await.unwrap()[0].is_some());
+    let discard = Discard { by: "operator".into(), reason: "not ours".into() };
+    assert_eq!(bus.discard_dead_letters(&stream, &[EntryId(malformed.clone())], &discard).await.unwrap(), [true]);
+    let kept = discarded(&bus, &stream, 10).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!((kept[0].letter.id.0.as_str(), kept[0].discard.reason.as_str()), (malformed.as_str(), "not ours"));
+    assert!(kept[0].letter.unreadable.is_some());
+    assert!(bus.dead_letters(&stream, 10).await.unwrap().is_empty());
+}
+
+/// A log file an older release wrote (its dead letters without group, count or
+/// first sighting) is upgraded on open; its dead letters read with those unknown.
+#[tokio::test]
+async fn sqlite_reads_dead_letters_of_an_older_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    {
+        use sqlx::ConnectOptions;
+        let mut connection =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE dead_letters (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, original_id TEXT NOT NULL,
+                 event_id TEXT NOT NULL, payload BLOB NOT NULL, reason TEXT NOT NULL, dead_at INTEGER NOT NULL);
+             INSERT INTO dead_letters (stream, original_id, event_id, payload, reason, dead_at)
+                 VALUES ('orders', '7', 'evt-old', x'6f6c64', 'refused', 1700000000000);
+             PRAGMA user_version = 1;",
+        )
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    }
+    let bus = kit::bus::open(None, &path).unwrap();
+    let dead = bus.dead_letters("orders", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].group.as_deref(), dead[0].delivery_count, dead[0].first_seen), (None, None, None));
+    assert_eq!(dead[0].dead_lettered_at, DateTime::from_timestamp_millis(1_700_000_000_000));
+    assert_eq!(dead[0].payload, b"old");
+    bus.ensure_group("orders", "g").await.unwrap();
+    assert!(bus.replay_dead_letters("orders", &[dead[0].id.clone()]).await.unwrap()[0].is_some());
+    assert_eq!(event_ids(&read_now(&bus, "orders", "g", "c", 10).await), ["evt-old"]);
 }

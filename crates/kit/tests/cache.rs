@@ -27,6 +27,8 @@ async fn value(v: &str) -> Loaded {
 }
 
 async fn a_hit_does_not_load(cache: ReadThrough) {
+    let metrics = kit::metrics::Metrics::new();
+    cache.register_metrics("test_cache", &metrics.for_component("test"));
     assert_eq!(cache.get("k", || value("one")).await.unwrap(), Some(b"one".to_vec()));
     let loads = AtomicUsize::new(0);
     let again = cache
@@ -40,6 +42,11 @@ async fn a_hit_does_not_load(cache: ReadThrough) {
     assert_eq!(loads.load(Ordering::SeqCst), 0);
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.misses, stats.loads), (1, 1, 1));
+    // The same counts on the admin port: what the dashboard's hit ratio reads.
+    let text = metrics.encode();
+    for line in ["test_cache_hits_total{component=\"test\"} 1\n", "test_cache_misses_total{component=\"test\"} 1\n"] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
 }
 
 async fn a_miss_is_cached_as_absent(cache: ReadThrough) {

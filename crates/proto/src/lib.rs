@@ -33,6 +33,13 @@ pub const COMMERCE_SERVICES: [&str; 4] = [
     "commerce.purchases.v1.PurchaseHistoryService",
 ];
 
+/// Fully qualified names of the operators' dead-letter services, one per
+/// component that consumes a stream (`proto/commerce/ops/v1/dead_letters.proto`
+/// has their messages), in the order of the services in [`COMMERCE_SERVICES`]
+/// that serve them.
+pub const DEAD_LETTER_SERVICES: [&str; 2] =
+    ["commerce.fulfillment.v1.FulfillmentDeadLetterService", "commerce.purchases.v1.PurchaseHistoryDeadLetterService"];
+
 /// Decodes [`FILE_DESCRIPTOR_SET`] into a pool for run-time reflection.
 pub fn descriptor_pool() -> Result<prost_reflect::DescriptorPool, prost_reflect::DescriptorError> {
     prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
@@ -41,14 +48,15 @@ pub fn descriptor_pool() -> Result<prost_reflect::DescriptorPool, prost_reflect:
 /// The access option every RPC carries (`commerce.auth.v1.access`).
 pub const ACCESS_OPTION: &str = "commerce.auth.v1.access";
 
-/// Every RPC of the four commerce services by its path
+/// Every RPC of the four commerce services and the dead-letter services by its path
 /// (`/package.Service/Method`), with the scopes its access option requires.
 /// An RPC without the option is left out: nobody may call it.
 pub fn access_rules() -> Result<std::collections::BTreeMap<String, Vec<String>>, prost_reflect::DescriptorError> {
     let pool = descriptor_pool()?;
     let mut rules = std::collections::BTreeMap::new();
     let Some(access) = pool.get_extension_by_name(ACCESS_OPTION) else { return Ok(rules) };
-    for service in COMMERCE_SERVICES.iter().filter_map(|name| pool.get_service_by_name(name)) {
+    let services = COMMERCE_SERVICES.iter().chain(&DEAD_LETTER_SERVICES);
+    for service in services.filter_map(|name| pool.get_service_by_name(name)) {
         for method in service.methods() {
             let options = method.options();
             if !options.has_extension(&access) {

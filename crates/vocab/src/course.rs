@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::check_id;
-use crate::invalid::{Invalid, clip};
+use crate::invalid::{Invalid, ViolationReason, clip};
 
 /// Longest course run key or product key accepted, in characters.
 pub const MAX_KEY_LEN: usize = 255;
@@ -19,7 +19,9 @@ impl CourseRunKey {
     /// letters, digits, `_`, `-`, `.` or `~` (what Open edX's opaque keys
     /// allow), at most [`MAX_KEY_LEN`] characters in all.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let bad = || Invalid::new(format!("must have the form course-v1:ORG+NUMBER+RUN, got {:?}", clip(raw)));
+        let rule = if raw.is_empty() { ViolationReason::Required } else { ViolationReason::InvalidFormat };
+        let bad =
+            || Invalid::because(rule, format!("must have the form course-v1:ORG+NUMBER+RUN, got {:?}", clip(raw)));
         let rest = raw.strip_prefix("course-v1:").ok_or_else(bad)?;
         let mut parts = 0;
         for part in rest.split('+') {
@@ -33,7 +35,10 @@ impl CourseRunKey {
         }
         // Every character is ASCII by now: bytes are characters.
         if raw.len() > MAX_KEY_LEN {
-            return Err(Invalid::new(format!("must be at most {MAX_KEY_LEN} characters")));
+            return Err(Invalid::because(
+                ViolationReason::TooLong,
+                format!("must be at most {MAX_KEY_LEN} characters"),
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -66,7 +71,8 @@ impl CourseKey {
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(Invalid::new(format!("must have the form ORG+NUMBER, got {:?}", clip(raw))))
+            let rule = if raw.is_empty() { ViolationReason::Required } else { ViolationReason::InvalidFormat };
+            Err(Invalid::because(rule, format!("must have the form ORG+NUMBER, got {:?}", clip(raw))))
         }
     }
 
@@ -134,8 +140,9 @@ pub struct CourseUuid(String);
 impl CourseUuid {
     /// Accepts any form the `uuid` crate reads; keeps the hyphenated lower-case form.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let uuid =
-            uuid::Uuid::parse_str(raw).map_err(|_| Invalid::new(format!("must be a UUID, got {:?}", clip(raw))))?;
+        let rule = if raw.is_empty() { ViolationReason::Required } else { ViolationReason::InvalidFormat };
+        let uuid = uuid::Uuid::parse_str(raw)
+            .map_err(|_| Invalid::because(rule, format!("must be a UUID, got {:?}", clip(raw))))?;
         Ok(Self(uuid.hyphenated().to_string()))
     }
 

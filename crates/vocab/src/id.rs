@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::invalid::Invalid;
+use crate::invalid::{Invalid, ViolationReason};
 
 /// Longest identifier accepted, in characters.
 pub const MAX_ID_LEN: usize = 100;
@@ -11,13 +11,16 @@ pub const MAX_ID_LEN: usize = 100;
 /// The rule every identifier here follows.
 pub(crate) fn check_id(raw: &str, max: usize) -> Result<(), Invalid> {
     if raw.is_empty() {
-        return Err(Invalid::new("must not be empty"));
+        return Err(Invalid::empty());
     }
     if raw.chars().count() > max {
-        return Err(Invalid::new(format!("must be at most {max} characters")));
+        return Err(Invalid::because(ViolationReason::TooLong, format!("must be at most {max} characters")));
     }
     if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Invalid::new("must not contain whitespace or control characters"));
+        return Err(Invalid::because(
+            ViolationReason::InvalidFormat,
+            "must not contain whitespace or control characters",
+        ));
     }
     Ok(())
 }

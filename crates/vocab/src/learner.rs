@@ -5,7 +5,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::invalid::{Invalid, clip};
+use crate::invalid::{Invalid, ViolationReason, clip};
 
 /// Prefix of a retired learner's placeholder username, as the LMS writes it.
 pub const RETIRED_PREFIX: &str = "retired__user_";
@@ -23,23 +23,30 @@ impl LmsUserId {
     /// Accepts decimal digits only, without sign or leading zeros, from 1 to 2^63 - 1.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         if raw.is_empty() {
-            return Err(Invalid::new("must not be empty"));
+            return Err(Invalid::empty());
         }
         if !raw.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Invalid::new(format!("must be a decimal integer, got {:?}", clip(raw))));
+            return Err(Invalid::because(
+                ViolationReason::InvalidFormat,
+                format!("must be a decimal integer, got {:?}", clip(raw)),
+            ));
         }
         if raw.len() > 1 && raw.starts_with('0') {
-            return Err(Invalid::new("must not have leading zeros"));
+            return Err(Invalid::because(ViolationReason::InvalidFormat, "must not have leading zeros"));
         }
         match raw.parse::<i64>() {
             Ok(id) => Self::new(id),
-            Err(_) => Err(Invalid::new("is too large")),
+            Err(_) => Err(Invalid::because(ViolationReason::OutOfRange, "is too large")),
         }
     }
 
     /// From a number (a stored id, a legacy integer field): at least 1.
     pub fn new(id: i64) -> Result<Self, Invalid> {
-        if id >= 1 { Ok(Self(id)) } else { Err(Invalid::new(format!("must be at least 1, got {id}"))) }
+        if id >= 1 {
+            Ok(Self(id))
+        } else {
+            Err(Invalid::because(ViolationReason::OutOfRange, format!("must be at least 1, got {id}")))
+        }
     }
 
     /// The number.
@@ -98,17 +105,21 @@ impl LmsUsername {
     /// Accepts an account's username or a retired learner's placeholder.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         if raw.is_empty() {
-            return Err(Invalid::new("must not be empty"));
+            return Err(Invalid::empty());
         }
         if is_placeholder(raw) {
             return Ok(Self(raw.to_owned()));
         }
         let length = raw.chars().count();
         if !(2..=30).contains(&length) {
-            return Err(Invalid::new(format!("must be 2 to 30 characters, got {length}")));
+            let rule = if length < 2 { ViolationReason::TooShort } else { ViolationReason::TooLong };
+            return Err(Invalid::because(rule, format!("must be 2 to 30 characters, got {length}")));
         }
         if let Some(bad) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
-            return Err(Invalid::new(format!("may contain only letters, digits, _ and -, found {bad:?}")));
+            return Err(Invalid::because(
+                ViolationReason::InvalidFormat,
+                format!("may contain only letters, digits, _ and -, found {bad:?}"),
+            ));
         }
         Ok(Self(raw.to_owned()))
     }

@@ -37,7 +37,7 @@ pub use course::{CourseKey, CourseRunKey, CourseUuid, MAX_KEY_LEN, ProductKey};
 pub use id::{
     CreditProviderId, CustomerId, FulfillmentId, LineItemId, MAX_ID_LEN, OrderId, OrderNumber, PurchaseId, SourceSystem,
 };
-pub use invalid::Invalid;
+pub use invalid::{Invalid, ViolationReason};
 pub use learner::{LmsUserId, LmsUsername, RETIRED_PREFIX, RetirementKey};
 pub use money::{CurrencyCode, MAX_AMOUNT_LEN, Money, MoneyError, MoneyPart, Price};
 pub use retirement::Retirement;

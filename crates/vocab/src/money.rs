@@ -5,7 +5,7 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::invalid::{Invalid, clip};
+use crate::invalid::{Invalid, ViolationReason, clip};
 
 /// Longest amount accepted, in characters (an exact decimal holds at most 28 digits anyway).
 pub const MAX_AMOUNT_LEN: usize = 40;
@@ -19,7 +19,10 @@ impl CurrencyCode {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         match raw.as_bytes() {
             &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Self([a, b, c])),
-            _ => Err(Invalid::new(format!("must be an ISO 4217 code such as USD, got {:?}", clip(raw)))),
+            _ => Err(Invalid::because(
+                ViolationReason::InvalidFormat,
+                format!("must be an ISO 4217 code such as USD, got {:?}", clip(raw)),
+            )),
         }
     }
 
@@ -71,23 +74,30 @@ pub struct MoneyError {
 /// the same in every language a caller uses.
 fn parse_amount(raw: &str, signed: bool) -> Result<Decimal, Invalid> {
     if raw.is_empty() {
-        return Err(Invalid::new("must not be empty"));
+        return Err(Invalid::empty());
     }
     if raw.len() > MAX_AMOUNT_LEN {
-        return Err(Invalid::new(format!("must be at most {MAX_AMOUNT_LEN} characters")));
+        return Err(Invalid::because(ViolationReason::TooLong, format!("must be at most {MAX_AMOUNT_LEN} characters")));
     }
     let digits = match raw.strip_prefix('-') {
-        Some(_) if !signed => return Err(Invalid::new("must not be negative")),
+        Some(_) if !signed => return Err(Invalid::because(ViolationReason::OutOfRange, "must not be negative")),
         Some(rest) => rest,
         None => raw,
     };
     let (whole, fraction) = digits.split_once('.').map_or((digits, None), |(w, f)| (w, Some(f)));
     let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !all_digits(whole) || fraction.is_some_and(|f| !all_digits(f)) {
-        return Err(Invalid::new(format!("must be a decimal such as \"149.00\", got {:?}", clip(raw))));
+        return Err(Invalid::because(
+            ViolationReason::InvalidFormat,
+            format!("must be a decimal such as \"149.00\", got {:?}", clip(raw)),
+        ));
     }
-    let mut amount = Decimal::from_str_exact(raw)
-        .map_err(|_| Invalid::new("has more digits than an exact decimal holds (28 significant digits)"))?;
+    let mut amount = Decimal::from_str_exact(raw).map_err(|_| {
+        Invalid::because(
+            ViolationReason::OutOfRange,
+            "has more digits than an exact decimal holds (28 significant digits)",
+        )
+    })?;
     // "-0" is zero: one spelling of it, whoever sent it.
     if amount.is_zero() {
         amount.set_sign_positive(true);

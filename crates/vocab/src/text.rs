@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::invalid::Invalid;
+use crate::invalid::{Invalid, ViolationReason};
 
 /// Longest title accepted, in characters.
 pub const MAX_TITLE_LEN: usize = 500;
@@ -17,10 +17,13 @@ pub struct Title(String);
 /// The rule of every free text here: at most `max` characters, no control characters.
 fn check_text(raw: &str, max: usize) -> Result<(), Invalid> {
     if raw.chars().count() > max {
-        return Err(Invalid::new(format!("must be at most {max} characters")));
+        return Err(Invalid::because(ViolationReason::TooLong, format!("must be at most {max} characters")));
     }
     if let Some(bad) = raw.chars().find(|c| c.is_control()) {
-        return Err(Invalid::new(format!("must not contain control characters, found {bad:?}")));
+        return Err(Invalid::because(
+            ViolationReason::InvalidFormat,
+            format!("must not contain control characters, found {bad:?}"),
+        ));
     }
     Ok(())
 }

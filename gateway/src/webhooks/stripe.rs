@@ -338,7 +338,7 @@ impl StripeWebhook {
         let bad = |error: EventError| {
             // A signed event this webhook cannot read at all.
             let mut violations = kit::error::BadRequest::new();
-            violations.field(error.field, error.reason);
+            violations.violation(error.field, kit::error::ViolationReason::InvalidFormat, error.reason);
             violations.into_status()
         };
         let charge = match parse_event(body).map_err(bad)? {

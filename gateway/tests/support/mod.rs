@@ -469,10 +469,15 @@ pub async fn start() -> Running {
 
 /// A development token for subject `tester` with `scopes`.
 pub fn token(scopes: &[&str]) -> String {
+    token_for("tester", scopes)
+}
+
+/// A development token for `subject` with `scopes`.
+pub fn token_for(subject: &str, scopes: &[&str]) -> String {
     let claims = kit::auth::DevelopmentClaims {
         issuer: "commerce-mesh".into(),
         audience: "commerce-mesh".into(),
-        subject: "tester".into(),
+        subject: subject.into(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         ttl: Duration::from_secs(600),
     };

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kit::error::{BadRequest, with_reason};
+use kit::error::{BadRequest, ViolationReason, with_reason};
 use kit::throttle::{ConcurrencyGate, Quotas};
 use kit::time::{from_timestamp, to_timestamp};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use proto::commerce::catalog::v1 as pb;
 use proto::commerce::catalog::v1::catalog_ingest_service_server::CatalogIngestService;
 use sha2::{Digest, Sha256};
@@ -43,12 +46,21 @@ fn echo(value: &str) -> String {
     format!("{head:?}…")
 }
 
+/// Label: the source of a refused event (only configured sources reach the quota: a bounded set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// The source's name, as in its `config/catalog/sources/<source>.toml`.
+    pub source: String,
+}
+
 /// Answers `commerce.catalog.v1.CatalogIngestService`.
 #[derive(Clone)]
 pub struct CatalogIngestApi {
     store: Arc<dyn Store>,
     sources: Arc<Sources>,
     quotas: Arc<Quotas>,
+    /// Events refused because their source was over its quota, by source.
+    throttled: Family<SourceLabel, Counter>,
     gate: ConcurrencyGate,
     discovery: Option<Discovery>,
     clock_skew: Duration,
@@ -65,7 +77,19 @@ impl CatalogIngestApi {
         discovery: Option<Discovery>,
     ) -> Self {
         let quotas = Arc::new(Quotas::in_process(sources.quotas()));
-        Self { store, sources, quotas, gate, discovery, clock_skew: DEFAULT_CLOCK_SKEW }
+        let throttled = Family::default();
+        Self { store, sources, quotas, throttled, gate, discovery, clock_skew: DEFAULT_CLOCK_SKEW }
+    }
+
+    /// The same, counting the events each source had refused over its quota in
+    /// `metrics` as `catalog_ingest_source_throttled_total{source}`.
+    pub fn with_metrics(self, metrics: &kit::metrics::Metrics) -> Self {
+        metrics.register(
+            "catalog_ingest_source_throttled",
+            "Product events refused because their source was over its quota, by source",
+            self.throttled.clone(),
+        );
+        self
     }
 
     /// The same with the sources' quotas kept in `quotas` (cluster-wide in
@@ -110,7 +134,12 @@ fn answer(ingestion: Ingestion) -> Result<Response<pb::IngestProductEventRespons
         .steps
         .iter()
         .filter(|s| s.status == StepStatus::Failed)
-        .flat_map(|s| violations_of(s).into_iter().map(|v| FieldViolation::new(v.field_path, v.reason)))
+        // A source's rules are its own: each names itself in the description.
+        .flat_map(|s| {
+            violations_of(s)
+                .into_iter()
+                .map(|v| kit::error::field_violation(v.field_path, ViolationReason::InvalidValue, v.reason))
+        })
         .collect();
     let summary: Vec<String> = violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect();
     let mut details = ErrorDetails::with_bad_request(violations);
@@ -192,28 +221,45 @@ fn parse_envelope(
 ) -> Result<Envelope, Status> {
     let mut bad = BadRequest::new();
     if request.source.is_empty() {
-        bad.field("source", "is required");
+        bad.violation("source", ViolationReason::Required, "is required");
     }
     let id = &request.event_id;
-    if id.is_empty() || id.chars().count() > MAX_EVENT_ID_LEN || id.chars().any(char::is_control) {
-        bad.field("event_id", format!("must be 1 to {MAX_EVENT_ID_LEN} characters without control characters"));
+    let id_rule = if id.is_empty() {
+        Some(ViolationReason::Required)
+    } else if id.chars().count() > MAX_EVENT_ID_LEN {
+        Some(ViolationReason::TooLong)
+    } else if id.chars().any(char::is_control) {
+        Some(ViolationReason::InvalidFormat)
+    } else {
+        None
+    };
+    if let Some(rule) = id_rule {
+        bad.violation(
+            "event_id",
+            rule,
+            format!("must be 1 to {MAX_EVENT_ID_LEN} characters without control characters"),
+        );
     }
     let event_name = EventName::parse(&request.event_name)
-        .map_err(|_| bad.field("event_name", format!("unknown event {}", echo(&request.event_name))))
+        .map_err(|_| {
+            let rule =
+                if request.event_name.is_empty() { ViolationReason::Required } else { ViolationReason::UnknownValue };
+            bad.violation("event_name", rule, format!("unknown event {}", echo(&request.event_name)))
+        })
         .ok();
     let latest = now.checked_add_signed(chrono::Duration::from_std(clock_skew).unwrap_or_default()).unwrap_or(now);
     let occurred_at = match &request.occurred_at {
         None => {
-            bad.field("occurred_at", "is required");
+            bad.violation("occurred_at", ViolationReason::Required, "is required");
             None
         }
         Some(ts) => match from_timestamp(ts) {
             Err(e) => {
-                bad.field("occurred_at", e);
+                bad.violation("occurred_at", ViolationReason::OutOfRange, e);
                 None
             }
             Ok(at) if at > latest => {
-                bad.field("occurred_at", format!("{at} is in the future (now {now})"));
+                bad.violation("occurred_at", ViolationReason::OutOfRange, format!("{at} is in the future (now {now})"));
                 None
             }
             // Kept to the microsecond, as stored, so a replay compares equal.
@@ -222,7 +268,7 @@ fn parse_envelope(
     };
     let payload = match &request.payload {
         None => {
-            bad.field("payload", "is required");
+            bad.violation("payload", ViolationReason::Required, "is required");
             None
         }
         Some(payload) => Some(kit::json::from_struct(payload)),
@@ -268,6 +314,7 @@ impl CatalogIngestService for CatalogIngestApi {
             )));
         };
         if let Err(wait) = self.quotas.check(&envelope.source).await {
+            self.throttled.get_or_create(&SourceLabel { source: envelope.source.clone() }).inc();
             return Err(kit::error::throttled(
                 format!("source {} is over its quota; retry after {wait:?}", envelope.source),
                 wait,
@@ -355,7 +402,7 @@ impl CatalogIngestService for CatalogIngestApi {
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => {
-                bad.field("page_size", "must not be negative");
+                bad.violation("page_size", ViolationReason::OutOfRange, "must not be negative");
                 DEFAULT_PAGE_SIZE
             }
             n => n.min(MAX_PAGE_SIZE),
@@ -364,7 +411,11 @@ impl CatalogIngestService for CatalogIngestApi {
             Ok(pb::ProductType::Unspecified) => None,
             Ok(t) => Some(type_from_proto(t)),
             Err(_) => {
-                bad.field("type", format!("unknown product type {}", request.r#type));
+                bad.violation(
+                    "type",
+                    ViolationReason::UnknownValue,
+                    format!("unknown product type {}", request.r#type),
+                );
                 None
             }
         };
@@ -373,7 +424,11 @@ impl CatalogIngestService for CatalogIngestApi {
             token => match token.strip_prefix("after:") {
                 Some(key) if !key.is_empty() => Some(key.to_string()),
                 _ => {
-                    bad.field("page_token", "is not a next_page_token this service gave");
+                    bad.violation(
+                        "page_token",
+                        ViolationReason::UnknownValue,
+                        "is not a next_page_token this service gave",
+                    );
                     None
                 }
             },
@@ -428,8 +483,9 @@ impl CatalogIngestService for CatalogIngestApi {
 #[allow(clippy::result_large_err)]
 fn required(field: &str, value: &str) -> Result<String, Status> {
     let mut bad = BadRequest::new();
+    let rule = if value.is_empty() { ViolationReason::Required } else { ViolationReason::TooLong };
     if value.is_empty() || value.len() > 255 {
-        bad.field(field, "must be 1 to 255 characters");
+        bad.violation(field, rule, "must be 1 to 255 characters");
     }
     bad.into_result()?;
     Ok(value.to_string())

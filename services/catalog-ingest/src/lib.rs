@@ -132,6 +132,8 @@ pub fn service(
     };
     let gate = ConcurrencyGate::new(config.max_concurrent_ingests, config.max_queue_wait);
     let discovery = Discovery::new(&config.discovery)?;
-    let api = CatalogIngestApi::new(store::for_database(db), sources, gate, discovery).with_quotas(quotas);
+    let api = CatalogIngestApi::new(store::for_database(db), sources, gate, discovery)
+        .with_quotas(quotas)
+        .with_metrics(metrics);
     Ok(CatalogIngestServiceServer::new(api))
 }

@@ -175,7 +175,7 @@ async fn a_product_is_applied_step_by_step_and_reads_back(f: Fixture) {
     assert_eq!((product.title.as_str(), product.source.as_str()), ("Leading Strategic Change", EXEC));
     assert_eq!(product.r#type(), pb::ProductType::ExecutiveEducation);
     assert_eq!(product.instructors.len(), 2);
-    assert_eq!(product.course_runs.len(), 2);
+    assert_eq!(product.course_runs.len(), 3, "2026-03, 2026-SP and ON-DEMAND");
     assert_eq!(product.source_update_time.unwrap().seconds, 1_000);
 
     let run = f
@@ -502,7 +502,9 @@ async fn replicas_sharing_redis_share_each_source_quota() {
         SharedQuotaConfig { key_prefix: format!("test-{}:", uuid::Uuid::new_v4().simple()), ..Default::default() };
     let shutdown = Shutdown::new();
     let mut replicas = Vec::new();
-    for _ in 0..2 {
+    // A registry per replica, as each process has its own.
+    let registries = [kit::metrics::Metrics::new(), kit::metrics::Metrics::new()];
+    for metrics in &registries {
         let sources = Arc::new(sources(true));
         let quotas = Quotas::cluster(&redis_url, sources.quotas(), config.clone(), QuotaMetrics::default()).unwrap();
         let database = Database::open(db.config()).expect("open");
@@ -512,7 +514,8 @@ async fn replicas_sharing_redis_share_each_source_quota() {
             ConcurrencyGate::new(4, Duration::from_millis(50)),
             None,
         )
-        .with_quotas(quotas);
+        .with_quotas(quotas)
+        .with_metrics(&metrics.for_component("catalog-ingest"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         tokio::spawn(GrpcServer::new("catalog-test").service(CatalogIngestServiceServer::new(api)).run(
@@ -540,6 +543,14 @@ async fn replicas_sharing_redis_share_each_source_quota() {
     // The tightened quota's burst of 3 between both, plus what 1/s refilled meanwhile.
     let refilled = started.elapsed().as_secs() as i64;
     assert!((3..=3 + refilled).contains(&admitted), "{admitted} admitted by two replicas");
+    // Each replica counts the refusals it made, by source (the dashboard's throttled-per-source panel).
+    let text: String = registries.iter().map(kit::metrics::Metrics::encode).collect();
+    let counted: u64 = text
+        .lines()
+        .filter(|line| line.starts_with("catalog_ingest_source_throttled_total{") && line.contains(EXEC))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(counted, throttled.len() as u64, "{text}");
     for status in throttled {
         assert_eq!(status.code(), Code::ResourceExhausted);
         let wait = kit::error::retry_after(&status).expect("RetryInfo");

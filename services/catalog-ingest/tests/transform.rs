@@ -207,6 +207,15 @@ fn exec_ed_product_upserted_becomes_the_expected_product() {
                 run_type: "paid-executive-education".into(),
                 seats: vec![seat("1950", "EUR", "EE-LSC201-2026-SP")],
             },
+            CourseRun {
+                course_run_key: "course-v1:NorthbridgeX+LSC-201+ON-DEMAND".into(),
+                start: day(2026, 1, 5),
+                end: day(2099, 12, 31),
+                enrollment_end: None,
+                pacing: Pacing::SelfPaced,
+                run_type: "paid-executive-education".into(),
+                seats: vec![seat("2450.00", "USD", "EE-LSC201-ON-DEMAND")],
+            },
         ],
     };
     assert_eq!(event, expected);
@@ -219,16 +228,16 @@ fn exec_ed_course_run_and_retirement_become_the_expected_events() {
     let expected = CanonicalEvent::CourseRunUpserted {
         product_key: "NorthbridgeX+LSC-201".into(),
         run: CourseRun {
-            course_run_key: "course-v1:NorthbridgeX+LSC-201+2026-09".into(),
-            start: day(2026, 9, 7),
-            end: day(2026, 10, 19),
-            enrollment_end: Some(day(2026, 8, 31)),
-            pacing: Pacing::InstructorPaced,
+            course_run_key: "course-v1:NorthbridgeX+LSC-201+ON-DEMAND".into(),
+            start: day(2026, 1, 5),
+            end: day(2099, 12, 31),
+            enrollment_end: None,
+            pacing: Pacing::SelfPaced,
             run_type: "paid-executive-education".into(),
             seats: vec![Seat {
                 mode: "paid-executive-education".into(),
                 price: Some(Price { currency_code: "USD".into(), amount: "2650.00".into() }),
-                sku: "EE-LSC201-2026-09".into(),
+                sku: "EE-LSC201-ON-DEMAND".into(),
                 upgrade_deadline: None,
             }],
         },

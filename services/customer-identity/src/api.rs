@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kit::cache::ReadThrough;
-use kit::error::{BadRequest, with_reason};
+use kit::error::{BadRequest, ViolationReason, with_reason};
 use kit::trace::TextContext;
 use prost::Message;
 use proto::commerce::identity::v1 as pb;
@@ -156,7 +156,7 @@ fn parse_key(bad: &mut BadRequest, prefix: &str, key: Option<&pb::customer_key::
         }
         None => {
             let field = if prefix.is_empty() { "key".to_string() } else { prefix.trim_end_matches('.').to_string() };
-            bad.field(field, "set one of customer_id, lms_user_id, lms_username");
+            bad.violation(field, ViolationReason::Required, "set one of customer_id, lms_user_id, lms_username");
             None
         }
     }
@@ -173,7 +173,11 @@ impl CustomerIdentityService for CustomerIdentityApi {
         let link =
             parse_link(&mut bad, &request.customer_id, &request.lms_user_id, &request.lms_username, &request.email);
         if request.expected_version.is_some_and(|v| v < 0) {
-            bad.field("expected_version", "must be 0 (not yet created) or a stored version");
+            bad.violation(
+                "expected_version",
+                ViolationReason::OutOfRange,
+                "must be 0 (not yet created) or a stored version",
+            );
         }
         bad.into_result()?;
         let Some(link) = link else { return Err(Status::internal("validation inconsistency")) };
@@ -233,7 +237,8 @@ impl CustomerIdentityService for CustomerIdentityApi {
         let request = request.into_inner();
         let mut bad = BadRequest::new();
         if request.keys.is_empty() || request.keys.len() > MAX_BATCH_KEYS {
-            bad.field("keys", format!("must hold 1 to {MAX_BATCH_KEYS} keys, got {}", request.keys.len()));
+            let rule = if request.keys.is_empty() { ViolationReason::Required } else { ViolationReason::TooLong };
+            bad.violation("keys", rule, format!("must hold 1 to {MAX_BATCH_KEYS} keys, got {}", request.keys.len()));
             return Err(bad.into_status());
         }
         let keys: Vec<Option<CustomerKey>> = request
@@ -351,6 +356,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
                 self.invalidate_keys(keys).await?;
                 answer.inserted += outcome.inserted as i64;
                 answer.updated += outcome.updated as i64;
+                answer.unchanged += outcome.unchanged as i64;
                 for rejection in outcome.rejected {
                     rejections.push(pb::ImportRejection {
                         row: rows[rejection.index],

@@ -24,7 +24,10 @@ impl Email {
             return Ok(Self::default());
         }
         if raw.chars().count() > MAX_EMAIL_LEN {
-            return Err(vocab::Invalid::new(format!("must be at most {MAX_EMAIL_LEN} characters")));
+            return Err(vocab::Invalid::because(
+                vocab::ViolationReason::TooLong,
+                format!("must be at most {MAX_EMAIL_LEN} characters"),
+            ));
         }
         match raw.split_once('@') {
             Some((local, domain))
@@ -35,7 +38,10 @@ impl Email {
             {
                 Ok(Self(raw.to_string()))
             }
-            _ => Err(vocab::Invalid::new("must be an email address such as ada@example.org")),
+            _ => Err(vocab::Invalid::because(
+                vocab::ViolationReason::InvalidFormat,
+                "must be an email address such as ada@example.org",
+            )),
         }
     }
 

@@ -110,6 +110,7 @@ impl CustomerIdentity {
         }
         let outbox_metrics = OutboxMetrics::default();
         outbox_metrics.register("customer_identity_outbox", metrics);
+        cache.register_metrics("customer_identity_cache", metrics);
         Self {
             store: store::for_database(db),
             cache,

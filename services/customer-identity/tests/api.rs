@@ -246,12 +246,20 @@ async fn import_streams_counts_and_reasons(mut f: Fixture) {
         },
     ];
     let answer = f.client.import_customers(tokio_stream::iter(batches)).await.unwrap().into_inner();
-    assert_eq!((answer.inserted, answer.updated, answer.rejected), (1, 1, 3));
+    // The owner's row clears its email: updated.
+    assert_eq!((answer.inserted, answer.updated, answer.unchanged, answer.rejected), (1, 1, 0, 3));
     let rejected: Vec<(i64, &str, &str)> =
         answer.rejections.iter().map(|r| (r.row, r.customer_id.as_str(), r.field.as_str())).collect();
     assert_eq!(rejected, [(2, "i2", "lms_user_id"), (3, "i3", "lms_user_id"), (5, "i4", "lms_username")]);
     assert!(answer.rejections[1].reason.contains("owner"), "{:?}", answer.rejections[1]);
     assert_eq!(f.client.get_customer(get("i1")).await.unwrap().into_inner().customer.unwrap().lms_username, "imp_one");
+    // The stored rows again: unchanged, not updated, and their versions stay.
+    let again = vec![pb::ImportCustomersRequest {
+        customers: vec![record("i1", "1", "imp_one"), record("owner", "900", "owner")],
+    }];
+    let answer = f.client.import_customers(tokio_stream::iter(again)).await.unwrap().into_inner();
+    assert_eq!((answer.inserted, answer.updated, answer.unchanged, answer.rejected), (0, 0, 2, 0));
+    assert_eq!(f.client.get_customer(get("i1")).await.unwrap().into_inner().customer.unwrap().version, 1);
 }
 
 async fn batch_lookup_answers_in_order(mut f: Fixture) {

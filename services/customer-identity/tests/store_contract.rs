@@ -145,7 +145,7 @@ async fn import_upserts_and_rejects_with_reasons(f: Fixture) {
         link("new2", "4", "new_two"),        // 6 inserted
     ];
     let outcome = f.store.import(&rows).await.unwrap();
-    assert_eq!((outcome.inserted, outcome.updated), (2, 1));
+    assert_eq!((outcome.inserted, outcome.updated, outcome.unchanged), (2, 1, 0));
     let rejected: Vec<(usize, &str)> = outcome.rejected.iter().map(|r| (r.index, r.field)).collect();
     assert_eq!(rejected, [(2, "lms_user_id"), (3, "lms_username"), (4, "customer_id"), (5, "")]);
     assert!(outcome.rejected[0].reason.contains("owner"), "{:?}", outcome.rejected[0]);
@@ -153,9 +153,15 @@ async fn import_upserts_and_rejects_with_reasons(f: Fixture) {
     let updated = f.store.get(&by_id("existing")).await.unwrap().unwrap();
     assert_eq!((updated.lms_username.as_str(), updated.version), ("new_name", 2));
     assert!(f.store.get(&by_id("thief")).await.unwrap().is_none());
-    // Importing the same rows again changes nothing and reports them as matched.
+    // Importing the same rows again changes nothing and reports them unchanged, not updated.
     let again = f.store.import(&rows[..2]).await.unwrap();
-    assert_eq!((again.inserted, again.updated, again.rejected.len()), (0, 2, 0));
+    assert_eq!((again.inserted, again.updated, again.unchanged, again.rejected.len()), (0, 0, 2, 0));
+    let still = f.store.get(&by_id("existing")).await.unwrap().unwrap();
+    assert_eq!(still.version, 2, "an unchanged row keeps its version");
+    // One row changed among unchanged ones: only it counts as updated.
+    let changed = [link("new1", "1", "new_one"), link("existing", "200", "newer_name")];
+    let outcome = f.store.import(&changed).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.updated, outcome.unchanged), (0, 1, 1));
 }
 
 async fn two_rows_of_one_batch_claiming_one_key_the_first_wins(f: Fixture) {
@@ -176,7 +182,7 @@ async fn import_into_a_filled_table_merges_row_by_row_outcomes(f: Fixture) {
     // More rows than one staging chunk, and not a multiple of it.
     let first = generated(0, 1234, "user");
     let loaded = f.store.import(&first).await.unwrap();
-    assert_eq!((loaded.inserted, loaded.updated, loaded.rejected.len()), (1234, 0, 0));
+    assert_eq!((loaded.inserted, loaded.updated, loaded.unchanged, loaded.rejected.len()), (1234, 0, 0, 0));
     assert!(loaded.previous.is_empty());
 
     // Half the rows again: every tenth renamed, the rest as stored; then new rows.
@@ -186,7 +192,8 @@ async fn import_into_a_filled_table_merges_row_by_row_outcomes(f: Fixture) {
     }
     second.extend(generated(1234, 2000, "user"));
     let merged = f.store.import(&second).await.unwrap();
-    assert_eq!((merged.inserted, merged.updated, merged.rejected.len()), (766, 617, 0));
+    // 62 renamed (every tenth of 617), 555 as stored.
+    assert_eq!((merged.inserted, merged.updated, merged.unchanged, merged.rejected.len()), (766, 62, 555, 0));
     assert_eq!(merged.previous.len(), 617, "every stored customer the batch named, as it was");
     assert!(merged.previous.iter().all(|c| c.version == 1 && c.lms_username.starts_with("user")));
 

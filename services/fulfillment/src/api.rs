@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kit::client::TracedChannel;
-use kit::error::{BadRequest, with_reason};
+use kit::error::{BadRequest, Refusal, ViolationReason, with_reason};
 use kit::trace::TextContext;
 use proto::commerce::catalog::v1 as catalog;
 use proto::commerce::catalog::v1::catalog_ingest_service_client::CatalogIngestServiceClient;
@@ -27,8 +27,12 @@ use crate::domain::{
     ErrorKind, JobState, Learner, LearnerKey, LearnerRef, MAX_LINE_ITEMS, Mode, Order, OrderHeader, OrderLine, Product,
     RefundTerms, Repeat, compare_repeat,
 };
+use crate::filter::{
+    BoundError, EmptyWindow, JobFilter, NotRetryable, PageCursor, UnknownToken, UpdateWindow, page_size, retry_bound,
+};
 use crate::store::{
-    FulfillmentJob, NewJob, NewRefundRequest, Redriven, RefundOf, RefundRequested, Refunded, Store, StoreError,
+    BulkRedriven, FulfillmentJob, NewJob, NewRefundRequest, Redriven, RefundOf, RefundRequested, Refunded, Store,
+    StoreError,
 };
 use kit::time::to_timestamp;
 
@@ -62,14 +66,16 @@ impl FulfillmentApi {
     }
 
     /// Also checks, before accepting an order, that each course run is in the
-    /// catalog, not retired, and sold in the mode bought (CatalogIngest's `GetCourseRun`).
+    /// catalog, not retired, open for enrollment, and sold in the mode bought
+    /// (CatalogIngest's `GetCourseRun`).
     pub fn checking_catalog(mut self, catalog: CatalogIngestServiceClient<TracedChannel>) -> Self {
         self.catalog = Some(catalog);
         self
     }
 
-    /// Refuses a line whose course run the catalog does not sell in its mode.
-    async fn check_sellable(&self, order: &Order) -> Result<(), Status> {
+    /// Refuses a line whose course run the catalog does not sell in its mode,
+    /// or whose enrollment has closed by `now`.
+    async fn check_sellable(&self, order: &Order, now: DateTime<Utc>) -> Result<(), Status> {
         let Some(catalog) = &self.catalog else {
             return Ok(());
         };
@@ -79,14 +85,16 @@ impl FulfillmentApi {
             };
             let key = course_run_key.as_str();
             let field = format!("line_items[{i}].course_run.course_run_key");
-            let refuse = |reason: &str, why: String| {
+            let refuse_with = |reason: &str, why: String, more: Vec<(&str, String)>| {
+                let metadata = [("course_run_key", key.to_string()), ("line_item_id", line.line_item_id.to_string())];
                 with_reason(
                     Code::FailedPrecondition,
                     format!("{field}: {why}"),
                     reason,
-                    [("course_run_key", key.to_string()), ("line_item_id", line.line_item_id.to_string())],
+                    metadata.into_iter().chain(more),
                 )
             };
+            let refuse = |reason: &str, why: String| refuse_with(reason, why, Vec::new());
             let mut request = Request::new(catalog::GetCourseRunRequest { course_run_key: key.to_string() });
             request.set_timeout(IDENTITY_TIMEOUT);
             let answer = match catalog.clone().get_course_run(request).await {
@@ -105,7 +113,17 @@ impl FulfillmentApi {
             if answer.product_retired {
                 return Err(refuse("COURSE_RUN_RETIRED", format!("course run {key} is no longer sold")));
             }
-            let seats = answer.course_run.map(|run| run.seats).unwrap_or_default();
+            let run = answer.course_run.unwrap_or_default();
+            if let Some(closed) = enrollment_closed(&run, now) {
+                let closes = closed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                let line_item = line.line_item_id.as_str();
+                return Err(refuse_with(
+                    "ENROLLMENT_CLOSED",
+                    format!("line item {line_item}: enrollment in course run {key} closed at {closes}"),
+                    vec![("enrollment_end_time", closes)],
+                ));
+            }
+            let seats = run.seats;
             if !seats.iter().any(|seat| seat.mode == mode.as_str()) {
                 let sold: Vec<&str> = seats.iter().map(|seat| seat.mode.as_str()).collect();
                 return Err(refuse(
@@ -203,7 +221,7 @@ impl FulfillmentService for FulfillmentApi {
             Repeat::Conflict { line_item_id } => return Err(Self::already_accepted(&number, &line_item_id)),
             Repeat::New => {}
         }
-        self.check_sellable(&order).await?;
+        self.check_sellable(&order, Utc::now()).await?;
         let learner = self.resolve(&order.learner).await?;
         let traceparent = TextContext::current().traceparent;
         let jobs: Vec<NewJob> = order
@@ -249,7 +267,7 @@ impl FulfillmentService for FulfillmentApi {
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => {
-                bad.field("page_size", "must not be negative");
+                bad.violation("page_size", ViolationReason::OutOfRange, "must not be negative");
                 DEFAULT_PAGE_SIZE
             }
             n => n.min(MAX_PAGE_SIZE),
@@ -259,7 +277,11 @@ impl FulfillmentService for FulfillmentApi {
             token => match token.strip_prefix("position:").and_then(|p| p.parse::<i32>().ok()) {
                 Some(position) if position >= 0 => position,
                 _ => {
-                    bad.field("page_token", "is not a next_page_token this service gave");
+                    bad.violation(
+                        "page_token",
+                        ViolationReason::UnknownValue,
+                        "is not a next_page_token this service gave",
+                    );
                     0
                 }
             },
@@ -285,7 +307,13 @@ impl FulfillmentService for FulfillmentApi {
         request: Request<pb::RetryFulfillmentRequest>,
     ) -> Result<Response<pb::RetryFulfillmentResponse>, Status> {
         let id = parse_fulfillment_id(&request.get_ref().fulfillment_id)?;
-        match self.store.redrive(&id, crate::store::stored_time(Utc::now())).await.map_err(store_status)? {
+        let asker = kit::access::subject(&request);
+        match self
+            .store
+            .redrive(&id, asker.as_deref(), crate::store::stored_time(Utc::now()))
+            .await
+            .map_err(store_status)?
+        {
             Redriven::Pending(job) => {
                 self.wake.notify_one();
                 Ok(Response::new(pb::RetryFulfillmentResponse { fulfillment: Some(to_proto(&job)) }))
@@ -297,6 +325,87 @@ impl FulfillmentService for FulfillmentApi {
                 [("fulfillment_id", id.clone()), ("state", job.state.to_string())],
             )),
             Redriven::NotFound => Err(not_found(&id)),
+        }
+    }
+
+    async fn list_fulfillments(
+        &self,
+        request: Request<pb::ListFulfillmentsRequest>,
+    ) -> Result<Response<pb::ListFulfillmentsResponse>, Status> {
+        let request = request.get_ref();
+        let mut bad = BadRequest::new();
+        let filter = parse_filter(&mut bad, request.filter.as_ref());
+        let size = bad.check("page_size", page_size(request.page_size));
+        let cursor = match request.page_token.as_str() {
+            "" => None,
+            token => bad.check("page_token", PageCursor::from_token(token)),
+        };
+        bad.into_result()?;
+        let size = size.unwrap_or(crate::filter::DEFAULT_PAGE_SIZE);
+        let found = self.store.list(&filter, cursor.as_ref(), i64::from(size) + 1).await.map_err(store_status)?;
+        let (mut jobs, total) = (found.jobs, found.total);
+        let next_page_token = if jobs.len() > size as usize {
+            jobs.truncate(size as usize);
+            jobs.last()
+                .map(|job| PageCursor { updated_at: job.updated_at, id: job.id.clone() }.token())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListFulfillmentsResponse {
+            fulfillments: jobs.iter().map(to_proto).collect(),
+            next_page_token,
+            total_size: i64::try_from(total).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn retry_fulfillments(
+        &self,
+        request: Request<pb::RetryFulfillmentsRequest>,
+    ) -> Result<Response<pb::RetryFulfillmentsResponse>, Status> {
+        let asker = kit::access::subject(&request);
+        let request = request.get_ref();
+        let mut bad = BadRequest::new();
+        let filter = parse_filter(&mut bad, request.filter.as_ref());
+        let max = bad.check("max_jobs", retry_bound(request.max_jobs));
+        // Checked on a filter that parsed whole, so each state's index is the one the caller sent.
+        let filter = match filter.retryable() {
+            Ok(filter) => filter,
+            Err(refused) if bad.is_empty() => {
+                bad.violation(format!("filter.states[{}]", refused.index), refused.rule(), refused.to_string());
+                JobFilter::default()
+            }
+            Err(_) => JobFilter::default(),
+        };
+        bad.into_result()?;
+        let Some(max) = max else { return Err(Status::invalid_argument("max_jobs")) };
+        let now = crate::store::stored_time(Utc::now());
+        let dry_run = request.dry_run;
+        match self.store.redrive_matching(&filter, max, asker.as_deref(), dry_run, now).await.map_err(store_status)? {
+            BulkRedriven::Redriven(ids) => {
+                if !dry_run && !ids.is_empty() {
+                    tracing::info!(
+                        requested_by = asker.as_deref().unwrap_or(""),
+                        retried = ids.len(),
+                        "fulfillments retried in bulk"
+                    );
+                    self.wake.notify_one();
+                }
+                Ok(Response::new(pb::RetryFulfillmentsResponse {
+                    retried_count: i32::try_from(ids.len()).unwrap_or(i32::MAX),
+                    fulfillment_ids: ids,
+                    dry_run,
+                }))
+            }
+            BulkRedriven::TooMany { matched } => Err(with_reason(
+                Code::FailedPrecondition,
+                format!(
+                    "{matched} failed fulfillments match the filter, more than max_jobs ({max}); none was retried: \
+                     narrow the filter or raise max_jobs"
+                ),
+                "TOO_MANY_MATCH",
+                [("matched", matched.to_string()), ("max_jobs", max.to_string())],
+            )),
         }
     }
 
@@ -316,7 +425,7 @@ impl FulfillmentService for FulfillmentApi {
         let Some(job) = self.store.get(&id).await.map_err(store_status)? else { return Err(not_found(&id)) };
         let terms = RefundTerms::for_line(&job.spec.line.price, amount, reason, source).map_err(|mismatch| {
             let mut bad = BadRequest::new();
-            bad.field("refunded_amount", mismatch.to_string());
+            bad.check("refunded_amount", Err::<(), _>(mismatch));
             bad.into_status()
         })?;
         let (mut jobs, created) = self.refund(vec![RefundOf { job_id: job.id, terms }]).await?;
@@ -332,7 +441,7 @@ impl FulfillmentService for FulfillmentApi {
         let mut bad = BadRequest::new();
         let learner = match &request.learner {
             None => {
-                bad.field("learner", "is required: lms_username or lms_user_id");
+                bad.violation("learner", ViolationReason::Required, "is required: lms_username or lms_user_id");
                 None
             }
             Some(Named::LmsUsername(name)) => {
@@ -392,16 +501,20 @@ impl FulfillmentService for FulfillmentApi {
         let number = bad.check("order_number", OrderNumber::parse(&request.order_number));
         let (reason, source) = parse_refunder(&mut bad, &request.reason, &request.source);
         if request.lines.is_empty() {
-            bad.field("lines", "must name at least one line item");
+            bad.violation("lines", ViolationReason::Required, "must name at least one line item");
         }
         if request.lines.len() > MAX_LINE_ITEMS {
-            bad.field("lines", format!("must name at most {MAX_LINE_ITEMS} line items"));
+            bad.violation("lines", ViolationReason::TooLong, format!("must name at most {MAX_LINE_ITEMS} line items"));
         }
         let mut lines = Vec::with_capacity(request.lines.len());
         for (i, line) in request.lines.iter().enumerate() {
             let id = bad.check(format!("lines[{i}].line_item_id"), LineItemId::parse(&line.line_item_id));
             if request.lines[..i].iter().any(|earlier| earlier.line_item_id == line.line_item_id) {
-                bad.field(format!("lines[{i}].line_item_id"), "names a line item already named");
+                bad.violation(
+                    format!("lines[{i}].line_item_id"),
+                    ViolationReason::Duplicate,
+                    "names a line item already named",
+                );
             }
             let amount =
                 parse_refunded_amount(&mut bad, &format!("lines[{i}].refunded_amount"), line.refunded_amount.as_ref());
@@ -427,7 +540,7 @@ impl FulfillmentService for FulfillmentApi {
             match RefundTerms::for_line(&job.spec.line.price, amount, reason.clone(), source.clone()) {
                 Ok(terms) => refunds.push(RefundOf { job_id: job.id.clone(), terms }),
                 Err(mismatch) => {
-                    bad.field(format!("lines[{i}].refunded_amount"), mismatch.to_string());
+                    bad.check(format!("lines[{i}].refunded_amount"), Err::<(), _>(mismatch));
                 }
             }
         }
@@ -495,7 +608,7 @@ fn parse_refunded_amount(
     match amount {
         None => Some(None),
         Some(money) => Price::try_from(money)
-            .map_err(|e| bad.field(format!("{field}.{}", e.part.field()), e.invalid.to_string()))
+            .map_err(|e| bad.check(format!("{field}.{}", e.part.field()), Err::<(), _>(e.invalid)))
             .ok()
             .map(Some),
     }
@@ -508,6 +621,133 @@ fn parse_refunder(bad: &mut BadRequest, reason: &str, source: &str) -> (Option<R
     (reason, source)
 }
 
+/// When enrollment in `run` closed, if it has by `now`: its `enrollment_end_time`,
+/// else (unset: open until the run ends) its `end_time`. A run without either
+/// is never refused here (the catalog requires an end; its absence is not the buyer's fault).
+fn enrollment_closed(run: &catalog::CourseRun, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let closes = run.enrollment_end_time.as_ref().or(run.end_time.as_ref())?;
+    let closes = kit::time::from_timestamp(closes).ok()?;
+    (closes <= now).then_some(closes)
+}
+
+impl kit::error::Refusal for BoundError {
+    fn rule(&self) -> ViolationReason {
+        match self {
+            BoundError::Missing { .. } => ViolationReason::Required,
+            BoundError::OutOfRange { .. } => ViolationReason::OutOfRange,
+        }
+    }
+}
+
+impl kit::error::Refusal for UnknownToken {
+    fn rule(&self) -> ViolationReason {
+        ViolationReason::UnknownValue
+    }
+}
+
+impl kit::error::Refusal for EmptyWindow {
+    fn rule(&self) -> ViolationReason {
+        ViolationReason::Conflict
+    }
+}
+
+impl kit::error::Refusal for NotRetryable {}
+
+impl kit::error::Refusal for crate::domain::RefundMismatch {
+    fn rule(&self) -> ViolationReason {
+        match self {
+            crate::domain::RefundMismatch::Currency { .. } => ViolationReason::Conflict,
+            crate::domain::RefundMismatch::AboveThePrice { .. } => ViolationReason::OutOfRange,
+        }
+    }
+}
+
+/// The filter of `ListFulfillments` and `RetryFulfillments`, every bad field
+/// recorded in `bad` under `filter.` (the filter answered is then not to be used).
+fn parse_filter(bad: &mut BadRequest, filter: Option<&pb::FulfillmentFilter>) -> JobFilter {
+    let Some(filter) = filter else { return JobFilter::default() };
+    let mut states = Vec::new();
+    if filter.states.len() > JobState::ALL.len() {
+        bad.violation(
+            "filter.states",
+            ViolationReason::TooLong,
+            format!("names {} states; there are {}", filter.states.len(), JobState::ALL.len()),
+        );
+    } else {
+        for (i, raw) in filter.states.iter().enumerate() {
+            let field = format!("filter.states[{i}]");
+            match pb::FulfillmentState::try_from(*raw).ok().and_then(state_from_proto) {
+                None => {
+                    bad.violation(field, ViolationReason::UnknownValue, format!("{raw} is not a fulfillment state"));
+                }
+                Some(state) if states.contains(&state) => {
+                    bad.violation(field, ViolationReason::Duplicate, format!("{state} is named more than once"));
+                }
+                Some(state) => states.push(state),
+            }
+        }
+    }
+    let course_run_key = match filter.course_run_key.as_str() {
+        "" => None,
+        raw => bad.check("filter.course_run_key", CourseRunKey::parse(raw)),
+    };
+    let error_kind = match filter.error_kind {
+        0 => None,
+        raw => {
+            let kind = pb::FulfillmentErrorKind::try_from(raw).ok().and_then(kind_from_proto);
+            if kind.is_none() {
+                bad.violation(
+                    "filter.error_kind",
+                    ViolationReason::UnknownValue,
+                    format!("{raw} is not a fulfillment error kind"),
+                );
+            }
+            kind
+        }
+    };
+    let source_system = match filter.source_system.as_str() {
+        "" => None,
+        raw => bad.check("filter.source_system", SourceSystem::parse(raw)),
+    };
+    let mut time = |field: &str, at: Option<&prost_types::Timestamp>| {
+        at.and_then(|at| {
+            kit::time::from_timestamp(at)
+                .map_err(|reason| bad.violation(field, ViolationReason::OutOfRange, reason))
+                .ok()
+        })
+    };
+    let after = time("filter.updated_after", filter.updated_after.as_ref());
+    let before = time("filter.updated_before", filter.updated_before.as_ref());
+    let updated = bad.check("filter.updated_after", UpdateWindow::new(after, before)).unwrap_or_default();
+    JobFilter { states, course_run_key, error_kind, source_system, updated }
+}
+
+fn state_from_proto(state: pb::FulfillmentState) -> Option<JobState> {
+    match state {
+        pb::FulfillmentState::Unspecified => None,
+        pb::FulfillmentState::Pending => Some(JobState::Pending),
+        pb::FulfillmentState::InProgress => Some(JobState::InProgress),
+        pb::FulfillmentState::Succeeded => Some(JobState::Succeeded),
+        pb::FulfillmentState::Failed => Some(JobState::Failed),
+        pb::FulfillmentState::Revoking => Some(JobState::Revoking),
+        pb::FulfillmentState::Revoked => Some(JobState::Revoked),
+        pb::FulfillmentState::RevokeFailed => Some(JobState::RevokeFailed),
+        pb::FulfillmentState::Cancelled => Some(JobState::Cancelled),
+    }
+}
+
+fn kind_from_proto(kind: pb::FulfillmentErrorKind) -> Option<ErrorKind> {
+    match kind {
+        pb::FulfillmentErrorKind::Unspecified => None,
+        pb::FulfillmentErrorKind::Rejected => Some(ErrorKind::Rejected),
+        pb::FulfillmentErrorKind::Unavailable => Some(ErrorKind::Unavailable),
+        pb::FulfillmentErrorKind::Timeout => Some(ErrorKind::Timeout),
+        pb::FulfillmentErrorKind::Connection => Some(ErrorKind::Connection),
+        pb::FulfillmentErrorKind::Authentication => Some(ErrorKind::Authentication),
+        pb::FulfillmentErrorKind::AttemptsExhausted => Some(ErrorKind::AttemptsExhausted),
+    }
+}
+
 fn not_found(id: &str) -> Status {
     Status::not_found(format!("no fulfillment {id}"))
 }
@@ -516,7 +756,7 @@ fn not_found(id: &str) -> Status {
 fn parse_fulfillment_id(raw: &str) -> Result<String, Status> {
     FulfillmentId::parse(raw).map(String::from).map_err(|reason| {
         let mut bad = BadRequest::new();
-        bad.field("fulfillment_id", reason.to_string());
+        bad.check("fulfillment_id", Err::<(), _>(reason));
         bad.into_status()
     })
 }
@@ -540,12 +780,12 @@ pub fn parse_order(
     };
     let date_placed = match &request.date_placed {
         None => {
-            bad.field("date_placed", "is required");
+            bad.violation("date_placed", ViolationReason::Required, "is required");
             None
         }
         Some(ts) => match kit::time::from_timestamp(ts) {
             Err(reason) => {
-                bad.field("date_placed", reason);
+                bad.violation("date_placed", ViolationReason::OutOfRange, reason);
                 None
             }
             Ok(placed)
@@ -553,7 +793,11 @@ pub fn parse_order(
                     .checked_add_signed(chrono::Duration::from_std(clock_skew).unwrap_or_default())
                     .is_some_and(|latest| placed > latest) =>
             {
-                bad.field("date_placed", format!("{placed} is in the future (now {now})"));
+                bad.violation(
+                    "date_placed",
+                    ViolationReason::OutOfRange,
+                    format!("{placed} is in the future (now {now})"),
+                );
                 None
             }
             Ok(placed) => Some(placed),
@@ -561,10 +805,10 @@ pub fn parse_order(
     };
     let learner = parse_learner(&mut bad, request.learner.as_ref());
     if request.line_items.is_empty() {
-        bad.field("line_items", "must have at least one line item");
+        bad.violation("line_items", ViolationReason::Required, "must have at least one line item");
     }
     if request.line_items.len() > MAX_LINE_ITEMS {
-        bad.field("line_items", format!("must have at most {MAX_LINE_ITEMS} line items"));
+        bad.violation("line_items", ViolationReason::TooLong, format!("must have at most {MAX_LINE_ITEMS} line items"));
     }
     let mut lines = Vec::with_capacity(request.line_items.len());
     for (i, item) in request.line_items.iter().enumerate() {
@@ -573,18 +817,22 @@ pub fn parse_order(
         if let Some(id) = &line_item_id
             && request.line_items[..i].iter().any(|earlier| earlier.line_item_id == id.as_str())
         {
-            bad.field(at("line_item_id"), format!("{:?} appears more than once in the order", id.as_str()));
+            bad.violation(
+                at("line_item_id"),
+                ViolationReason::Duplicate,
+                format!("{:?} appears more than once in the order", id.as_str()),
+            );
         }
         let product = parse_product(&mut bad, i, item.product.as_ref());
         let title = bad.check(at("title"), Title::parse(&item.title));
         let price = match &item.price {
             // Purchase history records every purchase with its price, free ones at "0".
             None => {
-                bad.field(at("price"), "is required (\"0\" for a free item)");
+                bad.violation(at("price"), ViolationReason::Required, "is required (\"0\" for a free item)");
                 None
             }
             Some(money) => Price::try_from(money)
-                .map_err(|e| bad.field(at(&format!("price.{}", e.part.field())), e.invalid.to_string()))
+                .map_err(|e| bad.check(at(&format!("price.{}", e.part.field())), Err::<(), _>(e.invalid)))
                 .ok(),
         };
         if let (Some(line_item_id), Some(product), Some(title), Some(price)) = (line_item_id, product, title, price) {
@@ -612,7 +860,11 @@ pub fn parse_order(
 
 fn parse_learner(bad: &mut BadRequest, learner: Option<&pb::Learner>) -> Option<LearnerRef> {
     let Some(learner) = learner else {
-        bad.field("learner", "is required: a customer_id, or lms_user_id with lms_username");
+        bad.violation(
+            "learner",
+            ViolationReason::Required,
+            "is required: a customer_id, or lms_user_id with lms_username",
+        );
         return None;
     };
     let customer_id = match learner.customer_id.as_str() {
@@ -621,18 +873,22 @@ fn parse_learner(bad: &mut BadRequest, learner: Option<&pb::Learner>) -> Option<
     };
     match (learner.lms_user_id.as_str(), learner.lms_username.as_str()) {
         ("", "") if learner.customer_id.is_empty() => {
-            bad.field("learner", "is required: a customer_id, or lms_user_id with lms_username");
+            bad.violation(
+                "learner",
+                ViolationReason::Required,
+                "is required: a customer_id, or lms_user_id with lms_username",
+            );
             None
         }
         ("", "") => customer_id.map(|customer_id| LearnerRef::Customer { customer_id }),
         (id, "") => {
             bad.check("learner.lms_user_id", LmsUserId::parse(id));
-            bad.field("learner.lms_username", "is required with lms_user_id");
+            bad.violation("learner.lms_username", ViolationReason::Required, "is required with lms_user_id");
             None
         }
         ("", name) => {
             bad.check("learner.lms_username", LmsUsername::parse(name));
-            bad.field("learner.lms_user_id", "is required with lms_username");
+            bad.violation("learner.lms_user_id", ViolationReason::Required, "is required with lms_username");
             None
         }
         (id, name) => {
@@ -653,7 +909,7 @@ fn parse_product(bad: &mut BadRequest, i: usize, product: Option<&pb::line_item:
     let at = |field: &str| format!("line_items[{i}].{field}");
     match product {
         None => {
-            bad.field(at("product"), "is required: course_run or entitlement");
+            bad.violation(at("product"), ViolationReason::Required, "is required: course_run or entitlement");
             None
         }
         Some(pb::line_item::Product::CourseRun(run)) => {
@@ -763,5 +1019,34 @@ fn kind_to_proto(kind: ErrorKind) -> pb::FulfillmentErrorKind {
         ErrorKind::Connection => pb::FulfillmentErrorKind::Connection,
         ErrorKind::Authentication => pb::FulfillmentErrorKind::Authentication,
         ErrorKind::AttemptsExhausted => pb::FulfillmentErrorKind::AttemptsExhausted,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(year: i32, month: u32, day: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(year, month, day, 0, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn enrollment_closes_at_its_end_else_at_the_run_end() {
+        let run = |enrollment_end: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>| catalog::CourseRun {
+            enrollment_end_time: enrollment_end.map(to_timestamp),
+            end_time: end.map(to_timestamp),
+            ..Default::default()
+        };
+        let now = at(2026, 12, 3);
+        let closed = run(Some(at(2026, 2, 23)), Some(at(2026, 4, 13)));
+        assert_eq!(enrollment_closed(&closed, now), Some(at(2026, 2, 23)));
+        assert_eq!(enrollment_closed(&closed, at(2026, 2, 22)), None, "open the day before");
+        assert_eq!(enrollment_closed(&run(None, Some(at(2026, 8, 31))), now), Some(at(2026, 8, 31)), "at the end");
+        assert_eq!(enrollment_closed(&run(None, Some(at(2099, 12, 31))), now), None);
+        assert_eq!(enrollment_closed(&run(Some(at(2027, 1, 1)), Some(at(2027, 6, 1))), now), None);
+        assert_eq!(enrollment_closed(&run(None, None), now), None, "no window known: not refused here");
     }
 }

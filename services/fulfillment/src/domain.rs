@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vocab::{
     CourseRunKey, CourseUuid, CreditProviderId, CustomerId, Invalid, LineItemId, LmsUserId, LmsUsername, OrderId,
-    OrderNumber, Price, ProductKey, RefundReason, SourceSystem, Title,
+    OrderNumber, Price, ProductKey, RefundReason, SourceSystem, Title, ViolationReason,
 };
 
 /// Most line items in one order.
@@ -82,7 +82,8 @@ impl Mode {
         Mode::ALL.into_iter().find(|m| m.as_str() == raw).ok_or_else(|| {
             let known: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
             let shown: String = raw.chars().take(40).collect();
-            Invalid::new(format!("unknown mode {shown:?}; expected one of {}", known.join(", ")))
+            let rule = if raw.is_empty() { ViolationReason::Required } else { ViolationReason::UnknownValue };
+            Invalid::because(rule, format!("unknown mode {shown:?}; expected one of {}", known.join(", ")))
         })
     }
 }
@@ -126,10 +127,12 @@ impl Product {
     /// A course-run enrollment; credit mode needs a provider, other modes must not have one.
     pub fn course_run(key: CourseRunKey, mode: Mode, credit_provider_id: &str) -> Result<Self, Invalid> {
         let credit_provider_id = match (mode, credit_provider_id) {
-            (Mode::Credit, "") => return Err(Invalid::new("is required when mode is credit")),
+            (Mode::Credit, "") => {
+                return Err(Invalid::because(ViolationReason::Required, "is required when mode is credit"));
+            }
             (Mode::Credit, id) => Some(CreditProviderId::parse(id)?),
             (_, "") => None,
-            (_, _) => return Err(Invalid::new("must be empty unless mode is credit")),
+            (_, _) => return Err(Invalid::because(ViolationReason::Conflict, "must be empty unless mode is credit")),
         };
         Ok(Product::CourseRun { course_run_key: key, mode, credit_provider_id })
     }

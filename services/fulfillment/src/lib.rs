@@ -6,8 +6,9 @@
 //! (validation, repeat detection, the retry policy); [`store`] the Postgres and
 //! SQLite backends, whose jobs table is the queue; `migrations/` their schemas.
 //! Behind the API run the [`worker`]s, which call the LMS through [`lms`], and
-//! the [`outbox`] relay, which publishes what succeeded to the event bus and
-//! deletes published rows after `outbox.retention`.
+//! the [`outbox`] relay, which publishes what succeeded (or failed) to the event bus and
+//! deletes published rows after `outbox.retention`, and the [`webhook`] sender,
+//! which tells each order's source system how its lines ended.
 //!
 //! ```text
 //! FulfillOrder ─► jobs table (PENDING) ─► Workers ─claim/lease─► LMS
@@ -18,12 +19,15 @@
 //! ```
 
 pub mod api;
+pub mod dead_letters;
 pub mod domain;
+pub mod filter;
 pub mod lms;
 pub mod metrics;
 pub mod outbox;
 pub mod retirement;
 pub mod store;
+pub mod webhook;
 pub mod worker;
 
 use std::sync::Arc;
@@ -74,7 +78,8 @@ pub struct Config {
     /// Where CustomerIdentity answers, to resolve orders that name only a customer.
     pub customer_identity_url: String,
     /// Whether an order is accepted only for course runs the catalog sells
-    /// in the mode bought (CatalogIngest's `GetCourseRun`). Off by default:
+    /// in the mode bought and still open for enrollment (CatalogIngest's
+    /// `GetCourseRun`). Off by default:
     /// the catalog may not hold every run, such as open courses.
     pub check_course_runs: bool,
     /// Where CatalogIngest answers, for `check_course_runs`.
@@ -85,6 +90,11 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     /// How long published outbox rows are kept.
     pub outbox: OutboxConfig,
+    /// Outcome webhooks by the order's source system (compared without case):
+    /// `[fulfillment.webhooks.<source_system>]` `url`, `secret`. None by default.
+    pub webhooks: std::collections::BTreeMap<String, webhook::WebhookTarget>,
+    /// How outcome webhooks are sent.
+    pub webhook_delivery: webhook::DeliveryConfig,
     /// What Fulfillment presents to CatalogIngest (its own identity, given
     /// by whoever runs it; not a configuration key).
     #[serde(skip)]
@@ -105,6 +115,8 @@ impl Default for Config {
             identity: kit::credential::Credential::none(),
             consumer: ConsumerConfig::default(),
             outbox: OutboxConfig::default(),
+            webhooks: std::collections::BTreeMap::new(),
+            webhook_delivery: webhook::DeliveryConfig::default(),
         }
     }
 }
@@ -139,6 +151,7 @@ impl Config {
             return problem("clock_skew must be at most 24h");
         }
         self.outbox.check().map_err(|e| ConfigError(e.to_string()))?;
+        webhook::check(&self.webhooks, &self.webhook_delivery).map_err(ConfigError)?;
         Ok(())
     }
 }
@@ -156,6 +169,10 @@ pub struct Fulfillment {
     retirement_metrics: ConsumerMetrics,
     wake: Arc<Notify>,
     published: Arc<Notify>,
+    /// The outcome webhooks' sender, when any source system has one.
+    webhooks: Option<Arc<webhook::WebhookSender>>,
+    /// Notified when outcomes are recorded: wakes the webhook sender.
+    outcomes: Arc<Notify>,
 }
 
 impl Fulfillment {
@@ -168,10 +185,29 @@ impl Fulfillment {
         config: &Config,
         metrics: &kit::metrics::Metrics,
     ) -> Result<Self, ConfigError> {
-        Self::with_store(store::for_database(db), bus, identity, config, metrics)
+        config.check()?;
+        let sources = webhook::WebhookSources::of(&config.webhooks);
+        let mut fulfillment =
+            Self::with_store(store::for_database_with_webhooks(db, sources.clone()), bus, identity, config, metrics)?;
+        // Registered with or without webhooks, so dashboards and alerts find the names.
+        let webhook_metrics = webhook::WebhookMetrics::default();
+        webhook_metrics.register(metrics);
+        if !sources.is_empty() {
+            let sender = webhook::WebhookSender::new(
+                webhook::store::WebhookOutbox::new(db.clone()),
+                &config.webhooks,
+                config.webhook_delivery,
+                webhook_metrics,
+                Arc::clone(&fulfillment.outcomes),
+            )
+            .map_err(|e| ConfigError(format!("webhooks: {e}")))?;
+            fulfillment.webhooks = Some(Arc::new(sender));
+        }
+        Ok(fulfillment)
     }
 
-    /// The same over a given store.
+    /// The same over a given store, without the outcome webhooks' sender (`new` builds
+    /// the store and the sender from `webhooks`).
     pub fn with_store(
         store: Arc<dyn Store>,
         bus: Arc<dyn EventBus>,
@@ -205,6 +241,8 @@ impl Fulfillment {
             retirement_metrics,
             wake: Arc::new(Notify::new()),
             published: Arc::new(Notify::new()),
+            webhooks: None,
+            outcomes: Arc::new(Notify::new()),
         })
     }
 
@@ -222,6 +260,15 @@ impl Fulfillment {
         })
     }
 
+    /// The operators' dead-letter service of the streams Fulfillment consumes.
+    pub fn dead_letter_service(
+        &self,
+    ) -> proto::commerce::fulfillment::v1::fulfillment_dead_letter_service_server::FulfillmentDeadLetterServiceServer<
+        dead_letters::FulfillmentDeadLetters,
+    >{
+        dead_letters::service(Arc::clone(&self.bus), &self.config.customers_stream)
+    }
+
     /// The workers (not yet running).
     pub fn workers(&self) -> Workers {
         Workers::new(
@@ -233,6 +280,7 @@ impl Fulfillment {
             Arc::clone(&self.wake),
             Arc::clone(&self.published),
         )
+        .waking_on_outcomes(Arc::clone(&self.outcomes))
     }
 
     /// The outbox relay (not yet running), with `outbox` retention.
@@ -275,7 +323,13 @@ impl Fulfillment {
         let name = format!("{}-{}", NAME, uuid::Uuid::new_v4().simple());
         let (retirements, retirer) = (self.retirements_consumer(&name), LearnerRetirer::new(Arc::clone(&self.store)));
         let retire = retirements.run(&retirer, shutdown.clone());
-        tokio::join!(workers, relay, gauges, listen, retire);
+        // Outcome webhooks go on while the workers finish their attempts, like the relay.
+        let webhooks = async {
+            if let Some(sender) = &self.webhooks {
+                sender.run(workers_done.clone()).await;
+            }
+        };
+        tokio::join!(workers, relay, gauges, listen, retire, webhooks);
     }
 
     /// Reads the queue and outbox gauges from the store now (they refresh every few seconds while running).
@@ -288,6 +342,11 @@ impl Fulfillment {
     /// The store (for tests and tools).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The outcome webhooks' sender, when a source system has a webhook (for tests and tools).
+    pub fn webhook_sender(&self) -> Option<&Arc<webhook::WebhookSender>> {
+        self.webhooks.as_ref()
     }
 }
 

@@ -296,6 +296,8 @@ impl LmsClient {
             },
             order("source_system", e.source_system),
         ];
+        // What the order does not have (an order id, a source system) is left out, not sent empty.
+        attributes.retain(|attribute| attribute.value.as_deref() != Some(""));
         // As edX ecommerce does: in credit mode the provider always goes, null if unknown.
         if e.mode == "credit" {
             attributes.push(Attribute {
@@ -312,7 +314,10 @@ impl LmsClient {
                 ("source", Cow::Borrowed(refund.source)),
                 ("date_refunded", Cow::Owned(refund.refunded_at.format("%Y-%m-%dT%H:%M:%SZ").to_string())),
             ] {
-                attributes.push(Attribute { namespace: "refund", name, value: Some(value) });
+                // A refund without a reason says none rather than an empty one.
+                if !value.is_empty() {
+                    attributes.push(Attribute { namespace: "refund", name, value: Some(value) });
+                }
             }
         }
         let body = EnrollmentBody {
@@ -677,7 +682,7 @@ fn form_encode(pairs: &[(&str, &str)]) -> String {
 /// A `Retry-After` value, delay-seconds or HTTP date (IMF-fixdate, or the
 /// obsolete RFC 850 and asctime forms recipients must accept); a date in the
 /// past is no wait.
-fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));

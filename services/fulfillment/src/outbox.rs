@@ -1,6 +1,8 @@
 //! Events out: what a SUCCEEDED job announces ([`completion_events`]), what a
 //! recorded refund and a REVOKED job announce ([`refund_recorded_event`],
-//! [`revocation_events`]) — each written to the outbox in the same
+//! [`revocation_events`]), what a FAILED or REVOKE_FAILED one announces
+//! ([`failure_events`]), and the outcome webhooks a finished job owes its
+//! source system ([`outcome_announcements`]) — each written in the same
 //! transaction as the state change — and the
 //! [`OutboxRelay`] (`kit::outbox::Relay`, shared with every service that has
 //! an outbox) that publishes outbox rows to the event bus and deletes them
@@ -19,8 +21,10 @@ use proto::commerce::events::v1::{self as events, event_envelope::Payload};
 use proto::commerce::r#type::v1::Money;
 use vocab::{LmsUserId, LmsUsername};
 
-use crate::domain::{Product, Refund, RefundRequest};
+use crate::domain::{JobState, Product, Refund, RefundRequest};
 use crate::store::{FulfillmentJob, OutboxEvent};
+use crate::webhook::store::NewDelivery;
+use crate::webhook::{WebhookSources, notice};
 
 /// The `FulfillmentCompleted` and `PurchaseRecorded` events of a job that just succeeded.
 pub fn completion_events(
@@ -58,7 +62,7 @@ pub fn completion_events(
     };
     vec![
         envelope(
-            format!("fulfillment-completed:{}", job.id),
+            completed_event_id(&job.id),
             proto::streams::FULFILLMENTS,
             "commerce.events.v1.FulfillmentCompleted",
             completed_at,
@@ -128,7 +132,7 @@ pub fn revocation_events(
         revoked_at: Some(to_timestamp(revoked_at)),
     };
     vec![envelope(
-        format!("fulfillment-revoked:{}", job.id),
+        revoked_event_id(&job.id),
         proto::streams::FULFILLMENTS,
         "commerce.events.v1.FulfillmentRevoked",
         revoked_at,
@@ -163,6 +167,138 @@ pub fn refund_requested_event(job: &FulfillmentJob, request: &RefundRequest, tra
     )
 }
 
+/// The id of job `id`'s `FulfillmentCompleted` (its SUCCEEDED webhook carries it too).
+pub fn completed_event_id(id: &str) -> String {
+    format!("fulfillment-completed:{id}")
+}
+
+/// The id of job `id`'s `FulfillmentRevoked` (its REVOKED webhook carries it too).
+pub fn revoked_event_id(id: &str) -> String {
+    format!("fulfillment-revoked:{id}")
+}
+
+/// The id of the event (and webhook) announcing that job `id` reached `state` at `at`;
+/// None for a state nobody is told of. A job fails again after `RetryFulfillment`,
+/// so a failure's id names its time: each failure is an event of its own.
+pub fn outcome_event_id(id: &str, state: JobState, at: DateTime<Utc>) -> Option<String> {
+    match state {
+        JobState::Succeeded => Some(completed_event_id(id)),
+        JobState::Revoked => Some(revoked_event_id(id)),
+        JobState::Failed => Some(format!("fulfillment-failed:{id}:{}", at.timestamp_micros())),
+        JobState::RevokeFailed => Some(format!("fulfillment-revocation-failed:{id}:{}", at.timestamp_micros())),
+        _ => None,
+    }
+}
+
+/// The `FulfillmentFailed` (at FAILED) or `FulfillmentRevocationFailed` (at
+/// REVOKE_FAILED) event of a job as it was just recorded; none in another state.
+pub fn failure_events(job: &FulfillmentJob, failed_at: DateTime<Utc>, trace: &TextContext) -> Vec<OutboxEvent> {
+    let spec = &job.spec;
+    let (course_run_key, course_uuid) = product_keys(&spec.line.product);
+    let error = Some(events::FulfillmentError {
+        kind: job.last_error.as_ref().map(|e| e.kind.as_str()).unwrap_or_default().to_string(),
+        lms_status: job.last_error.as_ref().and_then(|e| e.lms_status).map_or(0, i32::from),
+        message: redacted_error_message(job),
+    });
+    let source_system = spec.header.source_system.as_deref().unwrap_or_default().to_string();
+    let attempts = i32::try_from(job.attempts).unwrap_or(i32::MAX);
+    let Some(event_id) = outcome_event_id(&job.id, job.state, failed_at) else { return Vec::new() };
+    let (event_type, payload) = match job.state {
+        JobState::Failed => (
+            "commerce.events.v1.FulfillmentFailed",
+            Payload::FulfillmentFailed(events::FulfillmentFailed {
+                fulfillment_id: job.id.clone(),
+                order_number: spec.header.order_number.to_string(),
+                line_item_id: spec.line.line_item_id.to_string(),
+                lms_user_id: spec.learner.lms_user_id.to_string(),
+                lms_username: spec.learner.lms_username.to_string(),
+                course_run_key,
+                course_uuid,
+                mode: spec.line.product.mode().as_str().to_string(),
+                source_system,
+                error,
+                attempts,
+                failed_at: Some(to_timestamp(failed_at)),
+            }),
+        ),
+        JobState::RevokeFailed => (
+            "commerce.events.v1.FulfillmentRevocationFailed",
+            Payload::FulfillmentRevocationFailed(events::FulfillmentRevocationFailed {
+                fulfillment_id: job.id.clone(),
+                order_number: spec.header.order_number.to_string(),
+                line_item_id: spec.line.line_item_id.to_string(),
+                lms_user_id: spec.learner.lms_user_id.to_string(),
+                lms_username: spec.learner.lms_username.to_string(),
+                course_run_key,
+                course_uuid,
+                source_system,
+                error,
+                attempts,
+                failed_at: Some(to_timestamp(failed_at)),
+            }),
+        ),
+        _ => return Vec::new(),
+    };
+    vec![envelope(event_id, proto::streams::FULFILLMENTS, event_type, failed_at, trace, payload)]
+}
+
+/// What a job that just finished an attempt announces besides the worker's
+/// events, for each state it passed through (`path`, the last being
+/// `job.state`): the failure event of FAILED or REVOKE_FAILED, and, when its
+/// order's source system has a webhook, one delivery per outcome (SUCCEEDED,
+/// FAILED, REVOKED, REVOKE_FAILED) for the webhook sender. In the current span's trace.
+pub fn outcome_announcements(
+    job: &FulfillmentJob,
+    path: &[JobState],
+    webhooks: &WebhookSources,
+    now: DateTime<Utc>,
+) -> (Vec<OutboxEvent>, Vec<NewDelivery>) {
+    let trace = TextContext::current();
+    let events = failure_events(job, now, &trace);
+    let deliveries = match job.spec.header.source_system.as_deref() {
+        Some(source) if webhooks.includes(source) => path
+            .iter()
+            .filter_map(|&state| {
+                let event_id = outcome_event_id(&job.id, state, now)?;
+                let failed = matches!(state, JobState::Failed | JobState::RevokeFailed);
+                let error = job.last_error.as_ref().filter(|_| failed).map(|e| notice::NoticeError {
+                    kind: e.kind.as_str().to_string(),
+                    lms_status: e.lms_status,
+                    message: redacted_error_message(job),
+                });
+                let notice = notice::OutcomeNotice {
+                    event_id: event_id.clone(),
+                    fulfillment_id: job.id.clone(),
+                    order_number: job.spec.header.order_number.to_string(),
+                    order_id: job.spec.header.order_id.as_ref().map(ToString::to_string),
+                    line_item_id: job.spec.line.line_item_id.to_string(),
+                    source_system: source.to_string(),
+                    state: state.as_str().to_string(),
+                    error,
+                    occurred_at: now,
+                };
+                Some(NewDelivery {
+                    event_id,
+                    source_system: source.to_string(),
+                    fulfillment_id: job.id.clone(),
+                    body: notice.to_json(),
+                    traceparent: trace.traceparent.clone(),
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    (events, deliveries)
+}
+
+/// The job's last error message with the learner's username, where the LMS
+/// echoed it, replaced by `<learner>`: what leaves the mesh names the line, not the learner.
+fn redacted_error_message(job: &FulfillmentJob) -> String {
+    let message = job.last_error.as_ref().map(|e| e.message.as_str()).unwrap_or_default();
+    let username = job.spec.learner.lms_username.as_str();
+    if username.is_empty() { message.to_string() } else { message.replace(username, "<learner>") }
+}
+
 /// The event fields of a product: (course run key, course UUID), one of them empty.
 fn product_keys(product: &Product) -> (String, String) {
     match product {
@@ -186,6 +322,8 @@ pub fn scrub(payload: &[u8], lms_user_id: LmsUserId, placeholder: &LmsUsername) 
         Payload::PurchaseRecorded(purchase) if purchase.lms_user_id == learner => &mut purchase.username,
         Payload::FulfillmentCompleted(completed) if completed.lms_user_id == learner => &mut completed.lms_username,
         Payload::FulfillmentRevoked(revoked) if revoked.lms_user_id == learner => &mut revoked.lms_username,
+        Payload::FulfillmentFailed(failed) if failed.lms_user_id == learner => &mut failed.lms_username,
+        Payload::FulfillmentRevocationFailed(failed) if failed.lms_user_id == learner => &mut failed.lms_username,
         _ => return None,
     };
     if username == placeholder.as_str() {

@@ -56,6 +56,7 @@ pub struct Workers {
     metrics: Arc<FulfillmentMetrics>,
     wake: Arc<Notify>,
     published: Arc<Notify>,
+    outcomes: Arc<Notify>,
     jitter: fn() -> f64,
 }
 
@@ -71,7 +72,14 @@ impl Workers {
         wake: Arc<Notify>,
         published: Arc<Notify>,
     ) -> Self {
-        Self { store, lms, policy, config, metrics, wake, published, jitter: rand::random::<f64> }
+        let outcomes = Arc::new(Notify::new());
+        Self { store, lms, policy, config, metrics, wake, published, outcomes, jitter: rand::random::<f64> }
+    }
+
+    /// Notifies `outcomes` whenever an attempt's end is recorded for good (it wakes the webhook sender).
+    pub fn waking_on_outcomes(mut self, outcomes: Arc<Notify>) -> Self {
+        self.outcomes = outcomes;
+        self
     }
 
     /// Replaces the random source of backoff jitter (uniform in [0, 1)); tests
@@ -235,14 +243,15 @@ impl Workers {
 
     /// Records an attempt's outcome under its lease, and counts it.
     async fn record(&self, lease: &Lease, outcome: Outcome, label: &'static str, now: DateTime<Utc>) {
-        let succeeded = matches!(outcome, Outcome::Succeeded { .. });
         let retries = matches!(outcome, Outcome::RetryAt { .. });
         match self.store.finish(lease, outcome, now).await {
             Ok(Finished::Recorded(job)) => {
                 tracing::Span::current().record("outcome", label);
                 self.metrics.attempt(label);
-                if succeeded {
+                if !retries {
+                    // Events (completion, revocation or failure) and maybe webhooks were written.
                     self.published.notify_one();
+                    self.outcomes.notify_one();
                 }
                 if job.state == JobState::Revoking && !retries {
                     // Refunded while it enrolled: its revocation is due now.

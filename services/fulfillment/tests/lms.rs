@@ -119,6 +119,22 @@ async fn an_enrollment_sends_the_exact_body_and_headers() {
 }
 
 #[tokio::test]
+async fn what_the_order_does_not_have_is_left_out_not_sent_empty() {
+    let server = MockServer::start().await;
+    mount_token(&server, "tok-1", 1).await;
+    Mock::given(method("POST")).and(path(ENROLLMENT)).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+
+    let bare = Enrollment { order_id: "", source_system: "", ..enrollment("verified", None) };
+    client(&server).enroll(&bare).await.unwrap();
+
+    let body: Value = requests_to(&server, ENROLLMENT).await[0].body_json().unwrap();
+    let expected: Vec<Value> =
+        order_attributes().into_iter().filter(|a| a["name"] != "order_id" && a["name"] != "source_system").collect();
+    assert_eq!(expected.len(), 3, "order_number, line_item_id, date_placed stay");
+    assert_eq!(body["enrollment_attributes"], Value::Array(expected));
+}
+
+#[tokio::test]
 async fn a_credit_enrollment_adds_the_provider_attribute_last() {
     let server = MockServer::start().await;
     mount_token(&server, "tok-1", 1).await;

@@ -412,6 +412,42 @@ impl EventBus for LostAcknowledgements {
     async fn dead_letters(&self, stream: &str, max: usize) -> Result<Vec<kit::bus::DeadLetter>, BusError> {
         self.bus.dead_letters(stream, max).await
     }
+    async fn list_dead_letters(
+        &self,
+        stream: &str,
+        query: &kit::bus::DeadLetterQuery,
+    ) -> Result<kit::bus::DeadLetterPage, BusError> {
+        self.bus.list_dead_letters(stream, query).await
+    }
+    async fn replay_dead_letters(
+        &self,
+        stream: &str,
+        ids: &[kit::bus::EntryId],
+    ) -> Result<Vec<Option<kit::bus::EntryId>>, BusError> {
+        self.bus.replay_dead_letters(stream, ids).await
+    }
+    async fn discard_dead_letters(
+        &self,
+        stream: &str,
+        ids: &[kit::bus::EntryId],
+        discard: &kit::bus::Discard,
+    ) -> Result<Vec<bool>, BusError> {
+        self.bus.discard_dead_letters(stream, ids, discard).await
+    }
+    async fn discarded_dead_letters(
+        &self,
+        stream: &str,
+        query: &kit::bus::DeadLetterQuery,
+    ) -> Result<kit::bus::DiscardedPage, BusError> {
+        self.bus.discarded_dead_letters(stream, query).await
+    }
+    async fn dead_letters_by_id(
+        &self,
+        stream: &str,
+        ids: &[kit::bus::EntryId],
+    ) -> Result<Vec<Option<kit::bus::DeadLetter>>, BusError> {
+        self.bus.dead_letters_by_id(stream, ids).await
+    }
     async fn pending(&self, stream: &str, group: &str) -> Result<u64, BusError> {
         self.bus.pending(stream, group).await
     }

@@ -6,21 +6,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use fulfillment::domain::RefundTerms;
 use fulfillment::domain::{
     ErrorKind, JobError, JobState, Learner, LearnerRef, Mode, Order, OrderHeader, OrderLine, Product,
 };
+use fulfillment::filter::{JobFilter, PageCursor, UpdateWindow};
 use fulfillment::outbox::completion_events;
 use fulfillment::store::StoreError;
+use fulfillment::store::{BulkRedriven, RefundOf};
 use fulfillment::store::{Finished, NewJob, OutboxEvent, Outcome, Redriven, Store, for_database, stored_time};
 use kit::db::{Backend, Database};
 use kit::testing::TestDatabase;
 use kit::trace::TextContext;
 use prost::Message;
 use proto::commerce::events::v1::{EventEnvelope, event_envelope::Payload};
-use vocab::Retirement;
 use vocab::{
     CourseRunKey, CustomerId, LineItemId, LmsUserId, LmsUsername, OrderId, OrderNumber, Price, SourceSystem, Title,
 };
+use vocab::{RefundReason, Retirement};
 
 struct Fixture {
     store: Arc<dyn Store>,
@@ -186,15 +189,21 @@ async fn failures_reschedule_or_fail_and_redrive_resets(f: Fixture) {
         (JobState::Failed, Some(rejected.clone()), None)
     );
 
-    let Redriven::Pending(redriven) = f.store.redrive(&jobs[0].id, t0() + secs(7)).await.unwrap() else {
+    let Redriven::Pending(redriven) = f.store.redrive(&jobs[0].id, Some("ops"), t0() + secs(7)).await.unwrap() else {
         panic!("a failed job is re-driven")
     };
     assert_eq!((redriven.state, redriven.attempts), (JobState::Pending, 0));
     assert_eq!(redriven.last_error, Some(rejected), "the last error is kept for audit");
-    assert!(
-        matches!(f.store.redrive(&jobs[0].id, t0()).await.unwrap(), Redriven::NotFailed(j) if j.state == JobState::Pending)
+    let last = f.store.transitions(&jobs[0].id).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.from, last.to, last.requested_by.as_deref()),
+        (Some(JobState::Failed), JobState::Pending, Some("ops")),
+        "the re-drive names who asked"
     );
-    assert_eq!(f.store.redrive("nope", t0()).await.unwrap(), Redriven::NotFound);
+    assert!(
+        matches!(f.store.redrive(&jobs[0].id, None, t0()).await.unwrap(), Redriven::NotFailed(j) if j.state == JobState::Pending)
+    );
+    assert_eq!(f.store.redrive("nope", None, t0()).await.unwrap(), Redriven::NotFound);
     let claimed = f.store.claim(1, Duration::from_secs(10), t0() + secs(7)).await.unwrap().remove(0);
     assert_eq!(claimed.job.attempts, 1);
     let done = Outcome::Succeeded { entitlement_uuid: Some("e-uuid".into()), events: vec![] };
@@ -260,6 +269,11 @@ async fn a_retirement_reaches_jobs_errors_and_unpublished_events_and_holds(f: Fi
         let username = match envelope.payload.unwrap() {
             Payload::PurchaseRecorded(p) => p.username,
             Payload::FulfillmentCompleted(c) => c.lms_username,
+            // l2's failure: its username scrubbed, and the LMS's echo of it left out when it was written.
+            Payload::FulfillmentFailed(failed) => {
+                assert_eq!(failed.error.unwrap().message, "user <learner> is inactive");
+                failed.lms_username
+            }
             other => panic!("{other:?}"),
         };
         assert_eq!(username, retirement.retired_username.as_str());
@@ -375,6 +389,181 @@ async fn a_refunded_job_whose_worker_vanished_is_reclaimed_for_revocation(f: Fix
     assert_eq!(path.last(), Some(&(Some(JobState::InProgress), JobState::Revoking)));
 }
 
+/// One job of `number` for `run`, from `source`, accepted at `at`.
+fn job_of(number: &str, line: &str, run: &str, source: &str) -> NewJob {
+    let mut job = order(number, &[line]).remove(0);
+    job.spec.line.product = Product::course_run(CourseRunKey::parse(run).unwrap(), Mode::Verified, "").unwrap();
+    job.spec.header.source_system = Some(SourceSystem::parse(source).unwrap());
+    job
+}
+
+/// Stores `job` at `at` and, claimed at once, ends its attempt at `end` with `outcome`.
+async fn attempted(f: &Fixture, job: &NewJob, at: DateTime<Utc>, outcome: Outcome, end: DateTime<Utc>) {
+    assert!(f.store.insert_order(std::slice::from_ref(job), at).await.unwrap());
+    let claimed = f.store.claim(1, Duration::from_secs(10), at).await.unwrap().remove(0);
+    assert_eq!(claimed.job.id, job.id, "the job just stored is the one due");
+    assert!(matches!(f.store.finish(&claimed.lease, outcome, end).await.unwrap(), Finished::Recorded(_)));
+}
+
+fn failed_with(kind: ErrorKind) -> Outcome {
+    Outcome::Failed { error: JobError { kind, lms_status: Some(400), message: "refused".into() } }
+}
+
+async fn listed(f: &Fixture, filter: &JobFilter) -> Vec<String> {
+    let found = f.store.list(filter, None, 50).await.unwrap();
+    assert_eq!(found.total, found.jobs.len() as u64, "the count is of the same jobs");
+    found.jobs.into_iter().map(|job| job.id).collect()
+}
+
+const RUN_1: &str = "course-v1:edX+Find+R1";
+const RUN_2: &str = "course-v1:edX+Find+R2";
+
+async fn listing_filters_newest_first_in_stable_pages(f: Fixture) {
+    let a = job_of("EDX-FA", "l1", RUN_1, "commercetools");
+    attempted(&f, &a, t0(), failed_with(ErrorKind::Rejected), t0() + secs(10)).await;
+    let b = job_of("EDX-FB", "l1", RUN_2, "commercetools");
+    attempted(&f, &b, t0() + secs(11), failed_with(ErrorKind::AttemptsExhausted), t0() + secs(20)).await;
+    let c = job_of("EDX-FC", "l1", RUN_1, "shopify");
+    let done = Outcome::Succeeded { entitlement_uuid: None, events: vec![] };
+    attempted(&f, &c, t0() + secs(21), done, t0() + secs(30)).await;
+    let mut d = order("EDX-FD", &["l1", "l2"]);
+    for job in &mut d {
+        job.spec.line.product = Product::course_run(CourseRunKey::parse(RUN_1).unwrap(), Mode::Verified, "").unwrap();
+    }
+    assert!(f.store.insert_order(&d, t0() + secs(40)).await.unwrap());
+    // The two lines of D changed at the same time: the larger id first.
+    let (d_hi, d_lo) = if d[0].id > d[1].id { (&d[0].id, &d[1].id) } else { (&d[1].id, &d[0].id) };
+    let ids = |jobs: &[&String]| jobs.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+
+    assert_eq!(listed(&f, &JobFilter::default()).await, ids(&[d_hi, d_lo, &c.id, &b.id, &a.id]));
+    let failed = JobFilter { states: vec![JobState::Failed], ..Default::default() };
+    assert_eq!(listed(&f, &failed).await, ids(&[&b.id, &a.id]));
+    let settled = JobFilter { states: vec![JobState::Succeeded, JobState::Failed], ..Default::default() };
+    assert_eq!(listed(&f, &settled).await, ids(&[&c.id, &b.id, &a.id]));
+    let run_1 = JobFilter { course_run_key: Some(CourseRunKey::parse(RUN_1).unwrap()), ..Default::default() };
+    assert_eq!(listed(&f, &run_1).await, ids(&[d_hi, d_lo, &c.id, &a.id]));
+    let failed_run_1 = JobFilter { states: vec![JobState::Failed], ..run_1.clone() };
+    assert_eq!(listed(&f, &failed_run_1).await, ids(&[&a.id]));
+    let rejected = JobFilter { error_kind: Some(ErrorKind::Rejected), ..Default::default() };
+    assert_eq!(listed(&f, &rejected).await, ids(&[&a.id]));
+    let shopify = JobFilter { source_system: Some(SourceSystem::parse("shopify").unwrap()), ..Default::default() };
+    assert_eq!(listed(&f, &shopify).await, ids(&[&c.id]));
+    let window = UpdateWindow::new(Some(t0() + secs(20)), Some(t0() + secs(40))).unwrap();
+    let between = JobFilter { updated: window, ..Default::default() };
+    assert_eq!(listed(&f, &between).await, ids(&[&c.id, &b.id]), "from inclusive, to exclusive");
+    let nothing = JobFilter { states: vec![JobState::Revoked], ..Default::default() };
+    assert!(listed(&f, &nothing).await.is_empty());
+
+    // Pages of two: the tie inside D is split without losing or repeating a job.
+    let mut seen = Vec::new();
+    let mut after: Option<PageCursor> = None;
+    loop {
+        let page = f.store.list(&JobFilter::default(), after.as_ref(), 2).await.unwrap();
+        assert_eq!(page.total, 5, "the total is of every page");
+        let page = page.jobs;
+        let Some(last) = page.last() else { break };
+        after = Some(PageCursor { updated_at: last.updated_at, id: last.id.clone() });
+        seen.extend(page.iter().map(|job| job.id.clone()));
+        assert!(seen.len() <= 5, "pages repeat jobs: {seen:?}");
+    }
+    assert_eq!(seen, ids(&[d_hi, d_lo, &c.id, &b.id, &a.id]));
+    let mut one_by_one = Vec::new();
+    let mut after: Option<PageCursor> = None;
+    while let Some(job) = f.store.list(&failed, after.as_ref(), 1).await.unwrap().jobs.pop() {
+        after = Some(PageCursor { updated_at: job.updated_at, id: job.id.clone() });
+        one_by_one.push(job.id);
+        assert!(one_by_one.len() <= 2, "pages repeat jobs: {one_by_one:?}");
+    }
+    assert_eq!(one_by_one, ids(&[&b.id, &a.id]));
+}
+
+async fn redriving_in_bulk_is_bounded_all_or_none_and_names_who_asked(f: Fixture) {
+    let a1 = job_of("EDX-RA", "l1", RUN_1, "commercetools");
+    attempted(&f, &a1, t0(), failed_with(ErrorKind::Rejected), t0() + secs(10)).await;
+    let a2 = job_of("EDX-RA", "l2", RUN_1, "commercetools");
+    attempted(&f, &a2, t0() + secs(11), failed_with(ErrorKind::Rejected), t0() + secs(20)).await;
+    let b = job_of("EDX-RB", "l1", RUN_2, "commercetools");
+    attempted(&f, &b, t0() + secs(21), failed_with(ErrorKind::Rejected), t0() + secs(30)).await;
+    // E: enrolled, refunded, and its revocation refused: REVOKE_FAILED.
+    let e = job_of("EDX-RE", "l1", RUN_1, "commercetools");
+    let done = Outcome::Succeeded { entitlement_uuid: None, events: vec![] };
+    attempted(&f, &e, t0() + secs(31), done, t0() + secs(32)).await;
+    let terms = RefundTerms::for_line(
+        &e.spec.line.price,
+        None,
+        RefundReason::parse("test").unwrap(),
+        SourceSystem::parse("support").unwrap(),
+    )
+    .unwrap();
+    f.store.refund(&[RefundOf { job_id: e.id.clone(), terms }], "", t0() + secs(33)).await.unwrap();
+    let revoking = f.store.claim(1, Duration::from_secs(10), t0() + secs(34)).await.unwrap().remove(0);
+    f.store.finish(&revoking.lease, failed_with(ErrorKind::Rejected), t0() + secs(40)).await.unwrap();
+    assert_eq!(f.store.get(&e.id).await.unwrap().unwrap().state, JobState::RevokeFailed);
+    let pending = job_of("EDX-RP", "l1", RUN_1, "commercetools");
+    assert!(f.store.insert_order(std::slice::from_ref(&pending), t0() + secs(41)).await.unwrap());
+    let states = async || {
+        let mut states = Vec::new();
+        for id in [&a1.id, &a2.id, &b.id, &e.id, &pending.id] {
+            states.push(f.store.get(id).await.unwrap().unwrap().state);
+        }
+        states
+    };
+    let before = states().await;
+    let now = t0() + secs(50);
+
+    let failures = JobFilter { states: vec![JobState::Failed, JobState::RevokeFailed], ..Default::default() };
+    assert_eq!(
+        f.store.redrive_matching(&failures, 3, Some("ops"), false, now).await.unwrap(),
+        BulkRedriven::TooMany { matched: 4 }
+    );
+    assert_eq!(
+        f.store.redrive_matching(&failures, 3, Some("ops"), true, now).await.unwrap(),
+        BulkRedriven::TooMany { matched: 4 }
+    );
+    assert_eq!(states().await, before, "over the bound, nothing changed");
+    let every = vec![e.id.clone(), b.id.clone(), a2.id.clone(), a1.id.clone()];
+    assert_eq!(
+        f.store.redrive_matching(&failures, 4, Some("ops"), true, now).await.unwrap(),
+        BulkRedriven::Redriven(every),
+        "a dry run names them, newest change first"
+    );
+    assert_eq!(states().await, before, "a dry run changes nothing");
+    let pending_only = JobFilter { states: vec![JobState::Pending], ..Default::default() };
+    assert_eq!(
+        f.store.redrive_matching(&pending_only, 10, Some("ops"), false, now).await.unwrap(),
+        BulkRedriven::Redriven(vec![]),
+        "only failures are ever re-driven"
+    );
+
+    let run_1 = JobFilter { course_run_key: Some(CourseRunKey::parse(RUN_1).unwrap()), ..Default::default() };
+    assert_eq!(
+        f.store.redrive_matching(&run_1, 3, Some("ops@example.org"), false, now).await.unwrap(),
+        BulkRedriven::Redriven(vec![e.id.clone(), a2.id.clone(), a1.id.clone()])
+    );
+    assert_eq!(
+        states().await,
+        [JobState::Pending, JobState::Pending, JobState::Failed, JobState::Revoking, JobState::Pending]
+    );
+    for (id, from, to) in
+        [(&a1.id, JobState::Failed, JobState::Pending), (&e.id, JobState::RevokeFailed, JobState::Revoking)]
+    {
+        let job = f.store.get(id).await.unwrap().unwrap();
+        assert_eq!((job.attempts, job.next_attempt_at, job.updated_at), (0, Some(now), now), "due now, attempts reset");
+        let last = f.store.transitions(id).await.unwrap().pop().unwrap();
+        assert_eq!(
+            (last.from, last.to, last.attempt, last.requested_by.as_deref(), last.at),
+            (Some(from), to, 0, Some("ops@example.org"), now)
+        );
+    }
+    // Due now: the workers claim them again.
+    let claimed = f.store.claim(10, Duration::from_secs(10), now).await.unwrap();
+    let mut claimed: Vec<&str> = claimed.iter().map(|c| c.job.id.as_str()).collect();
+    claimed.sort();
+    let mut expected = vec![a1.id.as_str(), a2.id.as_str(), e.id.as_str(), pending.id.as_str()];
+    expected.sort();
+    assert_eq!(claimed, expected);
+}
+
 macro_rules! contract {
     ($name:ident, $kind:expr) => {
         mod $name {
@@ -419,6 +608,14 @@ macro_rules! contract {
             #[tokio::test]
             async fn times_round_to_what_both_backends_keep() {
                 super::times_round_to_what_both_backends_keep(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn listing_filters_newest_first_in_stable_pages() {
+                super::listing_filters_newest_first_in_stable_pages(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn redriving_in_bulk_is_bounded_all_or_none_and_names_who_asked() {
+                super::redriving_in_bulk_is_bounded_all_or_none_and_names_who_asked(fixture($kind).await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_claimers_never_share_a_job() {

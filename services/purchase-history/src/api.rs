@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use kit::bus::EventBus;
 use kit::client::TracedChannel;
-use kit::error::BadRequest;
+use kit::error::{BadRequest, ViolationReason};
 use kit::trace::TextContext;
 use prost::Message;
 use proto::commerce::events::v1::{EventEnvelope, event_envelope::Payload};
@@ -70,7 +70,7 @@ impl PurchaseHistoryApi {
                 name.ok_or_else(|| Status::invalid_argument("username"))?
             }
             None => {
-                bad.field("learner", "is required: username or lms_user_id");
+                bad.violation("learner", ViolationReason::Required, "is required: username or lms_user_id");
                 return Err(bad.into_status());
             }
         };
@@ -108,7 +108,7 @@ fn store_status(error: StoreError) -> Status {
 fn invalid(violations: Vec<Violation>) -> Status {
     let mut bad = BadRequest::new();
     for violation in violations {
-        bad.field(violation.field_path, violation.reason);
+        bad.violation(violation.field_path, violation.rule, violation.reason);
     }
     bad.into_status()
 }
@@ -155,7 +155,7 @@ impl PurchaseHistoryService for PurchaseHistoryApi {
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => {
-                bad.field("page_size", "must not be negative");
+                bad.violation("page_size", ViolationReason::OutOfRange, "must not be negative");
                 DEFAULT_PAGE_SIZE
             }
             n => n.min(MAX_PAGE_SIZE),
@@ -163,7 +163,13 @@ impl PurchaseHistoryService for PurchaseHistoryApi {
         let after = match request.page_token.as_str() {
             "" => None,
             token => PageCursor::decode(token)
-                .map_err(|_| bad.field("page_token", "is not a next_page_token this service gave"))
+                .map_err(|_| {
+                    bad.violation(
+                        "page_token",
+                        ViolationReason::UnknownValue,
+                        "is not a next_page_token this service gave",
+                    )
+                })
                 .ok(),
         };
         bad.into_result()?;

@@ -14,6 +14,7 @@ use proto::commerce::purchases::v1::RecordPurchaseRequest;
 use proto::commerce::r#type::v1::Money;
 use vocab::{
     Invalid, LmsUserId, LmsUsername, MAX_ID_LEN, OrderNumber, Price, ProductKey, PurchaseId, SourceSystem, Title,
+    ViolationReason,
 };
 
 /// `source` of a purchase recorded through `RecordPurchase` that names none.
@@ -62,12 +63,14 @@ pub struct Violation {
     pub field_path: String,
     /// What is wrong with it.
     pub reason: String,
+    /// The rule it broke (the violation's stable `reason` on the wire).
+    pub rule: ViolationReason,
 }
 
 impl Violation {
-    /// A violation of `field_path`.
-    pub fn new(field_path: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field_path: field_path.into(), reason: reason.into() }
+    /// A violation of `field_path` that broke `rule`.
+    pub fn new(field_path: impl Into<String>, rule: ViolationReason, reason: impl Into<String>) -> Self {
+        Self { field_path: field_path.into(), reason: reason.into(), rule }
     }
 }
 
@@ -130,12 +133,12 @@ enum Defaults {
 struct Violations(Vec<Violation>);
 
 impl Violations {
-    fn check<T, E: std::fmt::Display>(&mut self, path: String, result: Result<T, E>) -> Option<T> {
-        result.map_err(|reason| self.0.push(Violation { field_path: path, reason: reason.to_string() })).ok()
+    fn check<T, E: kit::error::Refusal>(&mut self, path: String, result: Result<T, E>) -> Option<T> {
+        result.map_err(|refusal| self.0.push(Violation::new(path, refusal.rule(), refusal.to_string()))).ok()
     }
 
-    fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(Violation::new(path, reason));
+    fn add(&mut self, path: impl Into<String>, rule: ViolationReason, reason: impl Into<String>) {
+        self.0.push(Violation::new(path, rule, reason));
     }
 }
 
@@ -173,6 +176,7 @@ impl Purchase {
                     .map(|name| {
                         Violation::new(
                             *name,
+                            ViolationReason::Conflict,
                             "must not be set together with `purchase`: send either the purchase or the legacy \
                              fields (username, userid, price, timestamp)",
                         )
@@ -186,6 +190,7 @@ impl Purchase {
             }
             None if legacy_set.is_empty() => Err(vec![Violation::new(
                 "purchase",
+                ViolationReason::Required,
                 "is required (or the legacy fields username, userid, price and timestamp)",
             )]),
             None => parse_legacy(request, now),
@@ -249,22 +254,25 @@ fn parse_fields(fields: &Fields<'_>, prefix: &str, defaults: Defaults) -> Result
     let title = bad.check(path("title"), Title::parse(fields.title));
     let price = match fields.price {
         None => {
-            bad.add(path("price"), "is required, with currency_code and amount");
+            bad.add(path("price"), ViolationReason::Required, "is required, with currency_code and amount");
             None
         }
         Some(money) => Price::try_from(money)
-            .map_err(|e| bad.add(path(&format!("price.{}", e.part.field())), e.invalid.to_string()))
+            .map_err(|e| bad.add(path(&format!("price.{}", e.part.field())), e.invalid.rule(), e.invalid.to_string()))
             .ok(),
     };
     let purchased_at = match (fields.purchased_at, &defaults) {
         (None, Defaults::Request { now }) => Some(truncate_to_micros(*now)),
         (None, Defaults::None) => {
-            bad.add(path("purchased_at"), "is required");
+            bad.add(path("purchased_at"), ViolationReason::Required, "is required");
             None
         }
-        (Some(timestamp), _) => {
-            bad.check(path("purchased_at"), kit::time::from_timestamp(timestamp).map(truncate_to_micros))
-        }
+        (Some(timestamp), _) => bad.check(
+            path("purchased_at"),
+            kit::time::from_timestamp(timestamp)
+                .map(truncate_to_micros)
+                .map_err(|e| Invalid::because(ViolationReason::OutOfRange, e)),
+        ),
     };
     let source = match (fields.source, &defaults) {
         ("", Defaults::Request { .. }) => Some(SourceSystem::parse(RECORD_PURCHASE_SOURCE).ok()),
@@ -307,16 +315,19 @@ fn parse_legacy(request: &RecordPurchaseRequest, now: DateTime<Utc>) -> Result<P
     let username = bad.check("username".into(), LmsUsername::parse(&request.username));
     let lms_user_id = match request.userid {
         0 => {
-            bad.add("userid", "is required");
+            bad.add("userid", ViolationReason::Required, "is required");
             None
         }
         id => bad.check("userid".into(), LmsUserId::new(id)),
     };
     let price = match request.price.as_ref().and_then(|v| v.kind.as_ref()) {
-        None | Some(Kind::NullValue(_)) => Err(Invalid::new("is required")),
+        None | Some(Kind::NullValue(_)) => Err(Invalid::because(ViolationReason::Required, "is required")),
         Some(Kind::NumberValue(n)) => amount_of_number(*n).and_then(|amount| legacy_price(&amount)),
         Some(Kind::StringValue(s)) => legacy_price(s),
-        Some(_) => Err(Invalid::new("must be a number or a decimal string such as \"49.99\"")),
+        Some(_) => Err(Invalid::because(
+            ViolationReason::InvalidFormat,
+            "must be a number or a decimal string such as \"49.99\"",
+        )),
     };
     let price = bad.check("price".into(), price);
     let purchased_at = match request.timestamp.as_ref().and_then(|v| v.kind.as_ref()) {
@@ -324,7 +335,11 @@ fn parse_legacy(request: &RecordPurchaseRequest, now: DateTime<Utc>) -> Result<P
         Some(Kind::StringValue(s)) => bad.check("timestamp".into(), time_of_string(s)),
         Some(Kind::NumberValue(n)) => bad.check("timestamp".into(), time_of_number(*n)),
         Some(_) => {
-            bad.add("timestamp", "must be an RFC 3339 string or a number of seconds or milliseconds since the epoch");
+            bad.add(
+                "timestamp",
+                ViolationReason::InvalidFormat,
+                "must be an RFC 3339 string or a number of seconds or milliseconds since the epoch",
+            );
             None
         }
     };
@@ -358,18 +373,21 @@ fn legacy_price(amount: &str) -> Result<Price, Invalid> {
 /// `49.99` is `"49.99"` (never `49.990000000000002`).
 fn amount_of_number(n: f64) -> Result<String, Invalid> {
     if !n.is_finite() {
-        return Err(Invalid::new("must be a finite number"));
+        return Err(Invalid::because(ViolationReason::OutOfRange, "must be a finite number"));
     }
     if n < 0.0 {
-        return Err(Invalid::new("must not be negative"));
+        return Err(Invalid::because(ViolationReason::OutOfRange, "must not be negative"));
     }
     // -0.0 passes the check above but would print as "-0".
     let n = if n == 0.0 { 0.0 } else { n };
     Ok(format!("{n}"))
 }
 
-fn time_of_string(raw: &str) -> Result<DateTime<Utc>, String> {
-    let bad = || format!("must be an RFC 3339 time such as \"2025-11-13T02:13:20Z\", got {:?}", clip(raw));
+fn time_of_string(raw: &str) -> Result<DateTime<Utc>, Invalid> {
+    let bad = || {
+        let text = format!("must be an RFC 3339 time such as \"2025-11-13T02:13:20Z\", got {:?}", clip(raw));
+        Invalid::because(ViolationReason::InvalidFormat, text)
+    };
     if raw.len() > MAX_TIME_STRING_LEN {
         return Err(bad());
     }
@@ -377,21 +395,26 @@ fn time_of_string(raw: &str) -> Result<DateTime<Utc>, String> {
     in_range(time)
 }
 
-fn time_of_number(n: f64) -> Result<DateTime<Utc>, String> {
+fn time_of_number(n: f64) -> Result<DateTime<Utc>, Invalid> {
+    let outside = || Invalid::because(ViolationReason::OutOfRange, "is outside years 1 to 9999");
     if !n.is_finite() {
-        return Err("must be a finite number".into());
+        return Err(Invalid::because(ViolationReason::OutOfRange, "must be a finite number"));
     }
     let micros = if n.abs() < LEGACY_MILLIS_FROM { n * 1e6 } else { n * 1e3 };
     // Beyond ±2^62 µs is far outside years 1 to 9999; checking first keeps the cast exact.
     if micros.abs() >= 4.6e18 {
-        return Err("is outside years 1 to 9999".into());
+        return Err(outside());
     }
-    let time = DateTime::from_timestamp_micros(micros.round() as i64).ok_or("is outside years 1 to 9999")?;
+    let time = DateTime::from_timestamp_micros(micros.round() as i64).ok_or_else(outside)?;
     in_range(time)
 }
 
-fn in_range(time: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    if kit::time::in_range(time) { Ok(truncate_to_micros(time)) } else { Err("is outside years 1 to 9999".into()) }
+fn in_range(time: DateTime<Utc>) -> Result<DateTime<Utc>, Invalid> {
+    if kit::time::in_range(time) {
+        Ok(truncate_to_micros(time))
+    } else {
+        Err(Invalid::because(ViolationReason::OutOfRange, "is outside years 1 to 9999"))
+    }
 }
 
 /// A time to the microsecond, what both backends keep, so a purchase read

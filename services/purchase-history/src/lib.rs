@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod consumer;
+pub mod dead_letters;
 pub mod domain;
 pub mod refund;
 pub mod store;
@@ -108,6 +109,15 @@ impl PurchaseHistory {
             self.identity.clone(),
             &self.config.stream,
         ))
+    }
+
+    /// The operators' dead-letter service of the streams PurchaseHistory consumes.
+    pub fn dead_letter_service(
+        &self,
+    ) -> proto::commerce::purchases::v1::purchase_history_dead_letter_service_server::PurchaseHistoryDeadLetterServiceServer<
+        dead_letters::PurchaseHistoryDeadLetters,
+    >{
+        dead_letters::service(Arc::clone(&self.bus), &self.config.stream, &self.config.customers_stream)
     }
 
     /// The consumer of the purchases stream, named `name` in its group (unique

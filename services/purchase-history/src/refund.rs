@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use proto::commerce::events::v1::PurchaseRefunded;
 use proto::commerce::purchases::v1 as pb;
 use proto::commerce::r#type::v1::Money;
-use vocab::{LmsUserId, Price, PurchaseId, RefundReason, SourceSystem};
+use vocab::{Invalid, LmsUserId, Price, PurchaseId, RefundReason, SourceSystem, ViolationReason};
 
 use crate::domain::Violation;
 
@@ -32,28 +32,29 @@ impl PurchaseRefund {
     /// From a stream message: every field required but `reason`; every violation named.
     pub fn from_event(event: &PurchaseRefunded) -> Result<Self, Vec<Violation>> {
         let mut violations = Vec::new();
-        let mut bad = |path: &str, reason: String| violations.push(Violation::new(path, reason));
-        let purchase_id = PurchaseId::parse(&event.purchase_id).map_err(|e| bad("purchase_id", e.to_string())).ok();
-        let lms_user_id = LmsUserId::parse(&event.lms_user_id).map_err(|e| bad("lms_user_id", e.to_string())).ok();
-        let reason = RefundReason::parse(&event.reason).map_err(|e| bad("reason", e.to_string())).ok();
-        let source = SourceSystem::parse(&event.source).map_err(|e| bad("source", e.to_string())).ok();
+        let mut bad =
+            |path: &str, invalid: Invalid| violations.push(Violation::new(path, invalid.rule(), invalid.reason()));
+        let purchase_id = PurchaseId::parse(&event.purchase_id).map_err(|e| bad("purchase_id", e)).ok();
+        let lms_user_id = LmsUserId::parse(&event.lms_user_id).map_err(|e| bad("lms_user_id", e)).ok();
+        let reason = RefundReason::parse(&event.reason).map_err(|e| bad("reason", e)).ok();
+        let source = SourceSystem::parse(&event.source).map_err(|e| bad("source", e)).ok();
         let amount = match &event.refunded_amount {
             None => {
-                bad("refunded_amount", "is required".into());
+                bad("refunded_amount", Invalid::because(ViolationReason::Required, "is required"));
                 None
             }
-            Some(money) => Price::try_from(money)
-                .map_err(|e| bad(&format!("refunded_amount.{}", e.part.field()), e.invalid.to_string()))
-                .ok(),
+            Some(money) => {
+                Price::try_from(money).map_err(|e| bad(&format!("refunded_amount.{}", e.part.field()), e.invalid)).ok()
+            }
         };
         let refunded_at = match &event.refunded_at {
             None => {
-                bad("refunded_at", "is required".into());
+                bad("refunded_at", Invalid::because(ViolationReason::Required, "is required"));
                 None
             }
             Some(at) => kit::time::from_timestamp(at)
                 .map(|at| DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at))
-                .map_err(|reason| bad("refunded_at", reason))
+                .map_err(|reason| bad("refunded_at", Invalid::because(ViolationReason::OutOfRange, reason)))
                 .ok(),
         };
         match (purchase_id, lms_user_id, amount, reason, source, refunded_at) {

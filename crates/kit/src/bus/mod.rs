@@ -93,8 +93,14 @@ impl std::fmt::Display for EntryId {
 }
 
 /// An entry moved to a stream's dead-letter stream.
+///
+/// Dead letters written before the bus recorded the group, the delivery count
+/// and (on the log) the first sighting read those as `None`: unknown.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
+    /// Its id on the dead-letter stream: what [`EventBus::replay_dead_letters`] and
+    /// [`EventBus::discard_dead_letters`] take.
+    pub id: EntryId,
     /// The id the entry had on its own stream.
     pub original_id: EntryId,
     /// The producer's id of the event.
@@ -103,7 +109,84 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     /// Why the consumer gave up on it.
     pub reason: String,
+    /// The consumer group that gave up on it (several groups may read one stream).
+    pub group: Option<String>,
+    /// How many times the entry had been delivered when it was dead-lettered.
+    pub delivery_count: Option<u64>,
+    /// When the entry was appended to its stream (first seen).
+    pub first_seen: Option<DateTime<Utc>>,
+    /// When it was dead-lettered (last seen).
+    pub dead_lettered_at: Option<DateTime<Utc>>,
+    /// Why the stored entry could not be read whole (fields missing or not text), when so:
+    /// listed with what is known rather than failing every listing.
+    pub unreadable: Option<String>,
 }
+
+/// Which dead letters [`EventBus::list_dead_letters`] answers, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadLetterQuery {
+    /// Only those after this dead-letter id (the previous page's `next`).
+    pub after: Option<EntryId>,
+    /// Only those whose reason contains this text.
+    pub reason: Option<String>,
+    /// Only those this group dead-lettered (and those whose group is unknown).
+    pub group: Option<String>,
+    /// At most this many.
+    pub max: usize,
+}
+
+impl DeadLetterQuery {
+    /// Whether `letter` is one this query asks for (the `after` bound aside).
+    pub fn matches(&self, letter: &DeadLetter) -> bool {
+        self.reason.as_deref().is_none_or(|reason| letter.reason.contains(reason))
+            && match (&self.group, &letter.group) {
+                (Some(wanted), Some(group)) => wanted == group,
+                _ => true,
+            }
+    }
+}
+
+/// One page of dead letters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadLetterPage {
+    /// The dead letters, oldest first.
+    pub letters: Vec<DeadLetter>,
+    /// Where the next page starts (its `after`), when there may be more.
+    pub next: Option<EntryId>,
+}
+
+/// Who discarded dead letters and why: kept with each one discarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discard {
+    /// The subject of the caller's token.
+    pub by: String,
+    /// Why, in the operator's words.
+    pub reason: String,
+}
+
+/// A discarded dead letter, as kept for the audit (for the dead-letter window).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscardedDeadLetter {
+    /// The dead letter as it was.
+    pub letter: DeadLetter,
+    /// Who discarded it and why.
+    pub discard: Discard,
+    /// When.
+    pub discarded_at: DateTime<Utc>,
+}
+
+/// One page of discarded dead letters, in the order they were discarded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiscardedPage {
+    /// The audit records, oldest discard first.
+    pub records: Vec<DiscardedDeadLetter>,
+    /// Where the next page starts (its `after`: a discard record's id), when there may be more.
+    pub next: Option<EntryId>,
+}
+
+/// How many dead letters one list call examines at most, matching or not: a
+/// filtered page may come back short, with `next` to go on from.
+pub const DEAD_LETTER_SCAN_LIMIT: usize = 10_000;
 
 /// Why the bus failed.
 #[derive(Debug, thiserror::Error)]
@@ -192,8 +275,36 @@ pub trait EventBus: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>, BusError>;
     /// Moves an entry to the dead-letter stream `<stream>.dead` (with the reason and the original id) and acknowledges it.
     async fn dead_letter(&self, stream: &str, group: &str, delivery: &Delivery, reason: &str) -> Result<(), BusError>;
-    /// Entries on the dead-letter stream of `stream`, oldest first, at most `max` (for operators and tests).
-    async fn dead_letters(&self, stream: &str, max: usize) -> Result<Vec<DeadLetter>, BusError>;
+    /// Entries on the dead-letter stream of `stream`, oldest first, at most `max` (for tests).
+    async fn dead_letters(&self, stream: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let query = DeadLetterQuery { max, ..DeadLetterQuery::default() };
+        Ok(self.list_dead_letters(stream, &query).await?.letters)
+    }
+    /// A page of the dead letters of `stream` that `query` asks for, oldest first. Examines
+    /// at most [`DEAD_LETTER_SCAN_LIMIT`] dead letters per call.
+    async fn list_dead_letters(&self, stream: &str, query: &DeadLetterQuery) -> Result<DeadLetterPage, BusError>;
+    /// Appends each dead letter named by its id back to `stream` (its event id, its payload),
+    /// as a new entry every group reads, and removes it from the dead-letter stream, in one
+    /// step per letter. The event id is published again whatever the dedupe window says (its
+    /// marker renewed): a replay always appends. Answers, per id, the new entry's id, or `None`
+    /// when there is no such dead letter (replayed or discarded already, or never).
+    async fn replay_dead_letters(&self, stream: &str, ids: &[EntryId]) -> Result<Vec<Option<EntryId>>, BusError>;
+    /// Removes each dead letter named by its id, keeping it with `discard` and the time as an
+    /// audit record (for the dead-letter window, like dead letters). Answers, per id, whether
+    /// there was such a dead letter.
+    async fn discard_dead_letters(
+        &self,
+        stream: &str,
+        ids: &[EntryId],
+        discard: &Discard,
+    ) -> Result<Vec<bool>, BusError>;
+    /// A page of the audit records of the dead letters of `stream` discarded that `query` asks
+    /// for, in the order they were discarded; `query.after` and `next` are discard records'
+    /// ids. Examines at most [`DEAD_LETTER_SCAN_LIMIT`] records per call.
+    async fn discarded_dead_letters(&self, stream: &str, query: &DeadLetterQuery) -> Result<DiscardedPage, BusError>;
+    /// Each dead letter of `stream` named by its id, read directly; `None` when there is no
+    /// such dead letter (or the id is not one the bus makes).
+    async fn dead_letters_by_id(&self, stream: &str, ids: &[EntryId]) -> Result<Vec<Option<DeadLetter>>, BusError>;
     /// Entries in the group not yet acknowledged (pending) — for the stream-lag metric and tests.
     async fn pending(&self, stream: &str, group: &str) -> Result<u64, BusError>;
     /// Takes `consumer` out of `group` when it stops, if it holds no pending entry (Redis:
@@ -220,6 +331,11 @@ pub trait EventBus: Send + Sync + 'static {
 /// The dead-letter stream of `stream`.
 pub fn dead_letter_stream(stream: &str) -> String {
     format!("{stream}.dead")
+}
+
+/// Where the discarded dead letters of `stream` are kept (Redis).
+fn discarded_stream(stream: &str) -> String {
+    format!("{stream}.dead.discarded")
 }
 
 /// The bus a component uses: Redis Streams when `redis_url` is given, else the SQLite log at `log_path`,

@@ -2,10 +2,13 @@
 //!
 //! Keys: the stream itself; `<stream>:published`, a sorted set of the event
 //! ids published within the dedupe window, scored by publish time (ms);
-//! `<stream>.dead` is the dead-letter stream. Entries carry the fields
-//! `event_id` and `payload`. Scripts touch several keys of one stream, so on a
-//! Redis Cluster a stream's name needs a hash tag (`{orders}.paid`) to keep
-//! them in one slot.
+//! `<stream>.dead` is the dead-letter stream (fields `original_id`, `event_id`,
+//! `payload`, `reason`, and since dead letters became replayable `group` and
+//! `delivery_count`), `<stream>.dead.discarded` keeps discarded dead letters
+//! (the same fields, `dead_letter_id`, `discarded_by`, `discard_reason`).
+//! Entries carry the fields `event_id` and `payload`. Scripts touch several
+//! keys of one stream, so on a Redis Cluster a stream's name needs a hash tag
+//! (`{orders}.paid`) to keep them in one slot.
 //!
 //! Why one sorted set per stream rather than a key per event id with a TTL:
 //! a key costs Redis a dictionary entry, its name (the stream's name again),
@@ -21,8 +24,9 @@ use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
 use super::{
-    BusConfig, BusError, DeadLetter, Delivery, EntryId, EventBus, KnownStreams, Publication, StreamStats, before,
-    dead_letter_stream, epoch_millis,
+    BusConfig, BusError, DEAD_LETTER_SCAN_LIMIT, DeadLetter, DeadLetterPage, DeadLetterQuery, Delivery, Discard,
+    DiscardedDeadLetter, DiscardedPage, EntryId, EventBus, KnownStreams, Publication, StreamStats, before,
+    dead_letter_stream, discarded_stream, epoch_millis,
 };
 
 /// How long any command but a blocking read may take before it fails.
@@ -68,7 +72,8 @@ return 1
 /// Then the MAXLEN floor, whatever the groups need. Approximate (`~`) trims
 /// remove whole nodes only, which is what makes them cheap; LIMIT bounds the
 /// work of one call.
-/// KEYS: stream, dead-letter stream, markers.
+/// KEYS: stream, dead-letter stream, markers, discarded dead letters (kept as
+/// long as dead letters).
 /// ARGV: window cutoff in ms, dead-letter cutoff in ms, max len, limit.
 /// Answers: removed from the stream, from the dead-letter stream, markers
 /// removed, stream length, oldest entry id (or ''), markers, dead letters.
@@ -103,6 +108,9 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   dead_removed = redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[2] .. '-0', 'LIMIT', limit)
     + redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[3], 'LIMIT', limit)
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  dead_removed = dead_removed + redis.call('XTRIM', KEYS[4], 'MINID', '~', ARGV[2] .. '-0', 'LIMIT', limit)
 end
 local expired = redis.call('ZCOUNT', KEYS[3], '-inf', '(' .. ARGV[1])
 if expired > 0 then
@@ -146,10 +154,48 @@ return claimed
 
 /// Acknowledges first (it validates the id, before anything is written), then
 /// appends to the dead-letter stream: both or, on a bad id, neither.
-/// KEYS: stream, dead-letter stream. ARGV: group, original id, event id, payload, reason.
+/// KEYS: stream, dead-letter stream. ARGV: group, original id, event id, payload, reason, delivery count.
 const DEAD_LETTER_SCRIPT: &str = r"
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XADD', KEYS[2], '*', 'original_id', ARGV[2], 'event_id', ARGV[3], 'payload', ARGV[4], 'reason', ARGV[5])
+redis.call('XADD', KEYS[2], '*', 'original_id', ARGV[2], 'event_id', ARGV[3], 'payload', ARGV[4], 'reason', ARGV[5],
+  'group', ARGV[1], 'delivery_count', ARGV[6])
+return 1
+";
+
+/// Appends a dead letter back to its stream as a new entry, renews its event
+/// id's dedupe marker (a replay appends whatever the window says; a producer
+/// publishing the id again afterwards appends nothing) and removes the dead
+/// letter: all or nothing. Answers the new entry's id, or '' when there is no
+/// such dead letter.
+/// KEYS: stream, dead-letter stream, markers. ARGV: dead letter id, now in ms, max len.
+const REPLAY_SCRIPT: &str = r"
+local found = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])[1]
+if not found then return '' end
+local fields, event_id, payload = found[2], '', ''
+for i = 1, #fields, 2 do
+  if fields[i] == 'event_id' then event_id = fields[i + 1] end
+  if fields[i] == 'payload' then payload = fields[i + 1] end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event_id', event_id, 'payload', payload)
+redis.call('ZADD', KEYS[3], ARGV[2], event_id)
+redis.call('XDEL', KEYS[2], ARGV[1])
+return id
+";
+
+/// Moves a dead letter to the stream of discarded ones, with who discarded it
+/// and why. Answers 1, or 0 when there is no such dead letter.
+/// KEYS: dead-letter stream, discarded stream. ARGV: dead letter id, by, reason, max len.
+const DISCARD_SCRIPT: &str = r"
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
+if not found then return 0 end
+local copy = {'dead_letter_id', ARGV[1]}
+for _, value in ipairs(found[2]) do copy[#copy + 1] = value end
+copy[#copy + 1] = 'discarded_by'
+copy[#copy + 1] = ARGV[2]
+copy[#copy + 1] = 'discard_reason'
+copy[#copy + 1] = ARGV[3]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(copy))
+redis.call('XDEL', KEYS[1], ARGV[1])
 return 1
 ";
 
@@ -173,6 +219,8 @@ pub struct RedisStreams {
     publish: Arc<redis::Script>,
     reclaim: Arc<redis::Script>,
     dead_letter: Arc<redis::Script>,
+    replay: Arc<redis::Script>,
+    discard: Arc<redis::Script>,
     trim: Arc<redis::Script>,
     leave: Arc<redis::Script>,
 }
@@ -225,6 +273,8 @@ impl RedisStreams {
             publish: Arc::new(redis::Script::new(PUBLISH_SCRIPT)),
             reclaim: Arc::new(redis::Script::new(RECLAIM_SCRIPT)),
             dead_letter: Arc::new(redis::Script::new(DEAD_LETTER_SCRIPT)),
+            replay: Arc::new(redis::Script::new(REPLAY_SCRIPT)),
+            discard: Arc::new(redis::Script::new(DISCARD_SCRIPT)),
             trim: Arc::new(redis::Script::new(TRIM_SCRIPT)),
             leave: Arc::new(redis::Script::new(LEAVE_SCRIPT)),
         })
@@ -247,6 +297,53 @@ impl RedisStreams {
             .arg(now_ms)
             .arg(self.config.max_len.max(1));
         invocation
+    }
+
+    /// A page of `key`'s entries after `query.after`, oldest first, kept by `keep` (which
+    /// filters): at most `query.max` kept, [`DEAD_LETTER_SCAN_LIMIT`] examined, and the id
+    /// of the last one examined as `next` when the page stops early.
+    async fn scan<T>(
+        &self,
+        key: &str,
+        query: &DeadLetterQuery,
+        mut keep: impl FnMut(&RawEntry) -> Option<T>,
+    ) -> Result<(Vec<T>, Option<EntryId>), BusError> {
+        let mut kept = Vec::new();
+        if query.max == 0 {
+            return Ok((kept, None));
+        }
+        let mut connection = self.connection.clone();
+        // Exclusive start (Redis 6.2); an id Redis would not make starts at the beginning.
+        let mut start = match &query.after {
+            Some(after) if is_entry_id(&after.0) => format!("({after}"),
+            _ => "-".to_string(),
+        };
+        let chunk = query.max.clamp(100, 1000);
+        let mut scanned = 0;
+        loop {
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(key)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(chunk)
+                .query_async(&mut connection)
+                .await?;
+            let items = array(reply).ok_or_else(|| BusError::malformed(key, "", "XRANGE reply is not an array"))?;
+            let last_chunk = items.len() < chunk;
+            for item in items {
+                let entry = RawEntry::parse(key, item)?;
+                scanned += 1;
+                start = format!("({}", entry.id);
+                kept.extend(keep(&entry));
+                if kept.len() >= query.max || scanned >= DEAD_LETTER_SCAN_LIMIT {
+                    return Ok((kept, Some(EntryId(entry.id))));
+                }
+            }
+            if last_chunk {
+                return Ok((kept, None));
+            }
+        }
     }
 
     /// Turns entries into deliveries; an entry `publish` did not write (no
@@ -447,43 +544,106 @@ impl EventBus for RedisStreams {
             .arg(&delivery.event_id)
             .arg(&delivery.payload)
             .arg(reason)
+            .arg(delivery.delivery_count)
             .invoke_async(&mut connection)
             .await?;
         Ok(())
     }
 
-    async fn dead_letters(&self, stream: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
+    async fn list_dead_letters(&self, stream: &str, query: &DeadLetterQuery) -> Result<DeadLetterPage, BusError> {
+        let dead = dead_letter_stream(stream);
+        let (letters, next) = self
+            .scan(&dead, query, |entry| {
+                let letter = dead_letter_of(&dead, entry);
+                query.matches(&letter).then_some(letter)
+            })
+            .await?;
+        Ok(DeadLetterPage { letters, next })
+    }
+
+    async fn dead_letters_by_id(&self, stream: &str, ids: &[EntryId]) -> Result<Vec<Option<DeadLetter>>, BusError> {
         let dead = dead_letter_stream(stream);
         let mut connection = self.connection.clone();
-        let reply: Value = redis::cmd("XRANGE")
-            .arg(&dead)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(max)
-            .query_async(&mut connection)
-            .await?;
-        let items = array(reply).ok_or_else(|| BusError::malformed(&dead, "", "XRANGE reply is not an array"))?;
-        let mut letters = Vec::with_capacity(items.len());
-        for item in items {
-            let entry = RawEntry::parse(&dead, item)?;
-            let text = |name: &str| -> Result<String, BusError> {
-                let bytes =
-                    entry.field(name).ok_or_else(|| BusError::malformed(&dead, &entry.id, format!("no {name}")))?;
-                String::from_utf8(bytes.to_vec())
-                    .map_err(|_| BusError::malformed(&dead, &entry.id, format!("{name} is not UTF-8")))
-            };
-            letters.push(DeadLetter {
-                original_id: EntryId(text("original_id")?),
-                event_id: text("event_id")?,
-                payload: entry.field("payload").map(<[u8]>::to_vec).unwrap_or_default(),
-                reason: text("reason")?,
-            });
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !is_entry_id(&id.0) {
+                found.push(None);
+                continue;
+            }
+            let reply: Value =
+                redis::cmd("XRANGE").arg(&dead).arg(&id.0).arg(&id.0).query_async(&mut connection).await?;
+            let items = array(reply).ok_or_else(|| BusError::malformed(&dead, "", "XRANGE reply is not an array"))?;
+            match items.into_iter().next() {
+                Some(item) => found.push(Some(dead_letter_of(&dead, &RawEntry::parse(&dead, item)?))),
+                None => found.push(None),
+            }
         }
-        Ok(letters)
+        Ok(found)
+    }
+
+    async fn replay_dead_letters(&self, stream: &str, ids: &[EntryId]) -> Result<Vec<Option<EntryId>>, BusError> {
+        self.streams.note(stream);
+        let (dead, markers) = (dead_letter_stream(stream), markers_key(stream));
+        let mut connection = self.connection.clone();
+        let mut replayed = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !is_entry_id(&id.0) {
+                replayed.push(None);
+                continue;
+            }
+            let new_id: String = self
+                .replay
+                .key(stream)
+                .key(&dead)
+                .key(&markers)
+                .arg(&id.0)
+                .arg(epoch_millis(Utc::now()))
+                .arg(self.config.max_len.max(1))
+                .invoke_async(&mut connection)
+                .await?;
+            replayed.push((!new_id.is_empty()).then_some(EntryId(new_id)));
+        }
+        Ok(replayed)
+    }
+
+    async fn discard_dead_letters(
+        &self,
+        stream: &str,
+        ids: &[EntryId],
+        discard: &Discard,
+    ) -> Result<Vec<bool>, BusError> {
+        let (dead, discarded) = (dead_letter_stream(stream), discarded_stream(stream));
+        let mut connection = self.connection.clone();
+        let mut answers = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !is_entry_id(&id.0) {
+                answers.push(false);
+                continue;
+            }
+            let moved: i64 = self
+                .discard
+                .key(&dead)
+                .key(&discarded)
+                .arg(&id.0)
+                .arg(&discard.by)
+                .arg(&discard.reason)
+                .arg(self.config.max_len.max(1))
+                .invoke_async(&mut connection)
+                .await?;
+            answers.push(moved == 1);
+        }
+        Ok(answers)
+    }
+
+    async fn discarded_dead_letters(&self, stream: &str, query: &DeadLetterQuery) -> Result<DiscardedPage, BusError> {
+        let discarded = discarded_stream(stream);
+        let (records, next) = self
+            .scan(&discarded, query, |entry| {
+                let record = discarded_of(&discarded, entry);
+                query.matches(&record.letter).then_some(record)
+            })
+            .await?;
+        Ok(DiscardedPage { records, next })
     }
 
     async fn pending(&self, stream: &str, group: &str) -> Result<u64, BusError> {
@@ -526,6 +686,7 @@ impl EventBus for RedisStreams {
                 .key(stream)
                 .key(&dead)
                 .key(&markers)
+                .key(discarded_stream(stream))
                 .arg(window_cutoff)
                 .arg(dead_cutoff)
                 .arg(self.config.max_len.max(1))
@@ -587,6 +748,12 @@ impl TrimReply {
     }
 }
 
+/// Whether `id` is a stream entry id as Redis writes them (`<ms>-<seq>`): what
+/// else a caller names is no entry, rather than an error from Redis.
+fn is_entry_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
+}
+
 /// When Redis appended the entry `id` (`<ms>-<seq>`); None for '' or an id Redis would not make.
 fn entry_time(id: &str) -> Option<DateTime<Utc>> {
     let millis = id.split_once('-')?.0.parse::<i64>().ok()?;
@@ -629,11 +796,74 @@ impl RawEntry {
         self.fields.iter().find(|(field, _)| field == name.as_bytes()).map(|(_, value)| value.as_slice())
     }
 
+    /// A field that must be there, as text.
+    fn text(&self, stream: &str, name: &str) -> Result<String, BusError> {
+        let bytes = self.field(name).ok_or_else(|| BusError::malformed(stream, &self.id, format!("no {name}")))?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| BusError::malformed(stream, &self.id, format!("{name} is not UTF-8")))
+    }
+
+    /// A field that may be missing (written by an older release), as text.
+    fn optional_text(&self, name: &str) -> Option<String> {
+        self.field(name).map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+    }
+
     fn delivery(&self, delivery_count: u64) -> Result<Delivery, &'static str> {
         let event_id = self.field("event_id").ok_or("no event_id field")?;
         let event_id = String::from_utf8(event_id.to_vec()).map_err(|_| "event_id is not UTF-8")?;
         let payload = self.field("payload").ok_or("no payload field")?.to_vec();
         Ok(Delivery { id: EntryId(self.id.clone()), event_id, payload, delivery_count })
+    }
+}
+
+/// A dead letter from its entry on `dead` (the dead-letter stream, or the discarded one).
+/// A dead letter from its entry on `dead`: never an error, since one bad entry must not
+/// fail every listing; what cannot be read is left empty and said in `unreadable`.
+fn dead_letter_of(dead: &str, entry: &RawEntry) -> DeadLetter {
+    let mut problems = Vec::new();
+    let mut text = |name: &str| {
+        entry.text(dead, name).unwrap_or_else(|error| {
+            problems.push(match error {
+                BusError::Malformed { reason, .. } => reason,
+                other => other.to_string(),
+            });
+            entry.optional_text(name).unwrap_or_default()
+        })
+    };
+    let original_id = text("original_id");
+    let event_id = text("event_id");
+    let reason = text("reason");
+    if entry.field("payload").is_none() {
+        problems.push("no payload".to_string());
+    }
+    let unreadable = (!problems.is_empty()).then(|| format!("unreadable dead letter: {}", problems.join(", ")));
+    if let Some(why) = &unreadable {
+        tracing::warn!(stream = dead, id = %entry.id, why, "dead letter listed with what could be read");
+    }
+    DeadLetter {
+        id: EntryId(entry.id.clone()),
+        first_seen: entry_time(&original_id),
+        original_id: EntryId(original_id),
+        event_id,
+        payload: entry.field("payload").map(<[u8]>::to_vec).unwrap_or_default(),
+        reason,
+        group: entry.optional_text("group"),
+        delivery_count: entry.optional_text("delivery_count").and_then(|count| count.parse().ok()),
+        dead_lettered_at: entry_time(&entry.id),
+        unreadable,
+    }
+}
+
+/// A discarded dead letter from its audit entry on `discarded` (as readable as [`dead_letter_of`]).
+fn discarded_of(discarded: &str, entry: &RawEntry) -> DiscardedDeadLetter {
+    let mut letter = dead_letter_of(discarded, entry);
+    let text = |name: &str| entry.optional_text(name).unwrap_or_default();
+    letter.id = EntryId(text("dead_letter_id"));
+    letter.dead_lettered_at = entry_time(&letter.id.0);
+    DiscardedDeadLetter {
+        letter,
+        discard: Discard { by: text("discarded_by"), reason: text("discard_reason") },
+        discarded_at: entry_time(&entry.id).unwrap_or(DateTime::UNIX_EPOCH),
     }
 }
 

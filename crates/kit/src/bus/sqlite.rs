@@ -23,8 +23,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tokio::sync::{Notify, OnceCell};
 
 use super::{
-    BusConfig, BusError, DeadLetter, Delivery, EntryId, EventBus, KnownStreams, Publication, StreamStats, before,
-    epoch_millis,
+    BusConfig, BusError, DeadLetter, DeadLetterPage, DeadLetterQuery, Delivery, Discard, DiscardedDeadLetter,
+    DiscardedPage, EntryId, EventBus, KnownStreams, Publication, StreamStats, before, epoch_millis,
 };
 
 /// How often a blocked reader looks for entries published by another process
@@ -87,10 +87,35 @@ CREATE INDEX IF NOT EXISTS published_by_age ON published (stream, published_at);
 
 /// What a log file written by an older release needs, in order; the n-th runs once, when
 /// `user_version` is below n. 1: ids published before `published` existed were kept by
-/// `entries` alone, which trimming now empties.
+/// `entries` alone, which trimming now empties. 2: dead letters say which group gave up,
+/// after how many deliveries, and when the entry was published (older ones: NULL, unknown);
+/// discarded dead letters are kept for the audit.
 const UPGRADES: &[&str] = &[
     "INSERT OR IGNORE INTO published (stream, event_id, published_at) SELECT stream, event_id, published_at FROM entries",
+    "ALTER TABLE dead_letters ADD COLUMN grp TEXT;
+     ALTER TABLE dead_letters ADD COLUMN delivery_count INTEGER;
+     ALTER TABLE dead_letters ADD COLUMN first_seen INTEGER;
+     CREATE TABLE IF NOT EXISTS discarded_dead_letters (
+         seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+         stream          TEXT    NOT NULL,
+         dead_letter_seq INTEGER NOT NULL,
+         original_id     TEXT    NOT NULL,
+         event_id        TEXT    NOT NULL,
+         payload         BLOB    NOT NULL,
+         reason          TEXT    NOT NULL,
+         grp             TEXT,
+         delivery_count  INTEGER,
+         first_seen      INTEGER,
+         dead_at         INTEGER NOT NULL,
+         discarded_by    TEXT    NOT NULL,
+         discard_reason  TEXT    NOT NULL,
+         discarded_at    INTEGER NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS discarded_dead_letters_by_stream ON discarded_dead_letters (stream, seq);",
 ];
+
+/// The columns a [`DeadLetter`] is read from, in `dead_letters` and `discarded_dead_letters`.
+const DEAD_LETTER_COLUMNS: &str = "original_id, event_id, payload, reason, grp, delivery_count, first_seen, dead_at";
 
 /// The embedded backend: a durable log in a SQLite file (WAL), for embedded mode.
 #[derive(Clone)]
@@ -275,6 +300,17 @@ impl SqliteLog {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // The audit of discarded dead letters is kept as long as dead letters are.
+        let discarded_removed = sqlx::query(
+            "DELETE FROM discarded_dead_letters WHERE seq IN
+                 (SELECT seq FROM discarded_dead_letters WHERE stream = ?1 AND discarded_at < ?2 LIMIT ?3)",
+        )
+        .bind(stream)
+        .bind(dead_cutoff)
+        .bind(TRIM_LIMIT)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let markers_removed = sqlx::query(
             "DELETE FROM published WHERE stream = ?1 AND event_id IN
                  (SELECT event_id FROM published WHERE stream = ?1 AND published_at < ?2 LIMIT ?3)",
@@ -287,7 +323,7 @@ impl SqliteLog {
         .rows_affected();
         tx.commit().await?;
         let limit = u64::try_from(TRIM_LIMIT).unwrap_or(u64::MAX);
-        let more = removed >= limit || dead_removed >= limit || markers_removed >= limit;
+        let more = removed >= limit || dead_removed >= limit || discarded_removed >= limit || markers_removed >= limit;
         Ok((more, removed + dead_removed))
     }
 
@@ -410,6 +446,29 @@ async fn floor_seq(
     .bind(max_len - 1)
     .fetch_optional(&mut *tx)
     .await
+}
+
+/// A dead letter from a row of [`DEAD_LETTER_COLUMNS`] and its `seq`.
+fn dead_letter_row(row: &sqlx::sqlite::SqliteRow) -> Result<DeadLetter, BusError> {
+    let seq: i64 = row.try_get("seq")?;
+    let count: Option<i64> = row.try_get("delivery_count")?;
+    Ok(DeadLetter {
+        id: EntryId(seq.to_string()),
+        original_id: EntryId(row.try_get("original_id")?),
+        event_id: row.try_get("event_id")?,
+        payload: row.try_get("payload")?,
+        reason: row.try_get("reason")?,
+        group: row.try_get("grp")?,
+        delivery_count: count.map(|count| u64::try_from(count).unwrap_or(0)),
+        first_seen: row.try_get::<Option<i64>, _>("first_seen")?.and_then(time_of),
+        dead_lettered_at: time_of(row.try_get("dead_at")?),
+        unreadable: None,
+    })
+}
+
+/// A time the log stored as milliseconds since the epoch.
+fn time_of(millis: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(millis)
 }
 
 /// The log's sequence number in an [`EntryId`].
@@ -558,7 +617,8 @@ impl EventBus for SqliteLog {
         let seq = seq_of(stream, &delivery.id)?;
         let mut tx = self.ready().await?.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "INSERT INTO dead_letters (stream, original_id, event_id, payload, reason, dead_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO dead_letters (stream, original_id, event_id, payload, reason, dead_at, grp, delivery_count, first_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT published_at FROM entries WHERE seq = ?9))",
         )
         .bind(stream)
         .bind(&delivery.id.0)
@@ -566,6 +626,9 @@ impl EventBus for SqliteLog {
         .bind(&delivery.payload)
         .bind(reason)
         .bind(now_millis())
+        .bind(group)
+        .bind(i64::try_from(delivery.delivery_count).unwrap_or(i64::MAX))
+        .bind(seq)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM pending WHERE stream = ? AND grp = ? AND seq = ?")
@@ -578,25 +641,190 @@ impl EventBus for SqliteLog {
         Ok(())
     }
 
-    async fn dead_letters(&self, stream: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
-        let pool = self.ready().await?;
-        let rows = sqlx::query(
-            "SELECT original_id, event_id, payload, reason FROM dead_letters WHERE stream = ? ORDER BY seq LIMIT ?",
-        )
+    async fn list_dead_letters(&self, stream: &str, query: &DeadLetterQuery) -> Result<DeadLetterPage, BusError> {
+        if query.max == 0 {
+            return Ok(DeadLetterPage::default());
+        }
+        // An id the log never made has nothing after it worth guessing at: start at the beginning.
+        let after = query.after.as_ref().and_then(|id| id.0.parse::<i64>().ok()).unwrap_or(0);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT seq, {DEAD_LETTER_COLUMNS} FROM dead_letters
+             WHERE stream = ?1 AND seq > ?2
+               AND (?3 IS NULL OR instr(reason, ?3) > 0)
+               AND (?4 IS NULL OR grp IS NULL OR grp = ?4)
+             ORDER BY seq LIMIT ?5"
+        )))
         .bind(stream)
-        .bind(limit(max))
-        .fetch_all(pool)
+        .bind(after)
+        .bind(query.reason.as_deref())
+        .bind(query.group.as_deref())
+        .bind(limit(query.max))
+        .fetch_all(self.ready().await?)
         .await?;
-        rows.iter()
+        let letters = rows.iter().map(dead_letter_row).collect::<Result<Vec<_>, _>>()?;
+        let next = (letters.len() >= query.max).then(|| letters.last().map(|letter| letter.id.clone())).flatten();
+        Ok(DeadLetterPage { letters, next })
+    }
+
+    async fn replay_dead_letters(&self, stream: &str, ids: &[EntryId]) -> Result<Vec<Option<EntryId>>, BusError> {
+        self.streams.note(stream);
+        let mut tx = self.ready().await?.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_millis();
+        let mut replayed = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Ok(dead_seq) = id.0.parse::<i64>() else {
+                replayed.push(None);
+                continue;
+            };
+            let letter: Option<(String, Vec<u8>)> =
+                sqlx::query_as("SELECT event_id, payload FROM dead_letters WHERE stream = ? AND seq = ?")
+                    .bind(stream)
+                    .bind(dead_seq)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((event_id, payload)) = letter else {
+                replayed.push(None);
+                continue;
+            };
+            // `entries` holds an event id once: an entry of it still on the stream (another group
+            // has not acknowledged it yet) makes way for the new one, which every group reads,
+            // as on Redis, where the replay is a new entry too.
+            let old: Option<i64> = sqlx::query_scalar("SELECT seq FROM entries WHERE stream = ? AND event_id = ?")
+                .bind(stream)
+                .bind(&event_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(old) = old {
+                sqlx::query("DELETE FROM pending WHERE stream = ? AND seq = ?")
+                    .bind(stream)
+                    .bind(old)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM entries WHERE seq = ?").bind(old).execute(&mut *tx).await?;
+            }
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO entries (stream, event_id, payload, published_at) VALUES (?, ?, ?, ?) RETURNING seq",
+            )
+            .bind(stream)
+            .bind(&event_id)
+            .bind(&payload)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            // The dedupe window starts again: a producer publishing the id once more appends nothing.
+            sqlx::query(
+                "INSERT INTO published (stream, event_id, published_at) VALUES (?, ?, ?)
+                 ON CONFLICT (stream, event_id) DO UPDATE SET published_at = excluded.published_at",
+            )
+            .bind(stream)
+            .bind(&event_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM dead_letters WHERE seq = ?").bind(dead_seq).execute(&mut *tx).await?;
+            replayed.push(Some(EntryId(seq.to_string())));
+        }
+        tx.commit().await?;
+        if replayed.iter().any(Option::is_some) {
+            self.published.notify_waiters();
+        }
+        Ok(replayed)
+    }
+
+    async fn discard_dead_letters(
+        &self,
+        stream: &str,
+        ids: &[EntryId],
+        discard: &Discard,
+    ) -> Result<Vec<bool>, BusError> {
+        let mut tx = self.ready().await?.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_millis();
+        let mut discarded = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Ok(dead_seq) = id.0.parse::<i64>() else {
+                discarded.push(false);
+                continue;
+            };
+            let kept = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO discarded_dead_letters
+                     (stream, dead_letter_seq, {DEAD_LETTER_COLUMNS}, discarded_by, discard_reason, discarded_at)
+                 SELECT stream, seq, {DEAD_LETTER_COLUMNS}, ?3, ?4, ?5 FROM dead_letters WHERE stream = ?1 AND seq = ?2"
+            )))
+            .bind(stream)
+            .bind(dead_seq)
+            .bind(&discard.by)
+            .bind(&discard.reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if kept {
+                sqlx::query("DELETE FROM dead_letters WHERE seq = ?").bind(dead_seq).execute(&mut *tx).await?;
+            }
+            discarded.push(kept);
+        }
+        tx.commit().await?;
+        Ok(discarded)
+    }
+
+    async fn discarded_dead_letters(&self, stream: &str, query: &DeadLetterQuery) -> Result<DiscardedPage, BusError> {
+        if query.max == 0 {
+            return Ok(DiscardedPage::default());
+        }
+        // Paged by the discard record's own sequence: the order they were discarded in.
+        let after = query.after.as_ref().and_then(|id| id.0.parse::<i64>().ok()).unwrap_or(0);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT d.seq AS record_seq, d.dead_letter_seq AS seq, {DEAD_LETTER_COLUMNS},
+                    discarded_by, discard_reason, discarded_at
+             FROM discarded_dead_letters d
+             WHERE d.stream = ?1 AND d.seq > ?2
+               AND (?3 IS NULL OR instr(d.reason, ?3) > 0)
+               AND (?4 IS NULL OR d.grp IS NULL OR d.grp = ?4)
+             ORDER BY d.seq LIMIT ?5"
+        )))
+        .bind(stream)
+        .bind(after)
+        .bind(query.reason.as_deref())
+        .bind(query.group.as_deref())
+        .bind(limit(query.max))
+        .fetch_all(self.ready().await?)
+        .await?;
+        let records = rows
+            .iter()
             .map(|row| {
-                Ok(DeadLetter {
-                    original_id: EntryId(row.try_get("original_id")?),
-                    event_id: row.try_get("event_id")?,
-                    payload: row.try_get("payload")?,
-                    reason: row.try_get("reason")?,
+                Ok(DiscardedDeadLetter {
+                    letter: dead_letter_row(row)?,
+                    discard: Discard { by: row.try_get("discarded_by")?, reason: row.try_get("discard_reason")? },
+                    discarded_at: time_of(row.try_get("discarded_at")?).unwrap_or(DateTime::UNIX_EPOCH),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, BusError>>()?;
+        let next = match rows.last() {
+            Some(row) if records.len() >= query.max => Some(EntryId(row.try_get::<i64, _>("record_seq")?.to_string())),
+            _ => None,
+        };
+        Ok(DiscardedPage { records, next })
+    }
+
+    async fn dead_letters_by_id(&self, stream: &str, ids: &[EntryId]) -> Result<Vec<Option<DeadLetter>>, BusError> {
+        let pool = self.ready().await?;
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Ok(seq) = id.0.parse::<i64>() else {
+                found.push(None);
+                continue;
+            };
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT seq, {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE stream = ? AND seq = ?"
+            )))
+            .bind(stream)
+            .bind(seq)
+            .fetch_optional(pool)
+            .await?;
+            found.push(row.as_ref().map(dead_letter_row).transpose()?);
+        }
+        Ok(found)
     }
 
     async fn pending(&self, stream: &str, group: &str) -> Result<u64, BusError> {

@@ -89,8 +89,10 @@ pub struct RowRejection {
 pub struct ImportOutcome {
     /// Rows that created a customer.
     pub inserted: u64,
-    /// Rows that updated a customer or matched it exactly.
+    /// Rows that changed an existing customer.
     pub updated: u64,
+    /// Rows that matched a customer exactly: nothing written, the version stays.
+    pub unchanged: u64,
     /// Rows not stored.
     pub rejected: Vec<RowRejection>,
     /// Customers as they were before the rows that changed them, for cache invalidation.
@@ -103,6 +105,9 @@ impl ImportOutcome {
     fn record(&mut self, index: usize, result: Result<Upserted, StoreError>) -> Result<(), StoreError> {
         match result {
             Ok(Upserted { previous: None, .. }) => self.inserted += 1,
+            Ok(Upserted { previous: Some(previous), customer }) if previous.version == customer.version => {
+                self.unchanged += 1;
+            }
             Ok(Upserted { previous: Some(previous), .. }) => {
                 self.updated += 1;
                 self.previous.push(previous);
@@ -311,6 +316,27 @@ fn plan_import(rows: &[CustomerLink], skip: &HashSet<usize>, probe: &Probe) -> (
         }
     }
     (keep, outcome)
+}
+
+/// Whether writing `row` over `stored` would change nothing (what the merge's
+/// and the upsert's `WHERE ... IS DISTINCT FROM` leave alone).
+fn holds(stored: &Customer, row: &CustomerLink) -> bool {
+    stored.lms_user_id == row.lms_user_id.get()
+        && stored.lms_username == row.lms_username.as_str()
+        && stored.email == row.email.as_str()
+}
+
+/// The counts of a bulk import's `kept` rows, when the store was the only
+/// writer between the probe and the merge: new customers are inserted,
+/// identical ones unchanged, the rest updated.
+fn count_kept(outcome: &mut ImportOutcome, rows: &[CustomerLink], kept: &[usize], probe: &Probe) {
+    for &index in kept {
+        match probe.existing.get(rows[index].customer_id.as_str()) {
+            None => outcome.inserted += 1,
+            Some(stored) if holds(stored, &rows[index]) => outcome.unchanged += 1,
+            Some(_) => outcome.updated += 1,
+        }
+    }
 }
 
 /// Rows of a batch that repeat an earlier row's customer id: the first stands.

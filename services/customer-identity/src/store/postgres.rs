@@ -155,7 +155,8 @@ impl PostgresStore {
         }
         // In key order: updates lock rows in the order the probe did (no
         // deadlock between two imports), inserts walk the primary key's pages in order.
-        let inserted: i64 = sqlx::query_scalar(
+        // The merge returns the rows it wrote; an identical row it leaves alone is unchanged.
+        let (inserted, updated): (i64, i64) = sqlx::query_as(
             "WITH merged AS (
                  INSERT INTO customers (customer_id, lms_user_id, lms_username, email, version, retired, create_time, update_time)
                  SELECT customer_id, lms_user_id, lms_username, email, 1, FALSE, now(), now()
@@ -168,14 +169,15 @@ impl PostgresStore {
                         IS DISTINCT FROM (EXCLUDED.lms_user_id, EXCLUDED.lms_username, EXCLUDED.email)
                  RETURNING (xmax = 0) AS created
              )
-             SELECT count(*) FILTER (WHERE created) FROM merged",
+             SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM merged",
         )
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
 
         outcome.inserted = inserted as u64;
-        outcome.updated = keep.len() as u64 - outcome.inserted;
+        outcome.updated = updated as u64;
+        outcome.unchanged = (keep.len() as u64).saturating_sub(outcome.inserted + outcome.updated);
         Ok(outcome)
     }
 

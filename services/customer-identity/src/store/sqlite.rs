@@ -8,8 +8,8 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, SqlitePool};
 
 use super::{
-    CustomerRow, ImportOutcome, Probe, Store, StoreError, TakenKey, Upserted, Violation, plan_import, refused,
-    returning_customer, select_customers, violation,
+    CustomerRow, ImportOutcome, Probe, Store, StoreError, TakenKey, Upserted, Violation, count_kept, plan_import,
+    refused, returning_customer, select_customers, violation,
 };
 use kit::trace::TextContext;
 
@@ -307,9 +307,7 @@ async fn import_bulk(
     tx.commit().await?;
 
     // One writer: what the probe found is what the merge met.
-    outcome.inserted =
-        keep.iter().filter(|&&i| !probe.existing.contains_key(rows[i].customer_id.as_str())).count() as u64;
-    outcome.updated = keep.len() as u64 - outcome.inserted;
+    count_kept(&mut outcome, rows, &keep, &probe);
     Ok(outcome)
 }
 

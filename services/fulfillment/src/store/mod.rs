@@ -27,6 +27,7 @@ use crate::domain::{
     AttemptEnd, ErrorKind, JobError, JobSpec, JobState, LearnerKey, Refund, RefundEffect, RefundRequest, RefundTerms,
     RequestTarget, may_have_granted, refund_effect, refund_request_target, state_after_attempt,
 };
+use crate::filter::{JobFilter, PageCursor};
 use vocab::{CourseRunKey, RefundReason};
 
 /// One fulfillment job as stored.
@@ -225,6 +226,27 @@ pub enum Redriven {
     NotFound,
 }
 
+/// A page of the jobs a filter matches, and how many match in all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The page.
+    pub jobs: Vec<FulfillmentJob>,
+    /// Every job the filter matches, on every page.
+    pub total: u64,
+}
+
+/// What `RetryFulfillments` did, or on a dry run would do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BulkRedriven {
+    /// Every matching job re-driven (none when none matched): their ids, the most recently changed first.
+    Redriven(Vec<String>),
+    /// More jobs match than the bound: none was changed.
+    TooMany {
+        /// How many match.
+        matched: u64,
+    },
+}
+
 /// One state change of a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -236,6 +258,8 @@ pub struct Transition {
     pub attempt: u32,
     /// The lease it happened under, if any.
     pub lease_token: Option<String>,
+    /// Who asked for it (a token's subject), when an operator's call made it.
+    pub requested_by: Option<String>,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -324,8 +348,27 @@ pub trait Store: OutboxStore {
     async fn request_refund(&self, asked: &NewRefundRequest, now: DateTime<Utc>)
     -> Result<RefundRequested, StoreError>;
 
-    /// Re-drives a FAILED job to PENDING, or a REVOKE_FAILED one to REVOKING: due now, attempts reset.
-    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError>;
+    /// Re-drives a FAILED job to PENDING, or a REVOKE_FAILED one to REVOKING: due now, attempts reset;
+    /// the transition records `requested_by` (who asked).
+    async fn redrive(&self, id: &str, requested_by: Option<&str>, now: DateTime<Utc>) -> Result<Redriven, StoreError>;
+
+    /// The jobs `filter` matches, the most recently changed first (update
+    /// time, then id, descending), those after `after` only, at most `limit`;
+    /// and how many match in all, read in the same snapshot.
+    async fn list(&self, filter: &JobFilter, after: Option<&PageCursor>, limit: i64) -> Result<Found, StoreError>;
+
+    /// Re-drives, as [`Store::redrive`] does, every FAILED or REVOKE_FAILED
+    /// job `filter` matches (other states never match), in one transaction:
+    /// all of them, or none when more than `max` match. A `dry_run` decides
+    /// the same and changes nothing.
+    async fn redrive_matching(
+        &self,
+        filter: &JobFilter,
+        max: u32,
+        requested_by: Option<&str>,
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> Result<BulkRedriven, StoreError>;
 
     /// Applies retirements in one transaction: each learner's jobs get the
     /// placeholder username (in the spec, and in the last LMS error where it
@@ -517,9 +560,14 @@ impl<T> RefundRequestRow<T> {
 
 /// The store for the service's database.
 pub fn for_database(db: &Database) -> Arc<dyn Store> {
+    for_database_with_webhooks(db, crate::webhook::WebhookSources::default())
+}
+
+/// The store for the service's database, writing outcome webhook deliveries for these source systems' orders.
+pub fn for_database_with_webhooks(db: &Database, webhooks: crate::webhook::WebhookSources) -> Arc<dyn Store> {
     match db {
-        Database::Postgres(pool) => Arc::new(postgres::PostgresStore::new(pool.clone())),
-        Database::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone())),
+        Database::Postgres(pool) => Arc::new(postgres::PostgresStore::new(pool.clone()).with_webhooks(webhooks)),
+        Database::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone()).with_webhooks(webhooks)),
     }
 }
 
@@ -590,6 +638,7 @@ struct TransitionRow<T> {
     to_state: String,
     attempt: i32,
     lease_token: Option<String>,
+    requested_by: Option<String>,
     at: T,
 }
 
@@ -603,6 +652,7 @@ impl<T> TransitionRow<T> {
             to: JobState::parse(&self.to_state)?,
             attempt: u32::try_from(self.attempt).ok()?,
             lease_token: self.lease_token,
+            requested_by: self.requested_by,
             at: time(self.at),
         })
     }

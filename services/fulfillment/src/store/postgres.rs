@@ -8,18 +8,20 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kit::outbox::{Backlog, OutboxEntry, OutboxError, OutboxStore};
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use super::{
-    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, NewRefundRequest, Outcome, QueueStats, Redriven,
-    RefundOf, RefundRequestRow, RefundRequested, Refunded, Store, StoreError, Transition, TransitionRow, Written,
-    events_for, job_columns, plan_refund_request, plan_refunds, revoking_events, scrubbed_outbox,
+    BulkRedriven, Claimed, Finished, Found, FulfillmentJob, JobRow, Lease, NewJob, NewRefundRequest, Outcome,
+    QueueStats, Redriven, RefundOf, RefundRequestRow, RefundRequested, Refunded, Store, StoreError, Transition,
+    TransitionRow, Written, events_for, job_columns, plan_refund_request, plan_refunds, revoking_events,
+    scrubbed_outbox,
 };
 use crate::domain::{JobState, LearnerKey};
+use crate::filter::{JobFilter, PageCursor};
 
 /// The channel a new or re-driven job is announced on, so idle workers in
 /// other processes wake at once (`LISTEN fulfillment_jobs`).
@@ -34,12 +36,19 @@ const ANNOUNCE_EVERY: Duration = Duration::from_millis(5);
 pub struct PostgresStore {
     pool: PgPool,
     announcer: Arc<WorkAnnouncer>,
+    webhooks: crate::webhook::WebhookSources,
 }
 
 impl PostgresStore {
     /// A store over `pool` (whose search_path is the service's schema).
     pub fn new(pool: PgPool) -> Self {
-        Self { announcer: Arc::new(WorkAnnouncer::new(pool.clone())), pool }
+        Self { announcer: Arc::new(WorkAnnouncer::new(pool.clone())), pool, webhooks: Default::default() }
+    }
+
+    /// The same store, writing an outcome webhook delivery for the orders of these source systems.
+    pub fn with_webhooks(mut self, webhooks: crate::webhook::WebhookSources) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 }
 
@@ -327,7 +336,10 @@ impl Store for PostgresStore {
         if written.announces_refund {
             events.extend(revoking_events(&job));
         }
+        let (failures, deliveries) = crate::outbox::outcome_announcements(&job, &written.path, &self.webhooks, now);
+        events.extend(failures);
         kit::outbox::postgres::insert(&mut tx, &events, now).await?;
+        crate::webhook::store::postgres::insert(&mut tx, &deliveries, now).await?;
         tx.commit().await?;
         if job.state == JobState::Revoking {
             self.announcer.announce();
@@ -539,7 +551,7 @@ impl Store for PostgresStore {
         .transpose()
     }
 
-    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError> {
+    async fn redrive(&self, id: &str, requested_by: Option<&str>, now: DateTime<Utc>) -> Result<Redriven, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row: Option<PgJobRow> = sqlx::query_as(concat!(
             "UPDATE fulfillments
@@ -561,18 +573,90 @@ impl Store for PostgresStore {
         let job = job(row)?;
         let from = if job.state == JobState::Pending { JobState::Failed } else { JobState::RevokeFailed };
         sqlx::query(
-            "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, at)
-             VALUES ($1, $2, $3, 0, $4)",
+            "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, requested_by, at)
+             VALUES ($1, $2, $3, 0, $4, $5)",
         )
         .bind(id)
         .bind(from.as_str())
         .bind(job.state.as_str())
+        .bind(requested_by)
         .bind(now)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         self.announcer.announce();
         Ok(Redriven::Pending(Box::new(job)))
+    }
+
+    async fn list(&self, filter: &JobFilter, after: Option<&PageCursor>, limit: i64) -> Result<Found, StoreError> {
+        // One snapshot for the page and the count, so the total is of the jobs listed.
+        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let mut query = QueryBuilder::<Postgres>::new(concat!("SELECT ", job_columns!(), " FROM fulfillments"));
+        push_filter(&mut query, filter, after);
+        query.push(" ORDER BY update_time DESC, fulfillment_id DESC LIMIT ").push_bind(limit);
+        let rows: Vec<PgJobRow> = query.build_query_as().fetch_all(&mut *tx).await?;
+        let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM fulfillments");
+        push_filter(&mut count, filter, None);
+        let total: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        let jobs = rows.into_iter().map(job).collect::<Result<_, _>>()?;
+        Ok(Found { jobs, total: u64::try_from(total).unwrap_or_default() })
+    }
+
+    async fn redrive_matching(
+        &self,
+        filter: &JobFilter,
+        max: u32,
+        requested_by: Option<&str>,
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> Result<BulkRedriven, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Locked in id order, as refunds lock theirs, so the two cannot deadlock;
+        // one more than the bound is enough to know there are too many.
+        let mut query = QueryBuilder::<Postgres>::new("SELECT fulfillment_id, update_time FROM fulfillments");
+        push_filter(&mut query, filter, None);
+        query
+            .push(" AND state IN ('FAILED', 'REVOKE_FAILED') ORDER BY fulfillment_id LIMIT ")
+            .push_bind(i64::from(max) + 1);
+        if !dry_run {
+            query.push(" FOR UPDATE");
+        }
+        let mut matched: Vec<(String, DateTime<Utc>)> = query.build_query_as().fetch_all(&mut *tx).await?;
+        if matched.len() > max as usize {
+            let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM fulfillments");
+            push_filter(&mut count, filter, None);
+            count.push(" AND state IN ('FAILED', 'REVOKE_FAILED')");
+            let matched: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
+            tx.rollback().await?;
+            return Ok(BulkRedriven::TooMany { matched: u64::try_from(matched).unwrap_or_default() });
+        }
+        matched.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        let ids: Vec<String> = matched.into_iter().map(|(id, _)| id).collect();
+        if dry_run || ids.is_empty() {
+            tx.rollback().await?;
+            return Ok(BulkRedriven::Redriven(ids));
+        }
+        sqlx::query(
+            "WITH redriven AS (
+                 UPDATE fulfillments
+                 SET state = CASE state WHEN 'FAILED' THEN 'PENDING' ELSE 'REVOKING' END,
+                     attempts = 0, next_attempt_at = $2, update_time = $2
+                 WHERE fulfillment_id = ANY($1) AND state IN ('FAILED', 'REVOKE_FAILED')
+                 RETURNING fulfillment_id, state
+             )
+             INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, requested_by, at)
+             SELECT fulfillment_id, CASE state WHEN 'PENDING' THEN 'FAILED' ELSE 'REVOKE_FAILED' END, state, 0, $3, $2
+             FROM redriven",
+        )
+        .bind(&ids)
+        .bind(now)
+        .bind(requested_by)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.announcer.announce();
+        Ok(BulkRedriven::Redriven(ids))
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -591,7 +675,7 @@ impl Store for PostgresStore {
 
     async fn transitions(&self, id: &str) -> Result<Vec<Transition>, StoreError> {
         let rows: Vec<TransitionRow<DateTime<Utc>>> = sqlx::query_as(
-            "SELECT from_state, to_state, attempt, lease_token, at FROM fulfillment_transitions
+            "SELECT from_state, to_state, attempt, lease_token, requested_by, at FROM fulfillment_transitions
              WHERE fulfillment_id = $1 ORDER BY seq",
         )
         .bind(id)
@@ -651,6 +735,50 @@ impl Store for PostgresStore {
                 () = tokio::time::sleep(Duration::from_secs(u64::from(failures.min(30)))) => {}
             }
         }
+    }
+}
+
+/// The WHERE clause of `filter` (and of the page after `after`), each
+/// condition one the indexes of migrations 0006-0009 serve; a single state is
+/// an equality, so its index range is read in order and a page stops at its limit.
+fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &JobFilter, after: Option<&PageCursor>) {
+    query.push(" WHERE TRUE");
+    match filter.states.as_slice() {
+        [] => {}
+        [state] => {
+            query.push(" AND state = ").push_bind(state.as_str());
+        }
+        states => {
+            query.push(" AND state IN (");
+            let mut listed = query.separated(", ");
+            for state in states {
+                listed.push_bind(state.as_str());
+            }
+            query.push(")");
+        }
+    }
+    if let Some(key) = &filter.course_run_key {
+        query.push(" AND spec -> 'line' -> 'product' ->> 'course_run_key' = ").push_bind(key.as_str().to_owned());
+    }
+    if let Some(kind) = filter.error_kind {
+        query.push(" AND last_error_kind = ").push_bind(kind.as_str());
+    }
+    if let Some(source) = &filter.source_system {
+        query.push(" AND spec -> 'header' ->> 'source_system' = ").push_bind(source.as_str().to_owned());
+    }
+    if let Some(after) = filter.updated.after() {
+        query.push(" AND update_time >= ").push_bind(after);
+    }
+    if let Some(before) = filter.updated.before() {
+        query.push(" AND update_time < ").push_bind(before);
+    }
+    if let Some(cursor) = after {
+        query
+            .push(" AND (update_time, fulfillment_id) < (")
+            .push_bind(cursor.updated_at)
+            .push(", ")
+            .push_bind(cursor.id.clone())
+            .push(")");
     }
 }
 

@@ -6,27 +6,35 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kit::outbox::{Backlog, OutboxEntry, OutboxError, OutboxStore};
-use sqlx::SqlitePool;
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use super::{
-    Claimed, Finished, FulfillmentJob, JobRow, Lease, NewJob, NewRefundRequest, Outcome, QueueStats, Redriven,
-    RefundOf, RefundRequestRow, RefundRequested, Refunded, Store, StoreError, Transition, TransitionRow, Written,
-    duration_micros, events_for, from_micros, job_columns, micros, plan_refund_request, plan_refunds, revoking_events,
-    scrubbed_outbox,
+    BulkRedriven, Claimed, Finished, Found, FulfillmentJob, JobRow, Lease, NewJob, NewRefundRequest, Outcome,
+    QueueStats, Redriven, RefundOf, RefundRequestRow, RefundRequested, Refunded, Store, StoreError, Transition,
+    TransitionRow, Written, duration_micros, events_for, from_micros, job_columns, micros, plan_refund_request,
+    plan_refunds, revoking_events, scrubbed_outbox,
 };
 use crate::domain::{JobState, LearnerKey};
+use crate::filter::{JobFilter, PageCursor};
 
 /// Fulfillment jobs in SQLite.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    webhooks: crate::webhook::WebhookSources,
 }
 
 impl SqliteStore {
     /// A store over `pool`.
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+        Self { pool, webhooks: Default::default() }
+    }
+
+    /// The same store, writing an outcome webhook delivery for the orders of these source systems.
+    pub fn with_webhooks(mut self, webhooks: crate::webhook::WebhookSources) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 }
 
@@ -58,6 +66,72 @@ async fn transition(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// Records a change an operator's call made, naming who asked.
+async fn requested_transition(
+    tx: &mut sqlx::SqliteConnection,
+    id: &str,
+    from: JobState,
+    to: JobState,
+    requested_by: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, requested_by, at)
+         VALUES (?, ?, ?, 0, ?, ?)",
+    )
+    .bind(id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(requested_by)
+    .bind(micros(now))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The WHERE clause of `filter` (and of the page after `after`), in the
+/// expressions the indexes of migrations 0006-0009 are built on.
+fn push_filter(query: &mut QueryBuilder<Sqlite>, filter: &JobFilter, after: Option<&PageCursor>) {
+    query.push(" WHERE 1");
+    match filter.states.as_slice() {
+        [] => {}
+        [state] => {
+            query.push(" AND state = ").push_bind(state.as_str());
+        }
+        states => {
+            query.push(" AND state IN (");
+            let mut listed = query.separated(", ");
+            for state in states {
+                listed.push_bind(state.as_str());
+            }
+            query.push(")");
+        }
+    }
+    if let Some(key) = &filter.course_run_key {
+        query.push(" AND json_extract(spec, '$.line.product.course_run_key') = ").push_bind(key.as_str().to_owned());
+    }
+    if let Some(kind) = filter.error_kind {
+        query.push(" AND last_error_kind = ").push_bind(kind.as_str());
+    }
+    if let Some(source) = &filter.source_system {
+        query.push(" AND json_extract(spec, '$.header.source_system') = ").push_bind(source.as_str().to_owned());
+    }
+    if let Some(after) = filter.updated.after() {
+        query.push(" AND update_time >= ").push_bind(micros(after));
+    }
+    if let Some(before) = filter.updated.before() {
+        query.push(" AND update_time < ").push_bind(micros(before));
+    }
+    if let Some(cursor) = after {
+        query
+            .push(" AND (update_time, fulfillment_id) < (")
+            .push_bind(micros(cursor.updated_at))
+            .push(", ")
+            .push_bind(cursor.id.clone())
+            .push(")");
+    }
 }
 
 #[async_trait::async_trait]
@@ -243,7 +317,10 @@ impl Store for SqliteStore {
         if written.announces_refund {
             events.extend(revoking_events(&job));
         }
+        let (failures, deliveries) = crate::outbox::outcome_announcements(&job, &written.path, &self.webhooks, now);
+        events.extend(failures);
         kit::outbox::sqlite::insert(&mut tx, &events, now).await?;
+        crate::webhook::store::sqlite::insert(&mut tx, &deliveries, now).await?;
         tx.commit().await?;
         Ok(Finished::Recorded(Box::new(job)))
     }
@@ -422,7 +499,7 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn redrive(&self, id: &str, now: DateTime<Utc>) -> Result<Redriven, StoreError> {
+    async fn redrive(&self, id: &str, requested_by: Option<&str>, now: DateTime<Utc>) -> Result<Redriven, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row: Option<LiteJobRow> = sqlx::query_as(concat!(
             "UPDATE fulfillments
@@ -444,9 +521,72 @@ impl Store for SqliteStore {
         };
         let job = job(row)?;
         let from = if job.state == JobState::Pending { JobState::Failed } else { JobState::RevokeFailed };
-        transition(&mut tx, id, Some(from), job.state, 0, None, now).await?;
+        requested_transition(&mut tx, id, from, job.state, requested_by, now).await?;
         tx.commit().await?;
         Ok(Redriven::Pending(Box::new(job)))
+    }
+
+    async fn list(&self, filter: &JobFilter, after: Option<&PageCursor>, limit: i64) -> Result<Found, StoreError> {
+        // A read transaction: the page and the count see one snapshot (WAL).
+        let mut tx = self.pool.begin().await?;
+        let mut query = QueryBuilder::<Sqlite>::new(concat!("SELECT ", job_columns!(), " FROM fulfillments"));
+        push_filter(&mut query, filter, after);
+        query.push(" ORDER BY update_time DESC, fulfillment_id DESC LIMIT ").push_bind(limit);
+        let rows: Vec<LiteJobRow> = query.build_query_as().fetch_all(&mut *tx).await?;
+        let mut count = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM fulfillments");
+        push_filter(&mut count, filter, None);
+        let total: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        let jobs = rows.into_iter().map(job).collect::<Result<_, _>>()?;
+        Ok(Found { jobs, total: u64::try_from(total).unwrap_or_default() })
+    }
+
+    async fn redrive_matching(
+        &self,
+        filter: &JobFilter,
+        max: u32,
+        requested_by: Option<&str>,
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> Result<BulkRedriven, StoreError> {
+        // One writer at a time: what is read here is what is changed.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT fulfillment_id, state FROM fulfillments");
+        push_filter(&mut query, filter, None);
+        query
+            .push(" AND state IN ('FAILED', 'REVOKE_FAILED') ORDER BY update_time DESC, fulfillment_id DESC LIMIT ")
+            .push_bind(i64::from(max) + 1);
+        let matched: Vec<(String, String)> = query.build_query_as().fetch_all(&mut *tx).await?;
+        if matched.len() > max as usize {
+            let mut count = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM fulfillments");
+            push_filter(&mut count, filter, None);
+            count.push(" AND state IN ('FAILED', 'REVOKE_FAILED')");
+            let matched: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
+            tx.rollback().await?;
+            return Ok(BulkRedriven::TooMany { matched: u64::try_from(matched).unwrap_or_default() });
+        }
+        if dry_run {
+            tx.rollback().await?;
+            return Ok(BulkRedriven::Redriven(matched.into_iter().map(|(id, _)| id).collect()));
+        }
+        let mut ids = Vec::with_capacity(matched.len());
+        for (id, state) in matched {
+            let Some(from) = JobState::parse(&state) else { continue };
+            let Some(to) = from.redriven() else { continue };
+            sqlx::query(
+                "UPDATE fulfillments SET state = ?2, attempts = 0, next_attempt_at = ?3, update_time = ?3
+                 WHERE fulfillment_id = ?1",
+            )
+            .bind(&id)
+            .bind(to.as_str())
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+            requested_transition(&mut tx, &id, from, to, requested_by, now).await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(BulkRedriven::Redriven(ids))
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -464,7 +604,7 @@ impl Store for SqliteStore {
 
     async fn transitions(&self, id: &str) -> Result<Vec<Transition>, StoreError> {
         let rows: Vec<TransitionRow<i64>> = sqlx::query_as(
-            "SELECT from_state, to_state, attempt, lease_token, at FROM fulfillment_transitions
+            "SELECT from_state, to_state, attempt, lease_token, requested_by, at FROM fulfillment_transitions
              WHERE fulfillment_id = ? ORDER BY seq",
         )
         .bind(id)

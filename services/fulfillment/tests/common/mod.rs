@@ -61,6 +61,11 @@ pub async fn fixture(backend: Backend) -> Fixture {
 }
 
 pub async fn fixture_with(backend: Backend, policy: RetryPolicy) -> Fixture {
+    fixture_configured(backend, policy, |_| {}).await
+}
+
+/// The fixture with its configuration changed by `change` (webhooks, say) before Fulfillment starts.
+pub async fn fixture_configured(backend: Backend, policy: RetryPolicy, change: impl FnOnce(&mut Config)) -> Fixture {
     let db = TestDatabase::new(backend, fulfillment::NAME).await;
     kit::db::migrate(db.config(), &fulfillment::MIGRATIONS).await.expect("migrate");
     let database = Database::open(db.config()).expect("open");
@@ -79,7 +84,7 @@ pub async fn fixture_with(backend: Backend, policy: RetryPolicy) -> Fixture {
         )
         .mount(&lms)
         .await;
-    let config = Config {
+    let mut config = Config {
         lms: LmsConfig {
             url: lms.uri(),
             client_id: "fulfillment".into(),
@@ -92,6 +97,7 @@ pub async fn fixture_with(backend: Backend, policy: RetryPolicy) -> Fixture {
         workers: WorkerConfig { concurrency: 4, lease: Duration::from_secs(30), idle_poll: Duration::from_secs(60) },
         ..Config::default()
     };
+    change(&mut config);
     // Orders in these tests name the LMS user directly; CustomerIdentity is not called.
     let identity = CustomerIdentityServiceClient::new(kit::client::channel("http://127.0.0.1:9").unwrap());
     let metrics = kit::metrics::Metrics::new();

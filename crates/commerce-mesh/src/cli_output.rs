@@ -1,0 +1,69 @@
+//! How the operator commands (`fulfillments`, `dead-letters`, `refund`) print:
+//! aligned tables, pretty JSON, timestamps, and a refusal's field violations.
+
+/// A status's field violations, one indented line each, to follow its message.
+pub(crate) fn violations(status: &tonic::Status) -> String {
+    kit::error::field_violations(status).iter().map(|(field, reason)| format!("\n  {field}: {reason}")).collect()
+}
+
+/// `value` as indented JSON and a final newline, as `--json` prints it.
+pub(crate) fn pretty(value: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// A timestamp in RFC 3339 UTC to the second; empty when unset or out of range.
+pub(crate) fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
+    formatted(timestamp, "%Y-%m-%dT%H:%M:%SZ")
+}
+
+/// A timestamp in RFC 3339 UTC to the millisecond (events a second apart matter).
+pub(crate) fn time_millis(timestamp: Option<&prost_types::Timestamp>) -> String {
+    formatted(timestamp, "%Y-%m-%dT%H:%M:%S%.3fZ")
+}
+
+fn formatted(timestamp: Option<&prost_types::Timestamp>, format: &str) -> String {
+    timestamp.and_then(|t| kit::time::from_timestamp(t).ok()).map(|t| t.format(format).to_string()).unwrap_or_default()
+}
+
+/// Rows under a header, each column as wide as its widest cell, two spaces
+/// apart; the last column is not padded.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        let mut text = padded.join("  ").trim_end().to_string();
+        text.push('\n');
+        text
+    };
+    let mut out = line(header);
+    for row in rows {
+        out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up_under_the_widest_cell_and_lines_end_without_spaces() {
+        let text = table(&["ID", "STATE"], &[vec!["f-1".into(), "FAILED".into()], vec!["f-22".into(), "".into()]]);
+        assert_eq!(text, "ID    STATE\nf-1   FAILED\nf-22\n");
+    }
+
+    #[test]
+    fn timestamps_print_to_the_second_or_the_millisecond() {
+        let t = prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5_000_000 };
+        assert_eq!(time(Some(&t)), "2023-11-14T22:13:20Z");
+        assert_eq!(time_millis(Some(&t)), "2023-11-14T22:13:20.005Z");
+        assert_eq!(time(None), "");
+    }
+}

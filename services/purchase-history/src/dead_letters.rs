@@ -1,0 +1,54 @@
+//! `PurchaseHistoryDeadLetterService`: operators list, replay and discard the dead
+//! letters of the streams PurchaseHistory consumes (the purchases and customers streams, group
+//! [`crate::consumer::GROUP`]), through [`kit::dead_letters`].
+
+use std::sync::Arc;
+
+use kit::bus::EventBus;
+use kit::dead_letters::{ConsumedStream, DeadLetterOps};
+use proto::commerce::ops::v1 as pb;
+use proto::commerce::purchases::v1::purchase_history_dead_letter_service_server::{
+    PurchaseHistoryDeadLetterService, PurchaseHistoryDeadLetterServiceServer,
+};
+use tonic::{Request, Response, Status};
+
+/// The service: every call handed to [`DeadLetterOps`].
+#[derive(Clone, Debug)]
+pub struct PurchaseHistoryDeadLetters(DeadLetterOps);
+
+/// The service over `bus`, for the consumers of `purchases_stream` and `customers_stream`.
+pub fn service(
+    bus: Arc<dyn EventBus>,
+    purchases_stream: &str,
+    customers_stream: &str,
+) -> PurchaseHistoryDeadLetterServiceServer<PurchaseHistoryDeadLetters> {
+    let streams = vec![
+        ConsumedStream::new(purchases_stream, crate::consumer::GROUP),
+        ConsumedStream::new(customers_stream, crate::consumer::GROUP),
+    ];
+    PurchaseHistoryDeadLetterServiceServer::new(PurchaseHistoryDeadLetters(DeadLetterOps::new(bus, streams)))
+}
+
+#[tonic::async_trait]
+impl PurchaseHistoryDeadLetterService for PurchaseHistoryDeadLetters {
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        self.0.list(request).await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        self.0.replay(request).await
+    }
+
+    async fn discard_dead_letters(
+        &self,
+        request: Request<pb::DiscardDeadLettersRequest>,
+    ) -> Result<Response<pb::DiscardDeadLettersResponse>, Status> {
+        self.0.discard(request).await
+    }
+}
