@@ -5,11 +5,12 @@
 //! [`health::wait_serving`] waits until a component is ready; [`orders`] has
 //! the orders tests place; [`storage::Storage`] runs one test on embedded
 //! storage and on Postgres + Redis; [`lms_stub::enrolling`] is an LMS that
-//! enrolls everyone.
+//! enrolls everyone; [`quickstart`] has the README quickstart's data.
 
 pub mod chaos_lms;
 pub mod collector;
 pub mod health;
 pub mod lms_stub;
 pub mod orders;
+pub mod quickstart;
 pub mod storage;

@@ -19,18 +19,13 @@ use kit::shutdown::Shutdown;
 use kit::telemetry::{Telemetry, TelemetryConfig};
 use kit::testing::TestDatabase;
 use mesh_tests::collector::{CollectedSpan, Collector, one};
+use mesh_tests::quickstart::{CATALOG_EVENTS, COURSE_RUN, MODE, QuickstartRun, SOURCE};
 use mesh_tests::storage::Storage;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 /// Guards against a hang, not a timing assertion: generous on purpose.
 const GUARD: Duration = Duration::from_secs(60);
-/// The example source whose events are ingested.
-const SOURCE: &str = "exec-ed-partner";
-/// The run `course_run.upserted.json` describes (the README's run, open for
-/// enrollment until 2099: the quickstart does not expire), and the mode its seat sells.
-const COURSE_RUN: &str = "course-v1:NorthbridgeX+LSC-201+ON-DEMAND";
-const MODE: &str = "paid-executive-education";
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 
@@ -191,40 +186,16 @@ fn assert_one_tree(spans: &[CollectedSpan], caller_span: &str) {
     assert!(orphans.is_empty(), "spans whose parent is not in the trace: {orphans:#?}");
 }
 
-fn example(event: &str) -> Value {
-    let text = match event {
-        "instructor.upserted" => {
-            include_str!("../../config/catalog/sources/examples/exec-ed-partner/instructor.upserted.json")
-        }
-        "course.upserted" => include_str!("../../config/catalog/sources/examples/exec-ed-partner/course.upserted.json"),
-        "course_run.upserted" => {
-            include_str!("../../config/catalog/sources/examples/exec-ed-partner/course_run.upserted.json")
-        }
-        other => panic!("no example for {other}"),
-    };
-    serde_json::from_str(text).expect("example payloads are JSON")
-}
-
 async fn the_quickstart(storage: Storage) {
     let sink = trace_sink();
     let quickstart = Quickstart::start(storage).await;
-    // Unique per run: Redis keeps its streams between runs.
-    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let customer_id = format!("cust-{run}");
-    let username = format!("ada-{run}");
-    let lms_user_id = (u64::from_str_radix(run, 16).unwrap() % 1_000_000_000 + 1).to_string();
+    let ids = QuickstartRun::new();
+    let QuickstartRun { run, customer_id, username, lms_user_id } = &ids;
     let order_number = format!("QS-{run}");
 
     // 1. The example source's events, in dependency order, each applied.
-    let occurred = chrono::Utc::now() - chrono::Duration::hours(1);
-    for (i, event) in ["instructor.upserted", "course.upserted", "course_run.upserted"].into_iter().enumerate() {
-        let body = json!({
-            "event_id": format!("{event}-{run}"),
-            "event_name": event,
-            // Each later than the one before: an older event would be skipped as stale.
-            "occurred_at": (occurred + chrono::Duration::seconds(i as i64)).to_rfc3339(),
-            "payload": example(event),
-        });
+    for (i, event) in CATALOG_EVENTS.into_iter().enumerate() {
+        let body = ids.catalog_event(i, event);
         let (status, answer) =
             quickstart.send(Method::POST, &format!("/v1/sources/{SOURCE}/events"), Some(body), None).await;
         assert_eq!(status, 200, "{event}: {answer}");

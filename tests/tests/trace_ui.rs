@@ -15,16 +15,13 @@ use commerce_mesh::{Component, MeshConfig, RunningMesh};
 use kit::shutdown::Shutdown;
 use kit::telemetry::TelemetryConfig;
 use kit::testing::TestDatabase;
+use mesh_tests::quickstart::{CATALOG_EVENTS, COURSE_RUN, MODE, QuickstartRun, SOURCE};
 use mesh_tests::storage::Storage;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 /// Guards against a hang, not a timing assertion: generous on purpose.
 const GUARD: Duration = Duration::from_secs(60);
-const SOURCE: &str = "exec-ed-partner";
-/// The run `course_run.upserted.json` describes (open for enrollment until 2099), and the mode its seat sells.
-const COURSE_RUN: &str = "course-v1:NorthbridgeX+LSC-201+ON-DEMAND";
-const MODE: &str = "paid-executive-education";
 const FULFILL_ROUTE: &str = "POST /v1/orders/{order_number}:fulfill";
 
 /// The store this process's telemetry feeds, made once per process (`cargo
@@ -178,20 +175,6 @@ impl JaegerTrace<'_> {
     }
 }
 
-fn example(event: &str) -> Value {
-    let text = match event {
-        "instructor.upserted" => {
-            include_str!("../../config/catalog/sources/examples/exec-ed-partner/instructor.upserted.json")
-        }
-        "course.upserted" => include_str!("../../config/catalog/sources/examples/exec-ed-partner/course.upserted.json"),
-        "course_run.upserted" => {
-            include_str!("../../config/catalog/sources/examples/exec-ed-partner/course_run.upserted.json")
-        }
-        other => panic!("no example for {other}"),
-    };
-    serde_json::from_str(text).expect("example payloads are JSON")
-}
-
 /// The order's trace in the query API, once it holds spans of every service in `wanted`.
 async fn order_trace(mesh: &Mesh, order_number: &str, wanted: &[&str]) -> Value {
     let search = reqwest::Url::parse_with_params(
@@ -224,21 +207,13 @@ async fn order_trace(mesh: &Mesh, order_number: &str, wanted: &[&str]) -> Value 
 
 async fn an_order_is_one_trace_in_the_trace_ui(storage: Storage) {
     let mesh = Mesh::start(storage).await;
-    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let customer_id = format!("cust-{run}");
-    let username = format!("ada-{run}");
-    let lms_user_id = (u64::from_str_radix(run, 16).unwrap() % 1_000_000_000 + 1).to_string();
+    let ids = QuickstartRun::new();
+    let QuickstartRun { run, customer_id, username, lms_user_id } = &ids;
     let order_number = format!("TUI-{run}");
 
     // The catalog, the customer and the order, over REST as the quickstart has them.
-    let occurred = chrono::Utc::now() - chrono::Duration::hours(1);
-    for (i, event) in ["instructor.upserted", "course.upserted", "course_run.upserted"].into_iter().enumerate() {
-        let body = json!({
-            "event_id": format!("{event}-{run}"),
-            "event_name": event,
-            "occurred_at": (occurred + chrono::Duration::seconds(i as i64)).to_rfc3339(),
-            "payload": example(event),
-        });
+    for (i, event) in CATALOG_EVENTS.into_iter().enumerate() {
+        let body = ids.catalog_event(i, event);
         let (status, answer) = mesh.send(Method::POST, &format!("/v1/sources/{SOURCE}/events"), Some(body)).await;
         assert_eq!(status, 200, "{event}: {answer}");
     }
