@@ -2,6 +2,9 @@
 //! (`config/catalog/sources/examples/exec-ed-partner`) and the ids of one run
 //! of it, unique per run since Redis keeps its streams between runs.
 
+use std::path::Path;
+
+use commerce_mesh::MeshConfig;
 use serde_json::{Value, json};
 
 /// The example source whose events are ingested.
@@ -13,6 +16,19 @@ pub const COURSE_RUN: &str = "course-v1:NorthbridgeX+LSC-201+ON-DEMAND";
 pub const MODE: &str = "paid-executive-education";
 /// The source's events, in the order they must be applied.
 pub const CATALOG_EVENTS: [&str; 3] = ["instructor.upserted", "course.upserted", "course_run.upserted"];
+
+/// The mesh as the quickstart runs it (`up --with-dev-lms` with
+/// `check_course_runs` and the example catalog sources), on free ports, its
+/// files under `data_dir`.
+pub fn mesh_config(data_dir: &Path) -> MeshConfig {
+    let mut config = MeshConfig { data_dir: data_dir.to_path_buf(), ..Default::default() };
+    config.use_ephemeral_ports();
+    config.dev_lms.enabled = true;
+    config.fulfillment.settings.check_course_runs = true;
+    config.catalog_ingest.settings.sources_dir =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../config/catalog/sources").into();
+    config
+}
 
 /// One run's ids: the customer, the LMS user linked to it.
 #[derive(Clone, Debug)]

@@ -11,11 +11,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use commerce_mesh::trace_ui::{TraceStore, TraceUiConfig};
-use commerce_mesh::{Component, MeshConfig, RunningMesh};
+use commerce_mesh::{Component, RunningMesh};
 use kit::shutdown::Shutdown;
 use kit::telemetry::TelemetryConfig;
 use kit::testing::TestDatabase;
-use mesh_tests::quickstart::{CATALOG_EVENTS, COURSE_RUN, MODE, QuickstartRun, SOURCE};
+use mesh_tests::quickstart::{CATALOG_EVENTS, COURSE_RUN, MODE, QuickstartRun, SOURCE, mesh_config};
 use mesh_tests::storage::Storage;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -66,13 +66,8 @@ struct Mesh {
 impl Mesh {
     async fn start(storage: Storage) -> Self {
         let data = tempfile::tempdir().unwrap();
-        let mut config = MeshConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
-        config.use_ephemeral_ports();
-        config.dev_lms.enabled = true;
+        let mut config = mesh_config(data.path());
         config.trace_ui.enabled = true;
-        config.fulfillment.settings.check_course_runs = true;
-        config.catalog_ingest.settings.sources_dir =
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../config/catalog/sources").into();
         let database = storage.configure(&mut config).await;
         let mesh = commerce_mesh::start_with_trace_store(config.clone(), Shutdown::new(), Some(trace_store().clone()))
             .await
