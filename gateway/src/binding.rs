@@ -94,11 +94,7 @@ pub struct InvalidBindings(pub Vec<BindingError>);
 
 impl fmt::Display for InvalidBindings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} RPC option problem(s):", self.0.len())?;
-        for error in &self.0 {
-            writeln!(f, "  - {error}")?;
-        }
-        Ok(())
+        crate::problems::write_list(f, format_args!("{} RPC option problem(s):", self.0.len()), &self.0)
     }
 }
 

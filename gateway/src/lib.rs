@@ -3,9 +3,10 @@
 //! It reads the mesh's FileDescriptorSet at start-up and derives every route
 //! from the `google.api.http` rules and every access check from the
 //! `commerce.auth.v1.access` options ([`binding`]): there are no hand-written
-//! routes. Transcoding arrives with the gateway issue; until then the gateway
-//! validates the bindings at start-up, answers `/healthz`, and answers every
-//! other path 501 with a `google.rpc.Status` body.
+//! routes. [`router`] matches a request to its RPC by [`template`],
+//! [`transcode`] turns the JSON into the request message and the answer back,
+//! and [`server`] runs the whole pipeline; every refusal is a
+//! `google.rpc.Status` body ([`status`]).
 
 pub mod access_log;
 pub mod binding;
@@ -13,6 +14,7 @@ pub mod callers;
 pub mod codec;
 pub mod metrics;
 pub mod openapi;
+mod problems;
 pub mod router;
 pub mod server;
 pub mod status;

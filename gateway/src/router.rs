@@ -31,17 +31,20 @@ pub struct RouteConflict {
     pub witness: String,
 }
 
+impl fmt::Display for RouteConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} and {} (both match {})", self.verb, self.first, self.second, self.witness)
+    }
+}
+
 /// Every conflict found, one line each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteConflicts(pub Vec<RouteConflict>);
 
 impl fmt::Display for RouteConflicts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} pair(s) of routes would match the same request:", self.0.len())?;
-        for c in &self.0 {
-            writeln!(f, "  - {} {} and {} (both match {})", c.verb, c.first, c.second, c.witness)?;
-        }
-        Ok(())
+        let pairs = self.0.len();
+        crate::problems::write_list(f, format_args!("{pairs} pair(s) of routes would match the same request:"), &self.0)
     }
 }
 

@@ -30,7 +30,7 @@ fn now() -> DateTime<Utc> {
 /// of each line refunded in whole, through the consumer's parser. Answers how
 /// many PurchaseRecorded events were checked; panics with the refusal if one is refused.
 fn emit_and_consume(order: &fulfillment::domain::Order, resolved: &Learner) -> usize {
-    let learner = match &order.learner {
+    let learner = match order.learner() {
         LearnerRef::Lms(learner) => learner.clone(),
         LearnerRef::Customer { .. } => resolved.clone(),
     };

@@ -1,5 +1,25 @@
-//! How the operator commands (`fulfillments`, `dead-letters`, `refund`) print:
+//! How the operator commands (`fulfillments`, `dead-letters`, `refund`) reach
+//! a component and print: the channel to it as the caller's token says,
 //! aligned tables, pretty JSON, timestamps, and a refusal's field violations.
+
+use crate::{Component, MeshConfig};
+
+/// A channel to `component` at `address` (default: where `config` has it listen), carrying
+/// `token` or, without one, a development token with `scopes` minted from `config`.
+pub(crate) fn channel_to<E>(
+    config: &MeshConfig,
+    component: Component,
+    address: Option<&str>,
+    token: Option<String>,
+    scopes: &[&str],
+) -> Result<kit::client::TracedChannel, E>
+where
+    E: From<crate::dev_tokens::DevTokenError> + From<kit::client::ClientError>,
+{
+    let endpoint = address.map_or_else(|| format!("http://{}", config.listen(component)), str::to_owned);
+    let credential = crate::dev_tokens::tool_credential(config, token, scopes)?;
+    Ok(kit::client::channel_as(&endpoint, credential)?)
+}
 
 /// A status's field violations, one indented line each, to follow its message.
 pub(crate) fn violations(status: &tonic::Status) -> String {

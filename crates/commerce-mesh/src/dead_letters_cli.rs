@@ -16,7 +16,7 @@ use proto::commerce::ops::v1 as pb;
 use proto::commerce::purchases::v1::purchase_history_dead_letter_service_client::PurchaseHistoryDeadLetterServiceClient;
 use serde_json::json;
 
-use crate::cli_output::{pretty, table, time_millis, violations};
+use crate::cli_output::{channel_to, pretty, table, time_millis, violations};
 use crate::{Component, MeshConfig};
 
 /// The components that consume a stream, and so have dead letters.
@@ -191,10 +191,9 @@ pub async fn run(config: &MeshConfig, command: DeadLettersCommand) -> Result<Str
         }
     };
     let component = target.component.component();
-    let endpoint = target.url.clone().unwrap_or_else(|| format!("http://{}", config.listen(component)));
     let stream = target.stream.clone().unwrap_or_else(|| target.component.default_stream(config));
-    let credential = crate::dev_tokens::tool_credential(config, target.token.clone(), scopes)?;
-    let channel = kit::client::channel_as(&endpoint, credential)?;
+    let channel =
+        channel_to::<DeadLettersError>(config, component, target.url.as_deref(), target.token.clone(), scopes)?;
     let mut client = match target.component {
         ConsumingComponent::Fulfillment => Client::Fulfillment(FulfillmentDeadLetterServiceClient::new(channel)),
         ConsumingComponent::PurchaseHistory => {

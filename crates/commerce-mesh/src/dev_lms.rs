@@ -31,6 +31,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{delete, get, post};
+use kit::secret::Secret;
 use kit::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -68,25 +69,19 @@ impl Default for DevLmsConfig {
     }
 }
 
-/// The OAuth2 client the development LMS accepts.
-#[derive(Clone, PartialEq, Eq)]
+/// The OAuth2 client the development LMS accepts; `Debug` never shows the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
     /// The client id.
     pub client_id: String,
     /// The client secret.
-    pub client_secret: String,
+    pub client_secret: Secret,
 }
 
 impl Credentials {
     /// [`CLIENT_ID`] and [`CLIENT_SECRET`].
     pub fn development() -> Self {
-        Self { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into() }
-    }
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("client_id", &self.client_id).field("client_secret", &"<redacted>").finish()
+        Self { client_id: CLIENT_ID.into(), client_secret: Secret::new(CLIENT_SECRET.into()) }
     }
 }
 
@@ -346,7 +341,7 @@ async fn issue_token(State(shared): State<Arc<Shared>>, form: Result<Form<TokenF
     }
     let credentials = &shared.credentials;
     if form.client_id.as_deref() != Some(credentials.client_id.as_str())
-        || form.client_secret.as_deref() != Some(credentials.client_secret.as_str())
+        || form.client_secret.as_deref() != Some(credentials.client_secret.expose())
     {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client_id or wrong client_secret");
     }

@@ -1,6 +1,7 @@
 //! Development tokens: the HS256 secret `up` verifies with when no token
 //! verification is configured, and `commerce-mesh token`, which mints tokens
-//! with it.
+//! with it ([`kit::auth::mint_development_token`], the same minting the
+//! components' own identities use).
 //!
 //! `up` on pure defaults must let a new user call the gateway, yet nothing
 //! may be reachable without a token. So the first `up` writes a random
@@ -11,7 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kit::auth::{DevelopmentClaims, MintError, Secret};
+use kit::auth::{DevelopmentClaims, MintError};
+use kit::secret::Secret;
 
 use crate::MeshConfig;
 
@@ -63,13 +65,13 @@ pub fn load_or_create_secret(data_dir: &Path) -> Result<Secret, DevTokenError> {
     let file_error = |source| DevTokenError::File { path: path.clone(), source };
     std::fs::create_dir_all(data_dir).map_err(file_error)?;
     // Two v4 UUIDs: 244 random bits from the OS generator, as 64 hex digits.
-    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let secret = Secret::new(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     match options.open(&path) {
-        Ok(mut file) => std::io::Write::write_all(&mut file, secret.as_bytes()).map_err(file_error)?,
+        Ok(mut file) => std::io::Write::write_all(&mut file, secret.expose().as_bytes()).map_err(file_error)?,
         // Another process wrote it first: use theirs.
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(error) => return Err(file_error(error)),

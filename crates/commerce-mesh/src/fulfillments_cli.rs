@@ -13,7 +13,7 @@ use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use serde_json::json;
 
-use crate::cli_output::{pretty, table, time};
+use crate::cli_output::{channel_to, pretty, table, time};
 use crate::{Component, MeshConfig};
 
 /// Which fulfillments, where, and as whom.
@@ -104,10 +104,10 @@ pub async fn run(config: &MeshConfig, command: FulfillmentsCommand) -> Result<St
         FulfillmentsCommand::Retry { selection, .. } => (selection, &["fulfillment:read", "fulfillment:write"]),
     };
     let filter = filter(selection, SystemTime::now())?;
-    let endpoint =
-        selection.fulfillment.clone().unwrap_or_else(|| format!("http://{}", config.listen(Component::Fulfillment)));
-    let credential = crate::dev_tokens::tool_credential(config, selection.token.clone(), scopes)?;
-    let mut client = FulfillmentServiceClient::new(kit::client::channel_as(&endpoint, credential)?);
+    let address = selection.fulfillment.as_deref();
+    let channel =
+        channel_to::<FulfillmentsError>(config, Component::Fulfillment, address, selection.token.clone(), scopes)?;
+    let mut client = FulfillmentServiceClient::new(channel);
     let json = selection.json;
     match command {
         FulfillmentsCommand::List { limit, .. } => {

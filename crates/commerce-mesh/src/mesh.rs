@@ -1,12 +1,14 @@
 //! Starting components: one ([`serve`]), all in one process ([`start`]), and
 //! migrating their databases ([`migrate`]).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use kit::db::{Database, DbError, Migrations};
 use kit::metrics::Metrics;
 use kit::serve::{GrpcServer, ServeError};
+use kit::service::{Dependencies, Service, SetupError};
 use kit::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -54,23 +56,15 @@ pub enum MeshError {
         /// Why.
         source: ServeError,
     },
-    /// The cache could not be set up (a malformed Redis URL).
-    #[error("{component}: cache: {source}")]
-    Cache {
-        /// Which component.
-        component: Component,
-        /// Why.
-        source: kit::cache::CacheError,
-    },
-    /// The event bus could not be opened.
+    /// A service could not be built from its settings and dependencies.
     #[error("{component}: {source}")]
-    Bus {
+    Service {
         /// Which component.
         component: Component,
         /// Why.
-        source: kit::bus::BusError,
+        source: SetupError,
     },
-    /// A service's own settings cannot be used.
+    /// A component's settings cannot be used.
     #[error("{component}: {reason}")]
     Setup {
         /// Which component.
@@ -128,7 +122,7 @@ fn refuse_development_secrets(component: Component, config: &MeshConfig) -> Resu
     let on_postgres = matches!(config.database(component).map(|db| db.backend()), Ok(Ok(kit::db::Backend::Postgres)));
     if component == Component::CustomerIdentity
         && on_postgres
-        && config.customer_identity.settings.retirement_salt == customer_identity::DEVELOPMENT_SALT
+        && config.customer_identity.settings.is_development_salt()
     {
         return Err(MeshError::Setup {
             component,
@@ -548,7 +542,7 @@ async fn run(
         let shutdown = shutdown.clone();
         async move {
             if ready_signal.await.is_ok() {
-                futures::future::join_all(background.into_iter().map(|work| work.run(shutdown.clone()))).await;
+                futures::future::join_all(background.into_iter().map(|work| work(shutdown.clone()))).await;
             }
         }
     };
@@ -569,51 +563,28 @@ async fn run(
     served.map_err(|source| MeshError::Serve { component, source })
 }
 
-/// Work a component does besides answering RPCs.
-enum Background {
-    /// Fulfillment's workers, outbox relay and queue gauges.
-    Fulfillment(Box<fulfillment::Fulfillment>),
-    /// PurchaseHistory's consumers of the purchases and customers streams.
-    PurchaseHistory(Box<purchase_history::PurchaseHistory>),
-    /// CustomerIdentity's outbox relay (retirements).
-    CustomerIdentity(Box<customer_identity::CustomerIdentity>),
-    /// Trimming the streams the component's bus client uses ([`open_bus`]).
-    BusRetention(kit::bus::Retention),
-}
-
-impl Background {
-    async fn run(self, shutdown: Shutdown) {
-        match self {
-            Background::Fulfillment(fulfillment) => fulfillment.run_background(shutdown).await,
-            Background::PurchaseHistory(history) => history.run_background(shutdown).await,
-            Background::CustomerIdentity(identity) => identity.run_background(shutdown).await,
-            Background::BusRetention(retention) => retention.run(shutdown).await,
-        }
-    }
-}
+/// Work a component does besides answering RPCs: its service's background work,
+/// or trimming the streams its bus uses; started once the component is ready.
+type Background = Box<dyn FnOnce(Shutdown) -> futures::future::BoxFuture<'static, ()> + Send>;
 
 /// The component's event bus (Redis Streams with `redis_url`, else the log in
 /// `data_dir`), with the mesh's retention; the task that trims the streams it
 /// uses is added to `background`, so every component with a bus trims.
 fn open_bus(
-    component: Component,
     config: &MeshConfig,
     metrics: &Metrics,
-    background: &mut Vec<Background>,
-) -> Result<std::sync::Arc<dyn kit::bus::EventBus>, MeshError> {
-    config.bus.check().map_err(|e| MeshError::Setup { component, reason: e.to_string() })?;
-    let bus = kit::bus::open_with(config.redis_url.as_deref(), &config.data_dir.join("events.db"), &config.bus)
-        .map_err(|source| MeshError::Bus { component, source })?;
-    background.push(Background::BusRetention(kit::bus::Retention::new(
-        std::sync::Arc::clone(&bus),
-        config.bus.trim_every,
-        metrics,
-    )));
+    background: &RefCell<Vec<Background>>,
+) -> Result<std::sync::Arc<dyn kit::bus::EventBus>, SetupError> {
+    config.bus.check().map_err(SetupError::setting)?;
+    let bus = kit::bus::open_with(config.redis_url.as_deref(), &config.data_dir.join("events.db"), &config.bus)?;
+    let retention = kit::bus::Retention::new(std::sync::Arc::clone(&bus), config.bus.trim_every, metrics);
+    background.borrow_mut().push(Box::new(move |shutdown| Box::pin(retention.run(shutdown))));
     Ok(bus)
 }
 
 /// The gRPC server of a service component, over its database, recording into
-/// `metrics`, and the background work that goes with it.
+/// `metrics`, and the background work that goes with it. Every service starts
+/// the same way ([`start_service`]); only its settings differ.
 fn grpc_server(
     component: Component,
     db: &Database,
@@ -621,67 +592,53 @@ fn grpc_server(
     metrics: &Metrics,
 ) -> Result<(GrpcServer, Vec<Background>), MeshError> {
     let server = GrpcServer::new(component.name()).metrics(metrics.clone());
-    let mut background = Vec::new();
+    let background = RefCell::new(Vec::new());
+    let bus = || open_bus(config, metrics, &background);
+    let dependencies = Dependencies::new(component.name(), db, metrics)
+        .with_redis(config.redis_url.as_deref())
+        .with_credential(config.identity(component))
+        .with_bus_opened_by(&bus);
     let server = match component {
         Component::Gateway => return Err(ConfigProblem::NoDatabase.into()),
         Component::Fulfillment => {
-            let settings =
-                &fulfillment::Config { identity: config.identity(component), ..config.fulfillment.settings.clone() };
-            let setup = |reason: String| MeshError::Setup { component, reason };
-            let bus = open_bus(component, config, metrics, &mut background)?;
-            let channel = kit::client::channel_from(
-                component.name(),
-                &settings.customer_identity_url,
-                config.identity(component),
-            )
-            .map_err(|e| setup(format!("fulfillment.customer_identity_url: {e}")))?;
-            let identity =
-                proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient::new(
-                    channel,
-                );
-            let fulfillment = fulfillment::Fulfillment::new(db, bus, identity, settings, metrics)
-                .map_err(|e| setup(e.to_string()))?;
-            let server = server.service(fulfillment.service()).service(fulfillment.dead_letter_service());
-            background.push(Background::Fulfillment(Box::new(fulfillment)));
-            server
+            start_service::<fulfillment::Fulfillment>(&config.fulfillment.settings, &dependencies, server, &background)
         }
-        Component::CustomerIdentity => {
-            let settings = &config.customer_identity.settings;
-            let cache = customer_identity::cache(settings, config.redis_url.as_deref())
-                .map_err(|source| MeshError::Cache { component, source })?;
-            let bus = open_bus(component, config, metrics, &mut background)?;
-            let identity = customer_identity::CustomerIdentity::new(db, cache, bus, settings, metrics);
-            let server = server.service(identity.service());
-            background.push(Background::CustomerIdentity(Box::new(identity)));
-            server
-        }
-        Component::CatalogIngest => {
-            let service =
-                catalog_ingest::service(db, &config.catalog_ingest.settings, config.redis_url.as_deref(), metrics)
-                    .map_err(|e| MeshError::Setup { component, reason: e.to_string() })?;
-            server.service(service)
-        }
-        Component::PurchaseHistory => {
-            let settings = &config.purchase_history.settings;
-            let bus = open_bus(component, config, metrics, &mut background)?;
-            let channel = kit::client::channel_from(
-                component.name(),
-                &settings.customer_identity_url,
-                config.identity(component),
-            )
-            .map_err(|e| MeshError::Setup {
-                component,
-                reason: format!("purchase_history.customer_identity_url: {e}"),
-            })?;
-            let identity =
-                proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient::new(
-                    channel,
-                );
-            let history = purchase_history::PurchaseHistory::new(db, bus, identity, settings, metrics);
-            let server = server.service(history.service()).service(history.dead_letter_service());
-            background.push(Background::PurchaseHistory(Box::new(history)));
-            server
-        }
-    };
-    Ok((server, background))
+        Component::CustomerIdentity => start_service::<customer_identity::CustomerIdentity>(
+            &config.customer_identity.settings,
+            &dependencies,
+            server,
+            &background,
+        ),
+        Component::CatalogIngest => start_service::<catalog_ingest::CatalogIngest>(
+            &config.catalog_ingest.settings,
+            &dependencies,
+            server,
+            &background,
+        ),
+        Component::PurchaseHistory => start_service::<purchase_history::PurchaseHistory>(
+            &config.purchase_history.settings,
+            &dependencies,
+            server,
+            &background,
+        ),
+    }
+    .map_err(|source| MeshError::Service { component, source })?;
+    drop(dependencies);
+    Ok((server, background.into_inner()))
+}
+
+/// Builds service `S` from its settings, adds its gRPC services to `server`,
+/// and queues its background work.
+fn start_service<S: Service>(
+    settings: &S::Config,
+    dependencies: &Dependencies<'_>,
+    server: GrpcServer,
+    background: &RefCell<Vec<Background>>,
+) -> Result<GrpcServer, SetupError> {
+    let service = S::build(settings, dependencies)?;
+    let server = service.serve(server);
+    background
+        .borrow_mut()
+        .push(Box::new(move |shutdown| Box::pin(async move { service.run_background(shutdown).await })));
+    Ok(server)
 }

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
-use crate::auth::{AuthConfig, DevelopmentClaims, MintError, Secret, mint_development_token};
+use crate::auth::{AuthConfig, DevelopmentClaims, MintError, mint_development_token};
+use crate::secret::Secret;
 
 /// How often a token file is read again (the kubelet rotates projected
 /// tokens at 80 % of their lifetime, an hour at least).

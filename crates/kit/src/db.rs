@@ -452,33 +452,25 @@ pub fn store_status(store: &str, error: &sqlx::Error) -> tonic::Status {
 
 /// The URL with any password replaced by `***`: the userinfo's, and a
 /// `password` or `sslpassword` query parameter's (libpq and sqlx take both).
+/// Text that is not a URL may still hold a password, so it shows as
+/// `<unparseable url>`.
 pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (mut redacted, after_userinfo) = match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.find(':').map_or(userinfo, |colon| &userinfo[..colon]);
-            let hidden = if user.len() < userinfo.len() { ":***" } else { "" };
-            (format!("{}://{user}{hidden}", &url[..scheme_end]), &rest[at..])
-        }
-        None => (url[..scheme_end + 3].to_string(), rest),
-    };
-    let Some((before_query, query)) = after_userinfo.split_once('?') else {
-        redacted.push_str(after_userinfo);
-        return redacted;
-    };
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword") => {
-                format!("{key}=***")
-            }
-            _ => pair.to_string(),
-        })
-        .collect();
-    format!("{redacted}{before_query}?{}", pairs.join("&"))
+    let Ok(mut parsed) = url::Url::parse(url) else { return "<unparseable url>".into() };
+    if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
+        return "<unparseable url>".into();
+    }
+    let is_secret = |key: &str| key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword");
+    if parsed.query_pairs().any(|(key, _)| is_secret(&key)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if is_secret(&key) { "***".into() } else { value.into_owned() };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.into()
 }
 
 #[cfg(test)]
@@ -535,6 +527,12 @@ mod tests {
         assert_eq!(redact("sqlite://data/x.db?mode=rwc"), "sqlite://data/x.db?mode=rwc");
         let config = DatabaseConfig::postgres("postgres://app:s3cret@db/mesh", "fulfillment");
         assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn text_that_is_no_url_never_shows_a_password() {
+        assert_eq!(redact("postgres://app:s3cret@db:not-a-port/mesh"), "<unparseable url>");
+        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
     }
 
     #[test]

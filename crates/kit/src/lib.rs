@@ -7,6 +7,8 @@
 //!   outgoing gRPC and HTTP calls;
 //! - [`serve`]: the one way a gRPC component starts (health, reflection,
 //!   tracing, graceful shutdown);
+//! - [`service`]: the one face every service crate shows (built from its settings and
+//!   [`service::Dependencies`], serving gRPC, working in the background);
 //! - [`protect`]: a deadline on every call and load shedding past a concurrency
 //!   limit, as one tower layer that [`serve`] puts in front of every service;
 //! - [`client`]: traced gRPC channels between components;
@@ -19,8 +21,11 @@
 //! - [`db`]: connecting to and migrating Postgres or SQLite;
 //! - [`error`]: `google.rpc.Status` errors with `BadRequest`, `RetryInfo` and
 //!   `ErrorInfo` details;
+//! - [`page`]: the page size a list RPC allows and its next-page token;
+//! - [`retirement`]: retired learners in from the customers stream, and the `retired_learners` table's SQL;
 //! - [`time`]: protobuf `Timestamp` to and from `chrono`, range-checked;
 //! - [`json`]: protobuf `Struct` to and from JSON;
+//! - [`secret`]: the one secret type, never printed and zeroized on drop;
 //! - [`throttle`]: a rate quota per key, in process (governor) or shared by every
 //!   replica (Redis), and a concurrency gate that queues briefly, then sheds.
 
@@ -38,9 +43,13 @@ pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod outbox;
+pub mod page;
 pub mod protect;
 mod redis_tcp;
+pub mod retirement;
+pub mod secret;
 pub mod serve;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod throttle;

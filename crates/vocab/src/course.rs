@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::forms::string_forms;
 use crate::id::check_id;
 use crate::invalid::{Invalid, ViolationReason, clip};
 
@@ -82,55 +83,14 @@ impl CourseKey {
     }
 }
 
-impl std::fmt::Display for CourseKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for CourseKey {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<CourseKey> for String {
-    fn from(key: CourseKey) -> String {
-        key.0
-    }
-}
+string_forms!(CourseKey);
 
 /// A part of a key: letters, digits, `_`, `-`, `.` or `~`.
 pub(crate) fn key_part_ok(part: &str) -> bool {
     !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
 }
 
-impl std::ops::Deref for CourseRunKey {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for CourseRunKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for CourseRunKey {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<CourseRunKey> for String {
-    fn from(key: CourseRunKey) -> String {
-        key.0
-    }
-}
+string_forms!(CourseRunKey, deref);
 
 /// A course's UUID (what a program entitlement names), lower-case and hyphenated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -152,31 +112,7 @@ impl CourseUuid {
     }
 }
 
-impl std::ops::Deref for CourseUuid {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for CourseUuid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for CourseUuid {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<CourseUuid> for String {
-    fn from(uuid: CourseUuid) -> String {
-        uuid.0
-    }
-}
+string_forms!(CourseUuid, deref);
 
 /// What a purchase was of, as purchase history shows it: a course run key, a
 /// course UUID, or another line of business's product key. 1 to
@@ -211,31 +147,7 @@ impl From<&CourseUuid> for ProductKey {
     }
 }
 
-impl std::ops::Deref for ProductKey {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for ProductKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for ProductKey {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<ProductKey> for String {
-    fn from(key: ProductKey) -> String {
-        key.0
-    }
-}
+string_forms!(ProductKey, deref);
 
 #[cfg(test)]
 mod tests {

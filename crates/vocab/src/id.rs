@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::forms::string_forms;
 use crate::invalid::{Invalid, ViolationReason};
 
 /// Longest identifier accepted, in characters.
@@ -46,36 +47,11 @@ macro_rules! identifier {
             }
         }
 
-        impl std::ops::Deref for $name {
-            type Target = str;
-            fn deref(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
+        string_forms!($name, deref);
 
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = Invalid;
-            fn try_from(raw: String) -> Result<Self, Invalid> {
-                check_id(&raw, MAX_ID_LEN)?;
-                Ok(Self(raw))
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
             }
         }
     };

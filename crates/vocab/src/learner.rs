@@ -5,6 +5,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::forms::string_forms;
 use crate::invalid::{Invalid, ViolationReason, clip};
 
 /// Prefix of a retired learner's placeholder username, as the LMS writes it.
@@ -175,31 +176,7 @@ fn unreachable_key_length() -> ! {
     panic!("HMAC-SHA256 refused a key length")
 }
 
-impl std::ops::Deref for LmsUsername {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for LmsUsername {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for LmsUsername {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<LmsUsername> for String {
-    fn from(name: LmsUsername) -> String {
-        name.0
-    }
-}
+string_forms!(LmsUsername, deref);
 
 #[cfg(test)]
 mod tests {

@@ -26,6 +26,7 @@
 
 mod course;
 pub mod empty_as_none;
+pub(crate) mod forms;
 mod id;
 mod invalid;
 mod learner;

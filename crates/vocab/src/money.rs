@@ -105,21 +105,15 @@ fn parse_amount(raw: &str, signed: bool) -> Result<Decimal, Invalid> {
     Ok(amount)
 }
 
-/// A price paid or asked: never negative; a free line is `"0"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A price paid or asked: a [`Money`] that is never negative; a free line is `"0"`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawMoney", into = "RawMoney")]
-pub struct Price {
-    currency: CurrencyCode,
-    amount: Decimal,
-}
+pub struct Price(Money);
 
 impl Price {
     /// Accepts a currency code and a non-negative exact decimal; the error names the part.
     pub fn parse(currency_code: &str, amount: &str) -> Result<Self, MoneyError> {
-        let currency = CurrencyCode::parse(currency_code)
-            .map_err(|invalid| MoneyError { part: MoneyPart::CurrencyCode, invalid })?;
-        let amount = parse_amount(amount, false).map_err(|invalid| MoneyError { part: MoneyPart::Amount, invalid })?;
-        Ok(Self { currency, amount })
+        Money::parse_with(currency_code, amount, false).map(Self)
     }
 
     /// The amount of a price alone (never negative), for a caller whose currency has rules of its own.
@@ -129,27 +123,34 @@ impl Price {
 
     /// The currency.
     pub fn currency(&self) -> CurrencyCode {
-        self.currency
+        self.0.currency
     }
 
     /// The currency's code, as the wire carries it.
     pub fn currency_code(&self) -> &str {
-        self.currency.as_str()
+        self.0.currency_code()
     }
 
     /// The amount, exact, with the scale it was written with (`149.00` keeps two places).
     pub fn amount(&self) -> Decimal {
-        self.amount
+        self.0.amount
     }
 
     /// The amount as the wire carries it: `"149.00"`.
     pub fn amount_text(&self) -> String {
-        self.amount.to_string()
+        self.0.amount_text()
     }
 
     /// True for a free line.
     pub fn is_free(&self) -> bool {
-        self.amount.is_zero()
+        self.0.amount.is_zero()
+    }
+}
+
+impl std::fmt::Debug for Price {
+    // As a struct of its own, whose parts it shares with `Money`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Price").field("currency", &self.0.currency).field("amount", &self.0.amount).finish()
     }
 }
 
@@ -164,9 +165,14 @@ pub struct Money {
 impl Money {
     /// Accepts a currency code and an exact decimal, negative or not; the error names the part.
     pub fn parse(currency_code: &str, amount: &str) -> Result<Self, MoneyError> {
+        Self::parse_with(currency_code, amount, true)
+    }
+
+    /// Accepts a currency code and an exact decimal, negative only when `signed`.
+    fn parse_with(currency_code: &str, amount: &str, signed: bool) -> Result<Self, MoneyError> {
         let currency = CurrencyCode::parse(currency_code)
             .map_err(|invalid| MoneyError { part: MoneyPart::CurrencyCode, invalid })?;
-        let amount = parse_amount(amount, true).map_err(|invalid| MoneyError { part: MoneyPart::Amount, invalid })?;
+        let amount = parse_amount(amount, signed).map_err(|invalid| MoneyError { part: MoneyPart::Amount, invalid })?;
         Ok(Self { currency, amount })
     }
 
@@ -198,7 +204,7 @@ impl Money {
 
 impl From<Price> for Money {
     fn from(price: Price) -> Self {
-        Self { currency: price.currency, amount: price.amount }
+        price.0
     }
 }
 
@@ -209,57 +215,39 @@ struct RawMoney {
     amount: String,
 }
 
-impl TryFrom<RawMoney> for Price {
-    type Error = MoneyError;
-    fn try_from(raw: RawMoney) -> Result<Self, MoneyError> {
-        Self::parse(&raw.currency_code, &raw.amount)
-    }
+/// Implements the serde ([`RawMoney`]) and proto forms of a money type, both read through its `parse`.
+macro_rules! money_forms {
+    ($money:ident) => {
+        impl TryFrom<RawMoney> for $money {
+            type Error = MoneyError;
+            fn try_from(raw: RawMoney) -> Result<Self, MoneyError> {
+                Self::parse(&raw.currency_code, &raw.amount)
+            }
+        }
+
+        impl From<$money> for RawMoney {
+            fn from(money: $money) -> Self {
+                Self { currency_code: money.currency_code().to_owned(), amount: money.amount_text() }
+            }
+        }
+
+        impl TryFrom<&proto::commerce::r#type::v1::Money> for $money {
+            type Error = MoneyError;
+            fn try_from(money: &proto::commerce::r#type::v1::Money) -> Result<Self, MoneyError> {
+                Self::parse(&money.currency_code, &money.amount)
+            }
+        }
+
+        impl From<&$money> for proto::commerce::r#type::v1::Money {
+            fn from(money: &$money) -> Self {
+                Self { currency_code: money.currency_code().to_owned(), amount: money.amount_text() }
+            }
+        }
+    };
 }
 
-impl From<Price> for RawMoney {
-    fn from(price: Price) -> Self {
-        Self { currency_code: price.currency.as_str().to_owned(), amount: price.amount_text() }
-    }
-}
-
-impl TryFrom<RawMoney> for Money {
-    type Error = MoneyError;
-    fn try_from(raw: RawMoney) -> Result<Self, MoneyError> {
-        Self::parse(&raw.currency_code, &raw.amount)
-    }
-}
-
-impl From<Money> for RawMoney {
-    fn from(money: Money) -> Self {
-        Self { currency_code: money.currency.as_str().to_owned(), amount: money.amount_text() }
-    }
-}
-
-impl TryFrom<&proto::commerce::r#type::v1::Money> for Price {
-    type Error = MoneyError;
-    fn try_from(money: &proto::commerce::r#type::v1::Money) -> Result<Self, MoneyError> {
-        Self::parse(&money.currency_code, &money.amount)
-    }
-}
-
-impl From<&Price> for proto::commerce::r#type::v1::Money {
-    fn from(price: &Price) -> Self {
-        Self { currency_code: price.currency.as_str().to_owned(), amount: price.amount_text() }
-    }
-}
-
-impl TryFrom<&proto::commerce::r#type::v1::Money> for Money {
-    type Error = MoneyError;
-    fn try_from(money: &proto::commerce::r#type::v1::Money) -> Result<Self, MoneyError> {
-        Self::parse(&money.currency_code, &money.amount)
-    }
-}
-
-impl From<&Money> for proto::commerce::r#type::v1::Money {
-    fn from(money: &Money) -> Self {
-        Self { currency_code: money.currency.as_str().to_owned(), amount: money.amount_text() }
-    }
-}
+money_forms!(Price);
+money_forms!(Money);
 
 impl FromStr for CurrencyCode {
     type Err = Invalid;

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::forms::string_forms;
 use crate::invalid::{Invalid, ViolationReason};
 
 /// Longest title accepted, in characters.
@@ -46,31 +47,7 @@ impl Title {
     }
 }
 
-impl std::ops::Deref for Title {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Title {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for Title {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<Title> for String {
-    fn from(title: Title) -> String {
-        title.0
-    }
-}
+string_forms!(Title, deref);
 
 /// Longest refund reason accepted, in characters.
 pub const MAX_REASON_LEN: usize = 500;
@@ -94,24 +71,7 @@ impl RefundReason {
     }
 }
 
-impl std::fmt::Display for RefundReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for RefundReason {
-    type Error = Invalid;
-    fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<RefundReason> for String {
-    fn from(reason: RefundReason) -> String {
-        reason.0
-    }
-}
+string_forms!(RefundReason);
 
 #[cfg(test)]
 mod tests {

@@ -1,50 +1,35 @@
 //! The gRPC face of CatalogIngest: admit (source known, within its quota,
 //! room under the concurrency gate), answer replays from the first result,
 //! then VALIDATE and TRANSFORM with the source's transformer, then the store's
-//! ordered writes, then the optional discovery calls. No SQL here.
+//! ordered writes, then the optional discovery calls. No SQL here, and no
+//! field-by-field parsing: requests become values in `convert`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use kit::error::{BadRequest, ViolationReason, with_reason};
+use chrono::Utc;
+use kit::error::{ViolationReason, with_reason};
 use kit::throttle::{ConcurrencyGate, Quotas};
-use kit::time::{from_timestamp, to_timestamp};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use proto::commerce::catalog::v1 as pb;
 use proto::commerce::catalog::v1::catalog_ingest_service_server::CatalogIngestService;
-use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use crate::convert::{
+    Envelope, ProductQuery, echo, ingestion_to_proto, lookup_key, product_to_proto, run_to_proto, step_name,
+};
 use crate::discovery::Discovery;
-use crate::domain::{CanonicalEvent, EventName, Pacing, ProductType, Violation};
-use crate::store::{Ingestion, IngestionState, NewIngestion, Product, Recorded, Step, StepResult, StepStatus, Store};
-use crate::transform::Sources;
+use crate::domain::{CanonicalEvent, Violation};
+use crate::store::{Ingestion, IngestionState, Recorded, Step, StepResult, StepStatus, Store};
+use crate::transform::{SourceTransformer, Sources};
 
-/// The page of `ListProducts` when the caller asks for none.
-const DEFAULT_PAGE_SIZE: i32 = 50;
-/// The largest page of `ListProducts`.
-const MAX_PAGE_SIZE: i32 = 500;
-/// Longest event id accepted.
-const MAX_EVENT_ID_LEN: usize = 200;
 /// How long a shed caller is told to wait.
 const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How far in the future `occurred_at` may be unless configured otherwise.
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(300);
-/// The most of a caller's value repeated in an error message.
-const ECHO_CHARS: usize = 100;
-
-/// A caller's value, shortened for an error message.
-fn echo(value: &str) -> String {
-    if value.chars().count() <= ECHO_CHARS {
-        return format!("{value:?}");
-    }
-    let head: String = value.chars().take(ECHO_CHARS).collect();
-    format!("{head:?}…")
-}
 
 /// Label: the source of a refused event (only configured sources reach the quota: a bounded set).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,6 +89,23 @@ impl CatalogIngestApi {
     pub fn with_clock_skew(mut self, clock_skew: Duration) -> Self {
         self.clock_skew = clock_skew;
         self
+    }
+
+    /// The source's transformer; NOT_FOUND for a source no file declares.
+    #[allow(clippy::result_large_err)]
+    fn transformer(&self, source: &str) -> Result<&SourceTransformer, Status> {
+        self.sources.get(source).ok_or_else(|| {
+            let known: Vec<&str> = self.sources.names().take(20).collect();
+            Status::not_found(format!("unknown source {}; configured sources: {}", echo(source), known.join(", ")))
+        })
+    }
+
+    /// RESOURCE_EXHAUSTED (counted by source) when the source is over its quota.
+    async fn within_quota(&self, source: &str) -> Result<(), Status> {
+        self.quotas.check(source).await.map_err(|wait| {
+            self.throttled.get_or_create(&SourceLabel { source: source.to_string() }).inc();
+            kit::error::throttled(format!("source {source} is over its quota; retry after {wait:?}"), wait)
+        })
     }
 
     /// Answers a replay: the first result when the payload is the same, else ALREADY_EXISTS.
@@ -204,152 +206,29 @@ fn steps_failing_at(failed: StepResult) -> Vec<StepResult> {
         .collect()
 }
 
-/// What a caller sent, checked for shape; the source's rules come after.
-struct Envelope {
-    source: String,
-    event_id: String,
-    event_name: EventName,
-    occurred_at: DateTime<Utc>,
-    payload: serde_json::Value,
-}
-
-#[allow(clippy::result_large_err)]
-fn parse_envelope(
-    request: &pb::IngestProductEventRequest,
-    now: DateTime<Utc>,
-    clock_skew: Duration,
-) -> Result<Envelope, Status> {
-    let mut bad = BadRequest::new();
-    if request.source.is_empty() {
-        bad.violation("source", ViolationReason::Required, "is required");
-    }
-    let id = &request.event_id;
-    let id_rule = if id.is_empty() {
-        Some(ViolationReason::Required)
-    } else if id.chars().count() > MAX_EVENT_ID_LEN {
-        Some(ViolationReason::TooLong)
-    } else if id.chars().any(char::is_control) {
-        Some(ViolationReason::InvalidFormat)
-    } else {
-        None
-    };
-    if let Some(rule) = id_rule {
-        bad.violation(
-            "event_id",
-            rule,
-            format!("must be 1 to {MAX_EVENT_ID_LEN} characters without control characters"),
-        );
-    }
-    let event_name = EventName::parse(&request.event_name)
-        .map_err(|_| {
-            let rule =
-                if request.event_name.is_empty() { ViolationReason::Required } else { ViolationReason::UnknownValue };
-            bad.violation("event_name", rule, format!("unknown event {}", echo(&request.event_name)))
-        })
-        .ok();
-    let latest = now.checked_add_signed(chrono::Duration::from_std(clock_skew).unwrap_or_default()).unwrap_or(now);
-    let occurred_at = match &request.occurred_at {
-        None => {
-            bad.violation("occurred_at", ViolationReason::Required, "is required");
-            None
-        }
-        Some(ts) => match from_timestamp(ts) {
-            Err(e) => {
-                bad.violation("occurred_at", ViolationReason::OutOfRange, e);
-                None
-            }
-            Ok(at) if at > latest => {
-                bad.violation("occurred_at", ViolationReason::OutOfRange, format!("{at} is in the future (now {now})"));
-                None
-            }
-            // Kept to the microsecond, as stored, so a replay compares equal.
-            Ok(at) => Some(crate::store::stored_time(at)),
-        },
-    };
-    let payload = match &request.payload {
-        None => {
-            bad.violation("payload", ViolationReason::Required, "is required");
-            None
-        }
-        Some(payload) => Some(kit::json::from_struct(payload)),
-    };
-    bad.into_result()?;
-    match (event_name, occurred_at, payload) {
-        (Some(event_name), Some(occurred_at), Some(payload)) => Ok(Envelope {
-            source: request.source.clone(),
-            event_id: request.event_id.clone(),
-            event_name,
-            occurred_at,
-            payload,
-        }),
-        // Unreachable: every None above recorded a violation.
-        _ => Err(Status::invalid_argument("invalid event")),
-    }
-}
-
-/// Identifies a payload: the same event sent twice hashes the same (JSON
-/// objects are sorted by key).
-fn payload_hash(envelope: &Envelope) -> String {
-    let canonical = serde_json::json!({
-        "event_name": envelope.event_name.as_str(),
-        "occurred_at": envelope.occurred_at.timestamp_micros(),
-        "payload": envelope.payload,
-    });
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
-}
-
 #[tonic::async_trait]
 impl CatalogIngestService for CatalogIngestApi {
     async fn ingest_product_event(
         &self,
         request: Request<pb::IngestProductEventRequest>,
     ) -> Result<Response<pb::IngestProductEventResponse>, Status> {
-        let envelope = parse_envelope(request.get_ref(), Utc::now(), self.clock_skew)?;
-        let Some(transformer) = self.sources.get(&envelope.source) else {
-            let known: Vec<&str> = self.sources.names().take(20).collect();
-            return Err(Status::not_found(format!(
-                "unknown source {}; configured sources: {}",
-                echo(&envelope.source),
-                known.join(", ")
-            )));
-        };
-        if let Err(wait) = self.quotas.check(&envelope.source).await {
-            self.throttled.get_or_create(&SourceLabel { source: envelope.source.clone() }).inc();
-            return Err(kit::error::throttled(
-                format!("source {} is over its quota; retry after {wait:?}", envelope.source),
-                wait,
-            ));
-        }
+        let envelope = Envelope::parse(request.get_ref(), Utc::now(), self.clock_skew)?;
+        let transformer = self.transformer(envelope.source())?;
+        self.within_quota(envelope.source()).await?;
         // Admission order: the per-source quota first (cheap, and a flooding
         // source is refused before it takes room), then the shared gate. A
         // replay counts against the quota like any call.
         let Some(admitted) = self.gate.enter().await else {
             return Err(kit::error::throttled("the catalog is busy; retry shortly", SHED_RETRY_AFTER));
         };
-        let hash = payload_hash(&envelope);
+        let new = envelope.new_ingestion();
         if let Some(existing) =
-            self.store.find_ingestion(&envelope.source, &envelope.event_id).await.map_err(store_status)?
+            self.store.find_ingestion(envelope.source(), envelope.event_id()).await.map_err(store_status)?
         {
-            return Self::replay(existing, &hash);
+            return Self::replay(existing, &new.payload_hash);
         }
-        let new = NewIngestion {
-            id: uuid::Uuid::now_v7().to_string(),
-            source: envelope.source.clone(),
-            event_id: envelope.event_id.clone(),
-            event_name: envelope.event_name,
-            occurred_at: envelope.occurred_at,
-            payload_hash: hash.clone(),
-        };
         let now = Utc::now();
-        let transformed = transformer
-            .check(envelope.event_name, &envelope.payload)
-            .map_err(|violations| failed_step(Step::Validate, &violations))
-            .and_then(|()| {
-                transformer
-                    .transform(envelope.event_name, &envelope.payload)
-                    .map_err(|violations| failed_step(Step::Transform, &violations))
-            });
-        let event: CanonicalEvent = match transformed {
+        let event = match validate_and_transform(transformer, &envelope) {
             Ok(event) => event,
             Err(failed) => {
                 let recorded =
@@ -357,7 +236,7 @@ impl CatalogIngestService for CatalogIngestApi {
                 drop(admitted);
                 return match recorded {
                     Recorded::New(ingestion) => answer(ingestion),
-                    Recorded::Existing(existing) => Self::replay(existing, &hash),
+                    Recorded::Existing(existing) => Self::replay(existing, &new.payload_hash),
                 };
             }
         };
@@ -366,7 +245,7 @@ impl CatalogIngestService for CatalogIngestApi {
         drop(admitted);
         let mut ingestion = match applied? {
             Recorded::New(ingestion) => ingestion,
-            Recorded::Existing(existing) => return Self::replay(existing, &hash),
+            Recorded::Existing(existing) => return Self::replay(existing, &new.payload_hash),
         };
         if ingestion.state == IngestionState::Applied
             && let Some(discovery) = &self.discovery
@@ -386,7 +265,7 @@ impl CatalogIngestService for CatalogIngestApi {
         &self,
         request: Request<pb::GetProductRequest>,
     ) -> Result<Response<pb::GetProductResponse>, Status> {
-        let key = required("product_key", &request.get_ref().product_key)?;
+        let key = lookup_key("product_key", &request.get_ref().product_key)?;
         match self.store.get_product(&key).await.map_err(store_status)? {
             Some(product) => Ok(Response::new(pb::GetProductResponse { product: Some(product_to_proto(&product)) })),
             None => Err(Status::not_found(format!("no product {key}"))),
@@ -397,55 +276,13 @@ impl CatalogIngestService for CatalogIngestApi {
         &self,
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
-        let request = request.get_ref();
-        let mut bad = BadRequest::new();
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => {
-                bad.violation("page_size", ViolationReason::OutOfRange, "must not be negative");
-                DEFAULT_PAGE_SIZE
-            }
-            n => n.min(MAX_PAGE_SIZE),
-        };
-        let product_type = match pb::ProductType::try_from(request.r#type) {
-            Ok(pb::ProductType::Unspecified) => None,
-            Ok(t) => Some(type_from_proto(t)),
-            Err(_) => {
-                bad.violation(
-                    "type",
-                    ViolationReason::UnknownValue,
-                    format!("unknown product type {}", request.r#type),
-                );
-                None
-            }
-        };
-        let after = match request.page_token.as_str() {
-            "" => None,
-            token => match token.strip_prefix("after:") {
-                Some(key) if !key.is_empty() => Some(key.to_string()),
-                _ => {
-                    bad.violation(
-                        "page_token",
-                        ViolationReason::UnknownValue,
-                        "is not a next_page_token this service gave",
-                    );
-                    None
-                }
-            },
-        };
-        bad.into_result()?;
-        let source = Some(request.source.as_str()).filter(|s| !s.is_empty());
-        let mut products = self
+        let query = ProductQuery::try_from(request.get_ref())?;
+        let rows = self
             .store
-            .list_products(source, product_type, after.as_deref(), i64::from(page_size) + 1)
+            .list_products(query.source(), query.product_type(), query.after_key(), query.page_size().rows_to_read())
             .await
             .map_err(store_status)?;
-        let next_page_token = if products.len() > page_size as usize {
-            products.truncate(page_size as usize);
-            products.last().map(|p| format!("after:{}", p.course.product_key)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (products, next_page_token) = query.page(rows);
         Ok(Response::new(pb::ListProductsResponse {
             products: products.iter().map(product_to_proto).collect(),
             next_page_token,
@@ -456,7 +293,7 @@ impl CatalogIngestService for CatalogIngestApi {
         &self,
         request: Request<pb::GetCourseRunRequest>,
     ) -> Result<Response<pb::GetCourseRunResponse>, Status> {
-        let key = required("course_run_key", &request.get_ref().course_run_key)?;
+        let key = lookup_key("course_run_key", &request.get_ref().course_run_key)?;
         match self.store.get_course_run(&key).await.map_err(store_status)? {
             Some((run, product_key, retired)) => Ok(Response::new(pb::GetCourseRunResponse {
                 course_run: Some(run_to_proto(&run, &product_key)),
@@ -470,7 +307,7 @@ impl CatalogIngestService for CatalogIngestApi {
         &self,
         request: Request<pb::GetIngestionRequest>,
     ) -> Result<Response<pb::GetIngestionResponse>, Status> {
-        let id = required("ingestion_id", &request.get_ref().ingestion_id)?;
+        let id = lookup_key("ingestion_id", &request.get_ref().ingestion_id)?;
         match self.store.get_ingestion(&id).await.map_err(store_status)? {
             Some(ingestion) => {
                 Ok(Response::new(pb::GetIngestionResponse { ingestion: Some(ingestion_to_proto(&ingestion)) }))
@@ -480,15 +317,15 @@ impl CatalogIngestService for CatalogIngestApi {
     }
 }
 
-#[allow(clippy::result_large_err)]
-fn required(field: &str, value: &str) -> Result<String, Status> {
-    let mut bad = BadRequest::new();
-    let rule = if value.is_empty() { ViolationReason::Required } else { ViolationReason::TooLong };
-    if value.is_empty() || value.len() > 255 {
-        bad.violation(field, rule, "must be 1 to 255 characters");
-    }
-    bad.into_result()?;
-    Ok(value.to_string())
+/// VALIDATE, then TRANSFORM, with the source's transformer: the canonical
+/// event, or the result of the step that failed.
+fn validate_and_transform(transformer: &SourceTransformer, envelope: &Envelope) -> Result<CanonicalEvent, StepResult> {
+    transformer
+        .check(envelope.event_name(), envelope.payload())
+        .map_err(|violations| failed_step(Step::Validate, &violations))?;
+    transformer
+        .transform(envelope.event_name(), envelope.payload())
+        .map_err(|violations| failed_step(Step::Transform, &violations))
 }
 
 fn store_status(error: crate::store::StoreError) -> Status {
@@ -498,145 +335,5 @@ fn store_status(error: crate::store::StoreError) -> Status {
             tracing::error!(error = %other, "the catalog store could not read a record back");
             Status::internal("the catalog store could not read a record back; this is logged")
         }
-    }
-}
-
-fn step_name(step: Step) -> &'static str {
-    match step {
-        Step::Validate => "VALIDATE",
-        Step::Transform => "TRANSFORM",
-        Step::Instructors => "INSTRUCTORS",
-        Step::Course => "COURSE",
-        Step::CourseRuns => "COURSE_RUNS",
-        Step::Seats => "SEATS",
-        Step::Discovery => "DISCOVERY",
-    }
-}
-
-fn ingestion_to_proto(ingestion: &Ingestion) -> pb::Ingestion {
-    pb::Ingestion {
-        ingestion_id: ingestion.id.clone(),
-        source: ingestion.source.clone(),
-        event_id: ingestion.event_id.clone(),
-        event_name: ingestion.event_name.as_str().to_string(),
-        occurred_at: Some(to_timestamp(ingestion.occurred_at)),
-        product_key: ingestion.product_key.clone().unwrap_or_default(),
-        state: match ingestion.state {
-            IngestionState::Applied => pb::IngestionState::Applied,
-            IngestionState::Failed => pb::IngestionState::Failed,
-            IngestionState::SkippedStale => pb::IngestionState::SkippedStale,
-        } as i32,
-        steps: ingestion
-            .steps
-            .iter()
-            .map(|s| pb::StepResult {
-                step: match s.step {
-                    Step::Validate => pb::IngestStep::Validate,
-                    Step::Transform => pb::IngestStep::Transform,
-                    Step::Instructors => pb::IngestStep::Instructors,
-                    Step::Course => pb::IngestStep::Course,
-                    Step::CourseRuns => pb::IngestStep::CourseRuns,
-                    Step::Seats => pb::IngestStep::Seats,
-                    Step::Discovery => pb::IngestStep::Discovery,
-                } as i32,
-                status: match s.status {
-                    StepStatus::Ok => pb::StepStatus::Ok,
-                    StepStatus::Failed => pb::StepStatus::Failed,
-                    StepStatus::Skipped => pb::StepStatus::Skipped,
-                } as i32,
-                field_path: s.field_path.clone(),
-                reason: s.reason.clone(),
-                call: s.call.clone(),
-            })
-            .collect(),
-        create_time: Some(to_timestamp(ingestion.created_at)),
-    }
-}
-
-fn type_from_proto(t: pb::ProductType) -> ProductType {
-    match t {
-        pb::ProductType::Unspecified | pb::ProductType::Course => ProductType::Course,
-        pb::ProductType::ExecutiveEducation => ProductType::ExecutiveEducation,
-        pb::ProductType::Bootcamp => ProductType::Bootcamp,
-        pb::ProductType::Degree => ProductType::Degree,
-        pb::ProductType::Program => ProductType::Program,
-    }
-}
-
-fn type_to_proto(t: ProductType) -> pb::ProductType {
-    match t {
-        ProductType::Course => pb::ProductType::Course,
-        ProductType::ExecutiveEducation => pb::ProductType::ExecutiveEducation,
-        ProductType::Bootcamp => pb::ProductType::Bootcamp,
-        ProductType::Degree => pb::ProductType::Degree,
-        ProductType::Program => pb::ProductType::Program,
-    }
-}
-
-fn run_to_proto(run: &crate::domain::CourseRun, product_key: &str) -> pb::CourseRun {
-    pb::CourseRun {
-        course_run_key: run.course_run_key.clone(),
-        product_key: product_key.to_string(),
-        start_time: Some(to_timestamp(run.start)),
-        end_time: Some(to_timestamp(run.end)),
-        enrollment_end_time: run.enrollment_end.map(to_timestamp),
-        pacing: match run.pacing {
-            Pacing::InstructorPaced => pb::Pacing::InstructorPaced,
-            Pacing::SelfPaced => pb::Pacing::SelfPaced,
-        } as i32,
-        run_type: run.run_type.clone(),
-        seats: run
-            .seats
-            .iter()
-            .map(|seat| pb::Seat {
-                mode: seat.mode.clone(),
-                price: seat.price.as_ref().map(|p| proto::commerce::r#type::v1::Money {
-                    currency_code: p.currency_code.clone(),
-                    amount: p.amount.clone(),
-                }),
-                sku: seat.sku.clone(),
-                upgrade_deadline_time: seat.upgrade_deadline.map(to_timestamp),
-            })
-            .collect(),
-    }
-}
-
-fn product_to_proto(product: &Product) -> pb::Product {
-    let course = &product.course;
-    pb::Product {
-        product_key: course.product_key.clone(),
-        source: product.source.clone(),
-        r#type: type_to_proto(course.product_type) as i32,
-        title: course.title.clone(),
-        org: course.org.clone(),
-        number: course.number.clone(),
-        short_description: course.short_description.clone(),
-        long_description: course.long_description.clone(),
-        level: course.level.clone(),
-        subjects: course.subjects.clone(),
-        languages: course.languages.clone(),
-        effort: course
-            .effort
-            .map(|e| pb::Effort { min_hours_per_week: e.min_hours_per_week, max_hours_per_week: e.max_hours_per_week }),
-        length_weeks: course.length_weeks.unwrap_or_default(),
-        image_url: course.image_url.clone(),
-        instructors: product
-            .instructors
-            .iter()
-            .map(|i| pb::Instructor {
-                instructor_key: i.instructor_key.clone(),
-                given_name: i.given_name.clone(),
-                family_name: i.family_name.clone(),
-                title: i.title.clone(),
-                organization: i.organization.clone(),
-                bio: i.bio.clone(),
-                image_url: i.image_url.clone(),
-            })
-            .collect(),
-        course_runs: product.runs.iter().map(|r| run_to_proto(r, &course.product_key)).collect(),
-        retired: product.retired,
-        source_update_time: Some(to_timestamp(product.source_update_time)),
-        create_time: Some(to_timestamp(product.created_at)),
-        update_time: Some(to_timestamp(product.updated_at)),
     }
 }

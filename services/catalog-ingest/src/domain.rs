@@ -49,12 +49,28 @@ impl EventName {
     }
 
     /// The event a wire name stands for.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        EventName::ALL.into_iter().find(|e| e.as_str() == raw).ok_or_else(|| {
-            let known: Vec<&str> = EventName::ALL.iter().map(|e| e.as_str()).collect();
-            format!("unknown event {raw:?}; expected one of {}", known.join(", "))
-        })
+    pub fn parse(raw: &str) -> Result<Self, UnknownEventName> {
+        EventName::ALL.into_iter().find(|e| e.as_str() == raw).ok_or_else(|| UnknownEventName { name: raw.to_string() })
     }
+}
+
+/// A wire name that is no [`EventName`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event {name:?}; expected one of {}", event_names())]
+pub struct UnknownEventName {
+    name: String,
+}
+
+impl UnknownEventName {
+    /// The name as sent.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Every event's wire name, for messages.
+fn event_names() -> String {
+    EventName::ALL.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 impl fmt::Display for EventName {
@@ -661,6 +677,6 @@ mod tests {
         for name in EventName::ALL {
             assert_eq!(EventName::parse(name.as_str()), Ok(name));
         }
-        assert!(EventName::parse("product.deleted").unwrap_err().contains("product.retired"));
+        assert!(EventName::parse("product.deleted").unwrap_err().to_string().contains("product.retired"));
     }
 }

@@ -1,12 +1,13 @@
 //! The gRPC face of CustomerIdentity: parse the request into domain values
-//! (every bad field named), then the cache and the store, then the answer.
+//! (every bad field named, in `convert.rs`), then the cache and the store, then
+//! the answer.
 //! No SQL here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use kit::cache::ReadThrough;
-use kit::error::{BadRequest, ViolationReason, with_reason};
+use kit::error::with_reason;
 use kit::trace::TextContext;
 use prost::Message;
 use proto::commerce::identity::v1 as pb;
@@ -15,10 +16,11 @@ use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::domain::{
-    Customer, CustomerId, CustomerKey, CustomerLink, Email, LmsUserId, LmsUsername, MAX_BATCH_KEYS, RetirementKey,
-    keys_to_invalidate,
+use crate::convert::{
+    CustomerUpsert, customer_to_get, customer_to_proto, customer_to_retire, imported_link, key_to_look_up,
+    keys_to_look_up,
 };
+use crate::domain::{Customer, CustomerKey, RetirementKey, keys_to_invalidate};
 use crate::store::{Store, StoreError, TakenKey};
 
 /// Most rejections an import answers with; the counts cover them all.
@@ -52,7 +54,7 @@ impl CustomerIdentityApi {
             .cache
             .get(&key.cache_key(), || async {
                 let found = self.store.get(key).await.map_err(store_status)?;
-                Ok::<_, Status>(found.map(|c| to_proto(&c).encode_to_vec()))
+                Ok::<_, Status>(found.map(|c| customer_to_proto(&c).encode_to_vec()))
             })
             .await?;
         cached.map(|bytes| decode(&bytes)).transpose()
@@ -79,19 +81,6 @@ fn decode(bytes: &[u8]) -> Result<pb::Customer, Status> {
         tracing::error!(%error, "undecodable cache entry");
         Status::internal("cached customer could not be decoded")
     })
-}
-
-fn to_proto(customer: &Customer) -> pb::Customer {
-    pb::Customer {
-        customer_id: customer.customer_id.clone(),
-        lms_user_id: customer.lms_user_id.to_string(),
-        lms_username: customer.lms_username.clone(),
-        email: customer.email.clone(),
-        version: customer.version,
-        retired: customer.retired,
-        create_time: Some(kit::time::to_timestamp(customer.create_time)),
-        update_time: Some(kit::time::to_timestamp(customer.update_time)),
-    }
 }
 
 /// A store failure as the caller should see it.
@@ -122,72 +111,19 @@ fn store_status(error: StoreError) -> Status {
     }
 }
 
-/// A whole link from its four fields (top-level field names: no per-row formatting).
-fn parse_link(
-    bad: &mut BadRequest,
-    customer_id: &str,
-    lms_user_id: &str,
-    lms_username: &str,
-    email: &str,
-) -> Option<CustomerLink> {
-    let customer_id = bad.check("customer_id", CustomerId::parse(customer_id));
-    let lms_user_id = bad.check("lms_user_id", LmsUserId::parse(lms_user_id));
-    let lms_username = bad.check("lms_username", LmsUsername::parse(lms_username));
-    let email = bad.check("email", Email::parse(email));
-    Some(CustomerLink {
-        customer_id: customer_id?,
-        lms_user_id: lms_user_id?,
-        lms_username: lms_username?,
-        email: email?,
-    })
-}
-
-fn parse_key(bad: &mut BadRequest, prefix: &str, key: Option<&pb::customer_key::Key>) -> Option<CustomerKey> {
-    use pb::customer_key::Key;
-    match key {
-        Some(Key::CustomerId(id)) => {
-            bad.check(format!("{prefix}customer_id"), CustomerId::parse(id)).map(CustomerKey::CustomerId)
-        }
-        Some(Key::LmsUserId(id)) => {
-            bad.check(format!("{prefix}lms_user_id"), LmsUserId::parse(id)).map(CustomerKey::LmsUserId)
-        }
-        Some(Key::LmsUsername(name)) => {
-            bad.check(format!("{prefix}lms_username"), LmsUsername::parse(name)).map(CustomerKey::LmsUsername)
-        }
-        None => {
-            let field = if prefix.is_empty() { "key".to_string() } else { prefix.trim_end_matches('.').to_string() };
-            bad.violation(field, ViolationReason::Required, "set one of customer_id, lms_user_id, lms_username");
-            None
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl CustomerIdentityService for CustomerIdentityApi {
     async fn upsert_customer(
         &self,
         request: Request<pb::UpsertCustomerRequest>,
     ) -> Result<Response<pb::UpsertCustomerResponse>, Status> {
-        let request = request.into_inner();
-        let mut bad = BadRequest::new();
-        let link =
-            parse_link(&mut bad, &request.customer_id, &request.lms_user_id, &request.lms_username, &request.email);
-        if request.expected_version.is_some_and(|v| v < 0) {
-            bad.violation(
-                "expected_version",
-                ViolationReason::OutOfRange,
-                "must be 0 (not yet created) or a stored version",
-            );
-        }
-        bad.into_result()?;
-        let Some(link) = link else { return Err(Status::internal("validation inconsistency")) };
-
-        let upserted = self.store.upsert(&link, request.expected_version).await.map_err(store_status)?;
+        let upsert = CustomerUpsert::try_from(request.get_ref())?;
+        let upserted = self.store.upsert(upsert.link(), upsert.expected_version()).await.map_err(store_status)?;
         // Even an unchanged upsert invalidates: repeating a write whose
         // invalidation failed repairs the cache.
         self.invalidate(upserted.previous.iter().chain([&upserted.customer])).await?;
         Ok(Response::new(pb::UpsertCustomerResponse {
-            customer: Some(to_proto(&upserted.customer)),
+            customer: Some(customer_to_proto(&upserted.customer)),
             created: upserted.previous.is_none(),
         }))
     }
@@ -196,10 +132,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
         &self,
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::GetCustomerResponse>, Status> {
-        let mut bad = BadRequest::new();
-        let id = bad.check("customer_id", CustomerId::parse(&request.get_ref().customer_id));
-        bad.into_result()?;
-        let Some(id) = id else { return Err(Status::internal("validation inconsistency")) };
+        let id = customer_to_get(request.get_ref())?;
         let customer = self
             .find(&CustomerKey::CustomerId(id.clone()))
             .await?
@@ -211,20 +144,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
         &self,
         request: Request<pb::LookupCustomerRequest>,
     ) -> Result<Response<pb::LookupCustomerResponse>, Status> {
-        use pb::lookup_customer_request::Key;
-        let mut bad = BadRequest::new();
-        let key = match &request.get_ref().key {
-            Some(Key::LmsUserId(id)) => bad.check("lms_user_id", LmsUserId::parse(id)).map(CustomerKey::LmsUserId),
-            Some(Key::LmsUsername(name)) => {
-                bad.check("lms_username", LmsUsername::parse(name)).map(CustomerKey::LmsUsername)
-            }
-            None => {
-                bad.field("key", "set lms_user_id or lms_username");
-                None
-            }
-        };
-        bad.into_result()?;
-        let Some(key) = key else { return Err(Status::internal("validation inconsistency")) };
+        let key = key_to_look_up(request.get_ref())?;
         let customer =
             self.find(&key).await?.ok_or_else(|| Status::not_found("no customer is linked to that LMS user"))?;
         Ok(Response::new(pb::LookupCustomerResponse { customer: Some(customer) }))
@@ -235,21 +155,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
         request: Request<pb::BatchLookupCustomersRequest>,
     ) -> Result<Response<pb::BatchLookupCustomersResponse>, Status> {
         let request = request.into_inner();
-        let mut bad = BadRequest::new();
-        if request.keys.is_empty() || request.keys.len() > MAX_BATCH_KEYS {
-            let rule = if request.keys.is_empty() { ViolationReason::Required } else { ViolationReason::TooLong };
-            bad.violation("keys", rule, format!("must hold 1 to {MAX_BATCH_KEYS} keys, got {}", request.keys.len()));
-            return Err(bad.into_status());
-        }
-        let keys: Vec<Option<CustomerKey>> = request
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| parse_key(&mut bad, &format!("keys[{i}]."), key.key.as_ref()))
-            .collect();
-        bad.into_result()?;
-        let keys: Vec<CustomerKey> = keys.into_iter().flatten().collect();
-
+        let keys = keys_to_look_up(&request)?;
         let cache_keys: Vec<String> = keys.iter().map(CustomerKey::cache_key).collect();
         let by_cache_key: HashMap<&str, &CustomerKey> = cache_keys.iter().map(String::as_str).zip(&keys).collect();
         let found = self
@@ -258,7 +164,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
                 let wanted: Vec<CustomerKey> =
                     missing.iter().filter_map(|k| by_cache_key.get(k.as_str()).map(|key| (*key).clone())).collect();
                 let loaded = self.store.get_many(&wanted).await.map_err(store_status)?;
-                Ok::<_, Status>(loaded.into_iter().map(|c| c.map(|c| to_proto(&c).encode_to_vec())).collect())
+                Ok::<_, Status>(loaded.into_iter().map(|c| c.map(|c| customer_to_proto(&c).encode_to_vec())).collect())
             })
             .await?;
         let results = request
@@ -276,17 +182,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
         &self,
         request: Request<pb::RetireCustomerRequest>,
     ) -> Result<Response<pb::RetireCustomerResponse>, Status> {
-        use pb::retire_customer_request::Key;
-        let key = request.into_inner().key.map(|key| match key {
-            Key::CustomerId(id) => pb::customer_key::Key::CustomerId(id),
-            Key::LmsUserId(id) => pb::customer_key::Key::LmsUserId(id),
-            Key::LmsUsername(name) => pb::customer_key::Key::LmsUsername(name),
-        });
-        let mut bad = BadRequest::new();
-        let key = parse_key(&mut bad, "", key.as_ref());
-        bad.into_result()?;
-        let Some(key) = key else { return Err(Status::internal("validation inconsistency")) };
-
+        let key = customer_to_retire(request.into_inner())?;
         let retired = self
             .store
             .retire(&key, &self.retirement, &TextContext::current())
@@ -296,7 +192,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
         self.published.notify_one();
         // The old username's entry goes too: it must no longer find the learner.
         self.invalidate(retired.previous.iter().chain([&retired.customer])).await?;
-        Ok(Response::new(pb::RetireCustomerResponse { customer: Some(to_proto(&retired.customer)) }))
+        Ok(Response::new(pb::RetireCustomerResponse { customer: Some(customer_to_proto(&retired.customer)) }))
     }
 
     async fn import_customers(
@@ -320,29 +216,17 @@ impl CustomerIdentityService for CustomerIdentityApi {
             let mut rows = Vec::with_capacity(batch.customers.len());
             let mut rejections = Vec::new();
             for (offset, record) in batch.customers.iter().enumerate() {
-                let mut bad = BadRequest::new();
-                match parse_link(
-                    &mut bad,
-                    &record.customer_id,
-                    &record.lms_user_id,
-                    &record.lms_username,
-                    &record.email,
-                ) {
-                    Some(link) => {
+                match imported_link(record) {
+                    Ok(link) => {
                         valid.push(link);
                         rows.push(first_row + offset as i64);
                     }
-                    None => {
-                        let status = bad.into_status();
-                        let (field, reason) =
-                            kit::error::field_violations(&status).into_iter().next().unwrap_or_default();
-                        rejections.push(pb::ImportRejection {
-                            row: first_row + offset as i64,
-                            customer_id: record.customer_id.clone(),
-                            field,
-                            reason,
-                        });
-                    }
+                    Err((field, reason)) => rejections.push(pb::ImportRejection {
+                        row: first_row + offset as i64,
+                        customer_id: record.customer_id.clone(),
+                        field,
+                        reason,
+                    }),
                 }
             }
             if !valid.is_empty() {
@@ -360,7 +244,7 @@ impl CustomerIdentityService for CustomerIdentityApi {
                 for rejection in outcome.rejected {
                     rejections.push(pb::ImportRejection {
                         row: rows[rejection.index],
-                        customer_id: valid[rejection.index].customer_id.as_str().to_string(),
+                        customer_id: valid[rejection.index].customer_id().as_str().to_string(),
                         field: rejection.field.to_string(),
                         reason: rejection.reason,
                     });

@@ -51,17 +51,41 @@ impl Email {
     }
 }
 
-/// What a caller asks to store: a valid link.
+/// What a caller asks to store: a valid link, built only from parsed values
+/// ([`CustomerLink::new`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CustomerLink {
+    customer_id: CustomerId,
+    lms_user_id: LmsUserId,
+    lms_username: LmsUsername,
+    email: Email,
+}
+
+impl CustomerLink {
+    /// The link of `customer_id` to the LMS user `lms_user_id` named `lms_username`, with `email` (possibly empty).
+    pub fn new(customer_id: CustomerId, lms_user_id: LmsUserId, lms_username: LmsUsername, email: Email) -> Self {
+        Self { customer_id, lms_user_id, lms_username, email }
+    }
+
     /// The commerce customer.
-    pub customer_id: CustomerId,
+    pub fn customer_id(&self) -> &CustomerId {
+        &self.customer_id
+    }
+
     /// The LMS user.
-    pub lms_user_id: LmsUserId,
+    pub fn lms_user_id(&self) -> LmsUserId {
+        self.lms_user_id
+    }
+
     /// The LMS username.
-    pub lms_username: LmsUsername,
+    pub fn lms_username(&self) -> &LmsUsername {
+        &self.lms_username
+    }
+
     /// The email address, possibly empty.
-    pub email: Email,
+    pub fn email(&self) -> &Email {
+        &self.email
+    }
 }
 
 /// One way to find a customer.

@@ -32,12 +32,12 @@ fn salt() -> RetirementKey {
 }
 
 fn link(customer: &str, lms_user_id: &str, username: &str) -> CustomerLink {
-    CustomerLink {
-        customer_id: CustomerId::parse(customer).unwrap(),
-        lms_user_id: LmsUserId::parse(lms_user_id).unwrap(),
-        lms_username: LmsUsername::parse(username).unwrap(),
-        email: Email::parse(&format!("{username}@example.org")).unwrap(),
-    }
+    CustomerLink::new(
+        CustomerId::parse(customer).unwrap(),
+        LmsUserId::parse(lms_user_id).unwrap(),
+        LmsUsername::parse(username).unwrap(),
+        Email::parse(&format!("{username}@example.org")).unwrap(),
+    )
 }
 
 fn by_id(customer: &str) -> CustomerKey {
@@ -188,7 +188,8 @@ async fn import_into_a_filled_table_merges_row_by_row_outcomes(f: Fixture) {
     // Half the rows again: every tenth renamed, the rest as stored; then new rows.
     let mut second: Vec<CustomerLink> = generated(617, 1234, "user");
     for (n, row) in second.iter_mut().enumerate().filter(|(n, _)| n % 10 == 0) {
-        row.lms_username = LmsUsername::parse(&format!("renamed{n}")).unwrap();
+        let renamed = LmsUsername::parse(&format!("renamed{n}")).unwrap();
+        *row = CustomerLink::new(row.customer_id().clone(), row.lms_user_id(), renamed, row.email().clone());
     }
     second.extend(generated(1234, 2000, "user"));
     let merged = f.store.import(&second).await.unwrap();

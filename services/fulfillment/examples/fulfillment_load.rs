@@ -44,6 +44,7 @@ use fulfillment::{Config, Fulfillment};
 use kit::bench::{CpuSnapshot, cpu_snapshot, ms, percentile, thousands, with_database};
 use kit::db::{Database, DatabaseConfig};
 use kit::serve::GrpcServer;
+use kit::service::Service as _;
 use kit::shutdown::Shutdown;
 use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;

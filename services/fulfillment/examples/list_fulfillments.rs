@@ -52,8 +52,8 @@ const BATCH: i64 = 100_000;
 
 /// A job's spec as the service stores it, to vary per row in SQL.
 fn template() -> String {
-    let order = Order {
-        header: OrderHeader {
+    let order = Order::new(
+        OrderHeader {
             order_number: OrderNumber::parse("BENCH-0").unwrap(),
             order_id: None,
             order_version: 1,
@@ -61,8 +61,8 @@ fn template() -> String {
             source_system: Some(SourceSystem::parse("commercetools").unwrap()),
             email_opt_in: false,
         },
-        learner: LearnerRef::Lms(learner()),
-        lines: vec![OrderLine {
+        LearnerRef::Lms(learner()),
+        vec![OrderLine {
             line_item_id: LineItemId::parse("l1").unwrap(),
             product: Product::course_run(
                 CourseRunKey::parse("course-v1:Bench+C0+2026_T1").unwrap(),
@@ -73,7 +73,7 @@ fn template() -> String {
             title: Title::parse("Bench course").unwrap(),
             price: Price::parse("USD", "49.00").unwrap(),
         }],
-    };
+    );
     serde_json::to_string(&order.jobs(&learner())[0]).unwrap()
 }
 

@@ -9,10 +9,8 @@ use kit::dead_letters::{ConsumedStream, DeadLetterOps};
 use proto::commerce::fulfillment::v1::fulfillment_dead_letter_service_server::{
     FulfillmentDeadLetterService, FulfillmentDeadLetterServiceServer,
 };
-use proto::commerce::ops::v1 as pb;
-use tonic::{Request, Response, Status};
 
-/// The service: every call handed to [`DeadLetterOps`].
+/// The service: every call handed to [`DeadLetterOps`] (by [`kit::serve_dead_letters`]).
 #[derive(Clone, Debug)]
 pub struct FulfillmentDeadLetters(DeadLetterOps);
 
@@ -25,26 +23,4 @@ pub fn service(
     FulfillmentDeadLetterServiceServer::new(FulfillmentDeadLetters(DeadLetterOps::new(bus, streams)))
 }
 
-#[tonic::async_trait]
-impl FulfillmentDeadLetterService for FulfillmentDeadLetters {
-    async fn list_dead_letters(
-        &self,
-        request: Request<pb::ListDeadLettersRequest>,
-    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        self.0.list(request).await
-    }
-
-    async fn replay_dead_letters(
-        &self,
-        request: Request<pb::ReplayDeadLettersRequest>,
-    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
-        self.0.replay(request).await
-    }
-
-    async fn discard_dead_letters(
-        &self,
-        request: Request<pb::DiscardDeadLettersRequest>,
-    ) -> Result<Response<pb::DiscardDeadLettersResponse>, Status> {
-        self.0.discard(request).await
-    }
-}
+kit::serve_dead_letters!(FulfillmentDeadLetterService, FulfillmentDeadLetters);

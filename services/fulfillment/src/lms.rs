@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use http::HeaderMap;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use kit::secret::Secret;
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -45,7 +46,7 @@ pub struct LmsConfig {
     /// OAuth2 client id of this service on the LMS.
     pub client_id: String,
     /// OAuth2 client secret; never printed (see the `Debug` impl).
-    pub client_secret: String,
+    pub client_secret: Secret,
     /// Longest wait for a TCP (and TLS) connection to the LMS.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -62,7 +63,7 @@ impl Default for LmsConfig {
         Self {
             url: "http://127.0.0.1:18000".into(),
             client_id: String::new(),
-            client_secret: String::new(),
+            client_secret: Secret::new(String::new()),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             token_refresh_margin: Duration::from_secs(60),
@@ -216,7 +217,7 @@ struct Inner {
     entitlement_url: Url,
     token_url: Url,
     client_id: String,
-    client_secret: String,
+    client_secret: Secret,
     refresh_margin: Duration,
     /// Held across a token fetch, so concurrent callers wait for that one fetch.
     token: Mutex<Option<CachedToken>>,
@@ -516,7 +517,7 @@ impl Inner {
         let form = form_encode(&[
             ("grant_type", "client_credentials"),
             ("client_id", &self.client_id),
-            ("client_secret", &self.client_secret),
+            ("client_secret", self.client_secret.expose()),
             // Open edX answers a JWT (sent back as `Authorization: JWT ...`) rather than an opaque bearer token.
             ("token_type", "jwt"),
         ]);

@@ -26,6 +26,24 @@ use crate::store::{FulfillmentJob, OutboxEvent};
 use crate::webhook::store::NewDelivery;
 use crate::webhook::{WebhookSources, notice};
 
+/// The event `events::$event` of `$job`'s line: the fields naming the line
+/// ([`LineFields`]), which the outcome events all carry, then the event's own.
+macro_rules! line_event {
+    ($event:ident, $job:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let line = LineFields::of($job);
+        events::$event {
+            fulfillment_id: line.fulfillment_id,
+            order_number: line.order_number,
+            line_item_id: line.line_item_id,
+            lms_user_id: line.lms_user_id,
+            lms_username: line.lms_username,
+            course_run_key: line.course_run_key,
+            course_uuid: line.course_uuid,
+            $($field: $value),*
+        }
+    }};
+}
+
 /// The `FulfillmentCompleted` and `PurchaseRecorded` events of a job that just succeeded.
 pub fn completion_events(
     job: &FulfillmentJob,
@@ -34,19 +52,11 @@ pub fn completion_events(
     trace: &TextContext,
 ) -> Vec<OutboxEvent> {
     let spec = &job.spec;
-    let (course_run_key, course_uuid) = product_keys(&spec.line.product);
-    let completed = events::FulfillmentCompleted {
-        fulfillment_id: job.id.clone(),
-        order_number: spec.header.order_number.to_string(),
-        line_item_id: spec.line.line_item_id.to_string(),
-        lms_user_id: spec.learner.lms_user_id.to_string(),
-        lms_username: spec.learner.lms_username.to_string(),
-        course_run_key,
-        course_uuid,
+    let completed = line_event!(FulfillmentCompleted, job, {
         mode: spec.line.product.mode().as_str().to_string(),
         entitlement_uuid: entitlement_uuid.unwrap_or_default().to_string(),
         completed_at: Some(to_timestamp(completed_at)),
-    };
+    });
     // Every field below is a vocab value Fulfillment parsed, so PurchaseHistory,
     // parsing the same fields with the same types, accepts it.
     let purchase = events::PurchaseRecorded {
@@ -84,18 +94,19 @@ pub fn completion_events(
 /// SUCCEEDED: the purchase its `PurchaseRecorded` announced is refunded.
 /// It carries the refunding call's trace.
 pub fn refund_recorded_event(job: &FulfillmentJob, refund: &Refund) -> OutboxEvent {
-    let spec = &job.spec;
+    let LineFields { order_number, line_item_id, lms_user_id, .. } = LineFields::of(job);
+    let RefundFields { refunded_amount, reason, source } = RefundFields::of(refund);
     let refunded = events::PurchaseRefunded {
         purchase_id: purchase_id(job),
-        lms_user_id: spec.learner.lms_user_id.to_string(),
-        order_number: spec.header.order_number.to_string(),
-        line_item_id: spec.line.line_item_id.to_string(),
-        refunded_amount: Some(Money::from(refund.terms.amount())),
-        reason: refund.terms.reason().to_string(),
-        source: refund.terms.source().to_string(),
+        lms_user_id,
+        order_number,
+        line_item_id,
+        refunded_amount,
+        reason,
+        source,
         refunded_at: Some(to_timestamp(refund.requested_at)),
     };
-    let trace = TextContext { traceparent: refund.traceparent.clone(), tracestate: String::new() };
+    let trace = trace_of(&refund.traceparent);
     envelope(
         format!("purchase-refunded:{}", job.id),
         proto::streams::PURCHASES,
@@ -115,22 +126,14 @@ pub fn revocation_events(
     revoked_at: DateTime<Utc>,
     trace: &TextContext,
 ) -> Vec<OutboxEvent> {
-    let spec = &job.spec;
-    let (course_run_key, course_uuid) = product_keys(&spec.line.product);
-    let revoked = events::FulfillmentRevoked {
-        fulfillment_id: job.id.clone(),
-        order_number: spec.header.order_number.to_string(),
-        line_item_id: spec.line.line_item_id.to_string(),
-        lms_user_id: spec.learner.lms_user_id.to_string(),
-        lms_username: spec.learner.lms_username.to_string(),
-        course_run_key,
-        course_uuid,
+    let RefundFields { refunded_amount, reason, source } = RefundFields::of(refund);
+    let revoked = line_event!(FulfillmentRevoked, job, {
         entitlement_uuid: entitlement_uuid.or(job.entitlement_uuid.as_deref()).unwrap_or_default().to_string(),
-        refunded_amount: Some(Money::from(refund.terms.amount())),
-        reason: refund.terms.reason().to_string(),
-        source: refund.terms.source().to_string(),
+        refunded_amount: refunded_amount,
+        reason: reason,
+        source: source,
         revoked_at: Some(to_timestamp(revoked_at)),
-    };
+    });
     vec![envelope(
         revoked_event_id(&job.id),
         proto::streams::FULFILLMENTS,
@@ -143,20 +146,20 @@ pub fn revocation_events(
 
 /// The `RefundRequested` event of a refund the LMS asked for, in the asking call's trace.
 pub fn refund_requested_event(job: &FulfillmentJob, request: &RefundRequest, traceparent: &str) -> OutboxEvent {
-    let spec = &job.spec;
-    let (course_run_key, _) = product_keys(&spec.line.product);
+    let LineFields { fulfillment_id, order_number, line_item_id, lms_user_id, course_run_key, .. } =
+        LineFields::of(job);
     let requested = events::RefundRequested {
         refund_request_id: request.id.clone(),
-        fulfillment_id: job.id.clone(),
-        order_number: spec.header.order_number.to_string(),
-        line_item_id: spec.line.line_item_id.to_string(),
-        lms_user_id: spec.learner.lms_user_id.to_string(),
+        fulfillment_id,
+        order_number,
+        line_item_id,
+        lms_user_id,
         course_run_key,
-        price: Some(Money::from(&spec.line.price)),
+        price: Some(Money::from(&job.spec.line.price)),
         reason: request.reason.to_string(),
         requested_at: Some(to_timestamp(request.requested_at)),
     };
-    let trace = TextContext { traceparent: traceparent.to_owned(), tracestate: String::new() };
+    let trace = trace_of(traceparent);
     envelope(
         format!("refund-requested:{}", job.id),
         proto::streams::FULFILLMENTS,
@@ -194,7 +197,6 @@ pub fn outcome_event_id(id: &str, state: JobState, at: DateTime<Utc>) -> Option<
 /// REVOKE_FAILED) event of a job as it was just recorded; none in another state.
 pub fn failure_events(job: &FulfillmentJob, failed_at: DateTime<Utc>, trace: &TextContext) -> Vec<OutboxEvent> {
     let spec = &job.spec;
-    let (course_run_key, course_uuid) = product_keys(&spec.line.product);
     let error = Some(events::FulfillmentError {
         kind: job.last_error.as_ref().map(|e| e.kind.as_str()).unwrap_or_default().to_string(),
         lms_status: job.last_error.as_ref().and_then(|e| e.lms_status).map_or(0, i32::from),
@@ -206,36 +208,22 @@ pub fn failure_events(job: &FulfillmentJob, failed_at: DateTime<Utc>, trace: &Te
     let (event_type, payload) = match job.state {
         JobState::Failed => (
             "commerce.events.v1.FulfillmentFailed",
-            Payload::FulfillmentFailed(events::FulfillmentFailed {
-                fulfillment_id: job.id.clone(),
-                order_number: spec.header.order_number.to_string(),
-                line_item_id: spec.line.line_item_id.to_string(),
-                lms_user_id: spec.learner.lms_user_id.to_string(),
-                lms_username: spec.learner.lms_username.to_string(),
-                course_run_key,
-                course_uuid,
+            Payload::FulfillmentFailed(line_event!(FulfillmentFailed, job, {
                 mode: spec.line.product.mode().as_str().to_string(),
-                source_system,
-                error,
-                attempts,
+                source_system: source_system,
+                error: error,
+                attempts: attempts,
                 failed_at: Some(to_timestamp(failed_at)),
-            }),
+            })),
         ),
         JobState::RevokeFailed => (
             "commerce.events.v1.FulfillmentRevocationFailed",
-            Payload::FulfillmentRevocationFailed(events::FulfillmentRevocationFailed {
-                fulfillment_id: job.id.clone(),
-                order_number: spec.header.order_number.to_string(),
-                line_item_id: spec.line.line_item_id.to_string(),
-                lms_user_id: spec.learner.lms_user_id.to_string(),
-                lms_username: spec.learner.lms_username.to_string(),
-                course_run_key,
-                course_uuid,
-                source_system,
-                error,
-                attempts,
+            Payload::FulfillmentRevocationFailed(line_event!(FulfillmentRevocationFailed, job, {
+                source_system: source_system,
+                error: error,
+                attempts: attempts,
                 failed_at: Some(to_timestamp(failed_at)),
-            }),
+            })),
         ),
         _ => return Vec::new(),
     };
@@ -299,12 +287,58 @@ fn redacted_error_message(job: &FulfillmentJob) -> String {
     if username.is_empty() { message.to_string() } else { message.replace(username, "<learner>") }
 }
 
-/// The event fields of a product: (course run key, course UUID), one of them empty.
-fn product_keys(product: &Product) -> (String, String) {
-    match product {
-        Product::CourseRun { course_run_key, .. } => (course_run_key.to_string(), String::new()),
-        Product::Entitlement { course_uuid, .. } => (String::new(), course_uuid.to_string()),
+/// The fields naming a job's line that its events carry, as the events spell them.
+struct LineFields {
+    fulfillment_id: String,
+    order_number: String,
+    line_item_id: String,
+    lms_user_id: String,
+    lms_username: String,
+    /// The course run key, or empty for an entitlement.
+    course_run_key: String,
+    /// The course UUID of an entitlement, or empty.
+    course_uuid: String,
+}
+
+impl LineFields {
+    fn of(job: &FulfillmentJob) -> Self {
+        let spec = &job.spec;
+        let (course_run_key, course_uuid) = match &spec.line.product {
+            Product::CourseRun { course_run_key, .. } => (course_run_key.to_string(), String::new()),
+            Product::Entitlement { course_uuid, .. } => (String::new(), course_uuid.to_string()),
+        };
+        Self {
+            fulfillment_id: job.id.clone(),
+            order_number: spec.header.order_number.to_string(),
+            line_item_id: spec.line.line_item_id.to_string(),
+            lms_user_id: spec.learner.lms_user_id.to_string(),
+            lms_username: spec.learner.lms_username.to_string(),
+            course_run_key,
+            course_uuid,
+        }
     }
+}
+
+/// The fields of a refund its events carry.
+struct RefundFields {
+    refunded_amount: Option<Money>,
+    reason: String,
+    source: String,
+}
+
+impl RefundFields {
+    fn of(refund: &Refund) -> Self {
+        Self {
+            refunded_amount: Some(Money::from(refund.terms.amount())),
+            reason: refund.terms.reason().to_string(),
+            source: refund.terms.source().to_string(),
+        }
+    }
+}
+
+/// The trace of a call that recorded `traceparent` (no vendor state is kept).
+fn trace_of(traceparent: &str) -> TextContext {
+    TextContext { traceparent: traceparent.to_owned(), tracestate: String::new() }
 }
 
 /// The purchase a fulfilled job announced.

@@ -3,7 +3,7 @@
 //!
 //! One claim loop feeds at most `concurrency` attempts at a time. When nothing
 //! is due it sleeps until the next job falls due, until new work is announced
-//! ([`Workers::wake`], notified by the API in this process and, on Postgres, by
+//! (`Workers::wake`, notified by the API in this process and, on Postgres, by
 //! `NOTIFY` from other processes), or at most `idle_poll`: never a busy loop.
 
 use std::sync::Arc;

@@ -46,8 +46,8 @@ fn secs(n: i64) -> chrono::Duration {
 }
 
 fn order(number: &str, line_ids: &[&str]) -> Vec<NewJob> {
-    let order = Order {
-        header: OrderHeader {
+    let order = Order::new(
+        OrderHeader {
             order_number: OrderNumber::parse(number).unwrap(),
             order_id: Some(OrderId::parse("internal-1").unwrap()),
             order_version: 3,
@@ -55,8 +55,8 @@ fn order(number: &str, line_ids: &[&str]) -> Vec<NewJob> {
             source_system: Some(SourceSystem::parse("commercetools").unwrap()),
             email_opt_in: true,
         },
-        learner: LearnerRef::Customer { customer_id: CustomerId::parse("c-1").unwrap() },
-        lines: line_ids
+        LearnerRef::Customer { customer_id: CustomerId::parse("c-1").unwrap() },
+        line_ids
             .iter()
             .map(|id| OrderLine {
                 line_item_id: LineItemId::parse(id).unwrap(),
@@ -70,7 +70,7 @@ fn order(number: &str, line_ids: &[&str]) -> Vec<NewJob> {
                 price: Price::parse("USD", "49.00").unwrap(),
             })
             .collect(),
-    };
+    );
     let learner = Learner {
         customer_id: Some(CustomerId::parse("c-1").unwrap()),
         lms_user_id: LmsUserId::parse("42").unwrap(),

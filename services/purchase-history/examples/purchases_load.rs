@@ -556,8 +556,7 @@ async fn store_case(history: &PurchaseHistory, learner: &LearnerKey, case: Case,
             let more = page.len() > case.page_size as usize;
             page.truncate(case.page_size as usize);
             listed += page.len();
-            after =
-                page.last().map(|p| PageCursor { purchased_at: p.purchased_at, purchase_id: p.purchase_id.clone() });
+            after = page.last().map(PageCursor::after);
             if !case.walk || !more {
                 if case.walk {
                     t.last_pages.push(took);

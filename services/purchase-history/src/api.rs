@@ -1,7 +1,8 @@
-//! The gRPC face of PurchaseHistory: `RecordPurchase` validates and appends to
-//! the purchases stream (the consumer stores it, like every other purchase);
-//! `ListPurchases` resolves a username through CustomerIdentity so a renamed
-//! learner keeps their history, then pages the store newest first. No SQL here.
+//! The gRPC face of PurchaseHistory, each RPC parse → domain → store → answer
+//! (parsing and answers in `convert.rs`): `RecordPurchase` appends the parsed
+//! purchase to the purchases stream (the consumer stores it, like every other
+//! purchase); `ListPurchases` resolves a username through CustomerIdentity so a
+//! renamed learner keeps their history, then pages the store newest first. No SQL here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,6 @@ use std::time::Duration;
 use chrono::Utc;
 use kit::bus::EventBus;
 use kit::client::TracedChannel;
-use kit::error::{BadRequest, ViolationReason};
 use kit::trace::TextContext;
 use prost::Message;
 use proto::commerce::events::v1::{EventEnvelope, event_envelope::Payload};
@@ -21,15 +21,10 @@ use tonic::{Code, Request, Response, Status};
 
 use vocab::{LmsUserId, LmsUsername};
 
-use crate::domain::{LearnerKey, PageCursor, Purchase, Violation};
-use crate::refund::PurchaseRefund;
-use crate::store::StoreError;
-use crate::store::{Listed, Store};
+use crate::convert::{PurchaseListing, purchase_page, purchase_to_record};
+use crate::domain::LearnerKey;
+use crate::store::{Store, StoreError};
 
-/// The page of `ListPurchases` when the caller asks for none.
-const DEFAULT_PAGE_SIZE: i32 = 50;
-/// The largest page of `ListPurchases`.
-const MAX_PAGE_SIZE: i32 = 500;
 /// How long a username lookup waits for CustomerIdentity.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -55,24 +50,10 @@ impl PurchaseHistoryApi {
 
     /// Whose purchases: an LMS user id as given; a username resolved to its
     /// LMS user id when CustomerIdentity knows it, else the stored username.
-    async fn learner(&self, learner: Option<&pb::list_purchases_request::Learner>) -> Result<LearnerKey, Status> {
-        use pb::list_purchases_request::Learner;
-        let mut bad = BadRequest::new();
+    async fn resolve(&self, learner: &LearnerKey) -> Result<LearnerKey, Status> {
         let username = match learner {
-            Some(Learner::LmsUserId(id)) => {
-                let id = bad.check("lms_user_id", LmsUserId::parse(id));
-                bad.into_result()?;
-                return id.map(LearnerKey::LmsUserId).ok_or_else(|| Status::invalid_argument("lms_user_id"));
-            }
-            Some(Learner::Username(name)) => {
-                let name = bad.check("username", LmsUsername::parse(name));
-                bad.into_result()?;
-                name.ok_or_else(|| Status::invalid_argument("username"))?
-            }
-            None => {
-                bad.violation("learner", ViolationReason::Required, "is required: username or lms_user_id");
-                return Err(bad.into_status());
-            }
+            LearnerKey::LmsUserId(_) => return Ok(learner.clone()),
+            LearnerKey::Username(username) => username,
         };
         let mut request = Request::new(identity::LookupCustomerRequest {
             key: Some(identity::lookup_customer_request::Key::LmsUsername(username.to_string())),
@@ -81,17 +62,22 @@ impl PurchaseHistoryApi {
         match self.identity.clone().lookup_customer(request).await {
             Ok(found) => match found.into_inner().customer.and_then(|c| LmsUserId::parse(&c.lms_user_id).ok()) {
                 Some(id) => Ok(LearnerKey::LmsUserId(id)),
-                None => Ok(LearnerKey::Username(username.clone())),
+                None => Ok(stored_username(username)),
             },
             // Unknown to CustomerIdentity (or not a valid username there): the stored username answers.
             Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
-                Ok(LearnerKey::Username(username.clone()))
+                Ok(stored_username(username))
             }
             Err(status) => {
                 Err(kit::error::from_peer("CustomerIdentity", &format!("resolving username {username}"), &status))
             }
         }
     }
+}
+
+/// The purchases stored under `username` as written on each.
+fn stored_username(username: &LmsUsername) -> LearnerKey {
+    LearnerKey::Username(username.clone())
 }
 
 /// A store failure as the caller sees it: never the database's own text.
@@ -105,21 +91,13 @@ fn store_status(error: StoreError) -> Status {
     }
 }
 
-fn invalid(violations: Vec<Violation>) -> Status {
-    let mut bad = BadRequest::new();
-    for violation in violations {
-        bad.violation(violation.field_path, violation.rule, violation.reason);
-    }
-    bad.into_status()
-}
-
 #[tonic::async_trait]
 impl PurchaseHistoryService for PurchaseHistoryApi {
     async fn record_purchase(
         &self,
         request: Request<pb::RecordPurchaseRequest>,
     ) -> Result<Response<pb::RecordPurchaseResponse>, Status> {
-        let mut purchase = Purchase::from_request(request.get_ref(), Utc::now()).map_err(invalid)?;
+        let mut purchase = purchase_to_record(request.get_ref(), Utc::now())?;
         // A retired learner's name never goes back onto the stream.
         if let Some(placeholder) = self.store.retired_username(purchase.lms_user_id).await.map_err(store_status)? {
             purchase.username = placeholder;
@@ -150,57 +128,14 @@ impl PurchaseHistoryService for PurchaseHistoryApi {
         &self,
         request: Request<pb::ListPurchasesRequest>,
     ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
-        let request = request.get_ref();
-        let mut bad = BadRequest::new();
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => {
-                bad.violation("page_size", ViolationReason::OutOfRange, "must not be negative");
-                DEFAULT_PAGE_SIZE
-            }
-            n => n.min(MAX_PAGE_SIZE),
-        };
-        let after = match request.page_token.as_str() {
-            "" => None,
-            token => PageCursor::decode(token)
-                .map_err(|_| {
-                    bad.violation(
-                        "page_token",
-                        ViolationReason::UnknownValue,
-                        "is not a next_page_token this service gave",
-                    )
-                })
-                .ok(),
-        };
-        bad.into_result()?;
-        let learner = self.learner(request.learner.as_ref()).await?;
-        let mut purchases = self
+        let listing = PurchaseListing::try_from(request.get_ref())?;
+        let learner = self.resolve(listing.learner()).await?;
+        let page_size = listing.page_size();
+        let listed = self
             .store
-            .list_page(&learner, after.as_ref(), i64::from(page_size) + 1, request.hide_refunded)
+            .list_page(&learner, listing.after(), page_size.rows_to_read(), listing.hide_refunded())
             .await
             .map_err(store_status)?;
-        let next_page_token = if purchases.len() > page_size as usize {
-            purchases.truncate(page_size as usize);
-            purchases.last().map(|listed| PageCursor::after(&listed.purchase).encode()).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListPurchasesResponse {
-            purchases: purchases.iter().map(listed_to_proto).collect(),
-            next_page_token,
-        }))
-    }
-}
-
-/// The API's view of a listed purchase: its status, and its refund when refunded.
-fn listed_to_proto(listed: &Listed) -> pb::Purchase {
-    let status = match listed.refund {
-        Some(_) => pb::PurchaseStatus::Refunded,
-        None => pb::PurchaseStatus::Purchased,
-    };
-    pb::Purchase {
-        status: status as i32,
-        refund: listed.refund.as_ref().map(PurchaseRefund::to_proto),
-        ..listed.purchase.to_proto()
+        Ok(Response::new(purchase_page(listed, page_size)))
     }
 }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use kit::bus::Delivery;
-use kit::bus::consumer::{BatchHandler, Verdict};
+use kit::bus::consumer::{BatchHandler, DecodedBatch, Verdict, decode_batch};
 use kit::trace::TextContext;
 use prost::Message;
 use proto::commerce::events::v1::{EventEnvelope, event_envelope::Payload};
@@ -46,25 +46,50 @@ pub enum PurchaseEvent {
     Refunded(PurchaseRefund),
 }
 
+/// Why a message on the purchases stream can never be stored (its text is the dead letter's reason).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// Not an envelope at all.
+    #[error("not an EventEnvelope: {0}")]
+    NotAnEnvelope(#[from] prost::DecodeError),
+    /// A purchase or a refund with bad fields, every one named.
+    #[error("invalid {what}: {}", listed(violations))]
+    Invalid {
+        /// `purchase` or `refund`.
+        what: &'static str,
+        /// The bad fields.
+        violations: Vec<Violation>,
+    },
+    /// Another event type.
+    #[error("not a purchase or a refund: {0}")]
+    OtherEvent(String),
+    /// An envelope without its event.
+    #[error("the envelope has no payload")]
+    NoPayload,
+}
+
+/// Each violation as `path: reason`, joined.
+fn listed(violations: &[Violation]) -> String {
+    let listed: Vec<String> = violations.iter().map(|v| format!("{}: {}", v.field_path, v.reason)).collect();
+    listed.join("; ")
+}
+
 /// A message's event and trace, or why it can never be stored: the
 /// consumer's whole parser, public so the seam's property test
 /// (`tests/tests/seams.rs`) holds Fulfillment's events against it.
-pub fn decode(payload: &[u8]) -> Result<(PurchaseEvent, TextContext), String> {
-    let envelope = EventEnvelope::decode(payload).map_err(|e| format!("not an EventEnvelope: {e}"))?;
+pub fn decode(payload: &[u8]) -> Result<(PurchaseEvent, TextContext), Refused> {
+    let envelope = EventEnvelope::decode(payload)?;
     let trace = TextContext { traceparent: envelope.traceparent, tracestate: envelope.tracestate };
-    let listed = |what: &str, violations: Vec<Violation>| {
-        let listed: Vec<String> = violations.iter().map(|v| format!("{}: {}", v.field_path, v.reason)).collect();
-        format!("invalid {what}: {}", listed.join("; "))
-    };
+    let invalid = |what: &'static str| move |violations| Refused::Invalid { what, violations };
     let event = match envelope.payload {
         Some(Payload::PurchaseRecorded(event)) => {
-            PurchaseEvent::Recorded(Purchase::from_event(&event).map_err(|v| listed("purchase", v))?)
+            PurchaseEvent::Recorded(Purchase::from_event(&event).map_err(invalid("purchase"))?)
         }
         Some(Payload::PurchaseRefunded(event)) => {
-            PurchaseEvent::Refunded(PurchaseRefund::from_event(&event).map_err(|v| listed("refund", v))?)
+            PurchaseEvent::Refunded(PurchaseRefund::from_event(&event).map_err(invalid("refund"))?)
         }
-        Some(_) => return Err(format!("not a purchase or a refund: {}", envelope.event_type)),
-        None => return Err("the envelope has no payload".into()),
+        Some(_) => return Err(Refused::OtherEvent(envelope.event_type)),
+        None => return Err(Refused::NoPayload),
     };
     Ok((event, trace))
 }
@@ -72,10 +97,9 @@ pub fn decode(payload: &[u8]) -> Result<(PurchaseEvent, TextContext), String> {
 #[async_trait::async_trait]
 impl BatchHandler for PurchaseRecorder {
     async fn handle(&self, batch: &[Delivery]) -> Result<Vec<Verdict>, Box<dyn std::error::Error + Send + Sync>> {
-        let decoded: Vec<Result<(PurchaseEvent, TextContext), String>> =
-            batch.iter().map(|delivery| decode(&delivery.payload)).collect();
+        let DecodedBatch { events, verdicts } = decode_batch(batch, decode);
         let (mut purchases, mut refunds) = (Vec::new(), Vec::new());
-        for (event, _) in decoded.iter().flatten() {
+        for (event, _) in &events {
             match event {
                 PurchaseEvent::Recorded(purchase) => purchases.push(purchase.clone()),
                 PurchaseEvent::Refunded(refund) => refunds.push(refund.clone()),
@@ -84,59 +108,38 @@ impl BatchHandler for PurchaseRecorder {
         let stored = self.store.insert_batch(&purchases).await?;
         let refunded = self.store.insert_refunds(&refunds).await?;
         tracing::debug!(received = batch.len(), valid = purchases.len(), new = stored, refunded, "purchases stored");
-        Ok(decoded
-            .into_iter()
-            .map(|result| match result {
-                Ok((event, trace)) => {
-                    // A span per event, child of the producer's: one trace shows
-                    // order → fulfillment → purchase stored (or refund → purchase refunded).
-                    let (name, id) = match &event {
-                        PurchaseEvent::Recorded(purchase) => ("purchase stored", purchase.purchase_id.to_string()),
-                        PurchaseEvent::Refunded(refund) => ("purchase refunded", refund.purchase_id.to_string()),
-                    };
-                    let span = tracing::info_span!(
-                        "purchase stored",
-                        otel.name = name,
-                        purchase.id = %id,
-                        otel.kind = "consumer",
-                    );
-                    trace.set_parent_of(&span);
-                    span.in_scope(|| tracing::debug!("stored"));
-                    Verdict::Settled
-                }
-                Err(reason) => Verdict::Refused(reason),
-            })
-            .collect())
+        for (event, trace) in &events {
+            // A span per event, child of the producer's: one trace shows
+            // order → fulfillment → purchase stored (or refund → purchase refunded).
+            let (name, id) = match event {
+                PurchaseEvent::Recorded(purchase) => ("purchase stored", purchase.purchase_id.to_string()),
+                PurchaseEvent::Refunded(refund) => ("purchase refunded", refund.purchase_id().to_string()),
+            };
+            let span = tracing::info_span!(
+                "purchase stored",
+                otel.name = name,
+                purchase.id = %id,
+                otel.kind = "consumer",
+            );
+            trace.set_parent_of(&span);
+            span.in_scope(|| tracing::debug!("stored"));
+        }
+        Ok(verdicts)
     }
 }
 
 /// Applies `CustomerRetired` events: the learner's purchases get the
 /// placeholder username, and so does any purchase of theirs stored later.
-pub struct LearnerRetirer {
-    store: Arc<dyn Store>,
-}
-
-impl LearnerRetirer {
-    /// A retirer over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
-    }
-}
+pub type LearnerRetirer = kit::retirement::LearnerRetirer<dyn Store>;
 
 #[async_trait::async_trait]
-impl BatchHandler for LearnerRetirer {
-    async fn handle(&self, batch: &[Delivery]) -> Result<Vec<Verdict>, Box<dyn std::error::Error + Send + Sync>> {
-        let decoded: Vec<Result<Retirement, vocab::Invalid>> =
-            batch.iter().map(|delivery| Retirement::decode(&delivery.payload)).collect();
-        let retirements: Vec<Retirement> = decoded.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-        let changed = self.store.retire_learners(&retirements).await?;
-        tracing::info!(retirements = retirements.len(), purchases = changed, "retired learners' usernames replaced");
-        Ok(decoded
-            .into_iter()
-            .map(|result| match result {
-                Ok(_) => Verdict::Settled,
-                Err(reason) => Verdict::Refused(reason.to_string()),
-            })
-            .collect())
+impl kit::retirement::RetireLearners for dyn Store {
+    const CHANGED_ROWS: &'static str = "purchases";
+
+    async fn retire_learners(
+        &self,
+        retirements: &[Retirement],
+    ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Store::retire_learners(self, retirements).await?)
     }
 }

@@ -6,13 +6,11 @@ use std::sync::Arc;
 
 use kit::bus::EventBus;
 use kit::dead_letters::{ConsumedStream, DeadLetterOps};
-use proto::commerce::ops::v1 as pb;
 use proto::commerce::purchases::v1::purchase_history_dead_letter_service_server::{
     PurchaseHistoryDeadLetterService, PurchaseHistoryDeadLetterServiceServer,
 };
-use tonic::{Request, Response, Status};
 
-/// The service: every call handed to [`DeadLetterOps`].
+/// The service: every call handed to [`DeadLetterOps`] (by [`kit::serve_dead_letters`]).
 #[derive(Clone, Debug)]
 pub struct PurchaseHistoryDeadLetters(DeadLetterOps);
 
@@ -29,26 +27,4 @@ pub fn service(
     PurchaseHistoryDeadLetterServiceServer::new(PurchaseHistoryDeadLetters(DeadLetterOps::new(bus, streams)))
 }
 
-#[tonic::async_trait]
-impl PurchaseHistoryDeadLetterService for PurchaseHistoryDeadLetters {
-    async fn list_dead_letters(
-        &self,
-        request: Request<pb::ListDeadLettersRequest>,
-    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        self.0.list(request).await
-    }
-
-    async fn replay_dead_letters(
-        &self,
-        request: Request<pb::ReplayDeadLettersRequest>,
-    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
-        self.0.replay(request).await
-    }
-
-    async fn discard_dead_letters(
-        &self,
-        request: Request<pb::DiscardDeadLettersRequest>,
-    ) -> Result<Response<pb::DiscardDeadLettersResponse>, Status> {
-        self.0.discard(request).await
-    }
-}
+kit::serve_dead_letters!(PurchaseHistoryDeadLetterService, PurchaseHistoryDeadLetters);

@@ -9,26 +9,64 @@ use proto::commerce::purchases::v1 as pb;
 use proto::commerce::r#type::v1::Money;
 use vocab::{Invalid, LmsUserId, Price, PurchaseId, RefundReason, SourceSystem, ViolationReason};
 
-use crate::domain::Violation;
+use crate::domain::{Violation, truncate_to_micros};
 
-/// The refund of one purchase, valid by construction.
+/// The refund of one purchase, valid by construction: built only by
+/// [`PurchaseRefund::from_event`] or [`PurchaseRefund::new`] from parsed values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PurchaseRefund {
-    /// The purchase refunded.
-    pub purchase_id: PurchaseId,
-    /// The buyer.
-    pub lms_user_id: LmsUserId,
-    /// How much (never negative).
-    pub amount: Price,
-    /// Why; may be empty.
-    pub reason: RefundReason,
-    /// Which system refunded it.
-    pub source: SourceSystem,
-    /// When it was recorded, to the microsecond (what both backends keep).
-    pub refunded_at: DateTime<Utc>,
+    purchase_id: PurchaseId,
+    lms_user_id: LmsUserId,
+    amount: Price,
+    reason: RefundReason,
+    source: SourceSystem,
+    refunded_at: DateTime<Utc>,
 }
 
 impl PurchaseRefund {
+    /// The refund of `purchase_id` (bought by `lms_user_id`): `amount`, for
+    /// `reason`, by `source`, recorded at `refunded_at` (kept to the microsecond).
+    pub fn new(
+        purchase_id: PurchaseId,
+        lms_user_id: LmsUserId,
+        amount: Price,
+        reason: RefundReason,
+        source: SourceSystem,
+        refunded_at: DateTime<Utc>,
+    ) -> Self {
+        Self { purchase_id, lms_user_id, amount, reason, source, refunded_at: truncate_to_micros(refunded_at) }
+    }
+
+    /// The purchase refunded.
+    pub fn purchase_id(&self) -> &PurchaseId {
+        &self.purchase_id
+    }
+
+    /// The buyer.
+    pub fn lms_user_id(&self) -> LmsUserId {
+        self.lms_user_id
+    }
+
+    /// How much (never negative).
+    pub fn amount(&self) -> &Price {
+        &self.amount
+    }
+
+    /// Why; may be empty.
+    pub fn reason(&self) -> &RefundReason {
+        &self.reason
+    }
+
+    /// Which system refunded it.
+    pub fn source(&self) -> &SourceSystem {
+        &self.source
+    }
+
+    /// When it was recorded, to the microsecond (what both backends keep).
+    pub fn refunded_at(&self) -> DateTime<Utc> {
+        self.refunded_at
+    }
+
     /// From a stream message: every field required but `reason`; every violation named.
     pub fn from_event(event: &PurchaseRefunded) -> Result<Self, Vec<Violation>> {
         let mut violations = Vec::new();
@@ -53,7 +91,7 @@ impl PurchaseRefund {
                 None
             }
             Some(at) => kit::time::from_timestamp(at)
-                .map(|at| DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at))
+                .map(truncate_to_micros)
                 .map_err(|reason| bad("refunded_at", Invalid::because(ViolationReason::OutOfRange, reason)))
                 .ok(),
         };

@@ -66,14 +66,14 @@ async fn all(store: &dyn Store, learner: &LearnerKey) -> Vec<Purchase> {
 }
 
 fn refund(id: &str, amount: &str, refunded_at: DateTime<Utc>) -> PurchaseRefund {
-    PurchaseRefund {
-        purchase_id: PurchaseId::parse(id).unwrap(),
-        lms_user_id: uid(7),
-        amount: Price::parse("USD", amount).unwrap(),
-        reason: RefundReason::parse("requested_by_customer").unwrap(),
-        source: SourceSystem::parse("stripe").unwrap(),
+    PurchaseRefund::new(
+        PurchaseId::parse(id).unwrap(),
+        uid(7),
+        Price::parse("USD", amount).unwrap(),
+        RefundReason::parse("requested_by_customer").unwrap(),
+        SourceSystem::parse("stripe").unwrap(),
         refunded_at,
-    }
+    )
 }
 
 async fn a_refund_marks_its_purchase_whichever_arrives_first(f: Fixture) {

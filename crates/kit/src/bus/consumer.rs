@@ -70,6 +70,37 @@ pub trait BatchHandler: Send + Sync {
     async fn handle(&self, batch: &[Delivery]) -> Result<Vec<Verdict>, Box<dyn std::error::Error + Send + Sync>>;
 }
 
+/// A batch's payloads decoded one by one: the events that decoded, in order,
+/// and one verdict per delivery for once they are applied ([`Verdict::Refused`]
+/// with the decoder's reason where a payload did not decode).
+#[derive(Debug)]
+pub struct DecodedBatch<T> {
+    /// The events that decoded, in the batch's order.
+    pub events: Vec<T>,
+    /// One verdict per delivery, in order.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Decodes each delivery's payload with `decode`, for a handler that applies the
+/// valid events together and refuses the rest.
+pub fn decode_batch<T, E: std::fmt::Display>(
+    batch: &[Delivery],
+    decode: impl Fn(&[u8]) -> Result<T, E>,
+) -> DecodedBatch<T> {
+    let mut decoded =
+        DecodedBatch { events: Vec::with_capacity(batch.len()), verdicts: Vec::with_capacity(batch.len()) };
+    for delivery in batch {
+        match decode(&delivery.payload) {
+            Ok(event) => {
+                decoded.events.push(event);
+                decoded.verdicts.push(Verdict::Settled);
+            }
+            Err(reason) => decoded.verdicts.push(Verdict::Refused(reason.to_string())),
+        }
+    }
+    decoded
+}
+
 /// The consumer's metrics (register them with [`ConsumerMetrics::register`]).
 #[derive(Clone, Debug)]
 pub struct ConsumerMetrics {

@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+mod backend;
 pub mod consumer;
 mod redis;
 mod retention;
@@ -236,6 +237,10 @@ impl BusError {
 }
 
 /// A stream of events with consumer groups. Every backend passes the same contract suite (`tests/bus_contract.rs`).
+///
+/// [`RedisStreams`] and [`SqliteLog`] share one implementation of it, which keeps what the
+/// contract says whatever the storage (a call with nothing to do, the streams used); each
+/// backend supplies only its storage's side.
 #[async_trait::async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// Appends an event. Idempotent per `event_id` on a stream: publishing an id already published

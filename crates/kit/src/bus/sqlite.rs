@@ -22,97 +22,18 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{Notify, OnceCell};
 
+use super::backend::Backend;
 use super::{
     BusConfig, BusError, DeadLetter, DeadLetterPage, DeadLetterQuery, Delivery, Discard, DiscardedDeadLetter,
-    DiscardedPage, EntryId, EventBus, KnownStreams, Publication, StreamStats, before, epoch_millis,
+    DiscardedPage, EntryId, KnownStreams, Publication, StreamStats,
 };
+
+mod retention;
+mod schema;
 
 /// How often a blocked reader looks for entries published by another process
 /// (publishes in this process wake it at once).
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Rows one trim transaction deletes at most from each table: the write lock
-/// is held briefly, so publishers and readers wait little.
-const TRIM_LIMIT: i64 = 10_000;
-
-/// Trim transactions one [`EventBus::trim`] runs at most; what is left waits for the next trim.
-const TRIM_ROUNDS: usize = 20;
-
-/// The log's own schema, created on first use; the log is not a service database, so no migrations
-/// (`PRAGMA user_version` says which of [`UPGRADES`] a file has had).
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS entries (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream       TEXT    NOT NULL,
-    event_id     TEXT    NOT NULL,
-    payload      BLOB    NOT NULL,
-    published_at INTEGER NOT NULL,
-    UNIQUE (stream, event_id)
-);
-CREATE INDEX IF NOT EXISTS entries_by_stream ON entries (stream, seq);
-CREATE TABLE IF NOT EXISTS consumer_groups (
-    stream             TEXT    NOT NULL,
-    grp                TEXT    NOT NULL,
-    last_delivered_seq INTEGER NOT NULL,
-    PRIMARY KEY (stream, grp)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pending (
-    stream         TEXT    NOT NULL,
-    grp            TEXT    NOT NULL,
-    seq            INTEGER NOT NULL,
-    consumer       TEXT    NOT NULL,
-    delivered_at   INTEGER NOT NULL,
-    delivery_count INTEGER NOT NULL,
-    PRIMARY KEY (stream, grp, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream      TEXT    NOT NULL,
-    original_id TEXT    NOT NULL,
-    event_id    TEXT    NOT NULL,
-    payload     BLOB    NOT NULL,
-    reason      TEXT    NOT NULL,
-    dead_at     INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_letters_by_stream ON dead_letters (stream, seq);
-CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters (stream, dead_at);
-CREATE TABLE IF NOT EXISTS published (
-    stream       TEXT    NOT NULL,
-    event_id     TEXT    NOT NULL,
-    published_at INTEGER NOT NULL,
-    PRIMARY KEY (stream, event_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS published_by_age ON published (stream, published_at);
-";
-
-/// What a log file written by an older release needs, in order; the n-th runs once, when
-/// `user_version` is below n. 1: ids published before `published` existed were kept by
-/// `entries` alone, which trimming now empties. 2: dead letters say which group gave up,
-/// after how many deliveries, and when the entry was published (older ones: NULL, unknown);
-/// discarded dead letters are kept for the audit.
-const UPGRADES: &[&str] = &[
-    "INSERT OR IGNORE INTO published (stream, event_id, published_at) SELECT stream, event_id, published_at FROM entries",
-    "ALTER TABLE dead_letters ADD COLUMN grp TEXT;
-     ALTER TABLE dead_letters ADD COLUMN delivery_count INTEGER;
-     ALTER TABLE dead_letters ADD COLUMN first_seen INTEGER;
-     CREATE TABLE IF NOT EXISTS discarded_dead_letters (
-         seq             INTEGER PRIMARY KEY AUTOINCREMENT,
-         stream          TEXT    NOT NULL,
-         dead_letter_seq INTEGER NOT NULL,
-         original_id     TEXT    NOT NULL,
-         event_id        TEXT    NOT NULL,
-         payload         BLOB    NOT NULL,
-         reason          TEXT    NOT NULL,
-         grp             TEXT,
-         delivery_count  INTEGER,
-         first_seen      INTEGER,
-         dead_at         INTEGER NOT NULL,
-         discarded_by    TEXT    NOT NULL,
-         discard_reason  TEXT    NOT NULL,
-         discarded_at    INTEGER NOT NULL
-     );
-     CREATE INDEX IF NOT EXISTS discarded_dead_letters_by_stream ON discarded_dead_letters (stream, seq);",
-];
 
 /// The columns a [`DeadLetter`] is read from, in `dead_letters` and `discarded_dead_letters`.
 const DEAD_LETTER_COLUMNS: &str = "original_id, event_id, payload, reason, grp, delivery_count, first_seen, dead_at";
@@ -169,26 +90,8 @@ impl SqliteLog {
     }
 
     async fn ready(&self) -> Result<&SqlitePool, BusError> {
-        self.schema.get_or_try_init(|| self.create_schema()).await?;
+        self.schema.get_or_try_init(|| schema::create(&self.pool)).await?;
         Ok(&self.pool)
-    }
-
-    /// Creates the tables, then upgrades a file an older release wrote. Another
-    /// process may do the same at once: the upgrade checks the version under the write lock.
-    async fn create_schema(&self) -> Result<(), sqlx::Error> {
-        sqlx::raw_sql(SCHEMA).execute(&self.pool).await?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *tx).await?;
-        let done = usize::try_from(version).unwrap_or(0);
-        if done < UPGRADES.len() {
-            for upgrade in &UPGRADES[done..] {
-                sqlx::raw_sql(*upgrade).execute(&mut *tx).await?;
-            }
-            // PRAGMA takes no bind parameters; the number is ours.
-            let set = format!("PRAGMA user_version = {}", UPGRADES.len());
-            sqlx::raw_sql(sqlx::AssertSqlSafe(set)).execute(&mut *tx).await?;
-        }
-        tx.commit().await
     }
 
     /// Appends `events` in one transaction (one disk flush); answers one flag per event.
@@ -198,7 +101,6 @@ impl SqliteLog {
         let mut appended = Vec::with_capacity(events.len());
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         for event in events {
-            self.streams.note(event.stream);
             let new = sqlx::query(
                 "INSERT INTO published (stream, event_id, published_at) VALUES (?, ?, ?)
                  ON CONFLICT (stream, event_id) DO NOTHING",
@@ -234,122 +136,34 @@ impl SqliteLog {
         Ok(appended)
     }
 
-    /// One trim transaction: at most [`TRIM_LIMIT`] rows from each table. Answers
-    /// whether it hit a limit (more may be left), and the rows deleted from the
-    /// stream and its dead letters.
-    async fn trim_round(&self, stream: &str, now: DateTime<Utc>) -> Result<(bool, u64), BusError> {
-        let window_cutoff = epoch_millis(before(now, self.config.dedupe_window));
-        let dead_cutoff = epoch_millis(before(now, self.config.dead_letter_window));
-        let max_len = i64::try_from(self.config.max_len.max(1)).unwrap_or(i64::MAX);
-        let mut tx = self.ready().await?.begin_with("BEGIN IMMEDIATE").await?;
-        // What a group still needs starts after its last delivered entry, or at its oldest
-        // pending one. (Redis keeps the last delivered entry too; here the acknowledged
-        // entry goes, so its id, kept unique by `entries`, is free once the window ends.)
-        let groups_need: Option<i64> = sqlx::query_scalar(
-            "SELECT min(min(g.last_delivered_seq + 1,
-                            coalesce((SELECT min(p.seq) FROM pending p WHERE p.stream = g.stream AND p.grp = g.grp),
-                                     g.last_delivered_seq + 1)))
-             FROM consumer_groups g WHERE g.stream = ?",
-        )
+    /// The rows of `select` (reading a table of dead letters as `d`) on `stream` that `query`
+    /// asks for, after `query.after` by `d.seq`, oldest first, at most `query.max`.
+    async fn filtered_page(
+        &self,
+        select: &str,
+        stream: &str,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<sqlx::sqlite::SqliteRow>, BusError> {
+        // An id the log never made has nothing after it worth guessing at: start at the beginning.
+        let after = query.after.as_ref().and_then(|id| id.0.parse::<i64>().ok()).unwrap_or(0);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{select}
+             WHERE d.stream = ?1 AND d.seq > ?2
+               AND (?3 IS NULL OR instr(d.reason, ?3) > 0)
+               AND (?4 IS NULL OR d.grp IS NULL OR d.grp = ?4)
+             ORDER BY d.seq LIMIT ?5"
+        )))
         .bind(stream)
-        .fetch_one(&mut *tx)
+        .bind(after)
+        .bind(query.reason.as_deref())
+        .bind(query.group.as_deref())
+        .bind(limit(query.max))
+        .fetch_all(self.ready().await?)
         .await?;
-        // Without groups, the entries of the dedupe window: from the first one published since.
-        let keep_from = match groups_need {
-            Some(seq) => seq,
-            None => sqlx::query_scalar(
-                "SELECT coalesce((SELECT seq FROM entries WHERE stream = ?1 AND published_at >= ?2 ORDER BY seq LIMIT 1),
-                                 (SELECT max(seq) + 1 FROM entries WHERE stream = ?1), 0)",
-            )
-            .bind(stream)
-            .bind(window_cutoff)
-            .fetch_one(&mut *tx)
-            .await?,
-        };
-        // The floor: the newest `max_len` entries stay whatever the groups need.
-        let floor = floor_seq(&mut tx, "entries", stream, max_len).await?;
-        let keep_from = keep_from.max(floor.unwrap_or(0));
-        let removed = sqlx::query(
-            "DELETE FROM entries WHERE seq IN
-                 (SELECT seq FROM entries WHERE stream = ? AND seq < ? ORDER BY seq LIMIT ?)",
-        )
-        .bind(stream)
-        .bind(keep_from)
-        .bind(TRIM_LIMIT)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Only the floor drops entries a group has pending: their pending rows go with them
-        // (Redis's XAUTOCLAIM forgets such entries the same way).
-        if let Some(floor) = floor {
-            sqlx::query("DELETE FROM pending WHERE stream = ? AND seq < ?")
-                .bind(stream)
-                .bind(floor)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let dead_floor = floor_seq(&mut tx, "dead_letters", stream, max_len).await?;
-        let dead_removed = sqlx::query(
-            "DELETE FROM dead_letters WHERE seq IN
-                 (SELECT seq FROM dead_letters WHERE stream = ?1 AND (dead_at < ?2 OR seq < ?3) LIMIT ?4)",
-        )
-        .bind(stream)
-        .bind(dead_cutoff)
-        .bind(dead_floor.unwrap_or(0))
-        .bind(TRIM_LIMIT)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // The audit of discarded dead letters is kept as long as dead letters are.
-        let discarded_removed = sqlx::query(
-            "DELETE FROM discarded_dead_letters WHERE seq IN
-                 (SELECT seq FROM discarded_dead_letters WHERE stream = ?1 AND discarded_at < ?2 LIMIT ?3)",
-        )
-        .bind(stream)
-        .bind(dead_cutoff)
-        .bind(TRIM_LIMIT)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let markers_removed = sqlx::query(
-            "DELETE FROM published WHERE stream = ?1 AND event_id IN
-                 (SELECT event_id FROM published WHERE stream = ?1 AND published_at < ?2 LIMIT ?3)",
-        )
-        .bind(stream)
-        .bind(window_cutoff)
-        .bind(TRIM_LIMIT)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        let limit = u64::try_from(TRIM_LIMIT).unwrap_or(u64::MAX);
-        let more = removed >= limit || dead_removed >= limit || discarded_removed >= limit || markers_removed >= limit;
-        Ok((more, removed + dead_removed))
+        Ok(rows)
     }
 
-    /// What `stream` keeps.
-    async fn stats(&self, stream: &str, trimmed: u64) -> Result<StreamStats, BusError> {
-        let pool = self.ready().await?;
-        let (entries, oldest, markers, dead_letters): (i64, Option<i64>, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM entries WHERE stream = ?1),
-                    (SELECT published_at FROM entries WHERE stream = ?1 ORDER BY seq LIMIT 1),
-                    (SELECT count(*) FROM published WHERE stream = ?1),
-                    (SELECT count(*) FROM dead_letters WHERE stream = ?1)",
-        )
-        .bind(stream)
-        .fetch_one(pool)
-        .await?;
-        let count = |n: i64| u64::try_from(n).unwrap_or(0);
-        Ok(StreamStats {
-            entries: count(entries),
-            oldest_entry: oldest.and_then(DateTime::from_timestamp_millis),
-            dedupe_markers: count(markers),
-            dead_letters: count(dead_letters),
-            trimmed,
-        })
-    }
-
-    /// One attempt at [`EventBus::read`], without waiting.
+    /// One attempt at [`EventBus::read`](crate::bus::EventBus::read), without waiting.
     async fn read_now(&self, stream: &str, group: &str, consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
         let pool = self.ready().await?;
         // A plain read first: a reader that finds nothing (the common case when
@@ -368,13 +182,7 @@ impl SqliteLog {
             Some(true) => {}
         }
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT last_delivered_seq FROM consumer_groups WHERE stream = ? AND grp = ?")
-                .bind(stream)
-                .bind(group)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let last = last.ok_or_else(|| BusError::no_group(stream, group))?;
+        let last = last_delivered(&mut tx, stream, group).await?;
         let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
             "SELECT seq, event_id, payload FROM entries WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
         )
@@ -419,33 +227,16 @@ impl SqliteLog {
     }
 }
 
-/// The oldest of the newest `max_len` rows of `stream` in `table` (`entries` or
-/// `dead_letters`), when there are more. Sequence numbers are shared by every
-/// stream, so a span of at most `max_len` numbers proves there are not more
-/// without counting (the common case, which costs two index probes).
-async fn floor_seq(
-    tx: &mut sqlx::SqliteConnection,
-    table: &'static str,
-    stream: &str,
-    max_len: i64,
-) -> Result<Option<i64>, sqlx::Error> {
-    // Apart, each aggregate is one probe of the (stream, seq) index.
-    let span: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT (SELECT max(seq) FROM {table} WHERE stream = ?1) - (SELECT min(seq) FROM {table} WHERE stream = ?1) + 1"
-    )))
-    .bind(stream)
-    .fetch_one(&mut *tx)
-    .await?;
-    if span.is_none_or(|span| span <= max_len) {
-        return Ok(None);
-    }
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT seq FROM {table} WHERE stream = ? ORDER BY seq DESC LIMIT 1 OFFSET ?"
-    )))
-    .bind(stream)
-    .bind(max_len - 1)
-    .fetch_optional(&mut *tx)
-    .await
+/// The group's position (the last entry it was handed), read in the caller's
+/// transaction; [`BusError::NoGroup`] when there is no such group.
+async fn last_delivered(tx: &mut sqlx::SqliteConnection, stream: &str, group: &str) -> Result<i64, BusError> {
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT last_delivered_seq FROM consumer_groups WHERE stream = ? AND grp = ?")
+            .bind(stream)
+            .bind(group)
+            .fetch_optional(&mut *tx)
+            .await?;
+    last.ok_or_else(|| BusError::no_group(stream, group))
 }
 
 /// A dead letter from a row of [`DEAD_LETTER_COLUMNS`] and its `seq`.
@@ -486,21 +277,16 @@ fn limit(max: usize) -> i64 {
 }
 
 #[async_trait::async_trait]
-impl EventBus for SqliteLog {
-    async fn publish(&self, stream: &str, event_id: &str, payload: &[u8]) -> Result<bool, BusError> {
-        let appended = self.append(&[Publication { stream, event_id, payload }]).await?;
-        Ok(appended.first() == Some(&true))
+impl Backend for SqliteLog {
+    fn known_streams(&self) -> &KnownStreams {
+        &self.streams
     }
 
-    async fn publish_all(&self, events: &[Publication<'_>]) -> Result<Vec<bool>, BusError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
+    async fn append_all(&self, events: &[Publication<'_>]) -> Result<Vec<bool>, BusError> {
         self.append(events).await
     }
 
-    async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
-        self.streams.note(stream);
+    async fn create_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
         let pool = self.ready().await?;
         sqlx::query(
             "INSERT INTO consumer_groups (stream, grp, last_delivered_seq) VALUES (?, ?, 0)
@@ -513,7 +299,7 @@ impl EventBus for SqliteLog {
         Ok(())
     }
 
-    async fn read(
+    async fn read_new(
         &self,
         stream: &str,
         group: &str,
@@ -521,9 +307,6 @@ impl EventBus for SqliteLog {
         max: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>, BusError> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
         let deadline = tokio::time::Instant::now() + block;
         loop {
             // Registered before looking, so a publish landing between the look
@@ -540,10 +323,7 @@ impl EventBus for SqliteLog {
         }
     }
 
-    async fn ack(&self, stream: &str, group: &str, ids: &[EntryId]) -> Result<(), BusError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
+    async fn acknowledge(&self, stream: &str, group: &str, ids: &[EntryId]) -> Result<(), BusError> {
         let seqs = ids.iter().map(|id| seq_of(stream, id)).collect::<Result<Vec<_>, _>>()?;
         // The numbers travel as one JSON array: one statement whatever the batch.
         sqlx::query("DELETE FROM pending WHERE stream = ? AND grp = ? AND seq IN (SELECT value FROM json_each(?))")
@@ -555,7 +335,7 @@ impl EventBus for SqliteLog {
         Ok(())
     }
 
-    async fn reclaim(
+    async fn claim_idle(
         &self,
         stream: &str,
         group: &str,
@@ -563,18 +343,9 @@ impl EventBus for SqliteLog {
         min_idle: Duration,
         max: usize,
     ) -> Result<Vec<Delivery>, BusError> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
         let mut tx = self.ready().await?.begin_with("BEGIN IMMEDIATE").await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM consumer_groups WHERE stream = ? AND grp = ?")
-            .bind(stream)
-            .bind(group)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(BusError::no_group(stream, group));
-        }
+        // Only to refuse a group that does not exist.
+        last_delivered(&mut tx, stream, group).await?;
         let now = now_millis();
         let idle_since = now.saturating_sub(i64::try_from(min_idle.as_millis()).unwrap_or(i64::MAX));
         let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
@@ -613,7 +384,7 @@ impl EventBus for SqliteLog {
         Ok(deliveries)
     }
 
-    async fn dead_letter(&self, stream: &str, group: &str, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
+    async fn bury(&self, stream: &str, group: &str, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
         let seq = seq_of(stream, &delivery.id)?;
         let mut tx = self.ready().await?.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
@@ -641,33 +412,16 @@ impl EventBus for SqliteLog {
         Ok(())
     }
 
-    async fn list_dead_letters(&self, stream: &str, query: &DeadLetterQuery) -> Result<DeadLetterPage, BusError> {
-        if query.max == 0 {
-            return Ok(DeadLetterPage::default());
-        }
-        // An id the log never made has nothing after it worth guessing at: start at the beginning.
-        let after = query.after.as_ref().and_then(|id| id.0.parse::<i64>().ok()).unwrap_or(0);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT seq, {DEAD_LETTER_COLUMNS} FROM dead_letters
-             WHERE stream = ?1 AND seq > ?2
-               AND (?3 IS NULL OR instr(reason, ?3) > 0)
-               AND (?4 IS NULL OR grp IS NULL OR grp = ?4)
-             ORDER BY seq LIMIT ?5"
-        )))
-        .bind(stream)
-        .bind(after)
-        .bind(query.reason.as_deref())
-        .bind(query.group.as_deref())
-        .bind(limit(query.max))
-        .fetch_all(self.ready().await?)
-        .await?;
+    async fn dead_letter_page(&self, stream: &str, query: &DeadLetterQuery) -> Result<DeadLetterPage, BusError> {
+        let rows = self
+            .filtered_page(&format!("SELECT d.seq AS seq, {DEAD_LETTER_COLUMNS} FROM dead_letters d"), stream, query)
+            .await?;
         let letters = rows.iter().map(dead_letter_row).collect::<Result<Vec<_>, _>>()?;
         let next = (letters.len() >= query.max).then(|| letters.last().map(|letter| letter.id.clone())).flatten();
         Ok(DeadLetterPage { letters, next })
     }
 
-    async fn replay_dead_letters(&self, stream: &str, ids: &[EntryId]) -> Result<Vec<Option<EntryId>>, BusError> {
-        self.streams.note(stream);
+    async fn replay(&self, stream: &str, ids: &[EntryId]) -> Result<Vec<Option<EntryId>>, BusError> {
         let mut tx = self.ready().await?.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_millis();
         let mut replayed = Vec::with_capacity(ids.len());
@@ -731,12 +485,7 @@ impl EventBus for SqliteLog {
         Ok(replayed)
     }
 
-    async fn discard_dead_letters(
-        &self,
-        stream: &str,
-        ids: &[EntryId],
-        discard: &Discard,
-    ) -> Result<Vec<bool>, BusError> {
+    async fn discard(&self, stream: &str, ids: &[EntryId], discard: &Discard) -> Result<Vec<bool>, BusError> {
         let mut tx = self.ready().await?.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_millis();
         let mut discarded = Vec::with_capacity(ids.len());
@@ -768,28 +517,19 @@ impl EventBus for SqliteLog {
         Ok(discarded)
     }
 
-    async fn discarded_dead_letters(&self, stream: &str, query: &DeadLetterQuery) -> Result<DiscardedPage, BusError> {
-        if query.max == 0 {
-            return Ok(DiscardedPage::default());
-        }
+    async fn discarded_page(&self, stream: &str, query: &DeadLetterQuery) -> Result<DiscardedPage, BusError> {
         // Paged by the discard record's own sequence: the order they were discarded in.
-        let after = query.after.as_ref().and_then(|id| id.0.parse::<i64>().ok()).unwrap_or(0);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT d.seq AS record_seq, d.dead_letter_seq AS seq, {DEAD_LETTER_COLUMNS},
-                    discarded_by, discard_reason, discarded_at
-             FROM discarded_dead_letters d
-             WHERE d.stream = ?1 AND d.seq > ?2
-               AND (?3 IS NULL OR instr(d.reason, ?3) > 0)
-               AND (?4 IS NULL OR d.grp IS NULL OR d.grp = ?4)
-             ORDER BY d.seq LIMIT ?5"
-        )))
-        .bind(stream)
-        .bind(after)
-        .bind(query.reason.as_deref())
-        .bind(query.group.as_deref())
-        .bind(limit(query.max))
-        .fetch_all(self.ready().await?)
-        .await?;
+        let rows = self
+            .filtered_page(
+                &format!(
+                    "SELECT d.seq AS record_seq, d.dead_letter_seq AS seq, {DEAD_LETTER_COLUMNS},
+                            discarded_by, discard_reason, discarded_at
+                     FROM discarded_dead_letters d"
+                ),
+                stream,
+                query,
+            )
+            .await?;
         let records = rows
             .iter()
             .map(|row| {
@@ -807,7 +547,7 @@ impl EventBus for SqliteLog {
         Ok(DiscardedPage { records, next })
     }
 
-    async fn dead_letters_by_id(&self, stream: &str, ids: &[EntryId]) -> Result<Vec<Option<DeadLetter>>, BusError> {
+    async fn find_dead_letters(&self, stream: &str, ids: &[EntryId]) -> Result<Vec<Option<DeadLetter>>, BusError> {
         let pool = self.ready().await?;
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {
@@ -827,7 +567,7 @@ impl EventBus for SqliteLog {
         Ok(found)
     }
 
-    async fn pending(&self, stream: &str, group: &str) -> Result<u64, BusError> {
+    async fn pending_count(&self, stream: &str, group: &str) -> Result<u64, BusError> {
         let pool = self.ready().await?;
         let count: Option<i64> = sqlx::query_scalar(
             "SELECT (SELECT COUNT(*) FROM pending p WHERE p.stream = g.stream AND p.grp = g.grp)
@@ -840,7 +580,7 @@ impl EventBus for SqliteLog {
         count.map(|count| u64::try_from(count).unwrap_or(0)).ok_or_else(|| BusError::no_group(stream, group))
     }
 
-    async fn leave(&self, stream: &str, group: &str, consumer: &str) -> Result<bool, BusError> {
+    async fn leave_group(&self, stream: &str, group: &str, consumer: &str) -> Result<bool, BusError> {
         // The log keeps no list of consumers, only what each holds pending.
         let pool = self.ready().await?;
         let held: i64 =
@@ -853,19 +593,7 @@ impl EventBus for SqliteLog {
         Ok(held == 0)
     }
 
-    async fn trim(&self, stream: &str, now: DateTime<Utc>) -> Result<StreamStats, BusError> {
-        let mut trimmed = 0;
-        for _ in 0..TRIM_ROUNDS {
-            let (more, removed) = self.trim_round(stream, now).await?;
-            trimmed += removed;
-            if !more {
-                break;
-            }
-        }
-        self.stats(stream, trimmed).await
-    }
-
-    fn streams(&self) -> Vec<String> {
-        self.streams.list()
+    async fn trim_stream(&self, stream: &str, now: DateTime<Utc>) -> Result<StreamStats, BusError> {
+        self.trim_rounds(stream, now).await
     }
 }

@@ -75,6 +75,16 @@ pub struct OutboxEntry {
     pub event: OutboxEvent,
 }
 
+/// An outbox row as both stores select it: `seq, event_id, stream, payload`.
+type OutboxRow = (i64, String, String, Vec<u8>);
+
+impl OutboxEntry {
+    /// The entry of a selected row.
+    fn from_row((seq, event_id, stream, payload): OutboxRow) -> Self {
+        Self { seq, event: OutboxEvent { event_id, stream, payload } }
+    }
+}
+
 /// The rows waiting for the relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backlog {

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::{Backlog, OutboxEntry, OutboxEvent};
+use super::{Backlog, OutboxEntry, OutboxEvent, OutboxRow};
 
 /// Writes `events` at `now`, on the connection of the caller's transaction (one statement).
 pub async fn insert(conn: &mut PgConnection, events: &[OutboxEvent], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
@@ -28,16 +28,13 @@ pub async fn insert(conn: &mut PgConnection, events: &[OutboxEvent], now: DateTi
 
 /// Unpublished rows, oldest first, at most `limit`.
 pub async fn unpublished(pool: &PgPool, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
-    let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
+    let rows: Vec<OutboxRow> = sqlx::query_as(
         "SELECT seq, event_id, stream, payload FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(seq, event_id, stream, payload)| OutboxEntry { seq, event: OutboxEvent { event_id, stream, payload } })
-        .collect())
+    Ok(rows.into_iter().map(OutboxEntry::from_row).collect())
 }
 
 /// Stamps rows published at `now` (rows stamped already keep their time).

@@ -11,19 +11,16 @@
 //! (Postgres) or the single writer (SQLite) before anything is written.
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use kit::db::Database;
 use serde::{Deserialize, Serialize};
-use sqlx::types::Json;
 
-use crate::domain::{
-    CanonicalEvent, Course, CourseRun, Effort, EventName, Instructor, Pacing, Price, ProductType, Seat,
-};
+use crate::domain::{CanonicalEvent, Course, CourseRun, EventName, Instructor, ProductType};
 
 /// How an ingestion ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -472,22 +469,23 @@ pub(crate) fn distinct_instructors(instructors: &[Instructor]) -> Vec<&Instructo
 
 /// The record of `new` as written.
 pub(crate) fn record(new: &NewIngestion, event: &CanonicalEvent, ending: &Ending, now: DateTime<Utc>) -> Ingestion {
-    Ingestion {
-        id: new.id.clone(),
-        source: new.source.clone(),
-        event_id: new.event_id.clone(),
-        event_name: new.event_name,
-        occurred_at: stored_time(new.occurred_at),
-        payload_hash: new.payload_hash.clone(),
-        product_key: event.product_key().map(str::to_string),
-        state: ending.state(),
-        steps: step_results(event, ending),
-        created_at: stored_time(now),
-    }
+    let product_key = event.product_key().map(str::to_string);
+    recorded(new, product_key, ending.state(), step_results(event, ending), now)
 }
 
 /// The record of an ingestion that failed before any write.
 pub(crate) fn failure_record(new: &NewIngestion, steps: &[StepResult], now: DateTime<Utc>) -> Ingestion {
+    recorded(new, None, IngestionState::Failed, steps.to_vec(), now)
+}
+
+/// The record of `new` with its outcome, its times as stored.
+fn recorded(
+    new: &NewIngestion,
+    product_key: Option<String>,
+    state: IngestionState,
+    steps: Vec<StepResult>,
+    now: DateTime<Utc>,
+) -> Ingestion {
     Ingestion {
         id: new.id.clone(),
         source: new.source.clone(),
@@ -495,286 +493,154 @@ pub(crate) fn failure_record(new: &NewIngestion, steps: &[StepResult], now: Date
         event_name: new.event_name,
         occurred_at: stored_time(new.occurred_at),
         payload_hash: new.payload_hash.clone(),
-        product_key: None,
-        state: IngestionState::Failed,
-        steps: steps.to_vec(),
+        product_key,
+        state,
+        steps,
         created_at: stored_time(now),
     }
 }
 
-// ---- Rows, generic over how the backend stores times ----
+// ---- The write flow, the same on both backends; they supply the SQL ----
 
-/// The columns every product query selects, in [`ProductRow`]'s order.
-macro_rules! product_columns {
-    () => {
-        "product_key, source, product_type, title, org, number, short_description, long_description, level, \
-         subjects, languages, effort_min_hours, effort_max_hours, length_weeks, image_url, retired, \
-         source_update_time, create_time, update_time"
-    };
-}
-pub(crate) use product_columns;
-
-/// The columns of a run (table aliased `r`), in [`RunRow`]'s order.
-macro_rules! run_columns {
-    () => {
-        "r.course_run_key, r.product_key, r.start_time, r.end_time, r.enrollment_end_time, r.pacing, r.run_type"
-    };
-}
-pub(crate) use run_columns;
-
-/// The columns of a seat (table aliased `s`), in [`SeatRow`]'s order.
-macro_rules! seat_columns {
-    () => {
-        "s.course_run_key, s.mode, s.price_currency, s.price_amount, s.sku, s.upgrade_deadline"
-    };
-}
-pub(crate) use seat_columns;
-
-/// The columns of an instructor of a product (tables aliased `pi`, `i`), in [`InstructorRow`]'s order.
-macro_rules! instructor_columns {
-    () => {
-        "pi.product_key, i.instructor_key, i.given_name, i.family_name, i.title, i.organization, i.bio, i.image_url"
-    };
-}
-pub(crate) use instructor_columns;
-
-/// The columns every ingestion query selects, in [`IngestionRow`]'s order.
-macro_rules! ingestion_columns {
-    () => {
-        "ingestion_id, source, event_id, event_name, occurred_at, payload_hash, product_key, state, steps, create_time"
-    };
-}
-pub(crate) use ingestion_columns;
-
-/// A row of `products`.
-#[derive(sqlx::FromRow)]
-pub(crate) struct ProductRow<T> {
-    product_key: String,
-    source: String,
-    product_type: String,
-    title: String,
-    org: String,
-    number: String,
-    short_description: String,
-    long_description: String,
-    level: String,
-    subjects: Json<Vec<String>>,
-    languages: Json<Vec<String>>,
-    effort_min_hours: Option<i32>,
-    effort_max_hours: Option<i32>,
-    length_weeks: Option<i32>,
-    image_url: String,
-    retired: bool,
-    source_update_time: T,
-    create_time: T,
-    update_time: T,
+/// What one attempt at applying an event came to.
+pub(crate) enum Attempt {
+    /// Decided: written (still to commit), stale, or failed (to roll back).
+    Ended(Ending),
+    /// The product changed between the look and the write: start over. Ruled
+    /// out by the locks each backend takes; handled all the same.
+    Raced,
 }
 
-/// An instructor of a product, joined through `product_instructors`.
-#[derive(sqlx::FromRow)]
-pub(crate) struct InstructorRow {
-    product_key: String,
-    #[sqlx(flatten)]
-    instructor: PlainInstructorRow,
+/// What a backend supplies to [`apply`]: its transactions and its statements.
+#[async_trait::async_trait]
+pub(crate) trait Backend: Store {
+    /// The backend's database.
+    type Db: sqlx::Database;
+
+    /// A transaction that will write.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>, StoreError>;
+
+    /// Records an ingestion unless `(source, event_id)` already is: false then.
+    async fn insert_ingestion(conn: &mut Connection<Self>, ingestion: &Ingestion) -> Result<bool, StoreError>;
+
+    /// What the catalog holds of product `key`, read so that it cannot change
+    /// before the transaction ends.
+    async fn current(conn: &mut Connection<Self>, key: &str) -> Result<Option<Current>, StoreError>;
+
+    /// `instructor.upserted`: applied, or stale when the stored instructor is newer.
+    async fn upsert_instructor(
+        conn: &mut Connection<Self>,
+        source: &str,
+        instructor: &Instructor,
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Ending, StoreError>;
+
+    /// Writes the steps of product event `event` (product `key`), decided to apply.
+    async fn write(
+        conn: &mut Connection<Self>,
+        source: &str,
+        key: &str,
+        event: &CanonicalEvent,
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Attempt, StoreError>;
 }
 
-/// A row of `instructors`, without its times.
-#[derive(sqlx::FromRow)]
-pub(crate) struct PlainInstructorRow {
-    instructor_key: String,
-    given_name: String,
-    family_name: String,
-    title: String,
-    organization: String,
-    bio: String,
-    image_url: String,
-}
-
-impl PlainInstructorRow {
-    fn into_instructor(self) -> Instructor {
-        Instructor {
-            instructor_key: self.instructor_key,
-            given_name: self.given_name,
-            family_name: self.family_name,
-            title: self.title,
-            organization: self.organization,
-            bio: self.bio,
-            image_url: self.image_url,
-        }
-    }
-}
-
-/// A row of `course_runs`.
-#[derive(sqlx::FromRow)]
-pub(crate) struct RunRow<T> {
-    course_run_key: String,
-    product_key: String,
-    start_time: T,
-    end_time: T,
-    enrollment_end_time: Option<T>,
-    pacing: String,
-    run_type: String,
-}
-
-/// A row of `seats`.
-#[derive(sqlx::FromRow)]
-pub(crate) struct SeatRow<T> {
-    course_run_key: String,
-    mode: String,
-    price_currency: Option<String>,
-    price_amount: Option<String>,
-    sku: String,
-    upgrade_deadline: Option<T>,
-}
-
-impl<T> SeatRow<T> {
-    fn into_seat(self, time: impl Fn(T) -> DateTime<Utc>) -> Seat {
-        let price = match (self.price_currency, self.price_amount) {
-            (Some(currency_code), Some(amount)) => Some(Price { currency_code, amount }),
-            _ => None,
-        };
-        Seat { mode: self.mode, price, sku: self.sku, upgrade_deadline: self.upgrade_deadline.map(time) }
-    }
-}
-
-impl<T> RunRow<T> {
-    fn into_run(self, seats: Vec<Seat>, time: impl Fn(T) -> DateTime<Utc>) -> Result<CourseRun, StoreError> {
-        let pacing = Pacing::parse(&self.pacing).ok_or_else(|| StoreError::Corrupt {
-            key: self.course_run_key.clone(),
-            reason: format!("unknown pacing {:?}", self.pacing),
-        })?;
-        Ok(CourseRun {
-            course_run_key: self.course_run_key,
-            start: time(self.start_time),
-            end: time(self.end_time),
-            enrollment_end: self.enrollment_end_time.map(&time),
-            pacing,
-            run_type: self.run_type,
-            seats,
-        })
-    }
-}
-
-/// A row of `ingestions`.
-#[derive(sqlx::FromRow)]
-pub(crate) struct IngestionRow<T> {
-    ingestion_id: String,
-    source: String,
-    event_id: String,
-    event_name: String,
-    occurred_at: T,
-    payload_hash: String,
-    product_key: Option<String>,
-    state: String,
-    steps: Json<Vec<StepResult>>,
-    create_time: T,
-}
-
-impl<T> IngestionRow<T> {
-    fn into_ingestion(self, time: impl Fn(T) -> DateTime<Utc>) -> Result<Ingestion, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt { key: self.ingestion_id.clone(), reason };
-        let event_name = EventName::parse(&self.event_name).map_err(corrupt)?;
-        let state =
-            IngestionState::parse(&self.state).ok_or_else(|| corrupt(format!("unknown state {:?}", self.state)))?;
-        Ok(Ingestion {
-            id: self.ingestion_id,
-            source: self.source,
-            event_id: self.event_id,
-            event_name,
-            occurred_at: time(self.occurred_at),
-            payload_hash: self.payload_hash,
-            product_key: self.product_key,
-            state,
-            steps: self.steps.0,
-            created_at: time(self.create_time),
-        })
-    }
-}
-
-/// Products from their rows and their children's rows (each ordered as read:
-/// instructors by position, runs by start, seats by position).
-pub(crate) fn assemble<T>(
-    products: Vec<ProductRow<T>>,
-    instructors: Vec<InstructorRow>,
-    runs: Vec<RunRow<T>>,
-    seats: Vec<SeatRow<T>>,
-    time: impl Fn(T) -> DateTime<Utc> + Copy,
-) -> Result<Vec<Product>, StoreError> {
-    let mut seats_of: HashMap<String, Vec<Seat>> = HashMap::new();
-    for seat in seats {
-        seats_of.entry(seat.course_run_key.clone()).or_default().push(seat.into_seat(time));
-    }
-    let mut runs_of: HashMap<String, Vec<CourseRun>> = HashMap::new();
-    for run in runs {
-        let seats = seats_of.remove(&run.course_run_key).unwrap_or_default();
-        let product_key = run.product_key.clone();
-        runs_of.entry(product_key).or_default().push(run.into_run(seats, time)?);
-    }
-    let mut instructors_of: HashMap<String, Vec<Instructor>> = HashMap::new();
-    for row in instructors {
-        instructors_of.entry(row.product_key).or_default().push(row.instructor.into_instructor());
-    }
-    products
-        .into_iter()
-        .map(|row| {
-            let product_type = ProductType::parse(&row.product_type).ok_or_else(|| StoreError::Corrupt {
-                key: row.product_key.clone(),
-                reason: format!("unknown product type {:?}", row.product_type),
-            })?;
-            let effort = match (row.effort_min_hours, row.effort_max_hours) {
-                (Some(min_hours_per_week), Some(max_hours_per_week)) => {
-                    Some(Effort { min_hours_per_week, max_hours_per_week })
-                }
-                _ => None,
-            };
-            Ok(Product {
-                instructors: instructors_of.remove(&row.product_key).unwrap_or_default(),
-                runs: runs_of.remove(&row.product_key).unwrap_or_default(),
-                source: row.source,
-                retired: row.retired,
-                source_update_time: time(row.source_update_time),
-                created_at: time(row.create_time),
-                updated_at: time(row.update_time),
-                course: Course {
-                    product_key: row.product_key,
-                    product_type,
-                    title: row.title,
-                    org: row.org,
-                    number: row.number,
-                    short_description: row.short_description,
-                    long_description: row.long_description,
-                    level: row.level,
-                    subjects: row.subjects.0,
-                    languages: row.languages.0,
-                    effort,
-                    length_weeks: row.length_weeks,
-                    image_url: row.image_url,
-                },
-            })
-        })
-        .collect()
-}
-
-/// A run and its seats from their rows.
-pub(crate) fn assemble_run<T>(
-    run: RunRow<T>,
-    seats: Vec<SeatRow<T>>,
-    time: impl Fn(T) -> DateTime<Utc> + Copy,
-) -> Result<CourseRun, StoreError> {
-    run.into_run(seats.into_iter().map(|s| s.into_seat(time)).collect(), time)
-}
-
-fn micros(time: DateTime<Utc>) -> i64 {
-    time.timestamp_micros()
-}
-
-fn from_micros(micros: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(micros).unwrap_or_default()
-}
+/// A backend's connection.
+pub(crate) type Connection<B> = <<B as Backend>::Db as sqlx::Database>::Connection;
 
 /// How many times an apply starts over when the product changed between its
 /// look and its write (ruled out by the locks taken; a guard, not a path).
 const MAX_ATTEMPTS: usize = 3;
+
+/// [`Store::apply`] on `backend`: decide and write in one transaction with
+/// the record; a failure is recorded on its own, a replay changes nothing.
+pub(crate) async fn apply<B: Backend>(
+    backend: &B,
+    ingestion: &NewIngestion,
+    event: &CanonicalEvent,
+    now: DateTime<Utc>,
+) -> Result<Recorded, StoreError> {
+    let occurred_at = stored_time(ingestion.occurred_at);
+    for _ in 0..MAX_ATTEMPTS {
+        let mut tx = backend.begin_write().await?;
+        let ending = match attempt::<B>(&mut tx, &ingestion.source, event, occurred_at, now).await? {
+            Attempt::Raced => {
+                tx.rollback().await?;
+                continue;
+            }
+            Attempt::Ended(ending) => ending,
+        };
+        let recorded = record(ingestion, event, &ending, now);
+        if let Ending::Failed(_) = ending {
+            // Whatever the earlier steps wrote goes; the failure is recorded on its own.
+            tx.rollback().await?;
+            return record_alone(backend, recorded).await;
+        }
+        if B::insert_ingestion(&mut tx, &recorded).await? {
+            tx.commit().await?;
+            return Ok(Recorded::New(recorded));
+        }
+        // A replay, or a concurrent call with the same event id that committed first.
+        tx.rollback().await?;
+        return existing(backend, &ingestion.source, &ingestion.event_id).await;
+    }
+    Err(StoreError::Corrupt {
+        key: event.product_key().unwrap_or_default().to_string(),
+        reason: format!("the product changed under {MAX_ATTEMPTS} attempts in a row"),
+    })
+}
+
+/// Decides and, unless stale or failed, writes the event's steps inside `conn`'s transaction.
+async fn attempt<B: Backend>(
+    conn: &mut Connection<B>,
+    source: &str,
+    event: &CanonicalEvent,
+    occurred_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Attempt, StoreError> {
+    let key = match event {
+        CanonicalEvent::InstructorUpserted { instructor } => {
+            return B::upsert_instructor(conn, source, instructor, occurred_at, now).await.map(Attempt::Ended);
+        }
+        CanonicalEvent::ProductUpserted { course, .. } | CanonicalEvent::CourseUpserted { course } => {
+            &course.product_key
+        }
+        CanonicalEvent::CourseRunUpserted { product_key, .. } | CanonicalEvent::ProductRetired { product_key } => {
+            product_key
+        }
+    };
+    let current = B::current(conn, key).await?;
+    if let Some(ending) = decide(source, event, occurred_at, current.as_ref()) {
+        return Ok(Attempt::Ended(ending));
+    }
+    B::write(conn, source, key, event, occurred_at, now).await
+}
+
+/// Stores `ingestion` in a transaction of its own ([`Store::record_failure`],
+/// and a failed [`apply`]).
+pub(crate) async fn record_alone<B: Backend>(backend: &B, ingestion: Ingestion) -> Result<Recorded, StoreError> {
+    let mut tx = backend.begin_write().await?;
+    if B::insert_ingestion(&mut tx, &ingestion).await? {
+        tx.commit().await?;
+        return Ok(Recorded::New(ingestion));
+    }
+    tx.rollback().await?;
+    existing(backend, &ingestion.source, &ingestion.event_id).await
+}
+
+/// The record that took `(source, event_id)` first.
+async fn existing<S: Store>(store: &S, source: &str, event_id: &str) -> Result<Recorded, StoreError> {
+    match store.find_ingestion(source, event_id).await? {
+        Some(first) => Ok(Recorded::Existing(first)),
+        // Records are never deleted: a conflict names one that stays.
+        None => Err(StoreError::Corrupt {
+            key: format!("{source}/{event_id}"),
+            reason: "already recorded, yet the record cannot be read".into(),
+        }),
+    }
+}
 
 #[cfg(test)]
 mod tests {

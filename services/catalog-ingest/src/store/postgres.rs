@@ -8,13 +8,15 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres};
 
+use super::rows::{
+    IngestionRow, InstructorRow, PlainInstructorRow, ProductRow, RunRow, SeatRow, assemble, assemble_run,
+    ingestion_columns, instructor_columns, product_columns, run_columns, seat_columns,
+};
 use super::{
-    Current, Ending, Ingestion, IngestionRow, InstructorRow, MAX_ATTEMPTS, NewIngestion, PlainInstructorRow, Product,
-    ProductRow, Recorded, RunRow, SeatRow, StepResult, Store, StoreError, assemble, assemble_run, decide,
-    distinct_instructors, failure_record, ingestion_columns, instructor_columns, product_columns, record, run_columns,
-    run_owned_elsewhere, seat_columns, stale_reason, stored_time,
+    Attempt, Backend, Current, Ending, Ingestion, NewIngestion, Product, Recorded, StepResult, Store, StoreError,
+    distinct_instructors, failure_record, record_alone, run_owned_elsewhere, stale_reason,
 };
 use crate::domain::{CanonicalEvent, Course, CourseRun, Instructor, ProductType};
 
@@ -28,28 +30,6 @@ impl PostgresStore {
     /// A store over `pool` (whose search_path is the service's schema).
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
-    }
-
-    /// Stores `ingestion` on its own (a transaction of one statement).
-    async fn record_alone(&self, ingestion: Ingestion) -> Result<Recorded, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        if insert_ingestion(&mut conn, &ingestion).await? {
-            return Ok(Recorded::New(ingestion));
-        }
-        drop(conn);
-        self.existing(&ingestion.source, &ingestion.event_id).await
-    }
-
-    /// The record that took `(source, event_id)` first.
-    async fn existing(&self, source: &str, event_id: &str) -> Result<Recorded, StoreError> {
-        match self.find_ingestion(source, event_id).await? {
-            Some(first) => Ok(Recorded::Existing(first)),
-            // Records are never deleted: a conflict names one that stays.
-            None => Err(StoreError::Corrupt {
-                key: format!("{source}/{event_id}"),
-                reason: "already recorded, yet the record cannot be read".into(),
-            }),
-        }
     }
 
     /// Products with their children, read from one snapshot.
@@ -98,15 +78,6 @@ type PgIngestionRow = IngestionRow<DateTime<Utc>>;
 /// seats come from the same moment.
 const READ_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 
-/// What one attempt at applying an event came to.
-enum Attempt {
-    /// Decided: written (still to commit), stale, or failed (to roll back).
-    Ended(Ending),
-    /// The product changed between the look and the write: start over. Ruled
-    /// out while every creator takes the advisory lock; handled all the same.
-    Raced,
-}
-
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn find_ingestion(&self, source: &str, event_id: &str) -> Result<Option<Ingestion>, StoreError> {
@@ -142,34 +113,7 @@ impl Store for PostgresStore {
         event: &CanonicalEvent,
         now: DateTime<Utc>,
     ) -> Result<Recorded, StoreError> {
-        let occurred_at = stored_time(ingestion.occurred_at);
-        for _ in 0..MAX_ATTEMPTS {
-            let mut tx = self.pool.begin().await?;
-            let ending = match attempt(&mut tx, &ingestion.source, event, occurred_at, now).await? {
-                Attempt::Raced => {
-                    tx.rollback().await?;
-                    continue;
-                }
-                Attempt::Ended(ending) => ending,
-            };
-            let recorded = record(ingestion, event, &ending, now);
-            if let Ending::Failed(_) = ending {
-                // Whatever the earlier steps wrote goes; the failure is recorded on its own.
-                tx.rollback().await?;
-                return self.record_alone(recorded).await;
-            }
-            if insert_ingestion(&mut tx, &recorded).await? {
-                tx.commit().await?;
-                return Ok(Recorded::New(recorded));
-            }
-            // A replay, or a concurrent call with the same event id that committed first.
-            tx.rollback().await?;
-            return self.existing(&ingestion.source, &ingestion.event_id).await;
-        }
-        Err(StoreError::Corrupt {
-            key: event.product_key().unwrap_or_default().to_string(),
-            reason: format!("the product changed under {MAX_ATTEMPTS} attempts in a row"),
-        })
+        super::apply(self, ingestion, event, now).await
     }
 
     async fn record_failure(
@@ -178,7 +122,7 @@ impl Store for PostgresStore {
         steps: &[StepResult],
         now: DateTime<Utc>,
     ) -> Result<Recorded, StoreError> {
-        self.record_alone(failure_record(ingestion, steps, now)).await
+        record_alone(self, failure_record(ingestion, steps, now)).await
     }
 
     async fn append_steps(&self, id: &str, steps: &[StepResult]) -> Result<(), StoreError> {
@@ -274,111 +218,6 @@ impl Store for PostgresStore {
     }
 }
 
-/// Records an ingestion unless `(source, event_id)` already is: false then.
-/// A concurrent insert of the same pair waits here until that one commits.
-async fn insert_ingestion(conn: &mut PgConnection, ingestion: &Ingestion) -> Result<bool, StoreError> {
-    let inserted: Option<String> = sqlx::query_scalar(
-        "INSERT INTO ingestions (ingestion_id, source, event_id, event_name, occurred_at, payload_hash, product_key,
-                                 state, steps, create_time)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (source, event_id) DO NOTHING
-         RETURNING ingestion_id",
-    )
-    .bind(&ingestion.id)
-    .bind(&ingestion.source)
-    .bind(&ingestion.event_id)
-    .bind(ingestion.event_name.as_str())
-    .bind(ingestion.occurred_at)
-    .bind(&ingestion.payload_hash)
-    .bind(ingestion.product_key.as_deref())
-    .bind(ingestion.state.as_str())
-    .bind(Json(&ingestion.steps))
-    .bind(ingestion.created_at)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(inserted.is_some())
-}
-
-/// Decides and, unless stale or failed, writes the event's steps inside `tx`.
-async fn attempt(
-    tx: &mut PgConnection,
-    source: &str,
-    event: &CanonicalEvent,
-    occurred_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<Attempt, StoreError> {
-    let key = match event {
-        CanonicalEvent::InstructorUpserted { instructor } => {
-            return upsert_instructor(tx, source, instructor, occurred_at, now).await;
-        }
-        CanonicalEvent::ProductUpserted { course, .. } | CanonicalEvent::CourseUpserted { course } => {
-            &course.product_key
-        }
-        CanonicalEvent::CourseRunUpserted { product_key, .. } | CanonicalEvent::ProductRetired { product_key } => {
-            product_key
-        }
-    };
-    // Held to commit: no other event for this product decides or writes meanwhile.
-    let mut current = lock_product(tx, key).await?;
-    if current.is_none() {
-        // No row to lock yet: writers that would create the product take turns
-        // on an advisory lock instead, then look again. Without it, two creators
-        // could each hold what the other waits for (one the instructors it
-        // already upserted, the other the product row it found once the first
-        // committed), or write in the wrong order.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('catalog_ingest.products:' || $1, 0))")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        current = lock_product(tx, key).await?;
-    }
-    if let Some(ending) = decide(source, event, occurred_at, current.as_ref()) {
-        return Ok(Attempt::Ended(ending));
-    }
-    match event {
-        CanonicalEvent::ProductUpserted { course, instructors, runs } => {
-            if !upsert_product(tx, source, course, Some(instructors), occurred_at, now).await? {
-                return Ok(Attempt::Raced);
-            }
-            if let Some(owner) = upsert_runs(tx, key, runs, None, now).await? {
-                return Ok(Attempt::Ended(Ending::Failed(run_owned_elsewhere(event, &owner.0, &owner.1))));
-            }
-        }
-        CanonicalEvent::CourseUpserted { course } => {
-            if !upsert_product(tx, source, course, None, occurred_at, now).await? {
-                return Ok(Attempt::Raced);
-            }
-        }
-        CanonicalEvent::CourseRunUpserted { run, .. } => {
-            if let Some(owner) = upsert_runs(tx, key, std::slice::from_ref(run), Some(occurred_at), now).await? {
-                return Ok(Attempt::Ended(Ending::Failed(run_owned_elsewhere(event, &owner.0, &owner.1))));
-            }
-        }
-        CanonicalEvent::ProductRetired { .. } => {
-            sqlx::query(
-                "UPDATE products SET retired = TRUE, source_update_time = $2, update_time = $3 WHERE product_key = $1",
-            )
-            .bind(key)
-            .bind(occurred_at)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        CanonicalEvent::InstructorUpserted { .. } => {}
-    }
-    Ok(Attempt::Ended(Ending::Applied))
-}
-
-/// Reads and locks the product's row, if there is one.
-async fn lock_product(tx: &mut PgConnection, key: &str) -> Result<Option<Current>, StoreError> {
-    let row: Option<(String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT source, source_update_time FROM products WHERE product_key = $1 FOR UPDATE")
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-    Ok(row.map(|(source, source_update_time)| Current { source, source_update_time }))
-}
-
 /// `ON CONFLICT` for an instructor row: a newer row (from a later
 /// `instructor.upserted`) keeps its fields.
 macro_rules! instructor_conflict {
@@ -389,6 +228,148 @@ macro_rules! instructor_conflict {
               source_update_time = EXCLUDED.source_update_time, update_time = EXCLUDED.update_time
           WHERE instructors.source_update_time <= EXCLUDED.source_update_time"
     };
+}
+
+#[async_trait::async_trait]
+impl Backend for PostgresStore {
+    type Db = Postgres;
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A concurrent insert of the same pair waits here until that one commits.
+    async fn insert_ingestion(conn: &mut PgConnection, ingestion: &Ingestion) -> Result<bool, StoreError> {
+        let inserted: Option<String> = sqlx::query_scalar(
+            "INSERT INTO ingestions (ingestion_id, source, event_id, event_name, occurred_at, payload_hash, product_key,
+                                     state, steps, create_time)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (source, event_id) DO NOTHING
+             RETURNING ingestion_id",
+        )
+        .bind(&ingestion.id)
+        .bind(&ingestion.source)
+        .bind(&ingestion.event_id)
+        .bind(ingestion.event_name.as_str())
+        .bind(ingestion.occurred_at)
+        .bind(&ingestion.payload_hash)
+        .bind(ingestion.product_key.as_deref())
+        .bind(ingestion.state.as_str())
+        .bind(Json(&ingestion.steps))
+        .bind(ingestion.created_at)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(inserted.is_some())
+    }
+
+    /// Held to commit: no other event for this product decides or writes meanwhile.
+    async fn current(tx: &mut PgConnection, key: &str) -> Result<Option<Current>, StoreError> {
+        let current = lock_product(tx, key).await?;
+        if current.is_some() {
+            return Ok(current);
+        }
+        // No row to lock yet: writers that would create the product take turns
+        // on an advisory lock instead, then look again. Without it, two creators
+        // could each hold what the other waits for (one the instructors it
+        // already upserted, the other the product row it found once the first
+        // committed), or write in the wrong order.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('catalog_ingest.products:' || $1, 0))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        lock_product(tx, key).await
+    }
+
+    async fn upsert_instructor(
+        tx: &mut PgConnection,
+        source: &str,
+        instructor: &Instructor,
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Ending, StoreError> {
+        let written: Option<String> = sqlx::query_scalar(concat!(
+            "INSERT INTO instructors (source, instructor_key, given_name, family_name, title, organization, bio,
+                                      image_url, source_update_time, create_time, update_time)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+            instructor_conflict!(),
+            " RETURNING instructor_key"
+        ))
+        .bind(source)
+        .bind(&instructor.instructor_key)
+        .bind(&instructor.given_name)
+        .bind(&instructor.family_name)
+        .bind(&instructor.title)
+        .bind(&instructor.organization)
+        .bind(&instructor.bio)
+        .bind(&instructor.image_url)
+        .bind(occurred_at)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if written.is_some() {
+            return Ok(Ending::Applied);
+        }
+        // The conflicting row is locked by the upsert above: its time holds until commit.
+        let reflects: DateTime<Utc> =
+            sqlx::query_scalar("SELECT source_update_time FROM instructors WHERE source = $1 AND instructor_key = $2")
+                .bind(source)
+                .bind(&instructor.instructor_key)
+                .fetch_one(&mut *tx)
+                .await?;
+        Ok(Ending::Stale(stale_reason("instructor", reflects)))
+    }
+
+    async fn write(
+        tx: &mut PgConnection,
+        source: &str,
+        key: &str,
+        event: &CanonicalEvent,
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Attempt, StoreError> {
+        match event {
+            CanonicalEvent::ProductUpserted { course, instructors, runs } => {
+                if !upsert_product(tx, source, course, Some(instructors), occurred_at, now).await? {
+                    return Ok(Attempt::Raced);
+                }
+                if let Some(owner) = upsert_runs(tx, key, runs, None, now).await? {
+                    return Ok(Attempt::Ended(Ending::Failed(run_owned_elsewhere(event, &owner.0, &owner.1))));
+                }
+            }
+            CanonicalEvent::CourseUpserted { course } => {
+                if !upsert_product(tx, source, course, None, occurred_at, now).await? {
+                    return Ok(Attempt::Raced);
+                }
+            }
+            CanonicalEvent::CourseRunUpserted { run, .. } => {
+                if let Some(owner) = upsert_runs(tx, key, std::slice::from_ref(run), Some(occurred_at), now).await? {
+                    return Ok(Attempt::Ended(Ending::Failed(run_owned_elsewhere(event, &owner.0, &owner.1))));
+                }
+            }
+            CanonicalEvent::ProductRetired { .. } => {
+                sqlx::query(
+                    "UPDATE products SET retired = TRUE, source_update_time = $2, update_time = $3 WHERE product_key = $1",
+                )
+                .bind(key)
+                .bind(occurred_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            CanonicalEvent::InstructorUpserted { .. } => {}
+        }
+        Ok(Attempt::Ended(Ending::Applied))
+    }
+}
+
+/// Reads and locks the product's row, if there is one.
+async fn lock_product(tx: &mut PgConnection, key: &str) -> Result<Option<Current>, StoreError> {
+    let row: Option<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT source, source_update_time FROM products WHERE product_key = $1 FOR UPDATE")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(row.map(|(source, source_update_time)| Current { source, source_update_time }))
 }
 
 /// Upserts the product's course fields ($1–$17); answers its key. No row: the
@@ -585,44 +566,4 @@ async fn upsert_runs(
         .fetch_one(&mut *tx)
         .await?;
     Ok(Some((refused.course_run_key.clone(), owner)))
-}
-
-/// `instructor.upserted`: written unless the stored instructor is newer (then stale).
-async fn upsert_instructor(
-    tx: &mut PgConnection,
-    source: &str,
-    instructor: &Instructor,
-    occurred_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<Attempt, StoreError> {
-    let written: Option<String> = sqlx::query_scalar(concat!(
-        "INSERT INTO instructors (source, instructor_key, given_name, family_name, title, organization, bio,
-                                  image_url, source_update_time, create_time, update_time)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
-        instructor_conflict!(),
-        " RETURNING instructor_key"
-    ))
-    .bind(source)
-    .bind(&instructor.instructor_key)
-    .bind(&instructor.given_name)
-    .bind(&instructor.family_name)
-    .bind(&instructor.title)
-    .bind(&instructor.organization)
-    .bind(&instructor.bio)
-    .bind(&instructor.image_url)
-    .bind(occurred_at)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if written.is_some() {
-        return Ok(Attempt::Ended(Ending::Applied));
-    }
-    // The conflicting row is locked by the upsert above: its time holds until commit.
-    let reflects: DateTime<Utc> =
-        sqlx::query_scalar("SELECT source_update_time FROM instructors WHERE source = $1 AND instructor_key = $2")
-            .bind(source)
-            .bind(&instructor.instructor_key)
-            .fetch_one(&mut *tx)
-            .await?;
-    Ok(Attempt::Ended(Ending::Stale(stale_reason("instructor", reflects))))
 }

@@ -5,13 +5,15 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
+use super::rows::{
+    IngestionRow, InstructorRow, PlainInstructorRow, ProductRow, RunRow, SeatRow, assemble, assemble_run, from_micros,
+    ingestion_columns, instructor_columns, micros, product_columns, run_columns, seat_columns,
+};
 use super::{
-    Current, Ending, Ingestion, IngestionRow, InstructorRow, MAX_ATTEMPTS, NewIngestion, PlainInstructorRow, Product,
-    ProductRow, Recorded, RunRow, SeatRow, StepResult, Store, StoreError, assemble, assemble_run, decide,
-    distinct_instructors, failure_record, from_micros, ingestion_columns, instructor_columns, micros, product_columns,
-    record, run_columns, run_owned_elsewhere, seat_columns, stale_reason, stored_time,
+    Attempt, Backend, Current, Ending, Ingestion, NewIngestion, Product, Recorded, StepResult, Store, StoreError,
+    distinct_instructors, failure_record, record_alone, run_owned_elsewhere, stale_reason,
 };
 use crate::domain::{CanonicalEvent, Course, CourseRun, Instructor, ProductType};
 
@@ -26,42 +28,10 @@ type LiteRunRow = RunRow<i64>;
 type LiteSeatRow = SeatRow<i64>;
 type LiteIngestionRow = IngestionRow<i64>;
 
-/// What one attempt at applying an event came to.
-enum Attempt {
-    /// Decided: written (still to commit), stale, or failed (to roll back).
-    Ended(Ending),
-    /// The product changed between the look and the write. Cannot happen under
-    /// `BEGIN IMMEDIATE`; handled like Postgres's race all the same.
-    Raced,
-}
-
 impl SqliteStore {
     /// A store over `pool`.
     pub fn new(pool: SqlitePool) -> Self {
         Self { pool }
-    }
-
-    /// Stores `ingestion` in a transaction of its own.
-    async fn record_alone(&self, ingestion: Ingestion) -> Result<Recorded, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if insert_ingestion(&mut tx, &ingestion).await? {
-            tx.commit().await?;
-            return Ok(Recorded::New(ingestion));
-        }
-        tx.rollback().await?;
-        self.existing(&ingestion.source, &ingestion.event_id).await
-    }
-
-    /// The record that took `(source, event_id)` first.
-    async fn existing(&self, source: &str, event_id: &str) -> Result<Recorded, StoreError> {
-        match self.find_ingestion(source, event_id).await? {
-            Some(first) => Ok(Recorded::Existing(first)),
-            // Records are never deleted: a conflict names one that stays.
-            None => Err(StoreError::Corrupt {
-                key: format!("{source}/{event_id}"),
-                reason: "already recorded, yet the record cannot be read".into(),
-            }),
-        }
     }
 }
 
@@ -138,33 +108,7 @@ impl Store for SqliteStore {
         event: &CanonicalEvent,
         now: DateTime<Utc>,
     ) -> Result<Recorded, StoreError> {
-        let occurred_at = stored_time(ingestion.occurred_at);
-        for _ in 0..MAX_ATTEMPTS {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let ending = match attempt(&mut tx, &ingestion.source, event, occurred_at, now).await? {
-                Attempt::Raced => {
-                    tx.rollback().await?;
-                    continue;
-                }
-                Attempt::Ended(ending) => ending,
-            };
-            let recorded = record(ingestion, event, &ending, now);
-            if let Ending::Failed(_) = ending {
-                // Whatever the earlier steps wrote goes; the failure is recorded on its own.
-                tx.rollback().await?;
-                return self.record_alone(recorded).await;
-            }
-            if insert_ingestion(&mut tx, &recorded).await? {
-                tx.commit().await?;
-                return Ok(Recorded::New(recorded));
-            }
-            tx.rollback().await?;
-            return self.existing(&ingestion.source, &ingestion.event_id).await;
-        }
-        Err(StoreError::Corrupt {
-            key: event.product_key().unwrap_or_default().to_string(),
-            reason: format!("the product changed under {MAX_ATTEMPTS} attempts in a row"),
-        })
+        super::apply(self, ingestion, event, now).await
     }
 
     async fn record_failure(
@@ -173,7 +117,7 @@ impl Store for SqliteStore {
         steps: &[StepResult],
         now: DateTime<Utc>,
     ) -> Result<Recorded, StoreError> {
-        self.record_alone(failure_record(ingestion, steps, now)).await
+        record_alone(self, failure_record(ingestion, steps, now)).await
     }
 
     async fn append_steps(&self, id: &str, steps: &[StepResult]) -> Result<(), StoreError> {
@@ -278,101 +222,119 @@ impl Store for SqliteStore {
     }
 }
 
-/// Records an ingestion unless `(source, event_id)` already is: false then.
-async fn insert_ingestion(conn: &mut SqliteConnection, ingestion: &Ingestion) -> Result<bool, StoreError> {
-    let inserted: Option<String> = sqlx::query_scalar(
-        "INSERT INTO ingestions (ingestion_id, source, event_id, event_name, occurred_at, payload_hash, product_key,
-                                 state, steps, create_time)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (source, event_id) DO NOTHING
-         RETURNING ingestion_id",
-    )
-    .bind(&ingestion.id)
-    .bind(&ingestion.source)
-    .bind(&ingestion.event_id)
-    .bind(ingestion.event_name.as_str())
-    .bind(micros(ingestion.occurred_at))
-    .bind(&ingestion.payload_hash)
-    .bind(ingestion.product_key.as_deref())
-    .bind(ingestion.state.as_str())
-    .bind(Json(&ingestion.steps))
-    .bind(micros(ingestion.created_at))
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(inserted.is_some())
-}
+#[async_trait::async_trait]
+impl Backend for SqliteStore {
+    type Db = Sqlite;
 
-/// Decides and, unless stale or failed, writes the event's steps inside `tx`.
-async fn attempt(
-    tx: &mut SqliteConnection,
-    source: &str,
-    event: &CanonicalEvent,
-    occurred_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<Attempt, StoreError> {
-    let key = match event {
-        CanonicalEvent::InstructorUpserted { instructor } => {
-            return upsert_instructor(tx, source, instructor, occurred_at, now).await;
-        }
-        CanonicalEvent::ProductUpserted { course, .. } | CanonicalEvent::CourseUpserted { course } => {
-            &course.product_key
-        }
-        CanonicalEvent::CourseRunUpserted { product_key, .. } | CanonicalEvent::ProductRetired { product_key } => {
-            product_key
-        }
-    };
-    let current: Option<(String, i64)> =
-        sqlx::query_as("SELECT source, source_update_time FROM products WHERE product_key = ?1")
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let current = current.map(|(source, time)| Current { source, source_update_time: from_micros(time) });
-    if let Some(ending) = decide(source, event, occurred_at, current.as_ref()) {
-        return Ok(Attempt::Ended(ending));
+    /// `BEGIN IMMEDIATE`: the writer lock from the start, so what is read
+    /// before deciding cannot change.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
-    match event {
-        CanonicalEvent::ProductUpserted { course, instructors, runs } => {
-            // Step order: instructors, then the course, then the product's list of them.
-            for instructor in distinct_instructors(instructors) {
-                write_instructor(tx, source, instructor, occurred_at, now).await?;
-            }
-            if !upsert_course(tx, source, course, occurred_at, now).await? {
-                return Ok(Attempt::Raced);
-            }
-            link_instructors(tx, source, key, instructors).await?;
-            if let Some((run_key, owner)) = upsert_runs(tx, key, runs, now).await? {
-                return Ok(Attempt::Ended(Ending::Failed(run_owned_elsewhere(event, &run_key, &owner))));
-            }
+
+    async fn insert_ingestion(conn: &mut SqliteConnection, ingestion: &Ingestion) -> Result<bool, StoreError> {
+        let inserted: Option<String> = sqlx::query_scalar(
+            "INSERT INTO ingestions (ingestion_id, source, event_id, event_name, occurred_at, payload_hash, product_key,
+                                     state, steps, create_time)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (source, event_id) DO NOTHING
+             RETURNING ingestion_id",
+        )
+        .bind(&ingestion.id)
+        .bind(&ingestion.source)
+        .bind(&ingestion.event_id)
+        .bind(ingestion.event_name.as_str())
+        .bind(micros(ingestion.occurred_at))
+        .bind(&ingestion.payload_hash)
+        .bind(ingestion.product_key.as_deref())
+        .bind(ingestion.state.as_str())
+        .bind(Json(&ingestion.steps))
+        .bind(micros(ingestion.created_at))
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(inserted.is_some())
+    }
+
+    async fn current(tx: &mut SqliteConnection, key: &str) -> Result<Option<Current>, StoreError> {
+        let current: Option<(String, i64)> =
+            sqlx::query_as("SELECT source, source_update_time FROM products WHERE product_key = ?1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        Ok(current.map(|(source, time)| Current { source, source_update_time: from_micros(time) }))
+    }
+
+    async fn upsert_instructor(
+        tx: &mut SqliteConnection,
+        source: &str,
+        instructor: &Instructor,
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Ending, StoreError> {
+        if write_instructor(tx, source, instructor, occurred_at, now).await? {
+            return Ok(Ending::Applied);
         }
-        CanonicalEvent::CourseUpserted { course } => {
-            if !upsert_course(tx, source, course, occurred_at, now).await? {
-                return Ok(Attempt::Raced);
+        let reflects: i64 =
+            sqlx::query_scalar("SELECT source_update_time FROM instructors WHERE source = ?1 AND instructor_key = ?2")
+                .bind(source)
+                .bind(&instructor.instructor_key)
+                .fetch_one(&mut *tx)
+                .await?;
+        Ok(Ending::Stale(stale_reason("instructor", from_micros(reflects))))
+    }
+
+    async fn write(
+        tx: &mut SqliteConnection,
+        source: &str,
+        key: &str,
+        event: &CanonicalEvent,
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Attempt, StoreError> {
+        match event {
+            CanonicalEvent::ProductUpserted { course, instructors, runs } => {
+                // Step order: instructors, then the course, then the product's list of them.
+                for instructor in distinct_instructors(instructors) {
+                    write_instructor(tx, source, instructor, occurred_at, now).await?;
+                }
+                if !upsert_course(tx, source, course, occurred_at, now).await? {
+                    return Ok(Attempt::Raced);
+                }
+                link_instructors(tx, source, key, instructors).await?;
+                if let Some((run_key, owner)) = upsert_runs(tx, key, runs, now).await? {
+                    return Ok(Attempt::Ended(Ending::Failed(run_owned_elsewhere(event, &run_key, &owner))));
+                }
             }
-        }
-        CanonicalEvent::CourseRunUpserted { run, .. } => {
-            if let Some((run_key, owner)) = upsert_runs(tx, key, std::slice::from_ref(run), now).await? {
-                return Ok(Attempt::Ended(Ending::Failed(run_owned_elsewhere(event, &run_key, &owner))));
+            CanonicalEvent::CourseUpserted { course } => {
+                if !upsert_course(tx, source, course, occurred_at, now).await? {
+                    return Ok(Attempt::Raced);
+                }
             }
-            sqlx::query("UPDATE products SET source_update_time = ?2, update_time = ?3 WHERE product_key = ?1")
+            CanonicalEvent::CourseRunUpserted { run, .. } => {
+                if let Some((run_key, owner)) = upsert_runs(tx, key, std::slice::from_ref(run), now).await? {
+                    return Ok(Attempt::Ended(Ending::Failed(run_owned_elsewhere(event, &run_key, &owner))));
+                }
+                sqlx::query("UPDATE products SET source_update_time = ?2, update_time = ?3 WHERE product_key = ?1")
+                    .bind(key)
+                    .bind(micros(occurred_at))
+                    .bind(micros(now))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            CanonicalEvent::ProductRetired { .. } => {
+                sqlx::query(
+                    "UPDATE products SET retired = 1, source_update_time = ?2, update_time = ?3 WHERE product_key = ?1",
+                )
                 .bind(key)
                 .bind(micros(occurred_at))
                 .bind(micros(now))
                 .execute(&mut *tx)
                 .await?;
+            }
+            CanonicalEvent::InstructorUpserted { .. } => {}
         }
-        CanonicalEvent::ProductRetired { .. } => {
-            sqlx::query(
-                "UPDATE products SET retired = 1, source_update_time = ?2, update_time = ?3 WHERE product_key = ?1",
-            )
-            .bind(key)
-            .bind(micros(occurred_at))
-            .bind(micros(now))
-            .execute(&mut *tx)
-            .await?;
-        }
-        CanonicalEvent::InstructorUpserted { .. } => {}
+        Ok(Attempt::Ended(Ending::Applied))
     }
-    Ok(Attempt::Ended(Ending::Applied))
 }
 
 /// Upserts an instructor unless the stored one is newer; true when written.
@@ -407,26 +369,6 @@ async fn write_instructor(
     .fetch_optional(&mut *tx)
     .await?;
     Ok(written.is_some())
-}
-
-/// `instructor.upserted`: written unless the stored instructor is newer (then stale).
-async fn upsert_instructor(
-    tx: &mut SqliteConnection,
-    source: &str,
-    instructor: &Instructor,
-    occurred_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<Attempt, StoreError> {
-    if write_instructor(tx, source, instructor, occurred_at, now).await? {
-        return Ok(Attempt::Ended(Ending::Applied));
-    }
-    let reflects: i64 =
-        sqlx::query_scalar("SELECT source_update_time FROM instructors WHERE source = ?1 AND instructor_key = ?2")
-            .bind(source)
-            .bind(&instructor.instructor_key)
-            .fetch_one(&mut *tx)
-            .await?;
-    Ok(Attempt::Ended(Ending::Stale(stale_reason("instructor", from_micros(reflects)))))
 }
 
 /// Writes the course fields; false when the row belongs to another source or

@@ -10,11 +10,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use kit::db::Database;
+use kit::outbox::OutboxEvent;
 use kit::trace::TextContext;
 
-#[cfg(doc)]
-use crate::domain::LmsUsername;
-use crate::domain::{Customer, CustomerKey, CustomerLink, RetirementKey};
+use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, RetirementKey};
 
 /// A key an upsert wanted that another customer holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,13 +221,97 @@ macro_rules! returning_customer {
 }
 pub(crate) use returning_customer;
 
+/// The statements finding one customer by each kind of [`CustomerKey`].
+struct FindStatements {
+    by_customer_id: &'static str,
+    by_lms_user_id: &'static str,
+    by_lms_username: &'static str,
+}
+
+/// [`FindStatements`] with `$suffix` (a lock clause, or nothing) after each.
+macro_rules! find_statements {
+    ($suffix:literal) => {
+        FindStatements {
+            by_customer_id: concat!(select_customers!(), " WHERE customer_id = $1", $suffix),
+            by_lms_user_id: concat!(select_customers!(), " WHERE lms_user_id = $1", $suffix),
+            by_lms_username: concat!(select_customers!(), " WHERE lower(lms_username) = $1", $suffix),
+        }
+    };
+}
+
+/// Finds one customer by key, on either backend.
+const FIND: FindStatements = find_statements!("");
+/// Finds one customer by key and locks its row until the transaction ends (Postgres).
+const FIND_FOR_UPDATE: FindStatements = find_statements!(" FOR UPDATE");
+
+/// The customer `key` finds, with `statements`, on either backend.
+async fn find_in<'c, DB, E>(
+    executor: E,
+    statements: &FindStatements,
+    key: &CustomerKey,
+) -> Result<Option<Customer>, StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    CustomerRow: for<'r> sqlx::FromRow<'r, DB::Row> + Send + Unpin,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let query = match key {
+        CustomerKey::CustomerId(id) => {
+            sqlx::query_as::<DB, CustomerRow>(statements.by_customer_id).bind(id.as_str().to_string())
+        }
+        CustomerKey::LmsUserId(id) => sqlx::query_as(statements.by_lms_user_id).bind(id.get()),
+        CustomerKey::LmsUsername(name) => sqlx::query_as(statements.by_lms_username).bind(name.folded()),
+    };
+    Ok(query.fetch_optional(executor).await?.map(Customer::from))
+}
+
+/// Retires `previous`, found in the caller's transaction: the username
+/// becomes its placeholder, the email goes, the version goes up. Answers the
+/// change and the `CustomerRetired` event the caller writes with it; a
+/// customer retired already is answered as it is, with no event.
+async fn retire_in<'c, DB, E>(
+    executor: E,
+    previous: Customer,
+    retirement: &RetirementKey,
+    now: DateTime<Utc>,
+    trace: &TextContext,
+) -> Result<(Upserted, Option<OutboxEvent>), StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    CustomerRow: for<'r> sqlx::FromRow<'r, DB::Row> + Send + Unpin,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    if previous.retired {
+        return Ok((Upserted { customer: previous.clone(), previous: Some(previous) }, None));
+    }
+    let row: CustomerRow = sqlx::query_as(concat!(
+        "UPDATE customers SET lms_username = $2, email = '', retired = TRUE, version = version + 1, update_time = $3
+          WHERE customer_id = $1",
+        returning_customer!()
+    ))
+    .bind(previous.customer_id.clone())
+    .bind(LmsUsername::retired_placeholder(&previous.lms_username, retirement).as_str().to_string())
+    .bind(now)
+    .fetch_one(executor)
+    .await?;
+    let customer = Customer::from(row);
+    let event = crate::events::customer_retired(&customer, now, trace);
+    Ok((Upserted { customer, previous: Some(previous) }, Some(event)))
+}
+
 /// A refusal decided by the domain, as a store error.
 fn refused(refusal: crate::domain::UpsertRefused, link: &CustomerLink) -> StoreError {
     match refusal {
         crate::domain::UpsertRefused::VersionMismatch { expected, stored } => {
             StoreError::VersionMismatch { expected, stored }
         }
-        crate::domain::UpsertRefused::Retired => StoreError::Retired(link.customer_id.as_str().to_string()),
+        crate::domain::UpsertRefused::Retired => StoreError::Retired(link.customer_id().as_str().to_string()),
     }
 }
 
@@ -269,6 +352,40 @@ struct Probe {
     taken: Vec<(usize, TakenKey, String)>,
 }
 
+impl Probe {
+    /// The probe's findings from its two queries: the stored customers the
+    /// staged rows name, and `taken_keys!`'s rows (staged row, key, owner).
+    fn new(existing: Vec<CustomerRow>, taken: Vec<(i64, String, String)>) -> Self {
+        Self {
+            existing: existing.into_iter().map(|row| (row.customer_id.clone(), Customer::from(row))).collect(),
+            taken: taken
+                .into_iter()
+                .filter_map(|(ord, field, owner)| {
+                    let key = if field == "lms_user_id" { TakenKey::LmsUserId } else { TakenKey::LmsUsername };
+                    Some((usize::try_from(ord).ok()?, key, owner))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The probe of the keys other stored customers hold, over the staging table
+/// `$staged` (`pg_temp.customer_import`, `temp.customer_import`): (row, key, owner).
+macro_rules! taken_keys {
+    ($staged:literal) => {
+        concat!(
+            "SELECT r.ord, 'lms_user_id', c.customer_id FROM ",
+            $staged,
+            " r JOIN customers c ON c.lms_user_id = r.lms_user_id WHERE c.customer_id <> r.customer_id
+             UNION ALL
+             SELECT r.ord, 'lms_username', c.customer_id FROM ",
+            $staged,
+            " r JOIN customers c ON lower(c.lms_username) = lower(r.lms_username) WHERE c.customer_id <> r.customer_id"
+        )
+    };
+}
+pub(crate) use taken_keys;
+
 /// Decides which rows of a batch are written, after the probes: a row is
 /// rejected when another stored customer holds one of its keys, when its
 /// customer is retired, or when an earlier row of the batch that is written
@@ -290,13 +407,13 @@ fn plan_import(rows: &[CustomerLink], skip: &HashSet<usize>, probe: &Probe) -> (
     let mut claimed_names: HashMap<String, &str> = HashMap::new();
     let mut keep = Vec::with_capacity(rows.len());
     for (index, row) in rows.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
-        let customer = row.customer_id.as_str();
-        let folded = row.lms_username.folded();
+        let customer = row.customer_id().as_str();
+        let folded = row.lms_username().folded();
         let refusal = if let Some((key, owner)) = taken.get(&index) {
             Some((key.field(), format!("belongs to customer {owner}")))
         } else if probe.existing.get(customer).is_some_and(|c| c.retired) {
             Some(("", "the customer is retired".to_string()))
-        } else if let Some(owner) = claimed_ids.get(&row.lms_user_id.get()) {
+        } else if let Some(owner) = claimed_ids.get(&row.lms_user_id().get()) {
             Some((TakenKey::LmsUserId.field(), format!("belongs to customer {owner}")))
         } else {
             claimed_names
@@ -306,7 +423,7 @@ fn plan_import(rows: &[CustomerLink], skip: &HashSet<usize>, probe: &Probe) -> (
         match refusal {
             Some((field, reason)) => outcome.rejected.push(RowRejection { index, field, reason }),
             None => {
-                claimed_ids.insert(row.lms_user_id.get(), customer);
+                claimed_ids.insert(row.lms_user_id().get(), customer);
                 claimed_names.insert(folded, customer);
                 if let Some(previous) = probe.existing.get(customer) {
                     outcome.previous.push(previous.clone());
@@ -321,9 +438,9 @@ fn plan_import(rows: &[CustomerLink], skip: &HashSet<usize>, probe: &Probe) -> (
 /// Whether writing `row` over `stored` would change nothing (what the merge's
 /// and the upsert's `WHERE ... IS DISTINCT FROM` leave alone).
 fn holds(stored: &Customer, row: &CustomerLink) -> bool {
-    stored.lms_user_id == row.lms_user_id.get()
-        && stored.lms_username == row.lms_username.as_str()
-        && stored.email == row.email.as_str()
+    stored.lms_user_id == row.lms_user_id().get()
+        && stored.lms_username == row.lms_username().as_str()
+        && stored.email == row.email().as_str()
 }
 
 /// The counts of a bulk import's `kept` rows, when the store was the only
@@ -331,7 +448,7 @@ fn holds(stored: &Customer, row: &CustomerLink) -> bool {
 /// identical ones unchanged, the rest updated.
 fn count_kept(outcome: &mut ImportOutcome, rows: &[CustomerLink], kept: &[usize], probe: &Probe) {
     for &index in kept {
-        match probe.existing.get(rows[index].customer_id.as_str()) {
+        match probe.existing.get(rows[index].customer_id().as_str()) {
             None => outcome.inserted += 1,
             Some(stored) if holds(stored, &rows[index]) => outcome.unchanged += 1,
             Some(_) => outcome.updated += 1,
@@ -346,14 +463,14 @@ fn repeats_in_batch(rows: &[CustomerLink]) -> Vec<RowRejection> {
     let mut first_row = HashMap::new();
     let mut rejected = Vec::new();
     for (index, row) in rows.iter().enumerate() {
-        match first_row.get(row.customer_id.as_str()) {
+        match first_row.get(row.customer_id().as_str()) {
             Some(first) => rejected.push(RowRejection {
                 index,
                 field: "customer_id",
                 reason: format!("repeats the customer_id of an earlier row of this batch (index {first})"),
             }),
             None => {
-                first_row.insert(row.customer_id.as_str(), index);
+                first_row.insert(row.customer_id().as_str(), index);
             }
         }
     }

@@ -8,12 +8,12 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 
 use super::{
-    CustomerRow, ImportOutcome, Probe, Store, StoreError, TakenKey, Upserted, Violation, plan_import, refused,
-    returning_customer, select_customers, violation,
+    CustomerRow, FIND, FIND_FOR_UPDATE, ImportOutcome, Probe, Store, StoreError, TakenKey, Upserted, Violation,
+    find_in, plan_import, refused, retire_in, returning_customer, select_customers, taken_keys, violation,
 };
 use kit::trace::TextContext;
 
-use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, RetirementKey, UpsertPlan, plan_upsert};
+use crate::domain::{Customer, CustomerKey, CustomerLink, RetirementKey, UpsertPlan, plan_upsert};
 
 /// Customer links in Postgres.
 #[derive(Clone, Debug)]
@@ -31,17 +31,17 @@ impl PostgresStore {
         let (owner, value): (Option<String>, String) = match key {
             TakenKey::LmsUserId => (
                 sqlx::query_scalar("SELECT customer_id FROM customers WHERE lms_user_id = $1")
-                    .bind(link.lms_user_id.get())
+                    .bind(link.lms_user_id().get())
                     .fetch_optional(&self.pool)
                     .await?,
-                link.lms_user_id.to_string(),
+                link.lms_user_id().to_string(),
             ),
             TakenKey::LmsUsername => (
                 sqlx::query_scalar("SELECT customer_id FROM customers WHERE lower(lms_username) = $1")
-                    .bind(link.lms_username.folded())
+                    .bind(link.lms_username().folded())
                     .fetch_optional(&self.pool)
                     .await?,
-                link.lms_username.as_str().to_string(),
+                link.lms_username().as_str().to_string(),
             ),
         };
         Ok(StoreError::Taken { key, value, owner: owner.unwrap_or_default() })
@@ -51,7 +51,7 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await?;
         let previous: Option<Customer> =
             sqlx::query_as::<_, CustomerRow>(concat!(select_customers!(), " WHERE customer_id = $1 FOR UPDATE"))
-                .bind(link.customer_id.as_str())
+                .bind(link.customer_id().as_str())
                 .fetch_optional(&mut *tx)
                 .await?
                 .map(Customer::from);
@@ -112,39 +112,18 @@ impl PostgresStore {
             }
         }
 
-        let existing: HashMap<String, Customer> = sqlx::query_as::<_, CustomerRow>(
+        let existing: Vec<CustomerRow> = sqlx::query_as(
             "SELECT c.customer_id, c.lms_user_id, c.lms_username, c.email, c.version, c.retired, c.create_time, c.update_time
                FROM pg_temp.customer_import r JOIN customers c ON c.customer_id = r.customer_id
               ORDER BY c.customer_id
                 FOR UPDATE OF c",
         )
         .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|row| (row.customer_id.clone(), Customer::from(row)))
-        .collect();
-        // Keys another customer holds: (row index, field, owner).
-        let taken: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT r.ord, 'lms_user_id', c.customer_id
-               FROM pg_temp.customer_import r JOIN customers c ON c.lms_user_id = r.lms_user_id
-              WHERE c.customer_id <> r.customer_id
-             UNION ALL
-             SELECT r.ord, 'lms_username', c.customer_id
-               FROM pg_temp.customer_import r JOIN customers c ON lower(c.lms_username) = lower(r.lms_username)
-              WHERE c.customer_id <> r.customer_id",
-        )
-        .fetch_all(&mut *tx)
         .await?;
-        let probe = Probe {
-            existing,
-            taken: taken
-                .into_iter()
-                .filter_map(|(ord, field, owner)| {
-                    let key = if field == "lms_user_id" { TakenKey::LmsUserId } else { TakenKey::LmsUsername };
-                    Some((usize::try_from(ord).ok()?, key, owner))
-                })
-                .collect(),
-        };
+        // Keys another customer holds: (row index, field, owner).
+        let taken: Vec<(i64, String, String)> =
+            sqlx::query_as(taken_keys!("pg_temp.customer_import")).fetch_all(&mut *tx).await?;
+        let probe = Probe::new(existing, taken);
         let (keep, mut outcome) = plan_import(rows, skip, &probe);
         if !outcome.rejected.is_empty() {
             let refused: Vec<i64> = outcome.rejected.iter().map(|r| r.index as i64).collect();
@@ -212,10 +191,10 @@ fn copy_binary(rows: &[CustomerLink], skip: &HashSet<usize>) -> Vec<u8> {
     for (index, row) in rows.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
         out.extend_from_slice(&5i16.to_be_bytes());
         field(&mut out, &(index as i64).to_be_bytes());
-        field(&mut out, row.customer_id.as_str().as_bytes());
-        field(&mut out, &row.lms_user_id.get().to_be_bytes());
-        field(&mut out, row.lms_username.as_str().as_bytes());
-        field(&mut out, row.email.as_str().as_bytes());
+        field(&mut out, row.customer_id().as_str().as_bytes());
+        field(&mut out, &row.lms_user_id().get().to_be_bytes());
+        field(&mut out, row.lms_username().as_str().as_bytes());
+        field(&mut out, row.email().as_str().as_bytes());
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     out
@@ -237,10 +216,10 @@ async fn write(conn: &mut PgConnection, link: &CustomerLink, exists: bool) -> Re
         )
     };
     let row: CustomerRow = sqlx::query_as(query)
-        .bind(link.customer_id.as_str())
-        .bind(link.lms_user_id.get())
-        .bind(link.lms_username.as_str())
-        .bind(link.email.as_str())
+        .bind(link.customer_id().as_str())
+        .bind(link.lms_user_id().get())
+        .bind(link.lms_username().as_str())
+        .bind(link.email().as_str())
         .fetch_one(conn)
         .await?;
     Ok(row.into())
@@ -249,20 +228,7 @@ async fn write(conn: &mut PgConnection, link: &CustomerLink, exists: bool) -> Re
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn get(&self, key: &CustomerKey) -> Result<Option<Customer>, StoreError> {
-        let query = match key {
-            CustomerKey::CustomerId(id) => {
-                sqlx::query_as::<_, CustomerRow>(concat!(select_customers!(), " WHERE customer_id = $1"))
-                    .bind(id.as_str())
-            }
-            CustomerKey::LmsUserId(id) => {
-                sqlx::query_as::<_, CustomerRow>(concat!(select_customers!(), " WHERE lms_user_id = $1")).bind(id.get())
-            }
-            CustomerKey::LmsUsername(name) => {
-                sqlx::query_as::<_, CustomerRow>(concat!(select_customers!(), " WHERE lower(lms_username) = $1"))
-                    .bind(name.folded())
-            }
-        };
-        Ok(query.fetch_optional(&self.pool).await?.map(Customer::from))
+        find_in(&self.pool, &FIND, key).await
     }
 
     async fn get_many(&self, keys: &[CustomerKey]) -> Result<Vec<Option<Customer>>, StoreError> {
@@ -330,42 +296,13 @@ impl Store for PostgresStore {
     ) -> Result<Option<Upserted>, StoreError> {
         let now = Utc::now();
         let mut tx = self.pool.begin().await?;
-        let query = match key {
-            CustomerKey::CustomerId(id) => {
-                sqlx::query_as::<_, CustomerRow>(concat!(select_customers!(), " WHERE customer_id = $1 FOR UPDATE"))
-                    .bind(id.as_str())
-            }
-            CustomerKey::LmsUserId(id) => {
-                sqlx::query_as::<_, CustomerRow>(concat!(select_customers!(), " WHERE lms_user_id = $1 FOR UPDATE"))
-                    .bind(id.get())
-            }
-            CustomerKey::LmsUsername(name) => sqlx::query_as::<_, CustomerRow>(concat!(
-                select_customers!(),
-                " WHERE lower(lms_username) = $1 FOR UPDATE"
-            ))
-            .bind(name.folded()),
-        };
-        let Some(previous) = query.fetch_optional(&mut *tx).await?.map(Customer::from) else {
+        let Some(previous) = find_in(&mut *tx, &FIND_FOR_UPDATE, key).await? else {
             return Ok(None);
         };
-        if previous.retired {
-            return Ok(Some(Upserted { customer: previous.clone(), previous: Some(previous) }));
-        }
-        let row: CustomerRow = sqlx::query_as(concat!(
-            "UPDATE customers SET lms_username = $2, email = '', retired = TRUE, version = version + 1, update_time = $3
-              WHERE customer_id = $1",
-            returning_customer!()
-        ))
-        .bind(&previous.customer_id)
-        .bind(LmsUsername::retired_placeholder(&previous.lms_username, retirement).as_str())
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let customer = Customer::from(row);
-        let event = crate::events::customer_retired(&customer, now, trace);
-        kit::outbox::postgres::insert(&mut tx, &[event], now).await?;
+        let (retired, event) = retire_in(&mut *tx, previous, retirement, now, trace).await?;
+        kit::outbox::postgres::insert(&mut tx, event.as_slice(), now).await?;
         tx.commit().await?;
-        Ok(Some(Upserted { customer, previous: Some(previous) }))
+        Ok(Some(retired))
     }
 
     async fn import_distinct(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError> {

@@ -1,19 +1,19 @@
 //! The SQLite store, for embedded mode: one writer at a time (`BEGIN
 //! IMMEDIATE`), so reads inside a write see what the write will change.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::Utc;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, SqlitePool};
 
 use super::{
-    CustomerRow, ImportOutcome, Probe, Store, StoreError, TakenKey, Upserted, Violation, count_kept, plan_import,
-    refused, returning_customer, select_customers, violation,
+    CustomerRow, FIND, ImportOutcome, Probe, Store, StoreError, TakenKey, Upserted, Violation, count_kept, find_in,
+    plan_import, refused, retire_in, returning_customer, taken_keys, violation,
 };
 use kit::trace::TextContext;
 
-use crate::domain::{Customer, CustomerKey, CustomerLink, LmsUsername, RetirementKey, UpsertPlan, plan_upsert};
+use crate::domain::{Customer, CustomerKey, CustomerLink, RetirementKey, UpsertPlan, plan_upsert};
 
 /// Customer links in SQLite.
 #[derive(Clone, Debug)]
@@ -29,27 +29,15 @@ impl SqliteStore {
 }
 
 async fn find(conn: &mut SqliteConnection, key: &CustomerKey) -> Result<Option<Customer>, StoreError> {
-    let query = match key {
-        CustomerKey::CustomerId(id) => {
-            sqlx::query_as::<_, CustomerRow>(concat!(select_customers!(), " WHERE customer_id = $1")).bind(id.as_str())
-        }
-        CustomerKey::LmsUserId(id) => {
-            sqlx::query_as::<_, CustomerRow>(concat!(select_customers!(), " WHERE lms_user_id = $1")).bind(id.get())
-        }
-        CustomerKey::LmsUsername(name) => {
-            sqlx::query_as::<_, CustomerRow>(concat!(select_customers!(), " WHERE lower(lms_username) = $1"))
-                .bind(name.folded())
-        }
-    };
-    Ok(query.fetch_optional(conn).await?.map(Customer::from))
+    find_in(conn, &FIND, key).await
 }
 
 /// Who holds `key` of `link`, as an error.
 async fn taken(conn: &mut SqliteConnection, key: TakenKey, link: &CustomerLink) -> Result<StoreError, StoreError> {
     let (holder, value) = match key {
-        TakenKey::LmsUserId => (CustomerKey::LmsUserId(link.lms_user_id), link.lms_user_id.to_string()),
+        TakenKey::LmsUserId => (CustomerKey::LmsUserId(link.lms_user_id()), link.lms_user_id().to_string()),
         TakenKey::LmsUsername => {
-            (CustomerKey::LmsUsername(link.lms_username.clone()), link.lms_username.as_str().to_string())
+            (CustomerKey::LmsUsername(link.lms_username().clone()), link.lms_username().as_str().to_string())
         }
     };
     let owner = find(conn, &holder).await?.map(|c| c.customer_id).unwrap_or_default();
@@ -62,7 +50,7 @@ async fn upsert_in(
     link: &CustomerLink,
     expected_version: Option<i64>,
 ) -> Result<Upserted, StoreError> {
-    let previous = find(conn, &CustomerKey::CustomerId(link.customer_id.clone())).await?;
+    let previous = find(conn, &CustomerKey::CustomerId(link.customer_id().clone())).await?;
     let plan = plan_upsert(previous.as_ref(), link, expected_version).map_err(|r| refused(r, link))?;
     if let (UpsertPlan::Unchanged, Some(current)) = (plan, &previous) {
         return Ok(Upserted { customer: current.clone(), previous });
@@ -81,10 +69,10 @@ async fn upsert_in(
         )
     };
     let written = sqlx::query_as::<_, CustomerRow>(query)
-        .bind(link.customer_id.as_str())
-        .bind(link.lms_user_id.get())
-        .bind(link.lms_username.as_str())
-        .bind(link.email.as_str())
+        .bind(link.customer_id().as_str())
+        .bind(link.lms_user_id().get())
+        .bind(link.lms_username().as_str())
+        .bind(link.email().as_str())
         .bind(Utc::now())
         .fetch_one(&mut *conn)
         .await;
@@ -131,24 +119,10 @@ impl Store for SqliteStore {
         let Some(previous) = find(&mut tx, key).await? else {
             return Ok(None);
         };
-        if previous.retired {
-            return Ok(Some(Upserted { customer: previous.clone(), previous: Some(previous) }));
-        }
-        let row: CustomerRow = sqlx::query_as(concat!(
-            "UPDATE customers SET lms_username = $2, email = '', retired = TRUE, version = version + 1, update_time = $3
-              WHERE customer_id = $1",
-            returning_customer!()
-        ))
-        .bind(&previous.customer_id)
-        .bind(LmsUsername::retired_placeholder(&previous.lms_username, retirement).as_str())
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let customer = Customer::from(row);
-        let event = crate::events::customer_retired(&customer, now, trace);
-        kit::outbox::sqlite::insert(&mut tx, &[event], now).await?;
+        let (retired, event) = retire_in(&mut *tx, previous, retirement, now, trace).await?;
+        kit::outbox::sqlite::insert(&mut tx, event.as_slice(), now).await?;
         tx.commit().await?;
-        Ok(Some(Upserted { customer, previous: Some(previous) }))
+        Ok(Some(retired))
     }
 
     async fn import_distinct(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError> {
@@ -252,36 +226,16 @@ async fn import_bulk(
         .await?;
     }
 
-    let existing: HashMap<String, Customer> = sqlx::query_as::<_, CustomerRow>(
+    let existing: Vec<CustomerRow> = sqlx::query_as(
         "SELECT c.customer_id, c.lms_user_id, c.lms_username, c.email, c.version, c.retired, c.create_time, c.update_time
            FROM temp.customer_import r JOIN customers c ON c.customer_id = r.customer_id",
     )
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|row| (row.customer_id.clone(), Customer::from(row)))
-    .collect();
-    let taken: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT r.ord, 'lms_user_id', c.customer_id
-           FROM temp.customer_import r JOIN customers c ON c.lms_user_id = r.lms_user_id
-          WHERE c.customer_id <> r.customer_id
-         UNION ALL
-         SELECT r.ord, 'lms_username', c.customer_id
-           FROM temp.customer_import r JOIN customers c ON lower(c.lms_username) = lower(r.lms_username)
-          WHERE c.customer_id <> r.customer_id",
-    )
-    .fetch_all(&mut *tx)
     .await?;
-    let probe = Probe {
-        existing,
-        taken: taken
-            .into_iter()
-            .filter_map(|(ord, field, owner)| {
-                let key = if field == "lms_user_id" { TakenKey::LmsUserId } else { TakenKey::LmsUsername };
-                Some((usize::try_from(ord).ok()?, key, owner))
-            })
-            .collect(),
-    };
+    // Keys another customer holds: (row index, field, owner).
+    let taken: Vec<(i64, String, String)> =
+        sqlx::query_as(taken_keys!("temp.customer_import")).fetch_all(&mut *tx).await?;
+    let probe = Probe::new(existing, taken);
     let (keep, mut outcome) = plan_import(rows, skip, &probe);
     for rejection in &outcome.rejected {
         sqlx::query("DELETE FROM temp.customer_import WHERE ord = ?")
@@ -318,10 +272,10 @@ fn bind_staged<'q>(
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
     query
         .bind(index as i64)
-        .bind(row.customer_id.as_str())
-        .bind(row.lms_user_id.get())
-        .bind(row.lms_username.as_str())
-        .bind(row.email.as_str())
+        .bind(row.customer_id().as_str())
+        .bind(row.lms_user_id().get())
+        .bind(row.lms_username().as_str())
+        .bind(row.email().as_str())
 }
 
 /// The row-by-row path, each row with the upsert's own checks, in one transaction.

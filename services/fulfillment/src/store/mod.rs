@@ -9,6 +9,7 @@
 //! holder of the current lease records its outcome — one SUCCEEDED transition,
 //! one set of outbox events.
 
+mod flow;
 pub mod postgres;
 pub mod sqlite;
 
@@ -19,13 +20,13 @@ use chrono::{DateTime, Utc};
 use kit::db::Database;
 pub use kit::outbox::{OutboxEntry, OutboxEvent};
 use kit::outbox::{OutboxError, OutboxStore};
+use sqlx::QueryBuilder;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use crate::domain::{
-    AttemptEnd, ErrorKind, JobError, JobSpec, JobState, LearnerKey, Refund, RefundEffect, RefundRequest, RefundTerms,
-    RequestTarget, may_have_granted, refund_effect, refund_request_target, state_after_attempt,
+    AttemptEnd, ErrorKind, JobError, JobSpec, JobState, LearnerKey, Refund, RefundRequest, RefundTerms,
 };
 use crate::filter::{JobFilter, PageCursor};
 use vocab::{CourseRunKey, RefundReason};
@@ -107,7 +108,7 @@ pub struct Claimed {
 
 /// How an attempt ended, as the holder of the lease records it. The state it
 /// leads to also depends on the phase and on a refund recorded meanwhile
-/// ([`state_after_attempt`]).
+/// ([`state_after_attempt`](crate::domain::state_after_attempt)).
 #[derive(Clone, Debug)]
 pub enum Outcome {
     /// The LMS confirmed: SUCCEEDED (or REVOKED), and these events go to the outbox.
@@ -173,7 +174,7 @@ pub enum Refunded {
         created: bool,
     },
     /// Refused, and nothing changed: this job was refunded before on other
-    /// terms (a [`RefundEffect::Conflict`]).
+    /// terms (a [`RefundEffect::Conflict`](crate::domain::RefundEffect::Conflict)).
     Refused {
         /// The job at fault, as it is, with its recorded refund.
         job: Box<FulfillmentJob>,
@@ -335,7 +336,7 @@ pub trait Store: OutboxStore {
     async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError>;
 
     /// Records the refunds of some jobs in one transaction, all or none, each
-    /// as [`refund_effect`] decides under the job's lock: SUCCEEDED jobs go to
+    /// as [`refund_effect`](crate::domain::refund_effect) decides under the job's lock: SUCCEEDED jobs go to
     /// REVOKING (due now, attempts reset, `PurchaseRefunded` in the outbox),
     /// PENDING ones to CANCELLED, IN_PROGRESS ones keep the refund for the
     /// attempt's end. `traceparent` is the refunding call's.
@@ -343,7 +344,7 @@ pub trait Store: OutboxStore {
     -> Result<Refunded, StoreError>;
 
     /// Records a refund request of the LMS for the learner's newest SUCCEEDED
-    /// job of the run ([`refund_request_target`]), with `RefundRequested` in
+    /// job of the run ([`refund_request_target`](crate::domain::refund_request_target)), with `RefundRequested` in
     /// the outbox, in one transaction; a request recorded before is answered again.
     async fn request_refund(&self, asked: &NewRefundRequest, now: DateTime<Utc>)
     -> Result<RefundRequested, StoreError>;
@@ -396,24 +397,6 @@ pub trait Store: OutboxStore {
     }
 }
 
-/// The events a finished job writes, with the placeholder in place of the
-/// username when the job's learner was retired while its attempt ran (the
-/// events were built from the spec the worker claimed; `job` is the row as
-/// the finishing statement left it).
-fn events_for(job: &FulfillmentJob, events: &[OutboxEvent]) -> Vec<OutboxEvent> {
-    let learner = &job.spec.learner;
-    if !learner.lms_username.is_retired() {
-        return events.to_vec();
-    }
-    events
-        .iter()
-        .map(|event| match crate::outbox::scrub(&event.payload, learner.lms_user_id, &learner.lms_username) {
-            Some(payload) => OutboxEvent { payload, ..event.clone() },
-            None => event.clone(),
-        })
-        .collect()
-}
-
 /// Unpublished outbox payloads rewritten for `retirements`: (seq, new payload).
 fn scrubbed_outbox(rows: Vec<(i64, Vec<u8>)>, retirements: &[Retirement]) -> Vec<(i64, Vec<u8>)> {
     rows.into_iter()
@@ -424,115 +407,6 @@ fn scrubbed_outbox(rows: Vec<(i64, Vec<u8>)>, retirements: &[Retirement]) -> Vec
                 .map(|scrubbed| (seq, scrubbed))
         })
         .collect()
-}
-
-/// How recording a refund changes a job's row: the state, whether the
-/// attempts start again, when it is due, and the state it leaves (for the
-/// transition; None when the state stays).
-struct RefundChange {
-    state: JobState,
-    reset_attempts: bool,
-    next_attempt_at: Option<DateTime<Utc>>,
-    from: Option<JobState>,
-    /// The line SUCCEEDED, so its purchase was announced: announce the refund (`PurchaseRefunded`).
-    announces: bool,
-    /// The refund as the `refund` column holds it (JSON).
-    refund: String,
-}
-
-/// The row change of a refund with `effect` on `job` (`refund`: the column's
-/// JSON); None when nothing changes.
-fn refund_change(
-    job: &FulfillmentJob,
-    effect: RefundEffect,
-    now: DateTime<Utc>,
-    refund: String,
-) -> Option<RefundChange> {
-    let (state, reset_attempts, next_attempt_at) = match effect {
-        RefundEffect::Revoke => (JobState::Revoking, true, Some(now)),
-        RefundEffect::Cancel => (JobState::Cancelled, false, None),
-        // The attempt in flight decides; only the refund is recorded.
-        RefundEffect::AwaitAttempt => (job.state, false, job.next_attempt_at),
-        RefundEffect::Repeat | RefundEffect::Conflict => return None,
-    };
-    let from = (state != job.state).then_some(job.state);
-    let announces = state == JobState::Revoking && job.state == JobState::Succeeded;
-    Some(RefundChange { state, reset_attempts, next_attempt_at, from, announces, refund })
-}
-
-/// Decides every refund against the jobs as locked (`jobs[i]` for
-/// `refunds[i]`): the first refusal, or each job's change (None: unchanged).
-fn plan_refunds(
-    jobs: &[FulfillmentJob],
-    refunds: &[RefundOf],
-    traceparent: &str,
-    now: DateTime<Utc>,
-) -> Result<Result<Vec<Option<RefundChange>>, Refunded>, StoreError> {
-    let mut changes = Vec::with_capacity(jobs.len());
-    for (job, asked) in jobs.iter().zip(refunds) {
-        let granted = may_have_granted(job.attempts, job.last_error.as_ref());
-        let effect = refund_effect(job.state, granted, job.refund.as_ref().map(|r| &r.terms), &asked.terms);
-        if effect == RefundEffect::Conflict {
-            return Ok(Err(Refunded::Refused { job: Box::new(job.clone()) }));
-        }
-        let refund = Refund { terms: asked.terms.clone(), requested_at: now, traceparent: traceparent.to_owned() };
-        let refund = serde_json::to_string(&refund)
-            .map_err(|e| StoreError::Corrupt { id: job.id.clone(), reason: e.to_string() })?;
-        changes.push(refund_change(job, effect, now, refund));
-    }
-    Ok(Ok(changes))
-}
-
-/// The events of a job that just became REVOKING from SUCCEEDED (a refund recorded,
-/// or an enrollment refunded while it ran succeeded): `PurchaseRefunded`, with
-/// the job's learner as stored now.
-fn revoking_events(job: &FulfillmentJob) -> Vec<OutboxEvent> {
-    match (&job.refund, job.state) {
-        (Some(refund), JobState::Revoking) => vec![crate::outbox::refund_recorded_event(job, refund)],
-        _ => Vec::new(),
-    }
-}
-
-/// Decides a refund request among the learner's `jobs` of the run (newest
-/// first) and the requests already recorded for them: what to answer, and the
-/// request to insert (with its event) when there is none.
-fn plan_refund_request(
-    jobs: Vec<FulfillmentJob>,
-    recorded: Vec<RefundRequest>,
-    asked: &NewRefundRequest,
-    now: DateTime<Utc>,
-) -> (RefundRequested, Option<(RefundRequest, OutboxEvent)>) {
-    let seen: Vec<(JobState, bool, bool)> = jobs
-        .iter()
-        .map(|job| (job.state, job.refund.is_some(), recorded.iter().any(|r| r.fulfillment_id == job.id)))
-        .collect();
-    let mut jobs = jobs;
-    match refund_request_target(&seen) {
-        RequestTarget::Repeat(i) => {
-            let job = jobs.swap_remove(i);
-            let request = recorded.into_iter().find(|r| r.fulfillment_id == job.id);
-            match request {
-                Some(request) => (RefundRequested::Recorded { request, job: Box::new(job), created: false }, None),
-                None => (RefundRequested::NoFulfilledLine, None),
-            }
-        }
-        RequestTarget::New(i) => {
-            let job = jobs.swap_remove(i);
-            let request = RefundRequest {
-                id: asked.id.clone(),
-                fulfillment_id: job.id.clone(),
-                reason: asked.reason.clone(),
-                requested_at: now,
-            };
-            let event = crate::outbox::refund_requested_event(&job, &request, &asked.traceparent);
-            (
-                RefundRequested::Recorded { request: request.clone(), job: Box::new(job), created: true },
-                Some((request, event)),
-            )
-        }
-        RequestTarget::AlreadyRefunded(i) => (RefundRequested::AlreadyRefunded(Box::new(jobs.swap_remove(i))), None),
-        RequestTarget::NoFulfilledLine => (RefundRequested::NoFulfilledLine, None),
-    }
 }
 
 /// A row of `refund_requests`.
@@ -556,6 +430,15 @@ impl<T> RefundRequestRow<T> {
             requested_at: time(self.requested_at),
         })
     }
+}
+
+/// A retired learner's placeholder as stored (`name`), checked.
+fn retired_name(lms_user_id: LmsUserId, name: Option<String>) -> Result<Option<LmsUsername>, StoreError> {
+    name.map(|name| {
+        LmsUsername::parse(&name)
+            .map_err(|e| StoreError::Corrupt { id: lms_user_id.to_string(), reason: format!("retired_username {e}") })
+    })
+    .transpose()
 }
 
 /// The store for the service's database.
@@ -658,48 +541,79 @@ impl<T> TransitionRow<T> {
     }
 }
 
-/// The columns `finish` writes for an outcome, and the states the job passes through.
-struct Written<'a> {
-    state: JobState,
-    /// The states after the claimed one, in order (two when an enrollment
-    /// refunded meanwhile succeeds: SUCCEEDED, then REVOKING).
-    path: Vec<JobState>,
-    next_attempt_at: Option<DateTime<Utc>>,
-    /// An enrollment refunded while it ran is revoked next (it enrolled, or
-    /// may have), its attempts counted afresh.
-    revokes_next: bool,
-    /// It enrolled: its refund is announced (`PurchaseRefunded`) after its purchase.
-    announces_refund: bool,
-    error: Option<&'a JobError>,
-    entitlement_uuid: Option<&'a str>,
-    events: &'a [OutboxEvent],
+/// How a backend spells the conditions of a [`JobFilter`]: the expressions
+/// its indexes (migrations 0006-0009) are built on.
+struct FilterSql {
+    /// A condition always true, to start the WHERE clause with.
+    always: &'static str,
+    /// A job's course run key, in its spec.
+    course_run_key: &'static str,
+    /// A job's source system, in its spec.
+    source_system: &'static str,
 }
 
-impl<'a> Written<'a> {
-    /// What an `outcome` of an attempt claimed in `claimed` writes, `refunded` or not by now.
-    fn of(claimed: JobState, outcome: &'a Outcome, refunded: bool, now: DateTime<Utc>) -> Self {
-        let state = state_after_attempt(claimed, outcome.end(), refunded);
-        let (error, entitlement_uuid, events) = match outcome {
-            Outcome::Succeeded { entitlement_uuid, events } => (None, entitlement_uuid.as_deref(), events.as_slice()),
-            Outcome::RetryAt { error, .. } | Outcome::Failed { error } => (Some(error), None, &[][..]),
-        };
-        let revokes_next = claimed == JobState::InProgress && state == JobState::Revoking;
-        let announces_refund = revokes_next && matches!(outcome, Outcome::Succeeded { .. });
-        let next_attempt_at = match (state, outcome) {
-            // Refunded while it enrolled: the revocation is due at once, or when the LMS asked to be left alone.
-            (JobState::Revoking, Outcome::RetryAt { at, .. }) if revokes_next => Some((*at).max(now)),
-            (JobState::Revoking, _) if revokes_next => Some(now),
-            (JobState::Pending | JobState::Revoking, Outcome::RetryAt { at, .. }) => Some(*at),
-            _ => None,
-        };
-        let path = if announces_refund { vec![JobState::Succeeded, JobState::Revoking] } else { vec![state] };
-        Written { state, path, next_attempt_at, revokes_next, announces_refund, error, entitlement_uuid, events }
+/// Pushes the WHERE clause of `filter` (and of the page after `after`) in
+/// `sql`'s spelling, times bound as `time` stores them. A single state is an
+/// equality, so its index range is read in order and a page stops at its limit.
+fn push_filter<DB, T>(
+    query: &mut QueryBuilder<DB>,
+    sql: &FilterSql,
+    filter: &JobFilter,
+    after: Option<&PageCursor>,
+    time: impl Fn(DateTime<Utc>) -> T,
+) where
+    DB: sqlx::Database,
+    for<'t> &'static str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> T: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    query.push(" WHERE ").push(sql.always);
+    match filter.states.as_slice() {
+        [] => {}
+        [state] => {
+            query.push(" AND state = ").push_bind(state.as_str());
+        }
+        states => {
+            query.push(" AND state IN (");
+            let mut listed = query.separated(", ");
+            for state in states {
+                listed.push_bind(state.as_str());
+            }
+            query.push(")");
+        }
     }
+    if let Some(key) = &filter.course_run_key {
+        query.push(" AND ").push(sql.course_run_key).push(" = ").push_bind(key.as_str().to_owned());
+    }
+    if let Some(kind) = filter.error_kind {
+        query.push(" AND last_error_kind = ").push_bind(kind.as_str());
+    }
+    if let Some(source) = &filter.source_system {
+        query.push(" AND ").push(sql.source_system).push(" = ").push_bind(source.as_str().to_owned());
+    }
+    if let Some(after) = filter.updated.after() {
+        query.push(" AND update_time >= ").push_bind(time(after));
+    }
+    if let Some(before) = filter.updated.before() {
+        query.push(" AND update_time < ").push_bind(time(before));
+    }
+    if let Some(cursor) = after {
+        query
+            .push(" AND (update_time, fulfillment_id) < (")
+            .push_bind(time(cursor.updated_at))
+            .push(", ")
+            .push_bind(cursor.id.clone())
+            .push(")");
+    }
+}
 
-    /// The attempt number a transition to `to` records: the claim's, but a
-    /// revocation starting afresh counts from 0.
-    fn attempt_of(&self, to: JobState, claimed_attempts: i32) -> i32 {
-        if self.revokes_next && to == JobState::Revoking { 0 } else { claimed_attempts }
+/// Of a backend's two queries for a learner's jobs (by the spec's
+/// `lms_user_id`, by its `lms_username`), the one `learner` names, with the
+/// value to bind.
+fn learner_query(learner: &LearnerKey, by_id: &'static str, by_username: &'static str) -> (&'static str, String) {
+    match learner {
+        LearnerKey::LmsUserId(id) => (by_id, id.to_string()),
+        LearnerKey::Username(name) => (by_username, name.to_string()),
     }
 }
 

@@ -12,16 +12,17 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use vocab::{LmsUserId, LmsUsername, Retirement};
+use vocab::{CourseRunKey, LmsUserId, LmsUsername, Retirement};
 
+use super::flow::{self, JobTx, RefundChange, TransitionOf, Written};
 use super::{
-    BulkRedriven, Claimed, Finished, Found, FulfillmentJob, JobRow, Lease, NewJob, NewRefundRequest, Outcome,
-    QueueStats, Redriven, RefundOf, RefundRequestRow, RefundRequested, Refunded, Store, StoreError, Transition,
-    TransitionRow, Written, events_for, job_columns, plan_refund_request, plan_refunds, revoking_events,
-    scrubbed_outbox,
+    BulkRedriven, Claimed, FilterSql, Finished, Found, FulfillmentJob, JobRow, Lease, NewJob, NewRefundRequest,
+    OutboxEvent, Outcome, QueueStats, Redriven, RefundOf, RefundRequestRow, RefundRequested, Refunded, Store,
+    StoreError, Transition, TransitionRow, job_columns, learner_query, push_filter, retired_name, scrubbed_outbox,
 };
-use crate::domain::{JobState, LearnerKey};
+use crate::domain::{JobState, LearnerKey, RefundRequest};
 use crate::filter::{JobFilter, PageCursor};
+use crate::webhook::store::NewDelivery;
 
 /// The channel a new or re-driven job is announced on, so idle workers in
 /// other processes wake at once (`LISTEN fulfillment_jobs`).
@@ -108,6 +109,13 @@ type PgJobRow = JobRow<DateTime<Utc>>;
 fn job(row: PgJobRow) -> Result<FulfillmentJob, StoreError> {
     row.into_job(|t| t)
 }
+
+/// The job filter in this backend's SQL.
+const FILTER_SQL: FilterSql = FilterSql {
+    always: "TRUE",
+    course_run_key: "spec -> 'line' -> 'product' ->> 'course_run_key'",
+    source_system: "spec -> 'header' ->> 'source_system'",
+};
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
@@ -276,75 +284,11 @@ impl Store for PostgresStore {
     }
 
     async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The lock orders this with a refund of the same job: whichever is second sees the other's change.
-        let held: Option<(String, bool, i32)> = sqlx::query_as(
-            "SELECT state, refund IS NOT NULL, attempts FROM fulfillments
-             WHERE fulfillment_id = $1 AND lease_token = $2 AND state IN ('IN_PROGRESS', 'REVOKING') FOR UPDATE",
-        )
-        .bind(&lease.job_id)
-        .bind(&lease.token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((claimed, refunded, claimed_attempts)) = held else {
-            return Ok(Finished::LeaseLost);
-        };
-        let claimed = JobState::parse(&claimed)
-            .ok_or_else(|| StoreError::Corrupt { id: lease.job_id.clone(), reason: format!("state {claimed:?}") })?;
-        let written = Written::of(claimed, &outcome, refunded, now);
-        let row: PgJobRow = sqlx::query_as(concat!(
-            "UPDATE fulfillments
-             SET state = $2, next_attempt_at = $3, lease_token = NULL, lease_expires_at = NULL,
-                 attempts = CASE WHEN $9 THEN 0 ELSE attempts END,
-                 last_error_kind = COALESCE($4, last_error_kind),
-                 last_error_status = CASE WHEN $4 IS NULL THEN last_error_status ELSE $5 END,
-                 last_error_message = COALESCE($6, last_error_message),
-                 entitlement_uuid = COALESCE($7, entitlement_uuid), update_time = $8
-             WHERE fulfillment_id = $1
-             RETURNING ",
-            job_columns!()
-        ))
-        .bind(&lease.job_id)
-        .bind(written.state.as_str())
-        .bind(written.next_attempt_at)
-        .bind(written.error.map(|e| e.kind.as_str()))
-        .bind(written.error.and_then(|e| e.lms_status).map(i32::from))
-        .bind(written.error.map(|e| e.message.as_str()))
-        .bind(written.entitlement_uuid)
-        .bind(now)
-        .bind(written.revokes_next)
-        .fetch_one(&mut *tx)
-        .await?;
-        let job = job(row)?;
-        let mut from = claimed;
-        for to in &written.path {
-            sqlx::query(
-                "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, lease_token, at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&job.id)
-            .bind(from.as_str())
-            .bind(to.as_str())
-            .bind(written.attempt_of(*to, claimed_attempts))
-            .bind(&lease.token)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            from = *to;
-        }
-        let mut events = events_for(&job, written.events);
-        if written.announces_refund {
-            events.extend(revoking_events(&job));
-        }
-        let (failures, deliveries) = crate::outbox::outcome_announcements(&job, &written.path, &self.webhooks, now);
-        events.extend(failures);
-        kit::outbox::postgres::insert(&mut tx, &events, now).await?;
-        crate::webhook::store::postgres::insert(&mut tx, &deliveries, now).await?;
-        tx.commit().await?;
-        if job.state == JobState::Revoking {
+        let finished = flow::finish(PgTx(self.pool.begin().await?), lease, outcome, &self.webhooks, now).await?;
+        if matches!(&finished, Finished::Recorded(job) if job.state == JobState::Revoking) {
             self.announcer.announce();
         }
-        Ok(Finished::Recorded(Box::new(job)))
+        Ok(finished)
     }
 
     async fn refund(
@@ -353,81 +297,12 @@ impl Store for PostgresStore {
         traceparent: &str,
         now: DateTime<Utc>,
     ) -> Result<Refunded, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Locked in id order, whatever order the lines were named in: two
-        // refunds of one order naming its lines differently cannot deadlock.
-        let mut by_id: Vec<&RefundOf> = refunds.iter().collect();
-        by_id.sort_by(|a, b| a.job_id.cmp(&b.job_id));
-        let mut found = std::collections::HashMap::with_capacity(refunds.len());
-        for asked in by_id {
-            let row: Option<PgJobRow> = sqlx::query_as(concat!(
-                "SELECT ",
-                job_columns!(),
-                " FROM fulfillments WHERE fulfillment_id = $1 FOR UPDATE"
-            ))
-            .bind(&asked.job_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            match row {
-                Some(row) => found.insert(asked.job_id.as_str(), job(row)?),
-                None => return Ok(Refunded::NotFound(asked.job_id.clone())),
-            };
-        }
-        let locked: Vec<FulfillmentJob> =
-            refunds.iter().filter_map(|asked| found.get(asked.job_id.as_str()).cloned()).collect();
-        let changes = match plan_refunds(&locked, refunds, traceparent, now)? {
-            Ok(changes) => changes,
-            Err(refused) => return Ok(refused),
-        };
-        let mut created = false;
-        let mut revoking = false;
-        let mut jobs = Vec::with_capacity(locked.len());
-        for (before, change) in locked.into_iter().zip(changes) {
-            let Some(change) = change else {
-                jobs.push(before);
-                continue;
-            };
-            let row: PgJobRow = sqlx::query_as(concat!(
-                "UPDATE fulfillments
-                 SET state = $2, attempts = CASE WHEN $3 THEN 0 ELSE attempts END, next_attempt_at = $4,
-                     refund = $5::jsonb, update_time = $6
-                 WHERE fulfillment_id = $1 RETURNING ",
-                job_columns!()
-            ))
-            .bind(&before.id)
-            .bind(change.state.as_str())
-            .bind(change.reset_attempts)
-            .bind(change.next_attempt_at)
-            .bind(&change.refund)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            let after = job(row)?;
-            if let Some(from) = change.from {
-                sqlx::query(
-                    "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, at)
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&after.id)
-                .bind(from.as_str())
-                .bind(after.state.as_str())
-                .bind(i32::try_from(after.attempts).unwrap_or(i32::MAX))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if change.announces {
-                kit::outbox::postgres::insert(&mut tx, &revoking_events(&after), now).await?;
-            }
-            revoking |= after.state == JobState::Revoking;
-            created = true;
-            jobs.push(after);
-        }
-        tx.commit().await?;
-        if revoking {
+        let refunded = flow::refund(PgTx(self.pool.begin().await?), refunds, traceparent, now).await?;
+        if matches!(&refunded, Refunded::Recorded { jobs, .. } if jobs.iter().any(|job| job.state == JobState::Revoking))
+        {
             self.announcer.announce();
         }
-        Ok(Refunded::Recorded { jobs, created })
+        Ok(refunded)
     }
 
     async fn request_refund(
@@ -435,52 +310,7 @@ impl Store for PostgresStore {
         asked: &NewRefundRequest,
         now: DateTime<Utc>,
     ) -> Result<RefundRequested, StoreError> {
-        // Newest first, locked: a concurrent request for the same line waits and then sees this one.
-        macro_rules! learner_jobs {
-            ($learner:literal) => {
-                concat!(
-                    "SELECT ",
-                    job_columns!(),
-                    " FROM fulfillments WHERE spec -> 'learner' ->> '",
-                    $learner,
-                    "' = $1 AND spec -> 'line' -> 'product' ->> 'course_run_key' = $2
-                     ORDER BY create_time DESC, fulfillment_id DESC FOR UPDATE"
-                )
-            };
-        }
-        let (query, key) = match &asked.learner {
-            LearnerKey::LmsUserId(id) => (learner_jobs!("lms_user_id"), id.to_string()),
-            LearnerKey::Username(name) => (learner_jobs!("lms_username"), name.to_string()),
-        };
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<PgJobRow> =
-            sqlx::query_as(query).bind(key).bind(asked.course_run_key.as_str()).fetch_all(&mut *tx).await?;
-        let jobs = rows.into_iter().map(job).collect::<Result<Vec<_>, _>>()?;
-        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
-        let recorded: Vec<RefundRequestRow<DateTime<Utc>>> = sqlx::query_as(
-            "SELECT refund_request_id, fulfillment_id, reason, requested_at FROM refund_requests
-             WHERE fulfillment_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let recorded = recorded.into_iter().map(|row| row.into_request(|t| t)).collect::<Result<Vec<_>, _>>()?;
-        let (answer, insert) = plan_refund_request(jobs, recorded, asked, now);
-        if let Some((request, event)) = insert {
-            sqlx::query(
-                "INSERT INTO refund_requests (refund_request_id, fulfillment_id, reason, requested_at)
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&request.id)
-            .bind(&request.fulfillment_id)
-            .bind(request.reason.as_str())
-            .bind(request.requested_at)
-            .execute(&mut *tx)
-            .await?;
-            kit::outbox::postgres::insert(&mut tx, &[event], now).await?;
-        }
-        tx.commit().await?;
-        Ok(answer)
+        flow::request_refund(PgTx(self.pool.begin().await?), asked, now).await
     }
 
     async fn retire_learners(&self, retirements: &[Retirement], now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -488,21 +318,11 @@ impl Store for PostgresStore {
             return Ok(0);
         }
         let ids: Vec<i64> = retirements.iter().map(|r| r.lms_user_id.get()).collect();
-        let names: Vec<&str> = retirements.iter().map(|r| r.retired_username.as_str()).collect();
         let mut tx = self.pool.begin().await?;
-        // Orders are refused for a learner in this table, and a retirement must
-        // not interleave with an acceptance that checked it a moment earlier.
-        sqlx::query("LOCK TABLE retired_learners IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await?;
-        sqlx::query(
-            "INSERT INTO retired_learners (lms_user_id, retired_username, retired_at)
-             SELECT i, n, $3 FROM unnest($1::int8[], $2::text[]) AS r(i, n)
-             ON CONFLICT (lms_user_id) DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&names)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        // Orders are refused for a learner in this table, and remembering locks
+        // it: a retirement does not interleave with an acceptance that checked
+        // it a moment earlier.
+        kit::retirement::postgres::remember(&mut tx, retirements, now).await?;
         // Row locks on the jobs order this with a worker finishing one: whichever
         // is second sees the other's change (see events_for).
         let changed = sqlx::query(
@@ -537,66 +357,30 @@ impl Store for PostgresStore {
     }
 
     async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError> {
-        let name: Option<String> =
-            sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = $1")
-                .bind(lms_user_id.get())
-                .fetch_optional(&self.pool)
-                .await?;
-        name.map(|name| {
-            LmsUsername::parse(&name).map_err(|e| StoreError::Corrupt {
-                id: lms_user_id.to_string(),
-                reason: format!("retired_username {e}"),
-            })
-        })
-        .transpose()
+        let name = sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = $1")
+            .bind(lms_user_id.get())
+            .fetch_optional(&self.pool)
+            .await?;
+        retired_name(lms_user_id, name)
     }
 
     async fn redrive(&self, id: &str, requested_by: Option<&str>, now: DateTime<Utc>) -> Result<Redriven, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row: Option<PgJobRow> = sqlx::query_as(concat!(
-            "UPDATE fulfillments
-             SET state = CASE state WHEN 'FAILED' THEN 'PENDING' ELSE 'REVOKING' END,
-                 attempts = 0, next_attempt_at = $2, update_time = $2
-             WHERE fulfillment_id = $1 AND state IN ('FAILED', 'REVOKE_FAILED') RETURNING ",
-            job_columns!()
-        ))
-        .bind(id)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(match self.get(id).await? {
-                Some(job) => Redriven::NotFailed(Box::new(job)),
-                None => Redriven::NotFound,
-            });
-        };
-        let job = job(row)?;
-        let from = if job.state == JobState::Pending { JobState::Failed } else { JobState::RevokeFailed };
-        sqlx::query(
-            "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, requested_by, at)
-             VALUES ($1, $2, $3, 0, $4, $5)",
-        )
-        .bind(id)
-        .bind(from.as_str())
-        .bind(job.state.as_str())
-        .bind(requested_by)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.announcer.announce();
-        Ok(Redriven::Pending(Box::new(job)))
+        let redriven = flow::redrive(PgTx(self.pool.begin().await?), self, id, requested_by, now).await?;
+        if matches!(redriven, Redriven::Pending(_)) {
+            self.announcer.announce();
+        }
+        Ok(redriven)
     }
 
     async fn list(&self, filter: &JobFilter, after: Option<&PageCursor>, limit: i64) -> Result<Found, StoreError> {
         // One snapshot for the page and the count, so the total is of the jobs listed.
         let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         let mut query = QueryBuilder::<Postgres>::new(concat!("SELECT ", job_columns!(), " FROM fulfillments"));
-        push_filter(&mut query, filter, after);
+        push_filter(&mut query, &FILTER_SQL, filter, after, |t| t);
         query.push(" ORDER BY update_time DESC, fulfillment_id DESC LIMIT ").push_bind(limit);
         let rows: Vec<PgJobRow> = query.build_query_as().fetch_all(&mut *tx).await?;
         let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM fulfillments");
-        push_filter(&mut count, filter, None);
+        push_filter(&mut count, &FILTER_SQL, filter, None, |t| t);
         let total: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
         tx.commit().await?;
         let jobs = rows.into_iter().map(job).collect::<Result<_, _>>()?;
@@ -615,7 +399,7 @@ impl Store for PostgresStore {
         // Locked in id order, as refunds lock theirs, so the two cannot deadlock;
         // one more than the bound is enough to know there are too many.
         let mut query = QueryBuilder::<Postgres>::new("SELECT fulfillment_id, update_time FROM fulfillments");
-        push_filter(&mut query, filter, None);
+        push_filter(&mut query, &FILTER_SQL, filter, None, |t| t);
         query
             .push(" AND state IN ('FAILED', 'REVOKE_FAILED') ORDER BY fulfillment_id LIMIT ")
             .push_bind(i64::from(max) + 1);
@@ -625,7 +409,7 @@ impl Store for PostgresStore {
         let mut matched: Vec<(String, DateTime<Utc>)> = query.build_query_as().fetch_all(&mut *tx).await?;
         if matched.len() > max as usize {
             let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM fulfillments");
-            push_filter(&mut count, filter, None);
+            push_filter(&mut count, &FILTER_SQL, filter, None, |t| t);
             count.push(" AND state IN ('FAILED', 'REVOKE_FAILED')");
             let matched: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
             tx.rollback().await?;
@@ -738,47 +522,183 @@ impl Store for PostgresStore {
     }
 }
 
-/// The WHERE clause of `filter` (and of the page after `after`), each
-/// condition one the indexes of migrations 0006-0009 serve; a single state is
-/// an equality, so its index range is read in order and a page stops at its limit.
-fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &JobFilter, after: Option<&PageCursor>) {
-    query.push(" WHERE TRUE");
-    match filter.states.as_slice() {
-        [] => {}
-        [state] => {
-            query.push(" AND state = ").push_bind(state.as_str());
+/// One Postgres transaction of the shared flows: rows are locked `FOR UPDATE`.
+struct PgTx(sqlx::Transaction<'static, Postgres>);
+
+#[async_trait::async_trait]
+impl JobTx for PgTx {
+    async fn locked_job(&mut self, id: &str) -> Result<Option<FulfillmentJob>, StoreError> {
+        sqlx::query_as::<_, PgJobRow>(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM fulfillments WHERE fulfillment_id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *self.0)
+        .await?
+        .map(job)
+        .transpose()
+    }
+
+    async fn held(&mut self, lease: &Lease) -> Result<Option<(String, bool, i32)>, StoreError> {
+        // The lock orders this with a refund of the same job: whichever is second sees the other's change.
+        Ok(sqlx::query_as(
+            "SELECT state, refund IS NOT NULL, attempts FROM fulfillments
+             WHERE fulfillment_id = $1 AND lease_token = $2 AND state IN ('IN_PROGRESS', 'REVOKING') FOR UPDATE",
+        )
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .fetch_optional(&mut *self.0)
+        .await?)
+    }
+
+    async fn write_outcome(
+        &mut self,
+        job_id: &str,
+        written: &Written<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<FulfillmentJob, StoreError> {
+        job(sqlx::query_as(concat!(
+            "UPDATE fulfillments
+             SET state = $2, next_attempt_at = $3, lease_token = NULL, lease_expires_at = NULL,
+                 attempts = CASE WHEN $9 THEN 0 ELSE attempts END,
+                 last_error_kind = COALESCE($4, last_error_kind),
+                 last_error_status = CASE WHEN $4 IS NULL THEN last_error_status ELSE $5 END,
+                 last_error_message = COALESCE($6, last_error_message),
+                 entitlement_uuid = COALESCE($7, entitlement_uuid), update_time = $8
+             WHERE fulfillment_id = $1
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(job_id)
+        .bind(written.state.as_str())
+        .bind(written.next_attempt_at)
+        .bind(written.error.map(|e| e.kind.as_str()))
+        .bind(written.error.and_then(|e| e.lms_status).map(i32::from))
+        .bind(written.error.map(|e| e.message.as_str()))
+        .bind(written.entitlement_uuid)
+        .bind(now)
+        .bind(written.revokes_next)
+        .fetch_one(&mut *self.0)
+        .await?)
+    }
+
+    async fn write_refund(
+        &mut self,
+        job_id: &str,
+        change: &RefundChange,
+        now: DateTime<Utc>,
+    ) -> Result<FulfillmentJob, StoreError> {
+        job(sqlx::query_as(concat!(
+            "UPDATE fulfillments
+             SET state = $2, attempts = CASE WHEN $3 THEN 0 ELSE attempts END, next_attempt_at = $4,
+                 refund = $5::jsonb, update_time = $6
+             WHERE fulfillment_id = $1 RETURNING ",
+            job_columns!()
+        ))
+        .bind(job_id)
+        .bind(change.state.as_str())
+        .bind(change.reset_attempts)
+        .bind(change.next_attempt_at)
+        .bind(&change.refund)
+        .bind(now)
+        .fetch_one(&mut *self.0)
+        .await?)
+    }
+
+    async fn redrive_job(&mut self, id: &str, now: DateTime<Utc>) -> Result<Option<FulfillmentJob>, StoreError> {
+        sqlx::query_as::<_, PgJobRow>(concat!(
+            "UPDATE fulfillments
+             SET state = CASE state WHEN 'FAILED' THEN 'PENDING' ELSE 'REVOKING' END,
+                 attempts = 0, next_attempt_at = $2, update_time = $2
+             WHERE fulfillment_id = $1 AND state IN ('FAILED', 'REVOKE_FAILED') RETURNING ",
+            job_columns!()
+        ))
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&mut *self.0)
+        .await?
+        .map(job)
+        .transpose()
+    }
+
+    async fn transition(&mut self, change: &TransitionOf<'_>, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO fulfillment_transitions
+                 (fulfillment_id, from_state, to_state, attempt, lease_token, requested_by, at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(change.job_id)
+        .bind(change.from.map(JobState::as_str))
+        .bind(change.to.as_str())
+        .bind(i32::try_from(change.attempt).unwrap_or(i32::MAX))
+        .bind(change.lease_token)
+        .bind(change.requested_by)
+        .bind(now)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_events(&mut self, events: &[OutboxEvent], now: DateTime<Utc>) -> Result<(), StoreError> {
+        Ok(kit::outbox::postgres::insert(&mut self.0, events, now).await?)
+    }
+
+    async fn insert_deliveries(&mut self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> Result<(), StoreError> {
+        Ok(crate::webhook::store::postgres::insert(&mut self.0, deliveries, now).await?)
+    }
+
+    async fn learner_jobs(
+        &mut self,
+        learner: &LearnerKey,
+        course_run_key: &CourseRunKey,
+    ) -> Result<Vec<FulfillmentJob>, StoreError> {
+        // Newest first, locked: a concurrent request for the same line waits and then sees this one.
+        macro_rules! learner_jobs {
+            ($learner:literal) => {
+                concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM fulfillments WHERE spec -> 'learner' ->> '",
+                    $learner,
+                    "' = $1 AND spec -> 'line' -> 'product' ->> 'course_run_key' = $2
+                     ORDER BY create_time DESC, fulfillment_id DESC FOR UPDATE"
+                )
+            };
         }
-        states => {
-            query.push(" AND state IN (");
-            let mut listed = query.separated(", ");
-            for state in states {
-                listed.push_bind(state.as_str());
-            }
-            query.push(")");
-        }
+        let (query, key) = learner_query(learner, learner_jobs!("lms_user_id"), learner_jobs!("lms_username"));
+        let rows: Vec<PgJobRow> =
+            sqlx::query_as(query).bind(key).bind(course_run_key.as_str()).fetch_all(&mut *self.0).await?;
+        rows.into_iter().map(job).collect()
     }
-    if let Some(key) = &filter.course_run_key {
-        query.push(" AND spec -> 'line' -> 'product' ->> 'course_run_key' = ").push_bind(key.as_str().to_owned());
+
+    async fn refund_requests(&mut self, job_ids: &[&str]) -> Result<Vec<RefundRequest>, StoreError> {
+        let rows: Vec<RefundRequestRow<DateTime<Utc>>> = sqlx::query_as(
+            "SELECT refund_request_id, fulfillment_id, reason, requested_at FROM refund_requests
+             WHERE fulfillment_id = ANY($1)",
+        )
+        .bind(job_ids)
+        .fetch_all(&mut *self.0)
+        .await?;
+        rows.into_iter().map(|row| row.into_request(|t| t)).collect()
     }
-    if let Some(kind) = filter.error_kind {
-        query.push(" AND last_error_kind = ").push_bind(kind.as_str());
+
+    async fn insert_refund_request(&mut self, request: &RefundRequest) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO refund_requests (refund_request_id, fulfillment_id, reason, requested_at)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&request.id)
+        .bind(&request.fulfillment_id)
+        .bind(request.reason.as_str())
+        .bind(request.requested_at)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
     }
-    if let Some(source) = &filter.source_system {
-        query.push(" AND spec -> 'header' ->> 'source_system' = ").push_bind(source.as_str().to_owned());
-    }
-    if let Some(after) = filter.updated.after() {
-        query.push(" AND update_time >= ").push_bind(after);
-    }
-    if let Some(before) = filter.updated.before() {
-        query.push(" AND update_time < ").push_bind(before);
-    }
-    if let Some(cursor) = after {
-        query
-            .push(" AND (update_time, fulfillment_id) < (")
-            .push_bind(cursor.updated_at)
-            .push(", ")
-            .push_bind(cursor.id.clone())
-            .push(")");
+
+    async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.0.commit().await?)
     }
 }
 

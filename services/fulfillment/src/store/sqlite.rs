@@ -7,16 +7,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kit::outbox::{Backlog, OutboxEntry, OutboxError, OutboxStore};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
-use vocab::{LmsUserId, LmsUsername, Retirement};
+use vocab::{CourseRunKey, LmsUserId, LmsUsername, Retirement};
 
+use super::flow::{self, JobTx, RefundChange, TransitionOf, Written};
 use super::{
-    BulkRedriven, Claimed, Finished, Found, FulfillmentJob, JobRow, Lease, NewJob, NewRefundRequest, Outcome,
-    QueueStats, Redriven, RefundOf, RefundRequestRow, RefundRequested, Refunded, Store, StoreError, Transition,
-    TransitionRow, Written, duration_micros, events_for, from_micros, job_columns, micros, plan_refund_request,
-    plan_refunds, revoking_events, scrubbed_outbox,
+    BulkRedriven, Claimed, FilterSql, Finished, Found, FulfillmentJob, JobRow, Lease, NewJob, NewRefundRequest,
+    OutboxEvent, Outcome, QueueStats, Redriven, RefundOf, RefundRequestRow, RefundRequested, Refunded, Store,
+    StoreError, Transition, TransitionRow, duration_micros, from_micros, job_columns, learner_query, micros,
+    push_filter, retired_name, scrubbed_outbox,
 };
-use crate::domain::{JobState, LearnerKey};
+use crate::domain::{JobState, LearnerKey, RefundRequest};
 use crate::filter::{JobFilter, PageCursor};
+use crate::webhook::store::NewDelivery;
 
 /// Fulfillment jobs in SQLite.
 #[derive(Clone, Debug)]
@@ -36,6 +38,11 @@ impl SqliteStore {
         self.webhooks = webhooks;
         self
     }
+
+    /// A writing transaction: the only one until it ends.
+    async fn begin(&self) -> Result<LiteTx, StoreError> {
+        Ok(LiteTx(self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
 }
 
 type LiteJobRow = JobRow<i64>;
@@ -44,94 +51,200 @@ fn job(row: LiteJobRow) -> Result<FulfillmentJob, StoreError> {
     row.into_job(from_micros)
 }
 
-async fn transition(
-    tx: &mut sqlx::SqliteConnection,
-    id: &str,
-    from: Option<JobState>,
-    to: JobState,
-    attempt: u32,
-    lease_token: Option<&str>,
+/// The job filter in this backend's SQL.
+const FILTER_SQL: FilterSql = FilterSql {
+    always: "1",
+    course_run_key: "json_extract(spec, '$.line.product.course_run_key')",
+    source_system: "json_extract(spec, '$.header.source_system')",
+};
+
+/// One SQLite transaction of the shared flows: `BEGIN IMMEDIATE`, so what it reads is what it changes.
+struct LiteTx(sqlx::Transaction<'static, Sqlite>);
+
+#[async_trait::async_trait]
+impl JobTx for LiteTx {
+    async fn locked_job(&mut self, id: &str) -> Result<Option<FulfillmentJob>, StoreError> {
+        sqlx::query_as::<_, LiteJobRow>(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM fulfillments WHERE fulfillment_id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *self.0)
+        .await?
+        .map(job)
+        .transpose()
+    }
+
+    async fn held(&mut self, lease: &Lease) -> Result<Option<(String, bool, i32)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT state, refund IS NOT NULL, attempts FROM fulfillments
+             WHERE fulfillment_id = ?1 AND lease_token = ?2 AND state IN ('IN_PROGRESS', 'REVOKING')",
+        )
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .fetch_optional(&mut *self.0)
+        .await?)
+    }
+
+    async fn write_outcome(
+        &mut self,
+        job_id: &str,
+        written: &Written<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<FulfillmentJob, StoreError> {
+        job(sqlx::query_as(concat!(
+            "UPDATE fulfillments
+             SET state = ?2, next_attempt_at = ?3, lease_token = NULL, lease_expires_at = NULL,
+                 attempts = CASE WHEN ?9 THEN 0 ELSE attempts END,
+                 last_error_kind = COALESCE(?4, last_error_kind),
+                 last_error_status = CASE WHEN ?4 IS NULL THEN last_error_status ELSE ?5 END,
+                 last_error_message = COALESCE(?6, last_error_message),
+                 entitlement_uuid = COALESCE(?7, entitlement_uuid), update_time = ?8
+             WHERE fulfillment_id = ?1
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(job_id)
+        .bind(written.state.as_str())
+        .bind(written.next_attempt_at.map(micros))
+        .bind(written.error.map(|e| e.kind.as_str()))
+        .bind(written.error.and_then(|e| e.lms_status).map(i32::from))
+        .bind(written.error.map(|e| e.message.as_str()))
+        .bind(written.entitlement_uuid)
+        .bind(micros(now))
+        .bind(written.revokes_next)
+        .fetch_one(&mut *self.0)
+        .await?)
+    }
+
+    async fn write_refund(
+        &mut self,
+        job_id: &str,
+        change: &RefundChange,
+        now: DateTime<Utc>,
+    ) -> Result<FulfillmentJob, StoreError> {
+        job(sqlx::query_as(concat!(
+            "UPDATE fulfillments
+             SET state = ?2, attempts = CASE WHEN ?3 THEN 0 ELSE attempts END, next_attempt_at = ?4,
+                 refund = ?5, update_time = ?6
+             WHERE fulfillment_id = ?1 RETURNING ",
+            job_columns!()
+        ))
+        .bind(job_id)
+        .bind(change.state.as_str())
+        .bind(change.reset_attempts)
+        .bind(change.next_attempt_at.map(micros))
+        .bind(&change.refund)
+        .bind(micros(now))
+        .fetch_one(&mut *self.0)
+        .await?)
+    }
+
+    async fn redrive_job(&mut self, id: &str, now: DateTime<Utc>) -> Result<Option<FulfillmentJob>, StoreError> {
+        sqlx::query_as::<_, LiteJobRow>(concat!(
+            "UPDATE fulfillments
+             SET state = CASE state WHEN 'FAILED' THEN 'PENDING' ELSE 'REVOKING' END,
+                 attempts = 0, next_attempt_at = ?2, update_time = ?2
+             WHERE fulfillment_id = ?1 AND state IN ('FAILED', 'REVOKE_FAILED') RETURNING ",
+            job_columns!()
+        ))
+        .bind(id)
+        .bind(micros(now))
+        .fetch_optional(&mut *self.0)
+        .await?
+        .map(job)
+        .transpose()
+    }
+
+    async fn transition(&mut self, change: &TransitionOf<'_>, now: DateTime<Utc>) -> Result<(), StoreError> {
+        insert_transition(&mut self.0, change, now).await
+    }
+
+    async fn insert_events(&mut self, events: &[OutboxEvent], now: DateTime<Utc>) -> Result<(), StoreError> {
+        Ok(kit::outbox::sqlite::insert(&mut self.0, events, now).await?)
+    }
+
+    async fn insert_deliveries(&mut self, deliveries: &[NewDelivery], now: DateTime<Utc>) -> Result<(), StoreError> {
+        Ok(crate::webhook::store::sqlite::insert(&mut self.0, deliveries, now).await?)
+    }
+
+    async fn learner_jobs(
+        &mut self,
+        learner: &LearnerKey,
+        course_run_key: &CourseRunKey,
+    ) -> Result<Vec<FulfillmentJob>, StoreError> {
+        macro_rules! learner_jobs {
+            ($learner:literal) => {
+                concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM fulfillments WHERE json_extract(spec, '$.learner.",
+                    $learner,
+                    "') = ?1 AND json_extract(spec, '$.line.product.course_run_key') = ?2
+                     ORDER BY create_time DESC, fulfillment_id DESC"
+                )
+            };
+        }
+        let (query, key) = learner_query(learner, learner_jobs!("lms_user_id"), learner_jobs!("lms_username"));
+        let rows: Vec<LiteJobRow> =
+            sqlx::query_as(query).bind(key).bind(course_run_key.as_str()).fetch_all(&mut *self.0).await?;
+        rows.into_iter().map(job).collect()
+    }
+
+    async fn refund_requests(&mut self, job_ids: &[&str]) -> Result<Vec<RefundRequest>, StoreError> {
+        let ids = serde_json::to_string(job_ids)
+            .map_err(|e| StoreError::Corrupt { id: String::new(), reason: e.to_string() })?;
+        let rows: Vec<RefundRequestRow<i64>> = sqlx::query_as(
+            "SELECT refund_request_id, fulfillment_id, reason, requested_at FROM refund_requests
+             WHERE fulfillment_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids)
+        .fetch_all(&mut *self.0)
+        .await?;
+        rows.into_iter().map(|row| row.into_request(from_micros)).collect()
+    }
+
+    async fn insert_refund_request(&mut self, request: &RefundRequest) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO refund_requests (refund_request_id, fulfillment_id, reason, requested_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&request.id)
+        .bind(&request.fulfillment_id)
+        .bind(request.reason.as_str())
+        .bind(micros(request.requested_at))
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+/// Records a state change in `conn`'s transaction.
+async fn insert_transition(
+    conn: &mut sqlx::SqliteConnection,
+    change: &TransitionOf<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, lease_token, at)
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO fulfillment_transitions
+             (fulfillment_id, from_state, to_state, attempt, lease_token, requested_by, at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(id)
-    .bind(from.map(JobState::as_str))
-    .bind(to.as_str())
-    .bind(i64::from(attempt))
-    .bind(lease_token)
+    .bind(change.job_id)
+    .bind(change.from.map(JobState::as_str))
+    .bind(change.to.as_str())
+    .bind(i64::from(change.attempt))
+    .bind(change.lease_token)
+    .bind(change.requested_by)
     .bind(micros(now))
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-/// Records a change an operator's call made, naming who asked.
-async fn requested_transition(
-    tx: &mut sqlx::SqliteConnection,
-    id: &str,
-    from: JobState,
-    to: JobState,
-    requested_by: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO fulfillment_transitions (fulfillment_id, from_state, to_state, attempt, requested_by, at)
-         VALUES (?, ?, ?, 0, ?, ?)",
-    )
-    .bind(id)
-    .bind(from.as_str())
-    .bind(to.as_str())
-    .bind(requested_by)
-    .bind(micros(now))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// The WHERE clause of `filter` (and of the page after `after`), in the
-/// expressions the indexes of migrations 0006-0009 are built on.
-fn push_filter(query: &mut QueryBuilder<Sqlite>, filter: &JobFilter, after: Option<&PageCursor>) {
-    query.push(" WHERE 1");
-    match filter.states.as_slice() {
-        [] => {}
-        [state] => {
-            query.push(" AND state = ").push_bind(state.as_str());
-        }
-        states => {
-            query.push(" AND state IN (");
-            let mut listed = query.separated(", ");
-            for state in states {
-                listed.push_bind(state.as_str());
-            }
-            query.push(")");
-        }
-    }
-    if let Some(key) = &filter.course_run_key {
-        query.push(" AND json_extract(spec, '$.line.product.course_run_key') = ").push_bind(key.as_str().to_owned());
-    }
-    if let Some(kind) = filter.error_kind {
-        query.push(" AND last_error_kind = ").push_bind(kind.as_str());
-    }
-    if let Some(source) = &filter.source_system {
-        query.push(" AND json_extract(spec, '$.header.source_system') = ").push_bind(source.as_str().to_owned());
-    }
-    if let Some(after) = filter.updated.after() {
-        query.push(" AND update_time >= ").push_bind(micros(after));
-    }
-    if let Some(before) = filter.updated.before() {
-        query.push(" AND update_time < ").push_bind(micros(before));
-    }
-    if let Some(cursor) = after {
-        query
-            .push(" AND (update_time, fulfillment_id) < (")
-            .push_bind(micros(cursor.updated_at))
-            .push(", ")
-            .push_bind(cursor.id.clone())
-            .push(")");
-    }
 }
 
 #[async_trait::async_trait]
@@ -177,7 +290,15 @@ impl Store for SqliteStore {
                 tx.rollback().await?;
                 return Ok(false);
             }
-            transition(&mut tx, &new.id, None, JobState::Pending, 0, None, now).await?;
+            let change = TransitionOf {
+                job_id: &new.id,
+                from: None,
+                to: JobState::Pending,
+                attempt: 0,
+                lease_token: None,
+                requested_by: None,
+            };
+            insert_transition(&mut tx, &change, now).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -260,7 +381,15 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
             let job = job(row)?;
-            transition(&mut tx, &id, JobState::parse(&from), leased, job.attempts, Some(&token), now).await?;
+            let change = TransitionOf {
+                job_id: &id,
+                from: JobState::parse(&from),
+                to: leased,
+                attempt: job.attempts,
+                lease_token: Some(&token),
+                requested_by: None,
+            };
+            insert_transition(&mut tx, &change, now).await?;
             claimed.push(Claimed { lease: Lease { job_id: id, token }, job });
         }
         tx.commit().await?;
@@ -268,61 +397,7 @@ impl Store for SqliteStore {
     }
 
     async fn finish(&self, lease: &Lease, outcome: Outcome, now: DateTime<Utc>) -> Result<Finished, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let held: Option<(String, bool, i32)> = sqlx::query_as(
-            "SELECT state, refund IS NOT NULL, attempts FROM fulfillments
-             WHERE fulfillment_id = ?1 AND lease_token = ?2 AND state IN ('IN_PROGRESS', 'REVOKING')",
-        )
-        .bind(&lease.job_id)
-        .bind(&lease.token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((claimed, refunded, claimed_attempts)) = held else {
-            return Ok(Finished::LeaseLost);
-        };
-        let claimed = JobState::parse(&claimed)
-            .ok_or_else(|| StoreError::Corrupt { id: lease.job_id.clone(), reason: format!("state {claimed:?}") })?;
-        let written = Written::of(claimed, &outcome, refunded, now);
-        let row: LiteJobRow = sqlx::query_as(concat!(
-            "UPDATE fulfillments
-             SET state = ?2, next_attempt_at = ?3, lease_token = NULL, lease_expires_at = NULL,
-                 attempts = CASE WHEN ?9 THEN 0 ELSE attempts END,
-                 last_error_kind = COALESCE(?4, last_error_kind),
-                 last_error_status = CASE WHEN ?4 IS NULL THEN last_error_status ELSE ?5 END,
-                 last_error_message = COALESCE(?6, last_error_message),
-                 entitlement_uuid = COALESCE(?7, entitlement_uuid), update_time = ?8
-             WHERE fulfillment_id = ?1
-             RETURNING ",
-            job_columns!()
-        ))
-        .bind(&lease.job_id)
-        .bind(written.state.as_str())
-        .bind(written.next_attempt_at.map(micros))
-        .bind(written.error.map(|e| e.kind.as_str()))
-        .bind(written.error.and_then(|e| e.lms_status).map(i32::from))
-        .bind(written.error.map(|e| e.message.as_str()))
-        .bind(written.entitlement_uuid)
-        .bind(micros(now))
-        .bind(written.revokes_next)
-        .fetch_one(&mut *tx)
-        .await?;
-        let job = job(row)?;
-        let mut from = claimed;
-        for to in &written.path {
-            let attempt = u32::try_from(written.attempt_of(*to, claimed_attempts)).unwrap_or_default();
-            transition(&mut tx, &job.id, Some(from), *to, attempt, Some(&lease.token), now).await?;
-            from = *to;
-        }
-        let mut events = events_for(&job, written.events);
-        if written.announces_refund {
-            events.extend(revoking_events(&job));
-        }
-        let (failures, deliveries) = crate::outbox::outcome_announcements(&job, &written.path, &self.webhooks, now);
-        events.extend(failures);
-        kit::outbox::sqlite::insert(&mut tx, &events, now).await?;
-        crate::webhook::store::sqlite::insert(&mut tx, &deliveries, now).await?;
-        tx.commit().await?;
-        Ok(Finished::Recorded(Box::new(job)))
+        flow::finish(self.begin().await?, lease, outcome, &self.webhooks, now).await
     }
 
     async fn refund(
@@ -331,57 +406,7 @@ impl Store for SqliteStore {
         traceparent: &str,
         now: DateTime<Utc>,
     ) -> Result<Refunded, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut locked = Vec::with_capacity(refunds.len());
-        for asked in refunds {
-            let row: Option<LiteJobRow> =
-                sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM fulfillments WHERE fulfillment_id = ?1"))
-                    .bind(&asked.job_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            match row {
-                Some(row) => locked.push(job(row)?),
-                None => return Ok(Refunded::NotFound(asked.job_id.clone())),
-            }
-        }
-        let changes = match plan_refunds(&locked, refunds, traceparent, now)? {
-            Ok(changes) => changes,
-            Err(refused) => return Ok(refused),
-        };
-        let mut created = false;
-        let mut jobs = Vec::with_capacity(locked.len());
-        for (before, change) in locked.into_iter().zip(changes) {
-            let Some(change) = change else {
-                jobs.push(before);
-                continue;
-            };
-            let row: LiteJobRow = sqlx::query_as(concat!(
-                "UPDATE fulfillments
-                 SET state = ?2, attempts = CASE WHEN ?3 THEN 0 ELSE attempts END, next_attempt_at = ?4,
-                     refund = ?5, update_time = ?6
-                 WHERE fulfillment_id = ?1 RETURNING ",
-                job_columns!()
-            ))
-            .bind(&before.id)
-            .bind(change.state.as_str())
-            .bind(change.reset_attempts)
-            .bind(change.next_attempt_at.map(micros))
-            .bind(&change.refund)
-            .bind(micros(now))
-            .fetch_one(&mut *tx)
-            .await?;
-            let after = job(row)?;
-            if let Some(from) = change.from {
-                transition(&mut tx, &after.id, Some(from), after.state, after.attempts, None, now).await?;
-            }
-            if change.announces {
-                kit::outbox::sqlite::insert(&mut tx, &revoking_events(&after), now).await?;
-            }
-            created = true;
-            jobs.push(after);
-        }
-        tx.commit().await?;
-        Ok(Refunded::Recorded { jobs, created })
+        flow::refund(self.begin().await?, refunds, traceparent, now).await
     }
 
     async fn request_refund(
@@ -389,53 +414,7 @@ impl Store for SqliteStore {
         asked: &NewRefundRequest,
         now: DateTime<Utc>,
     ) -> Result<RefundRequested, StoreError> {
-        macro_rules! learner_jobs {
-            ($learner:literal) => {
-                concat!(
-                    "SELECT ",
-                    job_columns!(),
-                    " FROM fulfillments WHERE json_extract(spec, '$.learner.",
-                    $learner,
-                    "') = ?1 AND json_extract(spec, '$.line.product.course_run_key') = ?2
-                     ORDER BY create_time DESC, fulfillment_id DESC"
-                )
-            };
-        }
-        let (query, key) = match &asked.learner {
-            LearnerKey::LmsUserId(id) => (learner_jobs!("lms_user_id"), id.to_string()),
-            LearnerKey::Username(name) => (learner_jobs!("lms_username"), name.to_string()),
-        };
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows: Vec<LiteJobRow> =
-            sqlx::query_as(query).bind(key).bind(asked.course_run_key.as_str()).fetch_all(&mut *tx).await?;
-        let jobs = rows.into_iter().map(job).collect::<Result<Vec<_>, _>>()?;
-        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
-        let ids = serde_json::to_string(&ids)
-            .map_err(|e| StoreError::Corrupt { id: String::new(), reason: e.to_string() })?;
-        let recorded: Vec<RefundRequestRow<i64>> = sqlx::query_as(
-            "SELECT refund_request_id, fulfillment_id, reason, requested_at FROM refund_requests
-             WHERE fulfillment_id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let recorded = recorded.into_iter().map(|row| row.into_request(from_micros)).collect::<Result<Vec<_>, _>>()?;
-        let (answer, insert) = plan_refund_request(jobs, recorded, asked, now);
-        if let Some((request, event)) = insert {
-            sqlx::query(
-                "INSERT INTO refund_requests (refund_request_id, fulfillment_id, reason, requested_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(&request.id)
-            .bind(&request.fulfillment_id)
-            .bind(request.reason.as_str())
-            .bind(micros(request.requested_at))
-            .execute(&mut *tx)
-            .await?;
-            kit::outbox::sqlite::insert(&mut tx, &[event], now).await?;
-        }
-        tx.commit().await?;
-        Ok(answer)
+        flow::request_refund(self.begin().await?, asked, now).await
     }
 
     async fn retire_learners(&self, retirements: &[Retirement], now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -443,17 +422,9 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        kit::retirement::sqlite::remember(&mut tx, retirements, now).await?;
         let mut changed = 0;
         for retirement in retirements {
-            sqlx::query(
-                "INSERT INTO retired_learners (lms_user_id, retired_username, retired_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (lms_user_id) DO NOTHING",
-            )
-            .bind(retirement.lms_user_id.get())
-            .bind(retirement.retired_username.as_str())
-            .bind(micros(now))
-            .execute(&mut *tx)
-            .await?;
             changed += sqlx::query(
                 "UPDATE fulfillments
                     SET spec = json_set(spec, '$.learner.lms_username', ?2),
@@ -485,56 +456,26 @@ impl Store for SqliteStore {
     }
 
     async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError> {
-        let name: Option<String> =
-            sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = ?1")
-                .bind(lms_user_id.get())
-                .fetch_optional(&self.pool)
-                .await?;
-        name.map(|name| {
-            LmsUsername::parse(&name).map_err(|e| StoreError::Corrupt {
-                id: lms_user_id.to_string(),
-                reason: format!("retired_username {e}"),
-            })
-        })
-        .transpose()
+        let name = sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = ?1")
+            .bind(lms_user_id.get())
+            .fetch_optional(&self.pool)
+            .await?;
+        retired_name(lms_user_id, name)
     }
 
     async fn redrive(&self, id: &str, requested_by: Option<&str>, now: DateTime<Utc>) -> Result<Redriven, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row: Option<LiteJobRow> = sqlx::query_as(concat!(
-            "UPDATE fulfillments
-             SET state = CASE state WHEN 'FAILED' THEN 'PENDING' ELSE 'REVOKING' END,
-                 attempts = 0, next_attempt_at = ?2, update_time = ?2
-             WHERE fulfillment_id = ?1 AND state IN ('FAILED', 'REVOKE_FAILED') RETURNING ",
-            job_columns!()
-        ))
-        .bind(id)
-        .bind(micros(now))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            drop(tx);
-            return Ok(match self.get(id).await? {
-                Some(job) => Redriven::NotFailed(Box::new(job)),
-                None => Redriven::NotFound,
-            });
-        };
-        let job = job(row)?;
-        let from = if job.state == JobState::Pending { JobState::Failed } else { JobState::RevokeFailed };
-        requested_transition(&mut tx, id, from, job.state, requested_by, now).await?;
-        tx.commit().await?;
-        Ok(Redriven::Pending(Box::new(job)))
+        flow::redrive(self.begin().await?, self, id, requested_by, now).await
     }
 
     async fn list(&self, filter: &JobFilter, after: Option<&PageCursor>, limit: i64) -> Result<Found, StoreError> {
         // A read transaction: the page and the count see one snapshot (WAL).
         let mut tx = self.pool.begin().await?;
         let mut query = QueryBuilder::<Sqlite>::new(concat!("SELECT ", job_columns!(), " FROM fulfillments"));
-        push_filter(&mut query, filter, after);
+        push_filter(&mut query, &FILTER_SQL, filter, after, micros);
         query.push(" ORDER BY update_time DESC, fulfillment_id DESC LIMIT ").push_bind(limit);
         let rows: Vec<LiteJobRow> = query.build_query_as().fetch_all(&mut *tx).await?;
         let mut count = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM fulfillments");
-        push_filter(&mut count, filter, None);
+        push_filter(&mut count, &FILTER_SQL, filter, None, micros);
         let total: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
         tx.commit().await?;
         let jobs = rows.into_iter().map(job).collect::<Result<_, _>>()?;
@@ -552,14 +493,14 @@ impl Store for SqliteStore {
         // One writer at a time: what is read here is what is changed.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut query = QueryBuilder::<Sqlite>::new("SELECT fulfillment_id, state FROM fulfillments");
-        push_filter(&mut query, filter, None);
+        push_filter(&mut query, &FILTER_SQL, filter, None, micros);
         query
             .push(" AND state IN ('FAILED', 'REVOKE_FAILED') ORDER BY update_time DESC, fulfillment_id DESC LIMIT ")
             .push_bind(i64::from(max) + 1);
         let matched: Vec<(String, String)> = query.build_query_as().fetch_all(&mut *tx).await?;
         if matched.len() > max as usize {
             let mut count = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM fulfillments");
-            push_filter(&mut count, filter, None);
+            push_filter(&mut count, &FILTER_SQL, filter, None, micros);
             count.push(" AND state IN ('FAILED', 'REVOKE_FAILED')");
             let matched: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
             tx.rollback().await?;
@@ -582,7 +523,9 @@ impl Store for SqliteStore {
             .bind(micros(now))
             .execute(&mut *tx)
             .await?;
-            requested_transition(&mut tx, &id, from, to, requested_by, now).await?;
+            let change =
+                TransitionOf { job_id: &id, from: Some(from), to, attempt: 0, lease_token: None, requested_by };
+            insert_transition(&mut tx, &change, now).await?;
             ids.push(id);
         }
         tx.commit().await?;

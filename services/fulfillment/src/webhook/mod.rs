@@ -123,41 +123,59 @@ impl WebhookSources {
     }
 }
 
+/// Why the webhook settings were refused, named by the key under `fulfillment.`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookConfigError {
+    /// Two webhooks for one source system.
+    #[error("webhooks.{0}: named twice (source systems are compared without case)")]
+    NamedTwice(String),
+    /// A URL a delivery could not be sent to.
+    #[error("webhooks.{0}.url must be an http or https URL")]
+    Url(String),
+    /// A secret too short to sign with.
+    #[error("webhooks.{0}.secret must be set, at least 16 characters")]
+    Secret(String),
+    /// A delivery setting that would spin or stall: the key under `webhook_delivery.` and the rule.
+    #[error("webhook_delivery.{0}")]
+    Delivery(&'static str),
+}
+
 /// Refuses webhooks that could not be sent or verified, and delivery settings that would spin or stall;
 /// the problem is named by its key under `fulfillment.`.
-pub fn check(targets: &BTreeMap<String, WebhookTarget>, delivery: &DeliveryConfig) -> Result<(), String> {
+pub fn check(targets: &BTreeMap<String, WebhookTarget>, delivery: &DeliveryConfig) -> Result<(), WebhookConfigError> {
+    use WebhookConfigError::Delivery;
     let mut seen = BTreeSet::new();
     for (source, target) in targets {
         if !seen.insert(source.to_lowercase()) {
-            return Err(format!("webhooks.{source}: named twice (source systems are compared without case)"));
+            return Err(WebhookConfigError::NamedTwice(source.clone()));
         }
         match reqwest::Url::parse(&target.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
-            _ => return Err(format!("webhooks.{source}.url must be an http or https URL")),
+            _ => return Err(WebhookConfigError::Url(source.clone())),
         }
         if target.secret.expose().len() < 16 {
-            return Err(format!("webhooks.{source}.secret must be set, at least 16 characters"));
+            return Err(WebhookConfigError::Secret(source.clone()));
         }
     }
     if delivery.concurrency == 0 {
-        return Err("webhook_delivery.concurrency must be at least 1".into());
+        return Err(Delivery("concurrency must be at least 1"));
     }
     if delivery.request_timeout.is_zero() || delivery.connect_timeout.is_zero() {
-        return Err("webhook_delivery.request_timeout and connect_timeout must be more than 0s".into());
+        return Err(Delivery("request_timeout and connect_timeout must be more than 0s"));
     }
     if delivery.lease <= delivery.request_timeout + delivery.connect_timeout {
-        return Err("webhook_delivery.lease must be longer than request_timeout and connect_timeout together".into());
+        return Err(Delivery("lease must be longer than request_timeout and connect_timeout together"));
     }
     if delivery.poll < Duration::from_millis(10) {
-        return Err("webhook_delivery.poll must be at least 10ms".into());
+        return Err(Delivery("poll must be at least 10ms"));
     }
     if delivery.retry.max_attempts == 0 {
-        return Err("webhook_delivery.retry.max_attempts must be at least 1".into());
+        return Err(Delivery("retry.max_attempts must be at least 1"));
     }
     if delivery.retry.cap > Duration::from_secs(30 * 86_400)
         || delivery.retry.max_retry_after > Duration::from_secs(30 * 86_400)
     {
-        return Err("webhook_delivery.retry.cap and retry.max_retry_after must be at most 30 days".into());
+        return Err(Delivery("retry.cap and retry.max_retry_after must be at most 30 days"));
     }
     Ok(())
 }
@@ -524,7 +542,7 @@ mod tests {
         let refused = |targets: &[(&str, WebhookTarget)]| {
             let targets: BTreeMap<String, WebhookTarget> =
                 targets.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
-            check(&targets, &DeliveryConfig::default()).unwrap_err()
+            check(&targets, &DeliveryConfig::default()).unwrap_err().to_string()
         };
         let good = target("https://orders.example.com/hooks", "0123456789abcdef");
         assert!(check(&BTreeMap::from([("commercetools".into(), good.clone())]), &DeliveryConfig::default()).is_ok());
@@ -540,7 +558,7 @@ mod tests {
         let refused = |change: fn(&mut DeliveryConfig)| {
             let mut config = DeliveryConfig::default();
             change(&mut config);
-            check(&BTreeMap::new(), &config).unwrap_err()
+            check(&BTreeMap::new(), &config).unwrap_err().to_string()
         };
         assert!(refused(|c| c.concurrency = 0).contains("webhook_delivery.concurrency"));
         assert!(refused(|c| c.lease = c.request_timeout).contains("webhook_delivery.lease"));

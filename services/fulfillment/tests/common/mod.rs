@@ -18,6 +18,7 @@ use kit::bus::{Delivery, EventBus};
 use kit::client::TracedChannel;
 use kit::db::{Backend, Database};
 use kit::serve::GrpcServer;
+use kit::service::Service as _;
 use kit::shutdown::Shutdown;
 use kit::testing::TestDatabase;
 use proto::commerce::fulfillment::v1 as pb;

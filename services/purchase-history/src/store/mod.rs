@@ -115,6 +115,11 @@ fn unique_in_id_order<T: KeyedByPurchase>(batch: &[T]) -> Vec<&T> {
     unique
 }
 
+/// [`unique_in_id_order`], or None for an empty batch: nothing to write, so no transaction to open.
+fn batch_to_write<T: KeyedByPurchase>(batch: &[T]) -> Option<Vec<&T>> {
+    Some(unique_in_id_order(batch)).filter(|unique| !unique.is_empty())
+}
+
 /// What a batch is written once per: a purchase, or a purchase's refund.
 trait KeyedByPurchase {
     fn purchase_id(&self) -> &PurchaseId;
@@ -128,7 +133,7 @@ impl KeyedByPurchase for Purchase {
 
 impl KeyedByPurchase for PurchaseRefund {
     fn purchase_id(&self) -> &PurchaseId {
-        &self.purchase_id
+        PurchaseRefund::purchase_id(self)
     }
 }
 
@@ -136,6 +141,45 @@ impl KeyedByPurchase for PurchaseRefund {
 /// ASCII only (Postgres through `COLLATE "C"`), so the key is folded the same way.
 fn folded(username: &str) -> String {
     username.to_ascii_lowercase()
+}
+
+/// Statements listing a learner's purchases, one per learner key and
+/// first-or-later page. Their parameters, in order: the learner, the cursor's
+/// time and id (later pages only), the limit, `hide_refunded`.
+struct ListStatements {
+    by_id: &'static str,
+    by_id_after: &'static str,
+    by_username: &'static str,
+    by_username_after: &'static str,
+}
+
+impl ListStatements {
+    /// The statement listing `learner`'s purchases, after a cursor or from the first.
+    fn pick(&self, learner: &LearnerKey, after_cursor: bool) -> &'static str {
+        match (learner, after_cursor) {
+            (LearnerKey::LmsUserId(_), false) => self.by_id,
+            (LearnerKey::LmsUserId(_), true) => self.by_id_after,
+            (LearnerKey::Username(_), false) => self.by_username,
+            (LearnerKey::Username(_), true) => self.by_username_after,
+        }
+    }
+}
+
+/// A list statement's first parameter: the learner as the column compares it.
+enum LearnerParam {
+    /// `lms_user_id`.
+    LmsUserId(i64),
+    /// `lower(username)`.
+    FoldedUsername(String),
+}
+
+impl LearnerParam {
+    fn of(learner: &LearnerKey) -> Self {
+        match learner {
+            LearnerKey::LmsUserId(id) => Self::LmsUserId(id.get()),
+            LearnerKey::Username(name) => Self::FoldedUsername(folded(name.as_str())),
+        }
+    }
 }
 
 /// The columns every list query selects, in [`ListedRow`]'s order: the
@@ -146,7 +190,115 @@ macro_rules! purchase_columns {
          purchased_at, source, refund_currency_code, refunded_amount, refund_reason, refund_source, refunded_at"
     };
 }
-pub(crate) use purchase_columns;
+
+/// A list statement for [`ListStatements`], from its learner condition, its
+/// cursor condition (empty on a first page) and its parameters for
+/// `hide_refunded` and the limit.
+macro_rules! list_query {
+    ($learner:literal, $after:literal, $hide:literal, $limit:literal) => {
+        concat!(
+            "SELECT ",
+            purchase_columns!(),
+            " FROM purchases LEFT JOIN purchase_refunds ON refunded_purchase_id = purchase_id WHERE ",
+            $learner,
+            $after,
+            " AND (NOT ",
+            $hide,
+            " OR refunded_purchase_id IS NULL)",
+            " ORDER BY purchased_at DESC, purchase_id DESC LIMIT ",
+            $limit
+        )
+    };
+}
+
+/// The list statements of both backends: each static, so its plan is one index range scan (a single statement with
+/// `$n IS NULL OR ...` would get a generic plan that filters rows instead).
+/// Both backends read `$n` by its number (sqlx numbers a bare `?` with a
+/// counter of its own, so SQLite's statements never use one).
+const LIST: ListStatements = ListStatements {
+    by_id: list_query!("lms_user_id = $1", "", "$3", "$2"),
+    by_id_after: list_query!("lms_user_id = $1", " AND (purchased_at, purchase_id) < ($2, $3)", "$5", "$4"),
+    by_username: list_query!("lower(username) = $1", "", "$3", "$2"),
+    by_username_after: list_query!("lower(username) = $1", " AND (purchased_at, purchase_id) < ($2, $3)", "$5", "$4"),
+};
+
+/// How a backend keeps a time: Postgres as `timestamptz`, SQLite as
+/// microseconds since the epoch.
+trait StoredTime: Sized {
+    /// `time` as the backend keeps it.
+    fn stored(time: DateTime<Utc>) -> Self;
+    /// The kept value as a time; None when it is not one.
+    fn read(self) -> Option<DateTime<Utc>>;
+}
+
+impl StoredTime for DateTime<Utc> {
+    fn stored(time: DateTime<Utc>) -> Self {
+        time
+    }
+
+    fn read(self) -> Option<DateTime<Utc>> {
+        Some(self)
+    }
+}
+
+impl StoredTime for i64 {
+    fn stored(time: DateTime<Utc>) -> Self {
+        time.timestamp_micros()
+    }
+
+    fn read(self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(self)
+    }
+}
+
+/// [`Store::list_page`] on either backend, times kept as `T`.
+async fn list_page_in<'c, DB, T, E>(
+    executor: E,
+    learner: &LearnerKey,
+    after: Option<&PageCursor>,
+    limit: i64,
+    hide_refunded: bool,
+) -> Result<Vec<Listed>, StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    T: StoredTime + for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB> + Send,
+    ListedRow<T>: for<'r> sqlx::FromRow<'r, DB::Row> + Send + Unpin,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let query = sqlx::query_as::<DB, ListedRow<T>>(LIST.pick(learner, after.is_some()));
+    // Bound in parameter order: the learner, the cursor (later pages), the limit, the filter.
+    let query = match LearnerParam::of(learner) {
+        LearnerParam::LmsUserId(id) => query.bind(id),
+        LearnerParam::FoldedUsername(name) => query.bind(name),
+    };
+    let query = match after {
+        Some(after) => query.bind(T::stored(after.purchased_at())).bind(after.purchase_id().to_string()),
+        None => query,
+    };
+    let rows = query.bind(limit.max(0)).bind(hide_refunded).fetch_all(executor).await?;
+    rows.into_iter().map(|row| row.into_listed()).collect()
+}
+
+/// [`Store::retired_username`] on either backend (one statement for both).
+async fn retired_username_in<'c, DB, E>(executor: E, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let name: Option<String> =
+        sqlx::query_scalar::<DB, String>("SELECT retired_username FROM retired_learners WHERE lms_user_id = $1")
+            .bind(lms_user_id.get())
+            .fetch_optional(executor)
+            .await?;
+    stored_placeholder(lms_user_id, name)
+}
 
 /// A listed row: a purchase and, when refunded, its refund.
 #[derive(sqlx::FromRow)]
@@ -160,25 +312,24 @@ struct ListedRow<T> {
     refunded_at: Option<T>,
 }
 
-impl<T> ListedRow<T> {
-    fn into_listed(self, time: impl Fn(T) -> Option<DateTime<Utc>>) -> Result<Listed, StoreError> {
-        let purchase = self.purchase.into_purchase(&time)?;
+impl<T: StoredTime> ListedRow<T> {
+    fn into_listed(self) -> Result<Listed, StoreError> {
+        let purchase = self.purchase.into_purchase()?;
         let refund = match (self.refund_currency_code, self.refunded_amount, self.refund_source, self.refunded_at) {
             (Some(currency), Some(amount), Some(source), Some(at)) => {
                 let corrupt = |field: &str, reason: String| StoreError::Corrupt {
                     purchase_id: purchase.purchase_id.to_string(),
                     reason: format!("refund {field} {reason}"),
                 };
-                Some(PurchaseRefund {
-                    purchase_id: purchase.purchase_id.clone(),
-                    lms_user_id: purchase.lms_user_id,
-                    amount: Price::parse(&currency, &amount).map_err(|e| corrupt("amount", e.to_string()))?,
-                    reason: RefundReason::parse(self.refund_reason.as_deref().unwrap_or_default())
+                Some(PurchaseRefund::new(
+                    purchase.purchase_id.clone(),
+                    purchase.lms_user_id,
+                    Price::parse(&currency, &amount).map_err(|e| corrupt("amount", e.to_string()))?,
+                    RefundReason::parse(self.refund_reason.as_deref().unwrap_or_default())
                         .map_err(|e| corrupt("reason", e.to_string()))?,
-                    source: SourceSystem::parse(&source).map_err(|e| corrupt("source", e.to_string()))?,
-                    refunded_at: time(at)
-                        .ok_or_else(|| corrupt("refunded_at", "is not a representable time".into()))?,
-                })
+                    SourceSystem::parse(&source).map_err(|e| corrupt("source", e.to_string()))?,
+                    at.read().ok_or_else(|| corrupt("refunded_at", "is not a representable time".into()))?,
+                ))
             }
             _ => None,
         };
@@ -217,9 +368,9 @@ fn optional(raw: &str) -> Option<&str> {
     (!raw.is_empty()).then_some(raw)
 }
 
-impl<T> PurchaseRow<T> {
-    fn into_purchase(self, time: impl Fn(T) -> Option<DateTime<Utc>>) -> Result<Purchase, StoreError> {
-        let purchased_at = time(self.purchased_at).ok_or_else(|| StoreError::Corrupt {
+impl<T: StoredTime> PurchaseRow<T> {
+    fn into_purchase(self) -> Result<Purchase, StoreError> {
+        let purchased_at = self.purchased_at.read().ok_or_else(|| StoreError::Corrupt {
             purchase_id: self.purchase_id.clone(),
             reason: "purchased_at is not a representable time".into(),
         })?;

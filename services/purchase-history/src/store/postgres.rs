@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{Listed, ListedRow, Store, StoreError, folded, purchase_columns, stored_placeholder, unique_in_id_order};
+use super::{Listed, Store, StoreError, batch_to_write, list_page_in, retired_username_in};
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use crate::domain::{LearnerKey, PageCursor, Purchase};
@@ -25,35 +25,10 @@ impl PostgresStore {
     }
 }
 
-type PgListedRow = ListedRow<DateTime<Utc>>;
-
-/// One list query per learner key and first-or-later page: each a static
-/// statement whose plan is an index range scan, where one statement with
-/// `$n IS NULL OR ...` would leave a generic plan filtering rows instead.
-macro_rules! list_query {
-    ($learner:literal, $after:literal, $hide:literal, $limit:literal) => {
-        concat!(
-            "SELECT ",
-            purchase_columns!(),
-            " FROM purchases LEFT JOIN purchase_refunds ON refunded_purchase_id = purchase_id WHERE ",
-            $learner,
-            $after,
-            " AND (NOT ",
-            $hide,
-            " OR refunded_purchase_id IS NULL)",
-            " ORDER BY purchased_at DESC, purchase_id DESC LIMIT ",
-            $limit
-        )
-    };
-}
-
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn insert_batch(&self, purchases: &[Purchase]) -> Result<u64, StoreError> {
-        let unique = unique_in_id_order(purchases);
-        if unique.is_empty() {
-            return Ok(0);
-        }
+        let Some(unique) = batch_to_write(purchases) else { return Ok(0) };
         let n = unique.len();
         let (mut ids, mut users, mut usernames, mut orders) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -107,23 +82,11 @@ impl Store for PostgresStore {
             return Ok(0);
         }
         let ids: Vec<i64> = retirements.iter().map(|r| r.lms_user_id.get()).collect();
-        let names: Vec<&str> = retirements.iter().map(|r| r.retired_username.as_str()).collect();
         let mut tx = self.pool.begin().await?;
-        // Every insert reads retired_learners in its statement and keeps that
-        // lock until it commits: this waits for those in flight (their rows are
-        // then rewritten below) and holds back new ones until the retirement
-        // is committed (they then see it). Retirements are rare; the pause is
-        // one short transaction.
-        sqlx::query("LOCK TABLE retired_learners IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await?;
-        sqlx::query(
-            "INSERT INTO retired_learners (lms_user_id, retired_username, retired_at)
-             SELECT * FROM unnest($1::int8[], $2::text[], array_fill(now(), ARRAY[cardinality($1)]))
-             ON CONFLICT (lms_user_id) DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&names)
-        .execute(&mut *tx)
-        .await?;
+        // Every insert reads retired_learners in its statement, and remembering
+        // locks it: inserts in flight finish first (their rows are then
+        // rewritten below), new ones see the retirement.
+        kit::retirement::postgres::remember(&mut tx, retirements, Utc::now()).await?;
         let changed = sqlx::query(
             "UPDATE purchases p SET username = r.retired_username
                FROM retired_learners r
@@ -138,16 +101,13 @@ impl Store for PostgresStore {
     }
 
     async fn insert_refunds(&self, refunds: &[PurchaseRefund]) -> Result<u64, StoreError> {
-        let unique = unique_in_id_order(refunds);
-        if unique.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<&str> = unique.iter().map(|r| r.purchase_id.as_str()).collect();
-        let currencies: Vec<&str> = unique.iter().map(|r| r.amount.currency_code()).collect();
-        let amounts: Vec<String> = unique.iter().map(|r| r.amount.amount_text()).collect();
-        let reasons: Vec<&str> = unique.iter().map(|r| r.reason.as_str()).collect();
-        let sources: Vec<&str> = unique.iter().map(|r| r.source.as_str()).collect();
-        let times: Vec<DateTime<Utc>> = unique.iter().map(|r| r.refunded_at).collect();
+        let Some(unique) = batch_to_write(refunds) else { return Ok(0) };
+        let ids: Vec<&str> = unique.iter().map(|r| r.purchase_id().as_str()).collect();
+        let currencies: Vec<&str> = unique.iter().map(|r| r.amount().currency_code()).collect();
+        let amounts: Vec<String> = unique.iter().map(|r| r.amount().amount_text()).collect();
+        let reasons: Vec<&str> = unique.iter().map(|r| r.reason().as_str()).collect();
+        let sources: Vec<&str> = unique.iter().map(|r| r.source().as_str()).collect();
+        let times: Vec<DateTime<Utc>> = unique.iter().map(|r| r.refunded_at()).collect();
         let stored = sqlx::query(
             "INSERT INTO purchase_refunds (refunded_purchase_id, refund_currency_code, refunded_amount, refund_reason,
                                            refund_source, refunded_at)
@@ -166,12 +126,7 @@ impl Store for PostgresStore {
     }
 
     async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError> {
-        let name: Option<String> =
-            sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = $1")
-                .bind(lms_user_id.get())
-                .fetch_optional(&self.pool)
-                .await?;
-        stored_placeholder(lms_user_id, name)
+        retired_username_in(&self.pool, lms_user_id).await
     }
 
     async fn list_page(
@@ -181,55 +136,6 @@ impl Store for PostgresStore {
         limit: i64,
         hide_refunded: bool,
     ) -> Result<Vec<Listed>, StoreError> {
-        let limit = limit.max(0);
-        let rows: Vec<PgListedRow> = match (learner, after) {
-            (LearnerKey::LmsUserId(id), None) => {
-                sqlx::query_as(list_query!("lms_user_id = $1", "", "$3", "$2"))
-                    .bind(id.get())
-                    .bind(limit)
-                    .bind(hide_refunded)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            (LearnerKey::LmsUserId(id), Some(after)) => {
-                sqlx::query_as(list_query!(
-                    "lms_user_id = $1",
-                    " AND (purchased_at, purchase_id) < ($2, $3)",
-                    "$5",
-                    "$4"
-                ))
-                .bind(id.get())
-                .bind(after.purchased_at)
-                .bind(after.purchase_id.as_str())
-                .bind(limit)
-                .bind(hide_refunded)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            (LearnerKey::Username(name), None) => {
-                sqlx::query_as(list_query!("lower(username) = $1", "", "$3", "$2"))
-                    .bind(folded(name.as_str()))
-                    .bind(limit)
-                    .bind(hide_refunded)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            (LearnerKey::Username(name), Some(after)) => {
-                sqlx::query_as(list_query!(
-                    "lower(username) = $1",
-                    " AND (purchased_at, purchase_id) < ($2, $3)",
-                    "$5",
-                    "$4"
-                ))
-                .bind(folded(name.as_str()))
-                .bind(after.purchased_at)
-                .bind(after.purchase_id.as_str())
-                .bind(limit)
-                .bind(hide_refunded)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        rows.into_iter().map(|row| row.into_listed(Some)).collect()
+        list_page_in::<_, DateTime<Utc>, _>(&self.pool, learner, after, limit, hide_refunded).await
     }
 }

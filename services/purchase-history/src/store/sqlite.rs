@@ -3,10 +3,10 @@
 //! prepared statement, reused), so it commits whole or not at all. Times are
 //! microseconds since the epoch.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::SqlitePool;
 
-use super::{Listed, ListedRow, Store, StoreError, folded, purchase_columns, stored_placeholder, unique_in_id_order};
+use super::{Listed, Store, StoreError, batch_to_write, list_page_in, retired_username_in};
 use vocab::{LmsUserId, LmsUsername, Retirement};
 
 use crate::domain::{LearnerKey, PageCursor, Purchase};
@@ -25,35 +25,10 @@ impl SqliteStore {
     }
 }
 
-type LiteListedRow = ListedRow<i64>;
-
-/// One list query per learner key and first-or-later page, each a static
-/// statement SQLite answers from one index in index order. Numbered
-/// parameters only: sqlx numbers bare `?` with a counter of its own.
-macro_rules! list_query {
-    ($learner:literal, $after:literal, $hide:literal, $limit:literal) => {
-        concat!(
-            "SELECT ",
-            purchase_columns!(),
-            " FROM purchases LEFT JOIN purchase_refunds ON refunded_purchase_id = purchase_id WHERE ",
-            $learner,
-            $after,
-            " AND (NOT ",
-            $hide,
-            " OR refunded_purchase_id IS NULL)",
-            " ORDER BY purchased_at DESC, purchase_id DESC LIMIT ",
-            $limit
-        )
-    };
-}
-
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn insert_batch(&self, purchases: &[Purchase]) -> Result<u64, StoreError> {
-        let unique = unique_in_id_order(purchases);
-        if unique.is_empty() {
-            return Ok(0);
-        }
+        let Some(unique) = batch_to_write(purchases) else { return Ok(0) };
         let recorded_at = Utc::now().timestamp_micros();
         // IMMEDIATE takes the write lock up front: concurrent batches queue on
         // the busy timeout instead of failing to upgrade a read transaction.
@@ -90,19 +65,10 @@ impl Store for SqliteStore {
         if retirements.is_empty() {
             return Ok(0);
         }
-        let now = Utc::now().timestamp_micros();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        kit::retirement::sqlite::remember(&mut tx, retirements, Utc::now()).await?;
         let mut changed = 0;
         for retirement in retirements {
-            sqlx::query(
-                "INSERT INTO retired_learners (lms_user_id, retired_username, retired_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (lms_user_id) DO NOTHING",
-            )
-            .bind(retirement.lms_user_id.get())
-            .bind(retirement.retired_username.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
             changed += sqlx::query(
                 "UPDATE purchases SET username = (SELECT retired_username FROM retired_learners WHERE lms_user_id = ?1)
                   WHERE lms_user_id = ?1
@@ -118,10 +84,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_refunds(&self, refunds: &[PurchaseRefund]) -> Result<u64, StoreError> {
-        let unique = unique_in_id_order(refunds);
-        if unique.is_empty() {
-            return Ok(0);
-        }
+        let Some(unique) = batch_to_write(refunds) else { return Ok(0) };
         let now = chrono::Utc::now().timestamp_micros();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut stored = 0;
@@ -132,12 +95,12 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (refunded_purchase_id) DO NOTHING",
             )
-            .bind(refund.purchase_id.as_str())
-            .bind(refund.amount.currency_code())
-            .bind(refund.amount.amount_text())
-            .bind(refund.reason.as_str())
-            .bind(refund.source.as_str())
-            .bind(refund.refunded_at.timestamp_micros())
+            .bind(refund.purchase_id().as_str())
+            .bind(refund.amount().currency_code())
+            .bind(refund.amount().amount_text())
+            .bind(refund.reason().as_str())
+            .bind(refund.source().as_str())
+            .bind(refund.refunded_at().timestamp_micros())
             .bind(now)
             .execute(&mut *tx)
             .await?
@@ -148,12 +111,7 @@ impl Store for SqliteStore {
     }
 
     async fn retired_username(&self, lms_user_id: LmsUserId) -> Result<Option<LmsUsername>, StoreError> {
-        let name: Option<String> =
-            sqlx::query_scalar("SELECT retired_username FROM retired_learners WHERE lms_user_id = ?1")
-                .bind(lms_user_id.get())
-                .fetch_optional(&self.pool)
-                .await?;
-        stored_placeholder(lms_user_id, name)
+        retired_username_in(&self.pool, lms_user_id).await
     }
 
     async fn list_page(
@@ -163,55 +121,6 @@ impl Store for SqliteStore {
         limit: i64,
         hide_refunded: bool,
     ) -> Result<Vec<Listed>, StoreError> {
-        let limit = limit.max(0);
-        let rows: Vec<LiteListedRow> = match (learner, after) {
-            (LearnerKey::LmsUserId(id), None) => {
-                sqlx::query_as(list_query!("lms_user_id = ?1", "", "?3", "?2"))
-                    .bind(id.get())
-                    .bind(limit)
-                    .bind(hide_refunded)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            (LearnerKey::LmsUserId(id), Some(after)) => {
-                sqlx::query_as(list_query!(
-                    "lms_user_id = ?1",
-                    " AND (purchased_at, purchase_id) < (?2, ?3)",
-                    "?5",
-                    "?4"
-                ))
-                .bind(id.get())
-                .bind(after.purchased_at.timestamp_micros())
-                .bind(after.purchase_id.as_str())
-                .bind(limit)
-                .bind(hide_refunded)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            (LearnerKey::Username(name), None) => {
-                sqlx::query_as(list_query!("lower(username) = ?1", "", "?3", "?2"))
-                    .bind(folded(name.as_str()))
-                    .bind(limit)
-                    .bind(hide_refunded)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            (LearnerKey::Username(name), Some(after)) => {
-                sqlx::query_as(list_query!(
-                    "lower(username) = ?1",
-                    " AND (purchased_at, purchase_id) < (?2, ?3)",
-                    "?5",
-                    "?4"
-                ))
-                .bind(folded(name.as_str()))
-                .bind(after.purchased_at.timestamp_micros())
-                .bind(after.purchase_id.as_str())
-                .bind(limit)
-                .bind(hide_refunded)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
-        rows.into_iter().map(|row| row.into_listed(DateTime::from_timestamp_micros)).collect()
+        list_page_in::<_, i64, _>(&self.pool, learner, after, limit, hide_refunded).await
     }
 }
