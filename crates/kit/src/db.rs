@@ -452,15 +452,24 @@ pub fn store_status(store: &str, error: &sqlx::Error) -> tonic::Status {
 
 /// The URL with any password replaced by `***`: the userinfo's, and a
 /// `password` or `sslpassword` query parameter's (libpq and sqlx take both).
-/// Text that is not a URL may still hold a password, so it shows as
-/// `<unparseable url>`.
+/// A URL without one is shown as written. Text that is not a URL is shown as
+/// written too, unless it may hold a password (a `@` or the word `password`):
+/// then it shows as `<unparseable url>`.
 pub fn redact(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else { return "<unparseable url>".into() };
-    if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
-        return "<unparseable url>".into();
-    }
+    const HIDDEN: &str = "<unparseable url>";
     let is_secret = |key: &str| key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword");
-    if parsed.query_pairs().any(|(key, _)| is_secret(&key)) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        let may_hold_secret = url.contains('@') || url.to_ascii_lowercase().contains("password");
+        return if may_hold_secret { HIDDEN.into() } else { url.into() };
+    };
+    let secret_in_query = parsed.query_pairs().any(|(key, _)| is_secret(&key));
+    if parsed.password().is_none() && !secret_in_query {
+        return url.into();
+    }
+    if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
+        return HIDDEN.into();
+    }
+    if secret_in_query {
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(key, value)| {
@@ -533,6 +542,8 @@ mod tests {
     fn text_that_is_no_url_never_shows_a_password() {
         assert_eq!(redact("postgres://app:s3cret@db:not-a-port/mesh"), "<unparseable url>");
         assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(redact("data/x.db"), "data/x.db", "a path is shown as written");
+        assert_eq!(redact("db password=s3cret"), "<unparseable url>");
     }
 
     #[test]

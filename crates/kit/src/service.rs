@@ -6,7 +6,7 @@
 //! ```text
 //! // crates/commerce-mesh starts every service the same way:
 //! let service = S::build(&settings, &dependencies)?;
-//! let server = service.serve(GrpcServer::new(S::NAME));
+//! let server = service.serve(GrpcServer::new(component.name()));
 //! let background = service.run_background(shutdown);
 //! ```
 
