@@ -298,7 +298,8 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<Refunded, StoreError> {
         let refunded = flow::refund(PgTx(self.pool.begin().await?), refunds, traceparent, now).await?;
-        if matches!(&refunded, Refunded::Recorded { jobs, .. } if jobs.iter().any(|job| job.state == JobState::Revoking))
+        // A repeat changes nothing: only a call that recorded a refund may have work for the workers.
+        if matches!(&refunded, Refunded::Recorded { jobs, created: true } if jobs.iter().any(|job| job.state == JobState::Revoking))
         {
             self.announcer.announce();
         }
