@@ -33,12 +33,7 @@ async fn refused_orders_are_found_and_repaired_over_rest_on_postgres_and_redis()
 
 /// An LMS that refuses the first `refusals` enrollments (400) and enrols every later one.
 async fn refusing_at_first(refusals: u64) -> MockServer {
-    let lms = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/oauth2/access_token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token": "t", "expires_in": 3600})))
-        .mount(&lms)
-        .await;
+    let lms = mesh_tests::lms_stub::issuing_tokens().await;
     Mock::given(method("POST"))
         .and(path("/api/enrollment/v1/enrollment"))
         .respond_with(ResponseTemplate::new(400).set_body_string("enrollment closed"))

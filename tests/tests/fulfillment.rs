@@ -18,21 +18,15 @@ use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use proto::commerce::identity::v1::customer_identity_service_client::CustomerIdentityServiceClient;
 use proto::commerce::identity::v1::{RetireCustomerRequest, UpsertCustomerRequest, retire_customer_request};
-use serde_json::json;
 use tonic_types::StatusExt;
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, ResponseTemplate};
 
 const GUARD: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_for_a_customer_is_resolved_enrolled_and_announced() {
-    let lms = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/oauth2/access_token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token": "t", "expires_in": 3600})))
-        .mount(&lms)
-        .await;
+    let lms = mesh_tests::lms_stub::issuing_tokens().await;
     Mock::given(method("POST"))
         .and(path("/api/enrollment/v1/enrollment"))
         .respond_with(ResponseTemplate::new(200))

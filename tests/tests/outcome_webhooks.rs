@@ -38,12 +38,7 @@ async fn an_order_placed_at_the_gateway_reaches_the_order_system_signed_on_postg
 
 /// A stub LMS that enrolls in [`ENROLLED_RUN`] and refuses [`REFUSED_RUN`] with a 400.
 async fn choosy_lms() -> MockServer {
-    let lms = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/oauth2/access_token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token": "t", "expires_in": 3600})))
-        .mount(&lms)
-        .await;
+    let lms = mesh_tests::lms_stub::issuing_tokens().await;
     for (run, status) in [(ENROLLED_RUN, 200), (REFUSED_RUN, 400)] {
         Mock::given(method("POST"))
             .and(path("/api/enrollment/v1/enrollment"))

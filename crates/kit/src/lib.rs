@@ -21,6 +21,7 @@
 //! - [`db`]: connecting to and migrating Postgres or SQLite;
 //! - [`error`]: `google.rpc.Status` errors with `BadRequest`, `RetryInfo` and
 //!   `ErrorInfo` details;
+//! - [`background`]: the pause a background loop takes after consecutive failures;
 //! - [`page`]: the page size a list RPC allows and its next-page token;
 //! - [`retirement`]: retired learners in from the customers stream, and the `retired_learners` table's SQL;
 //! - [`time`]: protobuf `Timestamp` to and from `chrono`, range-checked;
@@ -31,6 +32,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod background;
 pub mod bus;
 pub mod cache;
 pub mod client;

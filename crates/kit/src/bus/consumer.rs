@@ -242,7 +242,7 @@ impl Consumer {
                 Err(error) => {
                     group_ready = false;
                     failures = failures.saturating_add(1);
-                    let pause = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(failures.min(6)));
+                    let pause = crate::background::pause_after(failures);
                     tracing::warn!(%error, stream = %self.stream, retry_in = ?pause, "consumer round failed");
                     tokio::select! {
                         () = shutdown.cancelled() => return,

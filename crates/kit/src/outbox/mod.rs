@@ -290,7 +290,7 @@ impl Relay {
                     }
                     Err(error) => {
                         failures = failures.saturating_add(1);
-                        let wait = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(failures.min(6)));
+                        let wait = crate::background::pause_after(failures);
                         tracing::warn!(%error, retry_in = ?wait, "outbox relay could not publish; retrying");
                         wait
                     }

@@ -323,7 +323,7 @@ impl WebhookSender {
                     }
                     Err(error) => {
                         failures = failures.saturating_add(1);
-                        let wait = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(failures.min(6)));
+                        let wait = kit::background::pause_after(failures);
                         tracing::warn!(%error, retry_in = ?wait, "could not claim outcome webhooks; retrying");
                         wait
                     }
