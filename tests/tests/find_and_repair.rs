@@ -146,6 +146,9 @@ async fn refused_orders_are_found_and_repaired_over_rest(storage: Storage) {
         }
         let accepted = fulfillment.fulfill_order(order).await.expect("accepted").into_inner();
         ids.push(accepted.fulfillments[0].fulfillment_id.clone());
+        // The next order goes in after this one failed, so which changed last
+        // does not depend on which worker finished first.
+        rest.until_in("FULFILLMENT_STATE_FAILED", &run, &(n + 1).to_string()).await;
     }
     let run_q = query_value(&run);
     let found = rest.until_in("FULFILLMENT_STATE_FAILED", &run, "2").await;
