@@ -123,6 +123,8 @@ pub trait CacheBackend: Send + Sync + 'static {
     async fn fill(&self, key: &str, token: u64, entry: &Entry, ttl: Duration) -> Result<bool, CacheError>;
     /// Removes the entries and their leases, so no load that began before can fill.
     async fn invalidate(&self, keys: &[String]) -> Result<(), CacheError>;
+    /// As [`CacheBackend::invalidate`] for every key that starts with `prefix`.
+    async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError>;
 }
 
 /// Hits and misses since start.
@@ -297,6 +299,12 @@ impl ReadThrough {
         self.backend.invalidate(&namespaced).await
     }
 
+    /// Removes every entry of this cache's namespace (and its leases): after
+    /// a write too large to name its keys, such as a first load.
+    pub async fn invalidate_all(&self) -> Result<(), CacheError> {
+        self.backend.invalidate_prefix(&self.namespaced("")).await
+    }
+
     async fn load_once<F, Fut, E>(&self, key: String, lease: Option<u64>, load: F) -> Result<Option<Vec<u8>>, E>
     where
         F: FnOnce() -> Fut,
@@ -422,6 +430,18 @@ impl CacheBackend for MemoryCache {
         }
         Ok(())
     }
+
+    async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
+        let keys: Vec<String> = self
+            .entries
+            .iter()
+            .map(|(key, _)| key)
+            .chain(self.leases.iter().map(|(key, _)| key))
+            .filter(|key| key.starts_with(prefix))
+            .map(|key| key.as_ref().clone())
+            .collect();
+        self.invalidate(&keys).await
+    }
 }
 
 /// For each value/lease key pair: the value, or a lease taken with NX.
@@ -478,6 +498,18 @@ impl RedisCache {
             fill: redis::Script::new(FILL_SCRIPT),
         })
     }
+}
+
+/// `text` matched literally by a Redis glob pattern.
+fn glob_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 fn encode(entry: &Entry) -> Vec<u8> {
@@ -540,5 +572,30 @@ impl CacheBackend for RedisCache {
         let mut connection = self.connection.clone();
         let _: i64 = redis::cmd("DEL").arg(&names).query_async(&mut connection).await?;
         Ok(())
+    }
+
+    async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
+        // SCAN walks the keyspace in steps without blocking Redis; a key
+        // written during the walk was written after the change, so it is current.
+        let pattern = format!("{}*", glob_escaped(prefix));
+        let mut connection = self.connection.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await?;
+            if !names.is_empty() {
+                let _: i64 = redis::cmd("DEL").arg(&names).query_async(&mut connection).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 }

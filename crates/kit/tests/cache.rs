@@ -145,6 +145,33 @@ async fn get_many_mixes_hits_and_loads_in_order(cache: ReadThrough) {
     assert_eq!(cached, answers);
 }
 
+/// Two caches over one backend, their namespaces `base` and `base-other`
+/// (a prefix of each other's keys as text, so the boundary is checked).
+fn sharing(backend: Arc<dyn kit::cache::CacheBackend>) -> (ReadThrough, ReadThrough) {
+    let config = config();
+    let other = CacheConfig { namespace: format!("{}-other", config.namespace), ..config.clone() };
+    (ReadThrough::new(backend.clone(), &config), ReadThrough::new(backend, &other))
+}
+
+fn memory_pair() -> (ReadThrough, ReadThrough) {
+    sharing(Arc::new(kit::cache::MemoryCache::new(&config())))
+}
+
+fn redis_pair() -> (ReadThrough, ReadThrough) {
+    let url = std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    sharing(Arc::new(kit::cache::RedisCache::connect(&url, &config()).expect("a valid Redis URL")))
+}
+
+async fn invalidating_all_empties_the_namespace_and_no_other((cache, other): (ReadThrough, ReadThrough)) {
+    cache.get("found", || value("old")).await.unwrap();
+    cache.get("missing", || async { Ok::<_, std::convert::Infallible>(None) }).await.unwrap();
+    other.get("found", || value("kept")).await.unwrap();
+    cache.invalidate_all().await.unwrap();
+    assert_eq!(cache.get("found", || value("new")).await.unwrap(), Some(b"new".to_vec()));
+    assert_eq!(cache.get("missing", || value("now here")).await.unwrap(), Some(b"now here".to_vec()));
+    assert_eq!(other.get("found", || value("reloaded")).await.unwrap(), Some(b"kept".to_vec()), "another namespace");
+}
+
 macro_rules! contract {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -180,6 +207,16 @@ macro_rules! contract {
 
 contract!(memory_backend, memory());
 contract!(redis_backend, redis());
+
+#[tokio::test]
+async fn invalidating_all_empties_the_namespace_and_no_other_in_memory() {
+    invalidating_all_empties_the_namespace_and_no_other(memory_pair()).await;
+}
+
+#[tokio::test]
+async fn invalidating_all_empties_the_namespace_and_no_other_in_redis() {
+    invalidating_all_empties_the_namespace_and_no_other(redis_pair()).await;
+}
 
 #[tokio::test]
 async fn reads_go_around_an_unreachable_redis() {

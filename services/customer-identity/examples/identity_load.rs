@@ -41,9 +41,14 @@ struct Args {
     /// Stop after the import: no lookup phases.
     #[arg(long)]
     skip_lookups: bool,
-    /// Concurrent import streams.
-    #[arg(long, default_value_t = 2)]
+    /// Concurrent import streams. Into an empty table the first stream to
+    /// end is a first load (indexes built after); the others then merge.
+    #[arg(long, default_value_t = 1)]
     streams: u64,
+    /// Store one customer before the import, so the table is not empty and
+    /// every batch merges as it arrives (the path of a load into a filled table).
+    #[arg(long)]
+    merge: bool,
     /// Rows per streamed message (one transaction each on the server).
     #[arg(long, default_value_t = 20000)]
     batch: u64,
@@ -105,6 +110,8 @@ struct Phase {
     p50: Duration,
     p99: Duration,
     max: Duration,
+    /// The failures by gRPC code, such as `DeadlineExceeded 12, Unavailable 3`.
+    codes: String,
 }
 
 /// Sends `rate` lookups a second for `seconds`, open loop (each at its
@@ -126,16 +133,20 @@ async fn lookup_phase(
         let key = key_of(n);
         handles.push(tokio::spawn(async move {
             let sent = Instant::now();
-            let ok = client.lookup_customer(pb::LookupCustomerRequest { key: Some(key) }).await.is_ok();
-            (sent.elapsed(), ok)
+            let answer = client.lookup_customer(pb::LookupCustomerRequest { key: Some(key) }).await;
+            (sent.elapsed(), answer.err().map(|status| status.code()))
         }));
     }
     let mut latencies = Vec::with_capacity(handles.len());
     let mut errors = 0;
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
     for handle in handles {
-        let (latency, ok) = handle.await.unwrap();
+        let (latency, failed) = handle.await.unwrap();
         latencies.push(latency);
-        errors += usize::from(!ok);
+        if let Some(code) = failed {
+            errors += 1;
+            *codes.entry(format!("{code:?}")).or_default() += 1;
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort();
@@ -143,6 +154,7 @@ async fn lookup_phase(
         name,
         sent: latencies.len(),
         errors,
+        codes: codes.iter().map(|(code, n)| format!("{code} {n}")).collect::<Vec<_>>().join(", "),
         achieved: latencies.len() as f64 / elapsed,
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
@@ -251,6 +263,15 @@ async fn main() {
             .map_or(0, |kib| kib / 1024 / 1024)
     ));
 
+    if args.merge && !args.skip_import {
+        let seed = pb::UpsertCustomerRequest {
+            customer_id: "seed".into(),
+            lms_user_id: (args.rows + 1).to_string(),
+            lms_username: "seed".into(),
+            ..Default::default()
+        };
+        client.clone().upsert_customer(seed).await.unwrap();
+    }
     if !args.skip_import {
         let done = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
@@ -310,8 +331,9 @@ async fn main() {
             (None, None) => 0,
         };
         report.push_str(&format!(
-            "### Import\n\n| rows | streams × rows/message | inserted | rejected | time | rows/s | database size |\n|---|---|---|---|---|---|---|\n| {} | {} × {} | {} | {} | {:.0} s | **{:.0}** | {:.1} GiB |\n\n",
+            "### Import\n\n| rows | path | streams × rows/message | inserted | rejected | time | rows/s | database size |\n|---|---|---|---|---|---|---|---|\n| {} | {} | {} × {} | {} | {} | {:.0} s | **{:.0}** | {:.1} GiB |\n\n",
             args.rows,
+            if args.merge { "merge (table not empty)" } else { "first load" },
             args.streams,
             args.batch,
             total.inserted,
@@ -410,10 +432,11 @@ async fn main() {
     ));
     for p in &phases {
         report.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.2} ms | **{:.2} ms** | {:.2} ms |\n",
+            "| {} | {} | {}{} | {:.0} | {:.2} ms | **{:.2} ms** | {:.2} ms |\n",
             p.name,
             p.sent,
             p.errors,
+            if p.codes.is_empty() { String::new() } else { format!(" ({})", p.codes) },
             p.achieved,
             p.p50.as_secs_f64() * 1e3,
             p.p99.as_secs_f64() * 1e3,

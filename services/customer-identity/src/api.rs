@@ -20,7 +20,8 @@ use crate::convert::{
     CustomerUpsert, customer_to_get, customer_to_proto, customer_to_retire, imported_link, key_to_look_up,
     keys_to_look_up,
 };
-use crate::domain::{Customer, CustomerKey, RetirementKey, keys_to_invalidate};
+use crate::domain::{Customer, CustomerKey, CustomerLink, RetirementKey, keys_to_invalidate};
+use crate::store::first_load::{FirstLoad, FirstLoaded};
 use crate::store::{Store, StoreError, TakenKey};
 
 /// Most rejections an import answers with; the counts cover them all.
@@ -200,61 +201,124 @@ impl CustomerIdentityService for CustomerIdentityApi {
         request: Request<Streaming<pb::ImportCustomersRequest>>,
     ) -> Result<Response<pb::ImportCustomersResponse>, Status> {
         let mut stream = request.into_inner();
-        let mut answer = pb::ImportCustomersResponse::default();
-        let mut next_row: i64 = 1;
-        let reject = |answer: &mut pb::ImportCustomersResponse, rejection: pb::ImportRejection| {
-            answer.rejected += 1;
-            if answer.rejections.len() < MAX_REPORTED_REJECTIONS {
-                answer.rejections.push(rejection);
-            }
-        };
+        let mut import = Import::default();
+        // Into an empty table, the batches are staged and written at the end
+        // with the indexes built after (store::first_load).
+        let mut first_load = self.store.begin_first_load().await.map_err(store_status)?;
         while let Some(message) = stream.next().await {
-            let batch = message?;
-            let first_row = next_row;
-            next_row += batch.customers.len() as i64;
-            let mut valid = Vec::with_capacity(batch.customers.len());
-            let mut rows = Vec::with_capacity(batch.customers.len());
-            let mut rejections = Vec::new();
-            for (offset, record) in batch.customers.iter().enumerate() {
-                match imported_link(record) {
-                    Ok(link) => {
-                        valid.push(link);
-                        rows.push(first_row + offset as i64);
+            let batch = match message {
+                Ok(batch) => batch,
+                Err(status) => {
+                    // What arrived before the failure is stored, as batch by batch.
+                    if let Some(load) = first_load.take() {
+                        self.finish_first_load(load, &mut import).await?;
                     }
-                    Err((field, reason)) => rejections.push(pb::ImportRejection {
-                        row: first_row + offset as i64,
-                        customer_id: record.customer_id.clone(),
-                        field,
-                        reason,
-                    }),
+                    return Err(status);
                 }
-            }
-            if !valid.is_empty() {
-                let outcome = self.store.import(&valid).await.map_err(store_status)?;
-                let refused: std::collections::HashSet<usize> = outcome.rejected.iter().map(|r| r.index).collect();
-                let mut keys = keys_to_invalidate(&outcome.previous);
-                // Stored rows may end cached misses under their new keys.
-                for (_, link) in valid.iter().enumerate().filter(|(i, _)| !refused.contains(i)) {
-                    keys.extend(link.cache_keys());
-                }
-                self.invalidate_keys(keys).await?;
-                answer.inserted += outcome.inserted as i64;
-                answer.updated += outcome.updated as i64;
-                answer.unchanged += outcome.unchanged as i64;
-                for rejection in outcome.rejected {
-                    rejections.push(pb::ImportRejection {
-                        row: rows[rejection.index],
-                        customer_id: valid[rejection.index].customer_id().as_str().to_string(),
-                        field: rejection.field.to_string(),
-                        reason: rejection.reason,
-                    });
-                }
-            }
-            rejections.sort_by_key(|r| r.row);
-            for rejection in rejections {
-                reject(&mut answer, rejection);
+            };
+            let valid = import.parse(&batch);
+            match first_load.as_mut() {
+                Some(load) if !valid.is_empty() => load.stage(&valid).await.map_err(store_status)?,
+                Some(_) => {}
+                None => self.merge(&mut import, valid).await?,
             }
         }
-        Ok(Response::new(answer))
+        if let Some(load) = first_load {
+            self.finish_first_load(load, &mut import).await?;
+        }
+        Ok(Response::new(import.answer()))
+    }
+}
+
+/// An import stream's progress: the next row's number, the counts, the rejections.
+#[derive(Default)]
+struct Import {
+    next_row: i64,
+    answer: pb::ImportCustomersResponse,
+    /// The rejections of the lowest row numbers seen so far, at most [`MAX_REPORTED_REJECTIONS`]
+    /// (a first load that falls back rejects its rows after the stream's invalid ones).
+    first_rejections: std::collections::BTreeMap<i64, pb::ImportRejection>,
+}
+
+impl Import {
+    /// The valid rows of `batch`, each with its number in the stream; the
+    /// invalid ones are rejected.
+    fn parse(&mut self, batch: &pb::ImportCustomersRequest) -> Vec<(i64, CustomerLink)> {
+        let first_row = self.next_row + 1;
+        self.next_row += batch.customers.len() as i64;
+        let mut valid = Vec::with_capacity(batch.customers.len());
+        for (row, record) in (first_row..).zip(&batch.customers) {
+            match imported_link(record) {
+                Ok(link) => valid.push((row, link)),
+                Err((field, reason)) => {
+                    self.reject(pb::ImportRejection { row, customer_id: record.customer_id.clone(), field, reason })
+                }
+            }
+        }
+        valid
+    }
+
+    fn reject(&mut self, rejection: pb::ImportRejection) {
+        self.answer.rejected += 1;
+        self.first_rejections.insert(rejection.row, rejection);
+        if self.first_rejections.len() > MAX_REPORTED_REJECTIONS {
+            self.first_rejections.pop_last();
+        }
+    }
+
+    fn answer(mut self) -> pb::ImportCustomersResponse {
+        self.answer.rejections = self.first_rejections.into_values().collect();
+        self.answer
+    }
+}
+
+impl CustomerIdentityApi {
+    /// One batch merged into a table that has rows: stored, the cache cleared of its keys, rejections counted.
+    async fn merge(&self, import: &mut Import, valid: Vec<(i64, CustomerLink)>) -> Result<(), Status> {
+        if valid.is_empty() {
+            return Ok(());
+        }
+        let (rows, links): (Vec<i64>, Vec<CustomerLink>) = valid.into_iter().unzip();
+        let outcome = self.store.import(&links).await.map_err(store_status)?;
+        let refused: std::collections::HashSet<usize> = outcome.rejected.iter().map(|r| r.index).collect();
+        let mut keys = keys_to_invalidate(&outcome.previous);
+        // Stored rows may end cached misses under their new keys.
+        for (_, link) in links.iter().enumerate().filter(|(i, _)| !refused.contains(i)) {
+            keys.extend(link.cache_keys());
+        }
+        self.invalidate_keys(keys).await?;
+        import.answer.inserted += outcome.inserted as i64;
+        import.answer.updated += outcome.updated as i64;
+        import.answer.unchanged += outcome.unchanged as i64;
+        for rejection in outcome.rejected {
+            import.reject(pb::ImportRejection {
+                row: rows[rejection.index],
+                customer_id: links[rejection.index].customer_id().as_str().to_string(),
+                field: rejection.field.to_string(),
+                reason: rejection.reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a first load's staged rows (or, when they cannot go in at
+    /// once, merges them batch by batch), then clears the cache: it may hold
+    /// misses for any of the keys the table now has.
+    async fn finish_first_load(&self, load: Box<dyn FirstLoad>, import: &mut Import) -> Result<(), Status> {
+        match load.finish().await.map_err(store_status)? {
+            FirstLoaded::Inserted(inserted) => import.answer.inserted += inserted as i64,
+            FirstLoaded::Conflicted(mut staged) => {
+                while let Some(batch) = staged.next_batch().await.map_err(store_status)? {
+                    self.merge(import, batch).await?;
+                }
+            }
+        }
+        self.cache.invalidate_all().await.map_err(|error| {
+            tracing::error!(%error, "cache invalidation failed after a first load");
+            Status::unavailable(
+                "the rows were stored, but the cache could not be cleared; import the file again \
+                 (it is idempotent) once the cache is reachable",
+            )
+        })
     }
 }

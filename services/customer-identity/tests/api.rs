@@ -262,6 +262,59 @@ async fn import_streams_counts_and_reasons(mut f: Fixture) {
     assert_eq!(f.client.get_customer(get("i1")).await.unwrap().into_inner().customer.unwrap().version, 1);
 }
 
+/// Into an empty table the import stages the stream and writes it at the end
+/// (indexes built after); the answer is the one batch by batch would give,
+/// and a miss cached before is gone.
+async fn a_first_load_answers_as_batch_by_batch_would(mut f: Fixture) {
+    assert_eq!(f.client.get_customer(get("f1")).await.unwrap_err().code(), Code::NotFound);
+    let record = |c: &str, id: &str, name: &str| pb::CustomerRecord {
+        customer_id: c.into(),
+        lms_user_id: id.into(),
+        lms_username: name.into(),
+        email: String::new(),
+    };
+    let clean = vec![
+        pb::ImportCustomersRequest { customers: vec![record("f1", "1", "first_one"), record("f2", "x", "bad_id")] },
+        pb::ImportCustomersRequest { customers: vec![] },
+        pb::ImportCustomersRequest { customers: vec![record("f3", "3", "first_three")] },
+    ];
+    let answer = f.client.import_customers(tokio_stream::iter(clean)).await.unwrap().into_inner();
+    assert_eq!((answer.inserted, answer.updated, answer.unchanged, answer.rejected), (2, 0, 0, 1));
+    let rejected: Vec<(i64, &str)> = answer.rejections.iter().map(|r| (r.row, r.field.as_str())).collect();
+    assert_eq!(rejected, [(2, "lms_user_id")]);
+    let found = f.client.get_customer(get("f1")).await.expect("the cached miss was cleared").into_inner();
+    assert_eq!(found.customer.unwrap().lms_username, "first_one");
+    let taken = f.client.upsert_customer(upsert("other", "3", "other")).await.unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "the unique keys hold after the load: {taken:?}");
+}
+
+/// A first load whose rows share keys falls back to batch by batch: the same
+/// repeats, taken keys and updates as into a table that had rows.
+async fn a_first_load_with_shared_keys_answers_as_batch_by_batch_would(mut f: Fixture) {
+    let record = |c: &str, id: &str, name: &str| pb::CustomerRecord {
+        customer_id: c.into(),
+        lms_user_id: id.into(),
+        lms_username: name.into(),
+        email: String::new(),
+    };
+    let stream = vec![
+        pb::ImportCustomersRequest {
+            customers: vec![record("s1", "1", "ann"), record("s2", "2", "bob"), record("s1", "9", "ann_again")],
+        },
+        pb::ImportCustomersRequest {
+            customers: vec![record("s3", "2", "cat"), record("s1", "1", "ann_renamed"), record("s4", "y", "dan")],
+        },
+    ];
+    let answer = f.client.import_customers(tokio_stream::iter(stream)).await.unwrap().into_inner();
+    // Row 3 repeats s1 in its batch; row 4 claims bob's id; row 5 updates s1; row 6 is invalid.
+    assert_eq!((answer.inserted, answer.updated, answer.unchanged, answer.rejected), (2, 1, 0, 3));
+    let rejected: Vec<(i64, &str, &str)> =
+        answer.rejections.iter().map(|r| (r.row, r.customer_id.as_str(), r.field.as_str())).collect();
+    assert_eq!(rejected, [(3, "s1", "customer_id"), (4, "s3", "lms_user_id"), (6, "s4", "lms_user_id")]);
+    let s1 = f.client.get_customer(get("s1")).await.unwrap().into_inner().customer.unwrap();
+    assert_eq!((s1.lms_username.as_str(), s1.version), ("ann_renamed", 2));
+}
+
 async fn batch_lookup_answers_in_order(mut f: Fixture) {
     f.client.upsert_customer(upsert("c1", "1", "ada")).await.unwrap();
     f.client.upsert_customer(upsert("c2", "2", "grace")).await.unwrap();
@@ -310,6 +363,14 @@ macro_rules! suite {
             #[tokio::test]
             async fn import_streams_counts_and_reasons() {
                 super::import_streams_counts_and_reasons(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn a_first_load_answers_as_batch_by_batch_would() {
+                super::a_first_load_answers_as_batch_by_batch_would(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn a_first_load_with_shared_keys_answers_as_batch_by_batch_would() {
+                super::a_first_load_with_shared_keys_answers_as_batch_by_batch_would(fixture($kind).await).await;
             }
             #[tokio::test]
             async fn batch_lookup_answers_in_order() {

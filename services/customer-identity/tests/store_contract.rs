@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use customer_identity::domain::{CustomerId, CustomerKey, CustomerLink, Email, LmsUserId, LmsUsername, RetirementKey};
+use customer_identity::store::first_load::{FirstLoaded, StagedBatches};
 use customer_identity::store::{Store, StoreError, TakenKey, for_database};
 use kit::db::{Backend, Database};
 use kit::outbox::{OutboxStore, SqlOutbox};
@@ -267,6 +268,84 @@ async fn concurrent_claims_of_one_lms_user_id_have_one_winner(f: Fixture) {
     }
 }
 
+/// `links` numbered from `first_row`.
+fn numbered(first_row: i64, links: Vec<CustomerLink>) -> Vec<(i64, CustomerLink)> {
+    (first_row..).zip(links).collect()
+}
+
+/// Every batch a first load handed back, as (row, customer id) lists.
+async fn batches_of(mut staged: Box<dyn StagedBatches>) -> Vec<Vec<(i64, String)>> {
+    let mut batches = Vec::new();
+    while let Some(batch) = staged.next_batch().await.unwrap() {
+        batches.push(batch.into_iter().map(|(row, link)| (row, link.customer_id().as_str().to_string())).collect());
+    }
+    assert!(staged.next_batch().await.unwrap().is_none(), "the end stays the end");
+    batches
+}
+
+async fn a_first_load_inserts_every_row_and_the_unique_keys_hold_after(f: Fixture) {
+    let mut load = f.store.begin_first_load().await.unwrap().expect("the table is empty");
+    load.stage(&numbered(1, generated(0, 700, "first"))).await.unwrap();
+    load.stage(&numbered(701, generated(700, 1200, "first"))).await.unwrap();
+    assert!(f.store.get(&by_id("load-5")).await.unwrap().is_none(), "nothing is visible before the end");
+    let FirstLoaded::Inserted(inserted) = load.finish().await.unwrap() else { panic!("no two rows share a key") };
+    assert_eq!(inserted, 1200);
+    let stored = f.store.get(&by_id("load-1199")).await.unwrap().expect("stored");
+    assert_eq!((stored.lms_user_id, stored.lms_username.as_str(), stored.version), (1200, "first1199", 1));
+    let by_name = CustomerKey::LmsUsername(LmsUsername::parse("FIRST7").unwrap());
+    assert_eq!(f.store.get(&by_name).await.unwrap().expect("by username").customer_id, "load-7");
+    // The indexes were built again: every key is still unique.
+    let taken_id = f.store.upsert(&link("newcomer", "7", "newcomer"), None).await.unwrap_err();
+    assert!(
+        matches!(taken_id, StoreError::Taken { key: TakenKey::LmsUserId, ref owner, .. } if owner == "load-6"),
+        "{taken_id:?}"
+    );
+    let taken_name = f.store.upsert(&link("newcomer", "99999", "First8"), None).await.unwrap_err();
+    assert!(
+        matches!(taken_name, StoreError::Taken { key: TakenKey::LmsUsername, ref owner, .. } if owner == "load-8"),
+        "{taken_name:?}"
+    );
+    let created_again = f.store.upsert(&link("load-9", "10", "first9"), Some(0)).await.unwrap_err();
+    assert!(matches!(created_again, StoreError::VersionMismatch { stored: Some(1), .. }), "{created_again:?}");
+    assert!(f.store.begin_first_load().await.unwrap().is_none(), "the table has rows now");
+}
+
+async fn a_first_load_whose_rows_share_a_key_writes_nothing_and_hands_its_batches_back(f: Fixture) {
+    let mut load = f.store.begin_first_load().await.unwrap().expect("the table is empty");
+    load.stage(&[(1, link("a", "1", "ann")), (3, link("b", "2", "bob"))]).await.unwrap();
+    // Row 5 claims bob's LMS user id; row 6 repeats a customer id.
+    load.stage(&[(5, link("c", "2", "cat")), (6, link("a", "1", "ann2"))]).await.unwrap();
+    let FirstLoaded::Conflicted(staged) = load.finish().await.unwrap() else { panic!("two rows share a key") };
+    assert!(f.store.get(&by_id("a")).await.unwrap().is_none(), "nothing was written");
+    let batches = batches_of(staged).await;
+    let expected = [vec![(1, "a".to_string()), (3, "b".to_string())], vec![(5, "c".to_string()), (6, "a".to_string())]];
+    assert_eq!(batches, expected, "in stream order, with their numbers");
+    // The indexes are back as they were: the ordinary import refuses what they refuse.
+    f.store.upsert(&link("b", "2", "bob"), None).await.unwrap();
+    let refused = f.store.upsert(&link("c", "2", "cat"), None).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Taken { key: TakenKey::LmsUserId, .. }), "{refused:?}");
+}
+
+async fn a_first_load_into_a_table_filled_meanwhile_hands_its_batches_back(f: Fixture) {
+    let mut load = f.store.begin_first_load().await.unwrap().expect("the table is empty");
+    load.stage(&[(1, link("a", "1", "ann"))]).await.unwrap();
+    f.store.upsert(&link("meanwhile", "50", "meanwhile"), None).await.unwrap();
+    let FirstLoaded::Conflicted(staged) = load.finish().await.unwrap() else { panic!("the table is not empty") };
+    assert_eq!(batches_of(staged).await, [vec![(1, "a".to_string())]]);
+    assert!(f.store.get(&by_id("meanwhile")).await.unwrap().is_some(), "the other writer's row stays");
+    assert!(f.store.get(&by_id("a")).await.unwrap().is_none());
+}
+
+async fn a_first_load_abandoned_half_way_leaves_the_table_as_it_was(f: Fixture) {
+    let mut load = f.store.begin_first_load().await.unwrap().expect("the table is empty");
+    load.stage(&[(1, link("a", "1", "ann"))]).await.unwrap();
+    drop(load);
+    let mut again = f.store.begin_first_load().await.unwrap().expect("still empty");
+    again.stage(&[(1, link("b", "1", "ann"))]).await.unwrap();
+    let FirstLoaded::Inserted(1) = again.finish().await.unwrap() else { panic!("only the second load's row") };
+    assert!(f.store.get(&by_id("a")).await.unwrap().is_none());
+}
+
 macro_rules! contract {
     ($backend:ident, $kind:expr) => {
         mod $backend {
@@ -307,6 +386,25 @@ macro_rules! contract {
             #[tokio::test]
             async fn duplicate_keys_within_a_large_batch_reject_only_the_later_rows() {
                 super::duplicate_keys_within_a_large_batch_reject_only_the_later_rows(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn a_first_load_inserts_every_row_and_the_unique_keys_hold_after() {
+                super::a_first_load_inserts_every_row_and_the_unique_keys_hold_after(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn a_first_load_whose_rows_share_a_key_writes_nothing_and_hands_its_batches_back() {
+                super::a_first_load_whose_rows_share_a_key_writes_nothing_and_hands_its_batches_back(
+                    fixture($kind).await,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn a_first_load_into_a_table_filled_meanwhile_hands_its_batches_back() {
+                super::a_first_load_into_a_table_filled_meanwhile_hands_its_batches_back(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn a_first_load_abandoned_half_way_leaves_the_table_as_it_was() {
+                super::a_first_load_abandoned_half_way_leaves_the_table_as_it_was(fixture($kind).await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_claims_of_one_lms_user_id_have_one_winner() {

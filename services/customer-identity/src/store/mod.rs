@@ -2,6 +2,7 @@
 //! [`postgres::PostgresStore`] and [`sqlite::SqliteStore`]. One contract suite
 //! (`tests/store_contract.rs`) runs against both.
 
+pub mod first_load;
 pub mod postgres;
 pub mod sqlite;
 
@@ -162,6 +163,10 @@ pub trait Store: Send + Sync + 'static {
         outcome.rejected.sort_by_key(|r| r.index);
         Ok(outcome)
     }
+
+    /// A first load ([`first_load`]) when the table is empty; None otherwise
+    /// (the import merges batch by batch).
+    async fn begin_first_load(&self) -> Result<Option<Box<dyn first_load::FirstLoad>>, StoreError>;
 
     /// The backend's part of [`Store::import`]: the rows not in `skip`, whose
     /// customer ids are distinct.

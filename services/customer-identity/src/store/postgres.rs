@@ -4,9 +4,10 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
-use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
+use sqlx::{PgPool, Postgres, Transaction};
 
+use super::first_load::{FirstLoad, FirstLoaded, StagedBatches, StagedRow, shares_a_key};
 use super::{
     CustomerRow, FIND, FIND_FOR_UPDATE, ImportOutcome, Probe, Store, StoreError, TakenKey, Upserted, Violation,
     find_in, plan_import, refused, retire_in, returning_customer, select_customers, taken_keys, violation,
@@ -95,7 +96,8 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        let data = copy_binary(rows, skip);
+        let data =
+            copy_binary(rows.iter().enumerate().filter(|(i, _)| !skip.contains(i)).map(|(i, row)| ([i as i64], row)));
         let mut copy = tx
             .copy_in_raw(
                 "COPY pg_temp.customer_import (ord, customer_id, lms_user_id, lms_username, email) FROM STDIN (FORMAT binary)",
@@ -175,22 +177,24 @@ impl PostgresStore {
     }
 }
 
-/// The rows not in `skip` in `COPY ... (FORMAT binary)` form, each with its
-/// index in the batch: a header, one tuple per row (field count, then each
+/// Rows in `COPY ... (FORMAT binary)` form, each led by `N` integer columns
+/// (its index or number): a header, one tuple per row (field count, then each
 /// field as a length and its bytes, big-endian), the trailer.
-fn copy_binary(rows: &[CustomerLink], skip: &HashSet<usize>) -> Vec<u8> {
+fn copy_binary<'a, const N: usize>(rows: impl Iterator<Item = ([i64; N], &'a CustomerLink)>) -> Vec<u8> {
     fn field(out: &mut Vec<u8>, bytes: &[u8]) {
         // Fields are short: parsing bounded them (an email is at most 254 characters).
         out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
         out.extend_from_slice(bytes);
     }
-    let mut out = Vec::with_capacity(21 + rows.len() * 110);
+    let mut out = Vec::with_capacity(21 + rows.size_hint().0 * (100 + 12 * N));
     out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     out.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
     out.extend_from_slice(&0i32.to_be_bytes()); // no header extension
-    for (index, row) in rows.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
-        out.extend_from_slice(&5i16.to_be_bytes());
-        field(&mut out, &(index as i64).to_be_bytes());
+    for (leading, row) in rows {
+        out.extend_from_slice(&((N + 4) as i16).to_be_bytes());
+        for value in leading {
+            field(&mut out, &value.to_be_bytes());
+        }
         field(&mut out, row.customer_id().as_str().as_bytes());
         field(&mut out, &row.lms_user_id().get().to_be_bytes());
         field(&mut out, row.lms_username().as_str().as_bytes());
@@ -305,10 +309,161 @@ impl Store for PostgresStore {
         Ok(Some(retired))
     }
 
+    async fn begin_first_load(&self) -> Result<Option<Box<dyn FirstLoad>>, StoreError> {
+        Ok(PostgresFirstLoad::begin(&self.pool).await?.map(|load| Box::new(load) as Box<dyn FirstLoad>))
+    }
+
     async fn import_distinct(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError> {
         match self.import_bulk(rows, skip).await {
             Err(StoreError::Database(error)) if violation(&error).is_some() => self.import_row_by_row(rows, skip).await,
             other => other,
         }
+    }
+}
+
+/// A first load into Postgres ([`super::first_load`]): one transaction from
+/// the first batch to the end, the batches staged in a temporary table
+/// (no WAL) that goes with it.
+pub struct PostgresFirstLoad {
+    tx: Transaction<'static, Postgres>,
+    batches: i64,
+}
+
+impl PostgresFirstLoad {
+    /// A first load when `customers` is empty; None otherwise.
+    async fn begin(pool: &PgPool) -> Result<Option<Self>, StoreError> {
+        let mut tx = pool.begin().await?;
+        let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM customers)").fetch_one(&mut *tx).await?;
+        if !empty {
+            return Ok(None);
+        }
+        sqlx::query(
+            "CREATE TEMPORARY TABLE customer_first_load (
+                 batch        BIGINT NOT NULL,
+                 ord          BIGINT NOT NULL,
+                 customer_id  TEXT   NOT NULL,
+                 lms_user_id  BIGINT NOT NULL,
+                 lms_username TEXT   NOT NULL,
+                 email        TEXT   NOT NULL
+             ) ON COMMIT DROP",
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(Some(Self { tx, batches: 0 }))
+    }
+
+    /// Inside a savepoint, under the table's exclusive lock: the indexes
+    /// dropped, the rows inserted, the indexes built. Answers the rows inserted.
+    async fn load(&mut self) -> Result<Option<u64>, StoreError> {
+        let tx = &mut *self.tx;
+        // Readers wait for the swap rather than see a table without its indexes.
+        sqlx::query("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await?;
+        let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM customers)").fetch_one(&mut *tx).await?;
+        if !empty {
+            return Ok(None);
+        }
+        // The write is as long as the stream was (minutes at tens of millions
+        // of rows): no statement timeout past the lock. Index builds sort in
+        // memory when they can (the default, 64 MB, spills at a few million rows).
+        sqlx::raw_sql("SET LOCAL statement_timeout = 0; SET LOCAL maintenance_work_mem = '256MB'")
+            .execute(&mut *tx)
+            .await?;
+        // The unique constraints and indexes as the database describes them:
+        // (statement that drops one, statement that builds it again).
+        let indexes: Vec<(String, String)> = sqlx::query_as(
+            "SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', conrelid::regclass, conname),
+                    format('ALTER TABLE %s ADD CONSTRAINT %I %s', conrelid::regclass, conname, pg_get_constraintdef(oid))
+               FROM pg_constraint WHERE conrelid = 'customers'::regclass AND contype IN ('p', 'u')
+             UNION ALL
+             SELECT format('DROP INDEX %s', i.indexrelid::regclass), pg_get_indexdef(i.indexrelid)
+               FROM pg_index i
+              WHERE i.indrelid = 'customers'::regclass
+                AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (drop, _) in &indexes {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(drop.as_str())).execute(&mut *tx).await?;
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO customers (customer_id, lms_user_id, lms_username, email, version, retired, create_time, update_time)
+             SELECT customer_id, lms_user_id, lms_username, email, 1, FALSE, now(), now() FROM pg_temp.customer_first_load",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+
+        for (_, build) in &indexes {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(build.as_str())).execute(&mut *tx).await?;
+        }
+        Ok(Some(inserted))
+    }
+}
+
+#[async_trait::async_trait]
+impl FirstLoad for PostgresFirstLoad {
+    async fn stage(&mut self, rows: &[(i64, CustomerLink)]) -> Result<(), StoreError> {
+        let batch = self.batches;
+        self.batches += 1;
+        let data = copy_binary(rows.iter().map(|(ord, row)| ([batch, *ord], row)));
+        let mut copy = self
+            .tx
+            .copy_in_raw(
+                "COPY pg_temp.customer_first_load (batch, ord, customer_id, lms_user_id, lms_username, email)
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        if let Err(error) = copy.send(data).await {
+            copy.abort("the first load could not send its rows").await.ok();
+            return Err(error.into());
+        }
+        copy.finish().await?;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<FirstLoaded, StoreError> {
+        sqlx::query("SAVEPOINT first_load").execute(&mut *self.tx).await?;
+        let loaded = match self.load().await {
+            Err(error) if shares_a_key(&error) => None,
+            other => other?,
+        };
+        if let Some(inserted) = loaded {
+            self.tx.commit().await?;
+            return Ok(FirstLoaded::Inserted(inserted));
+        }
+        // The lock and the dropped indexes go with the savepoint; the staged rows stay.
+        sqlx::query("ROLLBACK TO SAVEPOINT first_load").execute(&mut *self.tx).await?;
+        sqlx::query("CREATE INDEX ON pg_temp.customer_first_load (batch)").execute(&mut *self.tx).await?;
+        Ok(FirstLoaded::Conflicted(Box::new(PostgresStaged { tx: Some(self.tx), next: 0, batches: self.batches })))
+    }
+}
+
+/// The staged batches of a first load that could not take the fast path.
+struct PostgresStaged {
+    /// Open until the last batch was read (the staging table goes with it).
+    tx: Option<Transaction<'static, Postgres>>,
+    next: i64,
+    batches: i64,
+}
+
+#[async_trait::async_trait]
+impl StagedBatches for PostgresStaged {
+    async fn next_batch(&mut self) -> Result<Option<Vec<(i64, CustomerLink)>>, StoreError> {
+        let Some(tx) = self.tx.as_mut() else { return Ok(None) };
+        if self.next == self.batches {
+            if let Some(tx) = self.tx.take() {
+                tx.commit().await?;
+            }
+            return Ok(None);
+        }
+        let rows: Vec<StagedRow> = sqlx::query_as(
+            "SELECT ord, customer_id, lms_user_id, lms_username, email
+               FROM pg_temp.customer_first_load WHERE batch = $1 ORDER BY ord",
+        )
+        .bind(self.next)
+        .fetch_all(&mut **tx)
+        .await?;
+        self.next += 1;
+        rows.into_iter().map(StagedRow::into_link).collect::<Result<Vec<_>, _>>().map(Some)
     }
 }

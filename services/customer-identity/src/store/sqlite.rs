@@ -4,9 +4,11 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, SqlitePool};
+use sqlx::{Connection, Sqlite, SqlitePool};
 
+use super::first_load::{FirstLoad, FirstLoaded, StagedBatches, StagedRow, shares_a_key};
 use super::{
     CustomerRow, FIND, ImportOutcome, Probe, Store, StoreError, TakenKey, Upserted, Violation, count_kept, find_in,
     plan_import, refused, retire_in, returning_customer, taken_keys, violation,
@@ -125,6 +127,10 @@ impl Store for SqliteStore {
         Ok(Some(retired))
     }
 
+    async fn begin_first_load(&self) -> Result<Option<Box<dyn FirstLoad>>, StoreError> {
+        Ok(SqliteFirstLoad::begin(&self.pool).await?.map(|load| Box::new(load) as Box<dyn FirstLoad>))
+    }
+
     async fn import_distinct(&self, rows: &[CustomerLink], skip: &HashSet<usize>) -> Result<ImportOutcome, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let restore = bulk_settings(&mut conn).await?;
@@ -210,7 +216,7 @@ async fn import_bulk(
     for chunk in chunks.by_ref() {
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(STAGE_INSERT.as_str()));
         for &(index, row) in chunk {
-            insert = bind_staged(insert, index, row);
+            insert = bind_staged(insert, index as i64, row);
         }
         insert.execute(&mut *tx).await?;
     }
@@ -219,7 +225,7 @@ async fn import_bulk(
             sqlx::query(
                 "INSERT INTO temp.customer_import (ord, customer_id, lms_user_id, lms_username, email) VALUES (?, ?, ?, ?, ?)",
             ),
-            index,
+            index as i64,
             row,
         )
         .execute(&mut *tx)
@@ -267,11 +273,11 @@ async fn import_bulk(
 
 fn bind_staged<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    index: usize,
+    ord: i64,
     row: &'q CustomerLink,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
     query
-        .bind(index as i64)
+        .bind(ord)
         .bind(row.customer_id().as_str())
         .bind(row.lms_user_id().get())
         .bind(row.lms_username().as_str())
@@ -291,4 +297,176 @@ async fn import_row_by_row(
     }
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Rows per multi-row INSERT into the first load's staging table (6 parameters each).
+const FIRST_LOAD_CHUNK: usize = 500;
+
+/// `INSERT INTO temp.customer_first_load VALUES (?, ?, ?, ?, ?, ?), ...` for [`FIRST_LOAD_CHUNK`] rows.
+static FIRST_LOAD_INSERT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| first_load_insert(FIRST_LOAD_CHUNK));
+
+fn first_load_insert(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO temp.customer_first_load (batch, ord, customer_id, lms_user_id, lms_username, email) VALUES ",
+    );
+    sql.push_str(&vec!["(?, ?, ?, ?, ?, ?)"; rows].join(", "));
+    sql
+}
+
+/// A first load into SQLite ([`super::first_load`]): the batches staged in a
+/// temporary table of one pooled connection (no lock on the database file),
+/// then one write transaction.
+pub struct SqliteFirstLoad {
+    conn: PoolConnection<Sqlite>,
+    batches: i64,
+}
+
+impl SqliteFirstLoad {
+    /// A first load when `customers` is empty; None otherwise.
+    async fn begin(pool: &SqlitePool) -> Result<Option<Self>, StoreError> {
+        let mut conn = pool.acquire().await?;
+        let empty: bool =
+            sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM customers)").fetch_one(&mut *conn).await?;
+        if !empty {
+            return Ok(None);
+        }
+        // A connection's temporary tables outlive a load that was dropped half way.
+        sqlx::raw_sql(
+            "DROP TABLE IF EXISTS temp.customer_first_load;
+             CREATE TEMPORARY TABLE customer_first_load (
+                 batch        INTEGER NOT NULL,
+                 ord          INTEGER NOT NULL,
+                 customer_id  TEXT    NOT NULL,
+                 lms_user_id  INTEGER NOT NULL,
+                 lms_username TEXT    NOT NULL,
+                 email        TEXT    NOT NULL
+             )",
+        )
+        .execute(&mut *conn)
+        .await?;
+        Ok(Some(Self { conn, batches: 0 }))
+    }
+
+    /// In one write transaction: the indexes dropped, the rows inserted in
+    /// key order, the indexes built. Answers the rows inserted; None (and
+    /// nothing written) when the table is no longer empty or rows share a key.
+    async fn load(&mut self) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM customers)").fetch_one(&mut *tx).await?;
+        if !empty {
+            return Ok(None);
+        }
+        // The explicit indexes as the schema holds them (the primary key's stays: it is the table's own).
+        let indexes: Vec<(String, String)> = sqlx::query_as(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'customers' AND sql IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (name, _) in &indexes {
+            let drop = format!("DROP INDEX \"{}\"", name.replace('"', "\"\""));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&mut *tx).await?;
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO customers (customer_id, lms_user_id, lms_username, email, version, retired, create_time, update_time)
+             SELECT customer_id, lms_user_id, lms_username, email, 1, FALSE, $1, $1
+               FROM temp.customer_first_load ORDER BY customer_id",
+        )
+        .bind(Utc::now())
+        .execute(&mut *tx)
+        .await;
+        let built = match inserted {
+            Ok(done) => build_indexes(&mut tx, &indexes).await.map(|()| done.rows_affected()),
+            Err(error) => Err(error.into()),
+        };
+        match built {
+            Ok(inserted) => {
+                tx.commit().await?;
+                Ok(Some(inserted))
+            }
+            // Dropping the transaction rolls it back: the indexes come back, the table stays empty.
+            Err(error) if shares_a_key(&error) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+async fn build_indexes(conn: &mut SqliteConnection, indexes: &[(String, String)]) -> Result<(), StoreError> {
+    for (_, build) in indexes {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(build.as_str())).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl FirstLoad for SqliteFirstLoad {
+    async fn stage(&mut self, rows: &[(i64, CustomerLink)]) -> Result<(), StoreError> {
+        let batch = self.batches;
+        self.batches += 1;
+        let mut tx = self.conn.begin().await?;
+        let mut chunks = rows.chunks_exact(FIRST_LOAD_CHUNK);
+        for chunk in chunks.by_ref() {
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(FIRST_LOAD_INSERT.as_str()));
+            for (ord, row) in chunk {
+                insert = bind_staged(insert.bind(batch), *ord, row);
+            }
+            insert.execute(&mut *tx).await?;
+        }
+        if !chunks.remainder().is_empty() {
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(first_load_insert(chunks.remainder().len())));
+            for (ord, row) in chunks.remainder() {
+                insert = bind_staged(insert.bind(batch), *ord, row);
+            }
+            insert.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<FirstLoaded, StoreError> {
+        let restore = bulk_settings(&mut self.conn).await?;
+        let loaded = self.load().await;
+        if let Err(error) = restore.apply(&mut self.conn).await {
+            tracing::warn!(%error, "could not restore a connection's settings after a first load; closing it");
+            self.conn.close_on_drop();
+        }
+        if let Some(inserted) = loaded? {
+            sqlx::query("DROP TABLE temp.customer_first_load").execute(&mut *self.conn).await?;
+            return Ok(FirstLoaded::Inserted(inserted));
+        }
+        sqlx::query("CREATE INDEX temp.customer_first_load_batch ON customer_first_load (batch)")
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(FirstLoaded::Conflicted(Box::new(SqliteStaged { conn: self.conn, next: 0, batches: self.batches })))
+    }
+}
+
+/// The staged batches of a first load that could not take the fast path.
+struct SqliteStaged {
+    conn: PoolConnection<Sqlite>,
+    next: i64,
+    batches: i64,
+}
+
+#[async_trait::async_trait]
+impl StagedBatches for SqliteStaged {
+    async fn next_batch(&mut self) -> Result<Option<Vec<(i64, CustomerLink)>>, StoreError> {
+        if self.next > self.batches {
+            return Ok(None);
+        }
+        if self.next == self.batches {
+            self.next += 1;
+            sqlx::query("DROP TABLE temp.customer_first_load").execute(&mut *self.conn).await?;
+            return Ok(None);
+        }
+        let rows: Vec<StagedRow> = sqlx::query_as(
+            "SELECT ord, customer_id, lms_user_id, lms_username, email
+               FROM temp.customer_first_load WHERE batch = ? ORDER BY ord",
+        )
+        .bind(self.next)
+        .fetch_all(&mut *self.conn)
+        .await?;
+        self.next += 1;
+        rows.into_iter().map(StagedRow::into_link).collect::<Result<Vec<_>, _>>().map(Some)
+    }
 }
