@@ -432,14 +432,11 @@ impl CacheBackend for MemoryCache {
     }
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
-        let keys: Vec<String> = self
-            .entries
-            .iter()
-            .map(|(key, _)| key)
-            .chain(self.leases.iter().map(|(key, _)| key))
-            .filter(|key| key.starts_with(prefix))
-            .map(|key| key.as_ref().clone())
-            .collect();
+        // Leases first: a reader whose lease was taken before the change and
+        // who fills between the two walks is caught by the second.
+        let mut keys: Vec<String> = self.leases.iter().map(|(key, _)| key.as_ref().clone()).collect();
+        keys.extend(self.entries.iter().map(|(key, _)| key.as_ref().clone()));
+        keys.retain(|key| key.starts_with(prefix));
         self.invalidate(&keys).await
     }
 }
@@ -575,27 +572,34 @@ impl CacheBackend for RedisCache {
     }
 
     async fn invalidate_prefix(&self, prefix: &str) -> Result<(), CacheError> {
-        // SCAN walks the keyspace in steps without blocking Redis; a key
-        // written during the walk was written after the change, so it is current.
+        // SCAN walks the keyspace in steps without blocking Redis, but finds
+        // for certain only the keys that exist for the whole walk. So two
+        // walks: the first deletes every lease a reader took before the
+        // change (a reader that already filled wrote its value during the
+        // walk), the second every value, those included; after the first, no
+        // reader that read before the change holds a lease to fill with.
         let pattern = format!("{}*", glob_escaped(prefix));
         let mut connection = self.connection.clone();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut connection)
-                .await?;
-            if !names.is_empty() {
-                let _: i64 = redis::cmd("DEL").arg(&names).query_async(&mut connection).await?;
+        for _walk in 0..2 {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut connection)
+                    .await?;
+                if !names.is_empty() {
+                    let _: i64 = redis::cmd("DEL").arg(&names).query_async(&mut connection).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
         }
+        Ok(())
     }
 }

@@ -172,6 +172,32 @@ async fn invalidating_all_empties_the_namespace_and_no_other((cache, other): (Re
     assert_eq!(other.get("found", || value("reloaded")).await.unwrap(), Some(b"kept".to_vec()), "another namespace");
 }
 
+/// A load that read before a first load and fills after the namespace was
+/// emptied must not leave its (stale) miss behind.
+async fn a_load_overtaken_by_invalidating_all_does_not_fill((cache, _): (ReadThrough, ReadThrough)) {
+    let cache = Arc::new(cache);
+    let (read_done_tx, read_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (write_done_tx, write_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get("k", || async move {
+                    read_done_tx.send(()).unwrap();
+                    write_done_rx.await.unwrap();
+                    Ok::<_, std::convert::Infallible>(None)
+                })
+                .await
+                .unwrap()
+        })
+    };
+    read_done_rx.await.unwrap();
+    cache.invalidate_all().await.unwrap();
+    write_done_tx.send(()).unwrap();
+    assert_eq!(reader.await.unwrap(), None, "the overtaken reader itself saw the table before the load");
+    assert_eq!(cache.get("k", || value("loaded")).await.unwrap(), Some(b"loaded".to_vec()), "no stale miss cached");
+}
+
 macro_rules! contract {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -216,6 +242,16 @@ async fn invalidating_all_empties_the_namespace_and_no_other_in_memory() {
 #[tokio::test]
 async fn invalidating_all_empties_the_namespace_and_no_other_in_redis() {
     invalidating_all_empties_the_namespace_and_no_other(redis_pair()).await;
+}
+
+#[tokio::test]
+async fn a_load_overtaken_by_invalidating_all_does_not_fill_in_memory() {
+    a_load_overtaken_by_invalidating_all_does_not_fill(memory_pair()).await;
+}
+
+#[tokio::test]
+async fn a_load_overtaken_by_invalidating_all_does_not_fill_in_redis() {
+    a_load_overtaken_by_invalidating_all_does_not_fill(redis_pair()).await;
 }
 
 #[tokio::test]

@@ -301,16 +301,19 @@ impl CustomerIdentityApi {
         Ok(())
     }
 
-    /// Writes a first load's staged rows (or, when they cannot go in at
-    /// once, merges them batch by batch), then clears the cache: it may hold
-    /// misses for any of the keys the table now has.
+    /// Writes a first load's staged rows, then clears the cache: it may hold
+    /// misses for any of the keys the table now has. When they cannot go in
+    /// at once, merges them batch by batch instead.
     async fn finish_first_load(&self, load: Box<dyn FirstLoad>, import: &mut Import) -> Result<(), Status> {
         match load.finish().await.map_err(store_status)? {
+            FirstLoaded::Inserted(0) => return Ok(()),
             FirstLoaded::Inserted(inserted) => import.answer.inserted += inserted as i64,
             FirstLoaded::Conflicted(mut staged) => {
+                // Each merged batch clears its own keys, as batch by batch does.
                 while let Some(batch) = staged.next_batch().await.map_err(store_status)? {
                     self.merge(import, batch).await?;
                 }
+                return Ok(());
             }
         }
         self.cache.invalidate_all().await.map_err(|error| {

@@ -346,6 +346,26 @@ async fn a_first_load_abandoned_half_way_leaves_the_table_as_it_was(f: Fixture) 
     assert!(f.store.get(&by_id("a")).await.unwrap().is_none());
 }
 
+async fn two_first_loads_at_once_the_first_to_end_writes_the_other_merges(f: Fixture) {
+    let mut one = f.store.begin_first_load().await.unwrap().expect("the table is empty");
+    let mut other = f.store.begin_first_load().await.unwrap().expect("still empty");
+    one.stage(&[(1, link("a", "1", "ann"))]).await.unwrap();
+    other.stage(&[(1, link("b", "2", "bob"))]).await.unwrap();
+    // The other load, still staging, holds nothing that makes this one wait.
+    let FirstLoaded::Inserted(1) = one.finish().await.unwrap() else { panic!("the first to end writes") };
+    let FirstLoaded::Conflicted(staged) = other.finish().await.unwrap() else { panic!("the table has rows now") };
+    assert_eq!(batches_of(staged).await, [vec![(1, "b".to_string())]]);
+    assert!(f.store.get(&by_id("a")).await.unwrap().is_some());
+}
+
+async fn a_first_load_that_staged_nothing_changes_nothing(f: Fixture) {
+    let load = f.store.begin_first_load().await.unwrap().expect("the table is empty");
+    let FirstLoaded::Inserted(0) = load.finish().await.unwrap() else { panic!("nothing to write") };
+    let mut again = f.store.begin_first_load().await.unwrap().expect("still empty");
+    again.stage(&[(1, link("a", "1", "ann"))]).await.unwrap();
+    let FirstLoaded::Inserted(1) = again.finish().await.unwrap() else { panic!("a load after it works") };
+}
+
 macro_rules! contract {
     ($backend:ident, $kind:expr) => {
         mod $backend {
@@ -401,6 +421,14 @@ macro_rules! contract {
             #[tokio::test]
             async fn a_first_load_into_a_table_filled_meanwhile_hands_its_batches_back() {
                 super::a_first_load_into_a_table_filled_meanwhile_hands_its_batches_back(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn two_first_loads_at_once_the_first_to_end_writes_the_other_merges() {
+                super::two_first_loads_at_once_the_first_to_end_writes_the_other_merges(fixture($kind).await).await;
+            }
+            #[tokio::test]
+            async fn a_first_load_that_staged_nothing_changes_nothing() {
+                super::a_first_load_that_staged_nothing_changes_nothing(fixture($kind).await).await;
             }
             #[tokio::test]
             async fn a_first_load_abandoned_half_way_leaves_the_table_as_it_was() {

@@ -332,11 +332,13 @@ pub struct PostgresFirstLoad {
 impl PostgresFirstLoad {
     /// A first load when `customers` is empty; None otherwise.
     async fn begin(pool: &PgPool) -> Result<Option<Self>, StoreError> {
-        let mut tx = pool.begin().await?;
-        let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM customers)").fetch_one(&mut *tx).await?;
+        // Asked outside the load's transaction, which must hold no lock on
+        // `customers` while it stages: another first load's end takes the table.
+        let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM customers)").fetch_one(pool).await?;
         if !empty {
             return Ok(None);
         }
+        let mut tx = pool.begin().await?;
         sqlx::query(
             "CREATE TEMPORARY TABLE customer_first_load (
                  batch        BIGINT NOT NULL,
@@ -356,7 +358,9 @@ impl PostgresFirstLoad {
     /// dropped, the rows inserted, the indexes built. Answers the rows inserted.
     async fn load(&mut self) -> Result<Option<u64>, StoreError> {
         let tx = &mut *self.tx;
-        // Readers wait for the swap rather than see a table without its indexes.
+        // Readers wait for the swap rather than see a table without its
+        // indexes. Not for long behind another transaction: then this load merges.
+        sqlx::query("SET LOCAL lock_timeout = '5s'").execute(&mut *tx).await?;
         sqlx::query("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await?;
         let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM customers)").fetch_one(&mut *tx).await?;
         if !empty {
@@ -387,7 +391,8 @@ impl PostgresFirstLoad {
         }
         let inserted = sqlx::query(
             "INSERT INTO customers (customer_id, lms_user_id, lms_username, email, version, retired, create_time, update_time)
-             SELECT customer_id, lms_user_id, lms_username, email, 1, FALSE, now(), now() FROM pg_temp.customer_first_load",
+             SELECT customer_id, lms_user_id, lms_username, email, 1, FALSE, statement_timestamp(), statement_timestamp()
+               FROM pg_temp.customer_first_load",
         )
         .execute(&mut *tx)
         .await?
@@ -422,20 +427,30 @@ impl FirstLoad for PostgresFirstLoad {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<FirstLoaded, StoreError> {
+        if self.batches == 0 {
+            return Ok(FirstLoaded::Inserted(0));
+        }
         sqlx::query("SAVEPOINT first_load").execute(&mut *self.tx).await?;
         let loaded = match self.load().await {
-            Err(error) if shares_a_key(&error) => None,
+            Err(error) if shares_a_key(&error) || lock_refused(&error) => None,
             other => other?,
         };
         if let Some(inserted) = loaded {
             self.tx.commit().await?;
             return Ok(FirstLoaded::Inserted(inserted));
         }
-        // The lock and the dropped indexes go with the savepoint; the staged rows stay.
+        // The lock, the dropped indexes and the SET LOCALs go with the
+        // savepoint; the staged rows stay. The batch index is as long to build as the load was.
         sqlx::query("ROLLBACK TO SAVEPOINT first_load").execute(&mut *self.tx).await?;
+        sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *self.tx).await?;
         sqlx::query("CREATE INDEX ON pg_temp.customer_first_load (batch)").execute(&mut *self.tx).await?;
         Ok(FirstLoaded::Conflicted(Box::new(PostgresStaged { tx: Some(self.tx), next: 0, batches: self.batches })))
     }
+}
+
+/// Whether `error` is the table's lock not granted in time, or a deadlock over it.
+fn lock_refused(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("55P03" | "40P01")))
 }
 
 /// The staged batches of a first load that could not take the fast path.

@@ -318,8 +318,45 @@ fn first_load_insert(rows: usize) -> String {
 /// temporary table of one pooled connection (no lock on the database file),
 /// then one write transaction.
 pub struct SqliteFirstLoad {
-    conn: PoolConnection<Sqlite>,
+    conn: StagingConnection,
     batches: i64,
+}
+
+/// The pooled connection that holds a first load's staging table: closed
+/// when dropped before the table was, so a load abandoned half way (the
+/// caller gone, a failed step) leaves no table behind in the pool.
+struct StagingConnection {
+    conn: PoolConnection<Sqlite>,
+    cleaned: bool,
+}
+
+impl StagingConnection {
+    async fn drop_table(&mut self) -> Result<(), StoreError> {
+        sqlx::query("DROP TABLE temp.customer_first_load").execute(&mut *self.conn).await?;
+        self.cleaned = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for StagingConnection {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for StagingConnection {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for StagingConnection {
+    fn drop(&mut self) {
+        if !self.cleaned {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 impl SqliteFirstLoad {
@@ -345,7 +382,7 @@ impl SqliteFirstLoad {
         )
         .execute(&mut *conn)
         .await?;
-        Ok(Some(Self { conn, batches: 0 }))
+        Ok(Some(Self { conn: StagingConnection { conn, cleaned: false }, batches: 0 }))
     }
 
     /// In one write transaction: the indexes dropped, the rows inserted in
@@ -424,14 +461,18 @@ impl FirstLoad for SqliteFirstLoad {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<FirstLoaded, StoreError> {
+        if self.batches == 0 {
+            self.conn.drop_table().await?;
+            return Ok(FirstLoaded::Inserted(0));
+        }
         let restore = bulk_settings(&mut self.conn).await?;
         let loaded = self.load().await;
         if let Err(error) = restore.apply(&mut self.conn).await {
             tracing::warn!(%error, "could not restore a connection's settings after a first load; closing it");
-            self.conn.close_on_drop();
+            self.conn.conn.close_on_drop();
         }
         if let Some(inserted) = loaded? {
-            sqlx::query("DROP TABLE temp.customer_first_load").execute(&mut *self.conn).await?;
+            self.conn.drop_table().await?;
             return Ok(FirstLoaded::Inserted(inserted));
         }
         sqlx::query("CREATE INDEX temp.customer_first_load_batch ON customer_first_load (batch)")
@@ -443,7 +484,7 @@ impl FirstLoad for SqliteFirstLoad {
 
 /// The staged batches of a first load that could not take the fast path.
 struct SqliteStaged {
-    conn: PoolConnection<Sqlite>,
+    conn: StagingConnection,
     next: i64,
     batches: i64,
 }
@@ -456,7 +497,7 @@ impl StagedBatches for SqliteStaged {
         }
         if self.next == self.batches {
             self.next += 1;
-            sqlx::query("DROP TABLE temp.customer_first_load").execute(&mut *self.conn).await?;
+            self.conn.drop_table().await?;
             return Ok(None);
         }
         let rows: Vec<StagedRow> = sqlx::query_as(
