@@ -41,8 +41,9 @@ pub struct ConsumerConfig {
 impl Default for ConsumerConfig {
     fn default() -> Self {
         Self {
-            // Each round costs a fixed ~50 ms here (docs/BENCHMARKS.md), so the
-            // batch sets the throughput: 1,000 gives ~22,000 events/s per consumer.
+            // A round costs a few round trips (read, store, commit, acknowledge),
+            // so larger batches go faster: 1,000 gave 26-28 k events/s per
+            // consumer on Postgres (docs/BENCHMARKS.md).
             batch: 1000,
             block: Duration::from_secs(1),
             reclaim_idle: Duration::from_secs(30),
@@ -219,6 +220,8 @@ impl Consumer {
         // The group is made sure of once, and again after any failure (a
         // restarted or flushed Redis loses it): not a round trip per batch.
         let mut group_ready = false;
+        // A batch read while the previous one was being settled.
+        let mut ahead: Option<Vec<Delivery>> = None;
         while !shutdown.is_cancelled() {
             let round = async {
                 if !group_ready {
@@ -229,9 +232,20 @@ impl Consumer {
                     last_reclaim = Some(Instant::now());
                     self.poll_reclaimed(handler).await?;
                 }
-                let batch =
-                    self.bus.read(&self.stream, &self.group, &self.name, self.config.batch, self.config.block).await?;
-                self.settle(handler, batch).await
+                let batch = match ahead.take() {
+                    Some(batch) => batch,
+                    None => self.read().await?,
+                };
+                if batch.is_empty() {
+                    return self.settle(handler, batch).await;
+                }
+                // The next read's round trip overlaps this batch's handling
+                // and acknowledgement: batches stay handled one at a time, in order.
+                let (settled, next) = tokio::join!(self.settle(handler, batch), self.read());
+                // Read but not handled: handled next round (after the pause if this one failed).
+                let read = next.map(|batch| ahead = Some(batch));
+                settled?;
+                read.map_err(ConsumerError::from)
             };
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -251,6 +265,11 @@ impl Consumer {
                 }
             }
         }
+    }
+
+    /// New entries for this consumer, waiting up to `block` for some.
+    async fn read(&self) -> Result<Vec<Delivery>, BusError> {
+        self.bus.read(&self.stream, &self.group, &self.name, self.config.batch, self.config.block).await
     }
 
     /// Takes over and handles entries other consumers left pending.
