@@ -234,25 +234,26 @@ macro_rules! contract {
 contract!(memory_backend, memory());
 contract!(redis_backend, redis());
 
-#[tokio::test]
-async fn invalidating_all_empties_the_namespace_and_no_other_in_memory() {
-    invalidating_all_empties_the_namespace_and_no_other(memory_pair()).await;
+/// The checks that need two namespaces over one backend, for each backend.
+macro_rules! sharing_contract {
+    ($($check:ident),*) => {
+        mod sharing {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::$check(memory_pair()).await;
+                    super::$check(redis_pair()).await;
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test]
-async fn invalidating_all_empties_the_namespace_and_no_other_in_redis() {
-    invalidating_all_empties_the_namespace_and_no_other(redis_pair()).await;
-}
-
-#[tokio::test]
-async fn a_load_overtaken_by_invalidating_all_does_not_fill_in_memory() {
-    a_load_overtaken_by_invalidating_all_does_not_fill(memory_pair()).await;
-}
-
-#[tokio::test]
-async fn a_load_overtaken_by_invalidating_all_does_not_fill_in_redis() {
-    a_load_overtaken_by_invalidating_all_does_not_fill(redis_pair()).await;
-}
+sharing_contract!(
+    invalidating_all_empties_the_namespace_and_no_other,
+    a_load_overtaken_by_invalidating_all_does_not_fill
+);
 
 #[tokio::test]
 async fn reads_go_around_an_unreachable_redis() {

@@ -228,16 +228,20 @@ async fn retirement_through_the_api(mut f: Fixture) {
     assert_eq!(kit::error::reason(&status).as_deref(), Some("RETIRED"));
 }
 
+/// One row of an import, without an email.
+fn record(customer: &str, lms_user_id: &str, username: &str) -> pb::CustomerRecord {
+    pb::CustomerRecord {
+        customer_id: customer.into(),
+        lms_user_id: lms_user_id.into(),
+        lms_username: username.into(),
+        email: String::new(),
+    }
+}
+
 async fn import_streams_counts_and_reasons(mut f: Fixture) {
     f.client.upsert_customer(upsert("owner", "900", "owner")).await.unwrap();
     // A miss cached before the import must not hide the imported row.
     assert_eq!(f.client.get_customer(get("i1")).await.unwrap_err().code(), Code::NotFound);
-    let record = |c: &str, id: &str, name: &str| pb::CustomerRecord {
-        customer_id: c.into(),
-        lms_user_id: id.into(),
-        lms_username: name.into(),
-        email: String::new(),
-    };
     let batches = vec![
         pb::ImportCustomersRequest { customers: vec![record("i1", "1", "imp_one"), record("i2", "x", "imp_two")] },
         pb::ImportCustomersRequest { customers: vec![] },
@@ -267,12 +271,6 @@ async fn import_streams_counts_and_reasons(mut f: Fixture) {
 /// and a miss cached before is gone.
 async fn a_first_load_answers_as_batch_by_batch_would(mut f: Fixture) {
     assert_eq!(f.client.get_customer(get("f1")).await.unwrap_err().code(), Code::NotFound);
-    let record = |c: &str, id: &str, name: &str| pb::CustomerRecord {
-        customer_id: c.into(),
-        lms_user_id: id.into(),
-        lms_username: name.into(),
-        email: String::new(),
-    };
     let clean = vec![
         pb::ImportCustomersRequest { customers: vec![record("f1", "1", "first_one"), record("f2", "x", "bad_id")] },
         pb::ImportCustomersRequest { customers: vec![] },
@@ -291,12 +289,6 @@ async fn a_first_load_answers_as_batch_by_batch_would(mut f: Fixture) {
 /// A first load whose rows share keys falls back to batch by batch: the same
 /// repeats, taken keys and updates as into a table that had rows.
 async fn a_first_load_with_shared_keys_answers_as_batch_by_batch_would(mut f: Fixture) {
-    let record = |c: &str, id: &str, name: &str| pb::CustomerRecord {
-        customer_id: c.into(),
-        lms_user_id: id.into(),
-        lms_username: name.into(),
-        email: String::new(),
-    };
     let stream = vec![
         pb::ImportCustomersRequest {
             customers: vec![record("s1", "1", "ann"), record("s2", "2", "bob"), record("s1", "9", "ann_again")],
