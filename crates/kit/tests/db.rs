@@ -156,3 +156,61 @@ async fn zero_turns_the_statement_timeout_off() {
     let shown: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(&pool).await.expect("show");
     assert_eq!(shown, "0");
 }
+
+/// A one-connection pool with `ping_after_idle`, its connection's backend
+/// pid, and that backend terminated by another session (waited for until it
+/// is gone, so the pool's next statement meets a dead connection).
+async fn pool_whose_connection_was_terminated(
+    test_db: &TestDatabase,
+    ping_after_idle: Duration,
+) -> (sqlx::PgPool, i32) {
+    let config = DatabaseConfig { max_connections: 1, ping_after_idle, ..test_db.config().clone() };
+    let Database::Postgres(pool) = Database::open(&config).expect("open") else {
+        panic!("a postgres URL opens a postgres pool");
+    };
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&pool).await.expect("pid");
+    let Database::Postgres(admin) = Database::open(test_db.config()).expect("open") else {
+        panic!("a postgres URL opens a postgres pool");
+    };
+    let terminated: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&admin).await.expect("terminate");
+    assert!(terminated, "the pool's backend {pid} was signalled");
+    loop {
+        let alive: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+            .bind(pid)
+            .fetch_one(&admin)
+            .await
+            .expect("pg_stat_activity");
+        if !alive {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    admin.close().await;
+    (pool, pid)
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_ping_after_idle_is_pinged_and_a_dead_one_replaced_unseen() {
+    let test_db = TestDatabase::postgres("example").await;
+    let (pool, dead) = pool_whose_connection_was_terminated(&test_db, Duration::ZERO).await;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("the ping found the dead connection and the pool opened another");
+    assert_ne!(pid, dead);
+}
+
+#[tokio::test]
+async fn a_connection_in_steady_use_is_handed_out_without_a_ping() {
+    // Without the ping, the statement itself is the first to meet the dead
+    // connection: that failure is the proof no round trip came before it.
+    let test_db = TestDatabase::postgres("example").await;
+    let (pool, dead) = pool_whose_connection_was_terminated(&test_db, Duration::from_secs(3600)).await;
+    let error = sqlx::query("SELECT 1").execute(&pool).await.expect_err("no ping came first to find it dead");
+    assert!(!matches!(error, sqlx::Error::PoolTimedOut), "the statement met the dead connection: {error}");
+    assert_eq!(kit::db::classify(&error), kit::db::StoreFailure::Unavailable, "a caller is told to retry: {error}");
+    // sqlx pings a connection as it comes back and discards it if dead.
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&pool).await.expect("a new connection");
+    assert_ne!(pid, dead);
+}
