@@ -73,6 +73,11 @@ struct Args {
     /// Concurrent gRPC callers of FulfillOrder (over one HTTP/2 connection).
     #[arg(long, default_value_t = 32)]
     clients: usize,
+    /// Open loop instead of `--clients`: line items a second, each order sent
+    /// at its scheduled time whatever the earlier ones are doing; latency from
+    /// that time to the answer.
+    #[arg(long)]
+    rate: Option<u64>,
     /// Worker concurrency (LMS calls in flight at most).
     #[arg(long, default_value_t = WorkerConfig::default().concurrency)]
     concurrency: usize,
@@ -82,6 +87,10 @@ struct Args {
     /// The service's Postgres pool size (`database.max_connections`).
     #[arg(long, default_value_t = DatabaseConfig::default().max_connections)]
     db_connections: u32,
+    /// Ping every pooled connection as it is taken (`database.ping_after_idle = 0s`, sqlx's
+    /// own check) instead of only those idle for a second: the before of that change.
+    #[arg(long)]
+    ping_every_checkout: bool,
     /// Reuse `fulfillment_bench` as it is and only drain what is PENDING there.
     #[arg(long)]
     skip_accept: bool,
@@ -343,7 +352,51 @@ struct Accepted {
     latencies: Vec<Duration>,
 }
 
+/// `--rate`: every order sent at its scheduled time, none repeated.
+async fn accept_at_rate(
+    args: &Args,
+    rate: u64,
+    client: FulfillmentServiceClient<kit::client::TracedChannel>,
+) -> Accepted {
+    let placed = chrono::Utc::now().timestamp() - 3600;
+    let lines = args.lines_per_order;
+    let interval = Duration::from_secs_f64(f64::from(lines) / rate.max(1) as f64);
+    let start = tokio::time::Instant::now();
+    let mut calls = Vec::with_capacity(args.orders as usize);
+    for i in 0..args.orders {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move {
+            let answer = client.fulfill_order(order(i, lines, placed)).await;
+            (due.elapsed(), answer.map(|a| a.into_inner().created))
+        }));
+    }
+    let mut result =
+        Accepted { orders: 0, errors: 0, not_created: 0, first_error: None, seconds: 0.0, latencies: Vec::new() };
+    for call in calls {
+        let (latency, answer) = call.await.unwrap();
+        match answer {
+            Ok(created) => {
+                result.latencies.push(latency);
+                result.not_created += u64::from(!created);
+            }
+            Err(status) => {
+                result.errors += 1;
+                result.first_error.get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+            }
+        }
+    }
+    result.seconds = start.elapsed().as_secs_f64();
+    result.orders = result.latencies.len() as u64;
+    result.latencies.sort();
+    result
+}
+
 async fn accept(args: &Args, client: FulfillmentServiceClient<kit::client::TracedChannel>) -> Accepted {
+    if let Some(rate) = args.rate {
+        return accept_at_rate(args, rate, client).await;
+    }
     let next = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let placed = chrono::Utc::now().timestamp() - 3600;
@@ -501,6 +554,11 @@ async fn main() {
         url: with_database(&args.database_url, DATABASE, SERVICE_APP),
         schema: Some(fulfillment::NAME.into()),
         max_connections: args.db_connections,
+        ping_after_idle: if args.ping_every_checkout {
+            Duration::ZERO
+        } else {
+            DatabaseConfig::default().ping_after_idle
+        },
         ..DatabaseConfig::default()
     };
     kit::db::migrate(&db_config, &fulfillment::MIGRATIONS).await.expect("migrate");
@@ -572,7 +630,7 @@ async fn main() {
     );
     let _ = writeln!(
         report,
-        "Run: `--orders {} --lines-per-order {} --clients {} --concurrency {} --lms-latency {:?} --db-connections {}`{}{}\n",
+        "Run: `--orders {} --lines-per-order {} --clients {} --concurrency {} --lms-latency {:?} --db-connections {}`{}{}{}{}\n",
         args.orders,
         args.lines_per_order,
         args.clients,
@@ -581,6 +639,8 @@ async fn main() {
         args.db_connections,
         if args.skip_accept { " --skip-accept" } else { "" },
         if args.skip_drain { " --skip-drain" } else { "" },
+        args.rate.map_or_else(String::new, |rate| format!(" --rate {rate}")),
+        if args.ping_every_checkout { " --ping-every-checkout" } else { "" },
     );
 
     if !args.skip_accept {
@@ -598,7 +658,7 @@ async fn main() {
              | {} | {} | {} | {} | {:.1} s | {} | **{}** | {} | {} | **{}** | {} |\n",
             thousands(a.orders as f64),
             thousands(lines as f64),
-            args.clients,
+            args.rate.map_or_else(|| args.clients.to_string(), |rate| format!("open loop at {rate} items/s")),
             a.errors,
             a.seconds,
             thousands(a.orders as f64 / a.seconds),
