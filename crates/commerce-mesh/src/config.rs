@@ -32,6 +32,7 @@
 //! | `<service>.admin_listen` | `MESH_FULFILLMENT__ADMIN_LISTEN`, ... | `127.0.0.1:9051` to `:9054`: `/metrics` and `/healthz` of `serve <service>` |
 //! | `<service>.database.url` | `MESH_FULFILLMENT__DATABASE__URL`, ... | unset: as above |
 //! | `<service>.database.statement_timeout` | `MESH_FULFILLMENT__DATABASE__STATEMENT_TIMEOUT`, ... | `10s`: Postgres cancels a statement (lock waits included) past it; `0s` turns it off; migrations run without it. Without `database.url` it applies to the shared database |
+//! | `<service>.database.ping_after_idle` | `MESH_FULFILLMENT__DATABASE__PING_AFTER_IDLE`, ... | `1s`: a pooled connection idle this long is pinged before use; one in steady use is not; `0s` pings at every checkout |
 //! | `gateway.listen` | `MESH_GATEWAY__LISTEN` | `127.0.0.1:8080` |
 //! | `gateway.admin_listen` | `MESH_GATEWAY__ADMIN_LISTEN` | `127.0.0.1:9080`: the admin port of `serve gateway` |
 //! | `gateway.fulfillment_url`, `.customer_identity_url`, `.catalog_ingest_url`, `.purchase_history_url` | `MESH_GATEWAY__FULFILLMENT_URL`, ... | `http://127.0.0.1:50051` to `:50054` (`up` uses its own); `dns:///host:port` balances across every address of a headless service |

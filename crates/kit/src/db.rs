@@ -52,8 +52,8 @@ pub struct DatabaseConfig {
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
     /// A pooled connection idle at least this long is pinged (one round
-    /// trip) before it is handed out; one in steady use is not, since its
-    /// last statement proved it alive. Zero: ping at every checkout.
+    /// trip) before it is handed out; one in steady use is not: sqlx pinged
+    /// it as it came back, less than this long ago. Zero: ping at every checkout.
     #[serde(with = "humantime_serde")]
     pub ping_after_idle: Duration,
 }
@@ -312,9 +312,10 @@ pub async fn pending_migrations(config: &DatabaseConfig, migrations: &Migrations
 
 /// The pool's size and waits, and its check of idle connections: sqlx's own
 /// check pings at every checkout, a round trip on the path of every request
-/// (issue 17 counted 2 of CatalogIngest's 9–11 per event). A connection that
-/// died while in steady use fails the one statement that finds it out, and
-/// sqlx then discards it when it comes back (it pings on release).
+/// (issue 17 counted 2 of CatalogIngest's 9–11 per event). sqlx also pings
+/// each connection as it comes back (off the caller's path), so one taken
+/// again soon after was seen alive then; one that died since fails the one
+/// statement that finds it out, and is discarded as it comes back.
 fn pool_options<DB: sqlx::Database>(config: &DatabaseConfig) -> sqlx::pool::PoolOptions<DB> {
     let ping_after_idle = config.ping_after_idle;
     sqlx::pool::PoolOptions::new()
@@ -323,8 +324,12 @@ fn pool_options<DB: sqlx::Database>(config: &DatabaseConfig) -> sqlx::pool::Pool
         .test_before_acquire(false)
         .before_acquire(move |conn: &mut DB::Connection, meta: sqlx::pool::PoolConnectionMetadata| {
             Box::pin(async move {
-                if meta.idle_for >= ping_after_idle {
-                    conn.ping().await?;
+                if meta.idle_for >= ping_after_idle
+                    && let Err(error) = conn.ping().await
+                {
+                    // Expected after a restart of the server: the pool opens another.
+                    tracing::info!(%error, "an idle pooled connection did not answer its ping; closing it");
+                    return Ok(false);
                 }
                 Ok(true)
             })

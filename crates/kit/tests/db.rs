@@ -169,6 +169,11 @@ async fn pool_whose_connection_was_terminated(
         panic!("a postgres URL opens a postgres pool");
     };
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&pool).await.expect("pid");
+    // Back in the pool (sqlx returns it, after a ping, in a task of its own)
+    // before it is killed, so the kill is found by the next checkout.
+    while pool.num_idle() < 1 {
+        tokio::task::yield_now().await;
+    }
     let Database::Postgres(admin) = Database::open(test_db.config()).expect("open") else {
         panic!("a postgres URL opens a postgres pool");
     };

@@ -350,6 +350,9 @@ struct Accepted {
     first_error: Option<String>,
     seconds: f64,
     latencies: Vec<Duration>,
+    /// `--rate` only: how late each send left its schedule (the timer's
+    /// millisecond steps, a busy runtime); part of the latency.
+    send_lags: Vec<Duration>,
 }
 
 /// `--rate`: every order sent at its scheduled time, none repeated.
@@ -363,17 +366,26 @@ async fn accept_at_rate(
     let interval = Duration::from_secs_f64(f64::from(lines) / rate.max(1) as f64);
     let start = tokio::time::Instant::now();
     let mut calls = Vec::with_capacity(args.orders as usize);
+    let mut lags = Vec::with_capacity(args.orders as usize);
     for i in 0..args.orders {
         let due = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(due).await;
+        lags.push(due.elapsed());
         let mut client = client.clone();
         calls.push(tokio::spawn(async move {
             let answer = client.fulfill_order(order(i, lines, placed)).await;
             (due.elapsed(), answer.map(|a| a.into_inner().created))
         }));
     }
-    let mut result =
-        Accepted { orders: 0, errors: 0, not_created: 0, first_error: None, seconds: 0.0, latencies: Vec::new() };
+    let mut result = Accepted {
+        orders: 0,
+        errors: 0,
+        not_created: 0,
+        first_error: None,
+        seconds: 0.0,
+        latencies: Vec::new(),
+        send_lags: Vec::new(),
+    };
     for call in calls {
         let (latency, answer) = call.await.unwrap();
         match answer {
@@ -390,6 +402,8 @@ async fn accept_at_rate(
     result.seconds = start.elapsed().as_secs_f64();
     result.orders = result.latencies.len() as u64;
     result.latencies.sort();
+    lags.sort();
+    result.send_lags = lags;
     result
 }
 
@@ -445,8 +459,15 @@ async fn accept(args: &Args, client: FulfillmentServiceClient<kit::client::Trace
             })
         })
         .collect();
-    let mut result =
-        Accepted { orders: 0, errors: 0, not_created: 0, first_error: None, seconds: 0.0, latencies: Vec::new() };
+    let mut result = Accepted {
+        orders: 0,
+        errors: 0,
+        not_created: 0,
+        first_error: None,
+        seconds: 0.0,
+        latencies: Vec::new(),
+        send_lags: Vec::new(),
+    };
     for caller in callers {
         let (latencies, errors, not_created, first_error) = caller.await.unwrap();
         result.latencies.extend(latencies);
@@ -671,6 +692,18 @@ async fn main() {
         let _ = writeln!(report, "Jobs stored: {stored}; answers with created=false: {}.", a.not_created);
         if let Some(error) = &a.first_error {
             let _ = writeln!(report, "First failed call: {error}.");
+        }
+        if !a.send_lags.is_empty() {
+            let _ = writeln!(
+                report,
+                "Sends behind their schedule (counted in the latency): p50 {}, p99 {}, max {}.",
+                ms(percentile(&a.send_lags, 0.5)),
+                ms(percentile(&a.send_lags, 0.99)),
+                ms(a.send_lags.last().copied().unwrap_or_default()),
+            );
+        }
+        if a.errors > 0 {
+            let _ = writeln!(report, "**{} calls failed and are not in the percentiles.**", a.errors);
         }
         let _ = writeln!(report, "\n{observed}");
     }
