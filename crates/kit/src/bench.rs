@@ -42,11 +42,25 @@ pub fn thousands(value: f64) -> String {
 }
 
 /// A Postgres `url` with its database replaced by `database` and
-/// `application_name` set (so a harness can tell its connections apart).
+/// `application_name` set (so a harness can tell its connections apart);
+/// its other parameters (`sslmode`, ...) kept.
+///
+/// ```
+/// assert_eq!(
+///     kit::bench::with_database("postgres://pg@127.0.0.1:5432/postgres?sslmode=disable", "bench", "harness"),
+///     "postgres://pg@127.0.0.1:5432/bench?sslmode=disable&application_name=harness",
+/// );
+/// ```
 pub fn with_database(url: &str, database: &str, application: &str) -> String {
-    let base = url.split('?').next().unwrap_or(url);
-    let slash = base.rfind('/').filter(|&at| at > "postgres://".len()).unwrap_or(base.len());
-    format!("{}/{database}?application_name={application}", &base[..slash])
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // Not a URL: left as given, for the connect to name the problem.
+        return url.to_string();
+    };
+    let kept: Vec<(String, String)> =
+        parsed.query_pairs().filter(|(key, _)| key != "application_name").map(|(k, v)| (k.into(), v.into())).collect();
+    parsed.set_path(&format!("/{database}"));
+    parsed.query_pairs_mut().clear().extend_pairs(kept).append_pair("application_name", application);
+    parsed.to_string()
 }
 
 /// Cumulative CPU ticks of the machine, and of this process, Postgres and

@@ -343,6 +343,7 @@ async fn setting(admin: &PgPool, name: &str) -> String {
 
 // ---------------------------------------------------------------- phases
 
+#[derive(Default)]
 struct Accepted {
     orders: u64,
     errors: u64,
@@ -377,15 +378,7 @@ async fn accept_at_rate(
             (due.elapsed(), answer.map(|a| a.into_inner().created))
         }));
     }
-    let mut result = Accepted {
-        orders: 0,
-        errors: 0,
-        not_created: 0,
-        first_error: None,
-        seconds: 0.0,
-        latencies: Vec::new(),
-        send_lags: Vec::new(),
-    };
+    let mut result = Accepted::default();
     for call in calls {
         let (latency, answer) = call.await.unwrap();
         match answer {
@@ -459,15 +452,7 @@ async fn accept(args: &Args, client: FulfillmentServiceClient<kit::client::Trace
             })
         })
         .collect();
-    let mut result = Accepted {
-        orders: 0,
-        errors: 0,
-        not_created: 0,
-        first_error: None,
-        seconds: 0.0,
-        latencies: Vec::new(),
-        send_lags: Vec::new(),
-    };
+    let mut result = Accepted::default();
     for caller in callers {
         let (latencies, errors, not_created, first_error) = caller.await.unwrap();
         result.latencies.extend(latencies);
