@@ -62,10 +62,17 @@ async fn invalidation_forces_a_load(cache: ReadThrough) {
     assert_eq!(cache.get("k", || value("newer")).await.unwrap(), Some(b"new".to_vec()));
 }
 
-/// A load that read the old value before a write must not cache it after the
-/// write's invalidation.
-async fn a_load_overtaken_by_a_write_does_not_fill(cache: ReadThrough) {
-    let cache = Arc::new(cache);
+/// What a reader of "k" gets when its load reads `read` and then, before
+/// the load returns, a write commits and `invalidate` runs.
+async fn read_overtaken_by<F, Fut>(
+    cache: &Arc<ReadThrough>,
+    read: Option<&'static str>,
+    invalidate: F,
+) -> Option<Vec<u8>>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let (read_done_tx, read_done_rx) = tokio::sync::oneshot::channel::<()>();
     let (write_done_tx, write_done_rx) = tokio::sync::oneshot::channel::<()>();
     let reader = {
@@ -77,16 +84,24 @@ async fn a_load_overtaken_by_a_write_does_not_fill(cache: ReadThrough) {
                     read_done_tx.send(()).unwrap();
                     // ...and the write commits and invalidates before the load returns.
                     write_done_rx.await.unwrap();
-                    value("old").await
+                    Ok::<_, std::convert::Infallible>(read.map(|text| text.as_bytes().to_vec()))
                 })
                 .await
                 .unwrap()
         })
     };
     read_done_rx.await.unwrap();
-    cache.invalidate(&["k".to_string()]).await.unwrap();
+    invalidate().await;
     write_done_tx.send(()).unwrap();
-    assert_eq!(reader.await.unwrap(), Some(b"old".to_vec()), "the overtaken reader itself may see the old value");
+    reader.await.unwrap()
+}
+
+/// A load that read the old value before a write must not cache it after the
+/// write's invalidation.
+async fn a_load_overtaken_by_a_write_does_not_fill(cache: ReadThrough) {
+    let cache = Arc::new(cache);
+    let read = read_overtaken_by(&cache, Some("old"), || async { cache.invalidate(&["k".to_string()]).await.unwrap() });
+    assert_eq!(read.await, Some(b"old".to_vec()), "the overtaken reader itself may see the old value");
     assert_eq!(
         cache.get("k", || value("new")).await.unwrap(),
         Some(b"new".to_vec()),
@@ -176,25 +191,8 @@ async fn invalidating_all_empties_the_namespace_and_no_other((cache, other): (Re
 /// emptied must not leave its (stale) miss behind.
 async fn a_load_overtaken_by_invalidating_all_does_not_fill((cache, _): (ReadThrough, ReadThrough)) {
     let cache = Arc::new(cache);
-    let (read_done_tx, read_done_rx) = tokio::sync::oneshot::channel::<()>();
-    let (write_done_tx, write_done_rx) = tokio::sync::oneshot::channel::<()>();
-    let reader = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            cache
-                .get("k", || async move {
-                    read_done_tx.send(()).unwrap();
-                    write_done_rx.await.unwrap();
-                    Ok::<_, std::convert::Infallible>(None)
-                })
-                .await
-                .unwrap()
-        })
-    };
-    read_done_rx.await.unwrap();
-    cache.invalidate_all().await.unwrap();
-    write_done_tx.send(()).unwrap();
-    assert_eq!(reader.await.unwrap(), None, "the overtaken reader itself saw the table before the load");
+    let read = read_overtaken_by(&cache, None, || async { cache.invalidate_all().await.unwrap() });
+    assert_eq!(read.await, None, "the overtaken reader itself saw the table before the load");
     assert_eq!(cache.get("k", || value("loaded")).await.unwrap(), Some(b"loaded".to_vec()), "no stale miss cached");
 }
 

@@ -68,13 +68,20 @@ impl CustomerIdentityApi {
 
     async fn invalidate_keys(&self, keys: Vec<String>) -> Result<(), Status> {
         self.cache.invalidate(&keys).await.map_err(|error| {
-            tracing::error!(%error, "cache invalidation failed after a committed write");
-            Status::unavailable(
+            stored_but_not_invalidated(
+                error,
                 "the change was stored, but the cache could not be invalidated; repeat the request \
                  (it is idempotent) once the cache is reachable",
             )
         })
     }
+}
+
+/// A write committed, its cache invalidation failed: UNAVAILABLE, so the
+/// caller repeats the (idempotent) write and its invalidation with it.
+fn stored_but_not_invalidated(error: kit::cache::CacheError, message: &'static str) -> Status {
+    tracing::error!(%error, "cache invalidation failed after a committed write");
+    Status::unavailable(message)
 }
 
 fn decode(bytes: &[u8]) -> Result<pb::Customer, Status> {
@@ -317,8 +324,8 @@ impl CustomerIdentityApi {
             }
         }
         self.cache.invalidate_all().await.map_err(|error| {
-            tracing::error!(%error, "cache invalidation failed after a first load");
-            Status::unavailable(
+            stored_but_not_invalidated(
+                error,
                 "the rows were stored, but the cache could not be cleared; import the file again \
                  (it is idempotent) once the cache is reachable",
             )

@@ -1,6 +1,7 @@
 //! The SQLite store, for embedded mode: one writer at a time (`BEGIN
 //! IMMEDIATE`), so reads inside a write see what the write will change.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use chrono::Utc;
@@ -150,19 +151,53 @@ impl Store for SqliteStore {
     }
 }
 
-/// Rows per multi-row INSERT into the staging table: 5 parameters each, well
-/// under SQLite's 32,766 per statement; one statement text, prepared once per
-/// connection and reused.
+/// Rows per multi-row INSERT into a staging table: at most 6 parameters
+/// each, well under SQLite's 32,766 per statement.
 const STAGE_CHUNK: usize = 500;
 
-/// `INSERT INTO temp.customer_import VALUES (?, ?, ?, ?, ?), ...` for
-/// [`STAGE_CHUNK`] rows.
-static STAGE_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let mut sql =
-        String::from("INSERT INTO temp.customer_import (ord, customer_id, lms_user_id, lms_username, email) VALUES ");
-    sql.push_str(&vec!["(?, ?, ?, ?, ?)"; STAGE_CHUNK].join(", "));
-    sql
-});
+/// The head of the ordinary import's staging INSERT (one leading column: the row's index).
+const IMPORT_STAGE_HEAD: &str =
+    "INSERT INTO temp.customer_import (ord, customer_id, lms_user_id, lms_username, email) VALUES ";
+
+/// [`IMPORT_STAGE_HEAD`] for a whole [`STAGE_CHUNK`].
+static IMPORT_STAGE_CHUNK: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| staged_insert::<1>(IMPORT_STAGE_HEAD, STAGE_CHUNK));
+
+/// `head` followed by `rows` tuples of `N` leading integers and a link's four columns.
+fn staged_insert<const N: usize>(head: &str, rows: usize) -> String {
+    let tuple = format!("({})", vec!["?"; N + 4].join(", "));
+    format!("{head}{}", vec![tuple; rows].join(", "))
+}
+
+/// Inserts `rows` (each `N` leading integers, then a link's columns) into a
+/// staging table, [`STAGE_CHUNK`] rows a statement: `whole_chunk` is the
+/// statement for a full chunk, one text that each connection prepares once
+/// and reuses; the rest goes in one statement not kept in the connection's cache.
+async fn insert_staged<const N: usize>(
+    conn: &mut SqliteConnection,
+    head: &str,
+    whole_chunk: &'static str,
+    rows: &[([i64; N], &CustomerLink)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(STAGE_CHUNK) {
+        let whole = chunk.len() == STAGE_CHUNK;
+        let sql: Cow<'static, str> =
+            if whole { Cow::Borrowed(whole_chunk) } else { Cow::Owned(staged_insert::<N>(head, chunk.len())) };
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(whole);
+        for (leading, row) in chunk {
+            for value in leading {
+                insert = insert.bind(*value);
+            }
+            insert = insert
+                .bind(row.customer_id().as_str())
+                .bind(row.lms_user_id().get())
+                .bind(row.lms_username().as_str())
+                .bind(row.email().as_str());
+        }
+        insert.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
 
 /// A connection's settings before an import changed them.
 struct Restore {
@@ -211,26 +246,9 @@ async fn import_bulk(
     )
     .execute(&mut *tx)
     .await?;
-    let candidates: Vec<(usize, &CustomerLink)> = rows.iter().enumerate().filter(|(i, _)| !skip.contains(i)).collect();
-    let mut chunks = candidates.chunks_exact(STAGE_CHUNK);
-    for chunk in chunks.by_ref() {
-        let mut insert = sqlx::query(sqlx::AssertSqlSafe(STAGE_INSERT.as_str()));
-        for &(index, row) in chunk {
-            insert = bind_staged(insert, index as i64, row);
-        }
-        insert.execute(&mut *tx).await?;
-    }
-    for &(index, row) in chunks.remainder() {
-        bind_staged(
-            sqlx::query(
-                "INSERT INTO temp.customer_import (ord, customer_id, lms_user_id, lms_username, email) VALUES (?, ?, ?, ?, ?)",
-            ),
-            index as i64,
-            row,
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
+    let candidates: Vec<([i64; 1], &CustomerLink)> =
+        rows.iter().enumerate().filter(|(i, _)| !skip.contains(i)).map(|(i, row)| ([i as i64], row)).collect();
+    insert_staged(&mut tx, IMPORT_STAGE_HEAD, IMPORT_STAGE_CHUNK.as_str(), &candidates).await?;
 
     let existing: Vec<CustomerRow> = sqlx::query_as(
         "SELECT c.customer_id, c.lms_user_id, c.lms_username, c.email, c.version, c.retired, c.create_time, c.update_time
@@ -271,19 +289,6 @@ async fn import_bulk(
     Ok(outcome)
 }
 
-fn bind_staged<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    ord: i64,
-    row: &'q CustomerLink,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    query
-        .bind(ord)
-        .bind(row.customer_id().as_str())
-        .bind(row.lms_user_id().get())
-        .bind(row.lms_username().as_str())
-        .bind(row.email().as_str())
-}
-
 /// The row-by-row path, each row with the upsert's own checks, in one transaction.
 async fn import_row_by_row(
     conn: &mut SqliteConnection,
@@ -299,20 +304,13 @@ async fn import_row_by_row(
     Ok(outcome)
 }
 
-/// Rows per multi-row INSERT into the first load's staging table (6 parameters each).
-const FIRST_LOAD_CHUNK: usize = 500;
+/// The head of the first load's staging INSERT (two leading columns: the batch and the row's number).
+const FIRST_LOAD_STAGE_HEAD: &str =
+    "INSERT INTO temp.customer_first_load (batch, ord, customer_id, lms_user_id, lms_username, email) VALUES ";
 
-/// `INSERT INTO temp.customer_first_load VALUES (?, ?, ?, ?, ?, ?), ...` for [`FIRST_LOAD_CHUNK`] rows.
-static FIRST_LOAD_INSERT: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| first_load_insert(FIRST_LOAD_CHUNK));
-
-fn first_load_insert(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO temp.customer_first_load (batch, ord, customer_id, lms_user_id, lms_username, email) VALUES ",
-    );
-    sql.push_str(&vec!["(?, ?, ?, ?, ?, ?)"; rows].join(", "));
-    sql
-}
+/// [`FIRST_LOAD_STAGE_HEAD`] for a whole [`STAGE_CHUNK`].
+static FIRST_LOAD_STAGE_CHUNK: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| staged_insert::<2>(FIRST_LOAD_STAGE_HEAD, STAGE_CHUNK));
 
 /// A first load into SQLite ([`super::first_load`]): the batches staged in a
 /// temporary table of one pooled connection (no lock on the database file),
@@ -440,22 +438,9 @@ impl FirstLoad for SqliteFirstLoad {
     async fn stage(&mut self, rows: &[(i64, CustomerLink)]) -> Result<(), StoreError> {
         let batch = self.batches;
         self.batches += 1;
+        let staged: Vec<([i64; 2], &CustomerLink)> = rows.iter().map(|(ord, row)| ([batch, *ord], row)).collect();
         let mut tx = self.conn.begin().await?;
-        let mut chunks = rows.chunks_exact(FIRST_LOAD_CHUNK);
-        for chunk in chunks.by_ref() {
-            let mut insert = sqlx::query(sqlx::AssertSqlSafe(FIRST_LOAD_INSERT.as_str()));
-            for (ord, row) in chunk {
-                insert = bind_staged(insert.bind(batch), *ord, row);
-            }
-            insert.execute(&mut *tx).await?;
-        }
-        if !chunks.remainder().is_empty() {
-            let mut insert = sqlx::query(sqlx::AssertSqlSafe(first_load_insert(chunks.remainder().len())));
-            for (ord, row) in chunks.remainder() {
-                insert = bind_staged(insert.bind(batch), *ord, row);
-            }
-            insert.execute(&mut *tx).await?;
-        }
+        insert_staged(&mut tx, FIRST_LOAD_STAGE_HEAD, FIRST_LOAD_STAGE_CHUNK.as_str(), &staged).await?;
         tx.commit().await?;
         Ok(())
     }
