@@ -53,6 +53,11 @@ impl Component {
         }
     }
 
+    /// The environment variable that sets its listen address: `MESH_CUSTOMER_IDENTITY__LISTEN`.
+    pub fn listen_variable(self) -> String {
+        format!("MESH_{}__LISTEN", self.module().to_uppercase())
+    }
+
     /// The Rust module its code lives in, so its spans can be told apart.
     pub fn module(self) -> &'static str {
         match self {

@@ -23,7 +23,7 @@ pub enum MeshError {
     #[error(transparent)]
     Config(#[from] ConfigProblem),
     /// The listen address is taken or invalid.
-    #[error("{component}: cannot listen on {address}: {source}")]
+    #[error("{component}: cannot listen on {address}: {source} (set {} to another address)", component.listen_variable())]
     Bind {
         /// Which component.
         component: Component,

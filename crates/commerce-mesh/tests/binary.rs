@@ -68,7 +68,8 @@ async fn http_get(address: &str, path: &str) -> String {
 #[tokio::test]
 async fn up_with_no_configuration_serves_every_service_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = mesh_command(dir.path()).arg("up").spawn().expect("spawn");
+    // stderr passes through: if `up` stops early (a default port taken), the failure shows why.
+    let mut child = mesh_command(dir.path()).arg("up").stderr(std::process::Stdio::inherit()).spawn().expect("spawn");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
 
     // The banner: one line per component, `name  scheme://address`, then `metrics  http://address/metrics`.
@@ -311,6 +312,28 @@ async fn a_bad_setting_fails_at_once_naming_it() {
     assert!(stderr.contains("FULFILLMENT.LISTEN"), "names the key: {stderr}");
     assert!(stderr.contains("MESH_"), "names where it came from: {stderr}");
     assert_eq!(stderr.matches("invalid socket address").count(), 1, "says it once: {stderr}");
+}
+
+#[tokio::test]
+async fn a_taken_port_fails_at_once_naming_the_component_and_the_setting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let address = taken.local_addr().expect("bound").to_string();
+    let output = mesh_command(dir.path())
+        .arg("up")
+        .env("MESH_FULFILLMENT__LISTEN", &address)
+        .envs(
+            ["GATEWAY__LISTEN", "CUSTOMER_IDENTITY__LISTEN", "CATALOG_INGEST__LISTEN", "PURCHASE_HISTORY__LISTEN"]
+                .map(|key| (format!("MESH_{key}"), "127.0.0.1:0")),
+        )
+        .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("fulfillment: cannot listen on {address}")), "names what and where: {stderr}");
+    assert!(stderr.contains("MESH_FULFILLMENT__LISTEN"), "names the setting that moves it: {stderr}");
 }
 
 #[tokio::test]
