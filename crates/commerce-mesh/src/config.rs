@@ -1,5 +1,8 @@
 //! The mesh's configuration: defaults, then an optional TOML file
 //! (`--config` or `MESH_CONFIG`), then `MESH_*` environment variables.
+//! A variable's value that reads as a number or `true`/`false` is taken as
+//! one; where text is wanted (a secret of digits), put it in double quotes:
+//! `MESH_AUTH__DEVELOPMENT_SECRET='"0123..."'`.
 //!
 //! | key | environment | default |
 //! |---|---|---|
