@@ -21,6 +21,32 @@ where
     Ok(kit::client::channel_as(&endpoint, credential)?)
 }
 
+/// A service's refusal as a tool prints it: the code's name (`ALREADY_EXISTS`,
+/// not tonic's sentence), the message, the field violations, and for a
+/// missing or refused token where a tool's token comes from.
+pub(crate) fn answered(status: &tonic::Status) -> String {
+    let hint = match status.code() {
+        tonic::Code::Unauthenticated => {
+            "\n  (a tool's token: --token or COMMERCE_MESH_TOKEN; without one it mints a development token with \
+             MESH_AUTH__DEVELOPMENT_SECRET, or with the secret `up` keeps under its data directory)"
+        }
+        _ => "",
+    };
+    format!("{}: {}{}{hint}", code_name(status.code()), status.message(), violations(status))
+}
+
+/// A gRPC code's canonical name: `AlreadyExists` → `ALREADY_EXISTS`.
+fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
 /// A status's field violations, one indented line each, to follow its message.
 pub(crate) fn violations(status: &tonic::Status) -> String {
     kit::error::field_violations(status).iter().map(|(field, reason)| format!("\n  {field}: {reason}")).collect()
@@ -85,5 +111,16 @@ mod tests {
         assert_eq!(time(Some(&t)), "2023-11-14T22:13:20Z");
         assert_eq!(time_millis(Some(&t)), "2023-11-14T22:13:20.005Z");
         assert_eq!(time(None), "");
+    }
+
+    #[test]
+    fn a_refusal_names_its_code_as_grpc_does_and_where_a_token_comes_from() {
+        let refused = answered(&tonic::Status::already_exists("line item 1 of order EDX-1 was already refunded"));
+        assert_eq!(refused, "ALREADY_EXISTS: line item 1 of order EDX-1 was already refunded");
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::FailedPrecondition), "FAILED_PRECONDITION");
+        let unauthenticated = answered(&tonic::Status::unauthenticated("no bearer token"));
+        assert!(unauthenticated.starts_with("UNAUTHENTICATED: no bearer token\n"), "{unauthenticated}");
+        assert!(unauthenticated.contains("--token or COMMERCE_MESH_TOKEN"), "{unauthenticated}");
     }
 }

@@ -16,7 +16,7 @@ use proto::commerce::ops::v1 as pb;
 use proto::commerce::purchases::v1::purchase_history_dead_letter_service_client::PurchaseHistoryDeadLetterServiceClient;
 use serde_json::json;
 
-use crate::cli_output::{channel_to, pretty, table, time_millis, violations};
+use crate::cli_output::{channel_to, pretty, table, time_millis};
 use crate::{Component, MeshConfig};
 
 /// The components that consume a stream, and so have dead letters.
@@ -129,7 +129,7 @@ pub enum DeadLettersError {
     #[error(transparent)]
     Client(#[from] kit::client::ClientError),
     /// The component refused or failed; its message names the field.
-    #[error("{component} answered {}: {}{}", .status.code(), .status.message(), violations(.status))]
+    #[error("{component} answered {}", crate::cli_output::answered(.status))]
     Service {
         /// Which component.
         component: &'static str,

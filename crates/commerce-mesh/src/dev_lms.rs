@@ -458,7 +458,8 @@ async fn enroll(
         course_details: CourseDetails { course_id: course_id.clone() },
         enrollment_attributes,
     };
-    tracing::info!(user = %enrollment.user, course_id = %course_id, mode = %enrollment.mode, "development LMS: enrolled");
+    let what = if is_active { "development LMS: enrolled" } else { "development LMS: enrollment deactivated" };
+    tracing::info!(user = %enrollment.user, course_id = %course_id, mode = %enrollment.mode, "{what}");
     shared.records().enrollments.insert((user, course_id), enrollment.clone());
     Ok(Json(enrollment))
 }

@@ -93,7 +93,7 @@ pub enum FulfillmentsError {
     #[error(transparent)]
     Client(#[from] kit::client::ClientError),
     /// Fulfillment refused or failed; its message names the field.
-    #[error("Fulfillment answered {}: {}{}", .0.code(), .0.message(), crate::cli_output::violations(.0))]
+    #[error("Fulfillment answered {}", crate::cli_output::answered(.0))]
     Service(tonic::Status),
 }
 

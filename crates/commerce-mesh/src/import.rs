@@ -56,7 +56,7 @@ pub enum ImportError {
         rejected: i64,
     },
     /// The service refused or failed the import; rows before the failure are stored.
-    #[error("CustomerIdentity answered {}: {}", .0.code(), .0.message())]
+    #[error("CustomerIdentity answered {}", crate::cli_output::answered(.0))]
     Service(tonic::Status),
 }
 

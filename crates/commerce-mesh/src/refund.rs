@@ -11,7 +11,7 @@ use proto::commerce::fulfillment::v1 as pb;
 use proto::commerce::fulfillment::v1::fulfillment_service_client::FulfillmentServiceClient;
 use proto::commerce::r#type::v1::Money;
 
-use crate::cli_output::violations;
+use crate::cli_output::answered;
 
 /// What to refund.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub enum RefundError {
     #[error(transparent)]
     Client(#[from] kit::client::ClientError),
     /// Fulfillment refused or failed; its message names the field or the line.
-    #[error("Fulfillment answered {}: {}{}", .0.code(), .0.message(), violations(.0))]
+    #[error("Fulfillment answered {}", answered(.0))]
     Service(tonic::Status),
 }
 
