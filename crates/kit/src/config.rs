@@ -74,7 +74,8 @@ fn read_as_other_than_text(error: &figment::Error) -> Option<&'static str> {
 
 /// A key under `#[serde(flatten)]` fails with figment's path stopping at its
 /// section (`FULFILLMENT`): where that section holds one value equal to the
-/// one refused, the path is made to end at it (`FULFILLMENT.LMS.CLIENT_SECRET`).
+/// one refused from the same source, the path is made to end at it
+/// (`FULFILLMENT.LMS.CLIENT_SECRET`).
 fn to_the_leaf(figment: &Figment, mut error: figment::Error) -> figment::Error {
     use figment::error::{Actual, Kind};
     use figment::value::Value;
@@ -95,7 +96,11 @@ fn to_the_leaf(figment: &Figment, mut error: figment::Error) -> figment::Error {
     }
     let Kind::InvalidType(actual, _) = &error.kind else { return error };
     let Ok(section @ Value::Dict(..)) = figment.find_value(&error.path.join(".")) else { return error };
+    let from_the_same_source = |value: &Value| {
+        figment.get_metadata(value.tag()).map(|source| &source.name) == error.metadata.as_ref().map(|m| &m.name)
+    };
     let same = |value: &Value| match (actual, value) {
+        _ if !from_the_same_source(value) => false,
         (Actual::Unsigned(n), value) => value.to_u128() == Some(*n),
         (Actual::Signed(n), value) => value.to_i128() == Some(*n),
         (Actual::Float(n), value) => value.to_f64() == Some(*n),
@@ -235,6 +240,8 @@ mod tests {
     #[serde(default)]
     struct Client {
         secret: String,
+        /// A default that reads as the same number as the refused value.
+        attempts: u32,
     }
 
     #[derive(Debug, Default, Serialize, Deserialize)]
@@ -246,13 +253,14 @@ mod tests {
     #[test]
     fn text_under_a_flattened_section_is_named_to_its_key_and_quoted_in_a_file() {
         figment::Jail::expect_with(|jail| {
-            jail.set_env("MESH_SECTION__CLIENT__SECRET", "31415");
+            jail.set_env("MESH_SECTION__CLIENT__SECRET", "0");
             let text = load::<Flattened>(None).expect_err("a number is not text").to_string();
             assert!(text.contains("SECTION.CLIENT.SECRET in"), "names the key itself: {text}");
             assert!(text.contains("MESH_SECTION__CLIENT__SECRET='\"...\"'"), "and its variable: {text}");
-            assert!(!text.contains("31415"), "the value may be a secret: {text}");
             jail.clear_env();
             jail.create_file("mesh.toml", "[section.client]\nsecret = 31415\n")?;
+            let text = load::<Flattened>(Some(Path::new("mesh.toml"))).expect_err("in the file too").to_string();
+            assert!(!text.contains("31415"), "the value may be a secret: {text}");
             let text = load::<Flattened>(Some(Path::new("mesh.toml"))).expect_err("in the file too").to_string();
             assert!(text.contains("SECTION.CLIENT.SECRET in"), "{text}");
             assert!(text.contains("write it in double quotes"), "{text}");
