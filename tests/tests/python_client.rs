@@ -94,6 +94,9 @@ impl Installed {
             .envs(env.iter().copied())
             .env("PYTHONPATH", self.site())
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            // gRPC C-core's INFO lines (a GOAWAY as a test server stops) would land
+            // mid-line in unittest's verbose output, which the tests read.
+            .env("GRPC_VERBOSITY", "ERROR")
             .current_dir(self.dir.path())
             .kill_on_drop(true);
         tokio::time::timeout(GUARD * 2, command.output()).await.expect("python ends").unwrap()
