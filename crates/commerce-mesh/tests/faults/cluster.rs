@@ -5,7 +5,6 @@
 //! where its callers expect it).
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,10 +18,7 @@ pub const GUARD: Duration = Duration::from_secs(90);
 /// The development secret the gateway accepts tokens signed with.
 pub const GATEWAY_SECRET: &str = "faults-suite-gateway-development-secret";
 
-/// A free loopback port (bound, then released for the process that will use it).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
-}
+pub use super::support::free_port;
 
 /// A PostgreSQL cluster of its own (initdb into a temporary directory, run as
 /// the `postgres` user), which can be crashed (`pg_ctl stop -m immediate`)

@@ -104,18 +104,37 @@ pub fn nss_wrapper() -> std::path::PathBuf {
         .expect("libnss_wrapper.so (apt-get install libnss-wrapper; scripts/services installs it)")
 }
 
-/// A port free on every address (bound on all, then released for the processes).
+/// A port free on every address, for a child process to listen on. It stays
+/// held for the rest of the test: bound (with SO_REUSEADDR) but not
+/// listening, so the child, which sets SO_REUSEADDR too, can listen on it,
+/// and the kernel hands it to no other socket meanwhile (a port bound and
+/// released could be given to another test's server or connection, and was:
+/// a health check then met an HTTP 404).
 pub fn port_free_on_every(addresses: &[std::net::Ipv4Addr]) -> u16 {
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let hold = |address: std::net::Ipv4Addr, port: u16| -> std::io::Result<tokio::net::TcpSocket> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind((address, port).into())?;
+        Ok(socket)
+    };
     for _ in 0..100 {
-        let first = std::net::TcpListener::bind((addresses[0], 0)).expect("bind");
+        let first = hold(addresses[0], 0).expect("bind");
         let port = first.local_addr().expect("address").port();
-        let others: Result<Vec<std::net::TcpListener>, _> =
-            addresses[1..].iter().map(|address| std::net::TcpListener::bind((*address, port))).collect();
-        if others.is_ok() {
+        let others: Result<Vec<_>, _> = addresses[1..].iter().map(|address| hold(*address, port)).collect();
+        if let Ok(others) = others {
+            let mut held = HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            held.push(first);
+            held.extend(others);
             return port;
         }
     }
     panic!("no port free on every replica address");
+}
+
+/// A loopback port for a child process to listen on, held as [`port_free_on_every`] holds it.
+pub fn free_port() -> u16 {
+    port_free_on_every(&[std::net::Ipv4Addr::LOCALHOST])
 }
 
 /// `commerce-mesh serve <component>` with only `env` (and PATH), logging to `log`.
