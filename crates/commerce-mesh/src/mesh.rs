@@ -76,7 +76,10 @@ pub enum MeshError {
     #[error("gateway: {0}")]
     Gateway(#[from] gateway::GatewayError),
     /// The admin port (`/metrics`, `/healthz`) could not listen or failed.
-    #[error("admin port {address}: {source}")]
+    #[error(
+        "admin port {address}: {source} (set MESH_ADMIN_LISTEN, or MESH_<COMPONENT>__ADMIN_LISTEN under `serve`, to \
+         another address)"
+    )]
     Admin {
         /// The admin address, as configured or as bound.
         address: SocketAddr,

@@ -334,6 +334,24 @@ async fn a_taken_port_fails_at_once_naming_the_component_and_the_setting() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("fulfillment: cannot listen on {address}")), "names what and where: {stderr}");
     assert!(stderr.contains("MESH_FULFILLMENT__LISTEN"), "names the setting that moves it: {stderr}");
+
+    // The admin port too (9090 is Prometheus's own default).
+    let output = mesh_command(dir.path())
+        .arg("up")
+        .envs(
+            ["GATEWAY__LISTEN", "FULFILLMENT__LISTEN", "CUSTOMER_IDENTITY__LISTEN", "CATALOG_INGEST__LISTEN"]
+                .into_iter()
+                .chain(["PURCHASE_HISTORY__LISTEN"])
+                .map(|key| (format!("MESH_{key}"), "127.0.0.1:0")),
+        )
+        .env("MESH_ADMIN_LISTEN", &address)
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("admin port {address}")), "names what and where: {stderr}");
+    assert!(stderr.contains("MESH_ADMIN_LISTEN"), "names the setting that moves it: {stderr}");
 }
 
 #[tokio::test]

@@ -39,14 +39,33 @@ pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
     /// A value has the wrong type or form; the message names the key and where it came from.
-    /// (Not a `source`: figment's words quote the value, which may be a secret.)
-    #[error("invalid configuration: {}", describe(.0))]
-    Invalid(Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<Refusal>),
+}
+
+/// A configuration value refused: figment's error, described without the
+/// value where figment would quote it (it may be a secret), in `Debug` too.
+pub struct Refusal {
+    error: figment::Error,
+    /// figment's path stops at a flattened section and the key under it is not known.
+    under_section: bool,
 }
 
 impl From<Box<figment::Error>> for ConfigError {
     fn from(error: Box<figment::Error>) -> Self {
-        Self::Invalid(error)
+        Self::Invalid(Box::new(Refusal { error: *error, under_section: false }))
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(self))
+    }
+}
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Refusal").field(&describe(self)).finish()
     }
 }
 
@@ -73,10 +92,12 @@ fn read_as_other_than_text(error: &figment::Error) -> Option<&'static str> {
 }
 
 /// A key under `#[serde(flatten)]` fails with figment's path stopping at its
-/// section (`FULFILLMENT`): where that section holds one value equal to the
-/// one refused from the same source, the path is made to end at it
-/// (`FULFILLMENT.LMS.CLIENT_SECRET`).
-fn to_the_leaf(figment: &Figment, mut error: figment::Error) -> figment::Error {
+/// section (`FULFILLMENT`), tagged with whichever source last set a key of
+/// that section: where the section holds exactly one value, from the file or
+/// the environment, equal to the one refused, the path ends at it
+/// (`FULFILLMENT.LMS.CLIENT_SECRET`) and the source is that value's;
+/// otherwise the refusal says the key is under the section.
+fn to_the_leaf(figment: &Figment, mut error: figment::Error) -> Refusal {
     use figment::error::{Actual, Kind};
     use figment::value::Value;
     fn leaves<'a>(value: &'a Value, path: &mut Vec<String>, found: &mut Vec<(Vec<String>, &'a Value)>) {
@@ -91,42 +112,88 @@ fn to_the_leaf(figment: &Figment, mut error: figment::Error) -> figment::Error {
             leaf => found.push((path.clone(), leaf)),
         }
     }
-    if read_as_other_than_text(&error).is_none() {
-        return error;
-    }
-    let Kind::InvalidType(actual, _) = &error.kind else { return error };
-    let Ok(section @ Value::Dict(..)) = figment.find_value(&error.path.join(".")) else { return error };
-    let from_the_same_source = |value: &Value| {
-        figment.get_metadata(value.tag()).map(|source| &source.name) == error.metadata.as_ref().map(|m| &m.name)
+    let Ok(section @ Value::Dict(..)) = figment.find_value(&error.path.join(".")) else {
+        return Refusal { error, under_section: false };
     };
-    let same = |value: &Value| match (actual, value) {
-        _ if !from_the_same_source(value) => false,
+    let actual = match &error.kind {
+        Kind::InvalidType(actual, _) | Kind::InvalidValue(actual, _) => actual.clone(),
+        _ => return Refusal { error, under_section: true },
+    };
+    // The defaults are never refused: only what the file or the environment set.
+    let configured = |value: &Value| {
+        figment.get_metadata(value.tag()).is_some_and(|source| {
+            matches!(source.source, Some(figment::Source::File(_))) || source.name.contains("environment")
+        })
+    };
+    let same = |value: &Value| match (&actual, value) {
+        _ if !configured(value) => false,
         (Actual::Unsigned(n), value) => value.to_u128() == Some(*n),
         (Actual::Signed(n), value) => value.to_i128() == Some(*n),
         (Actual::Float(n), value) => value.to_f64() == Some(*n),
         (Actual::Bool(b), Value::Bool(_, value)) => value == b,
+        (Actual::Str(text), Value::String(_, value)) => value == text,
         _ => false,
     };
     let mut found = Vec::new();
     leaves(&section, &mut Vec::new(), &mut found);
     let mut matching = found.into_iter().filter(|(_, value)| same(value));
-    if let (Some((rest, _)), None) = (matching.next(), matching.next()) {
-        error.path.extend(rest);
+    match (matching.next(), matching.next()) {
+        (Some((rest, value)), None) => {
+            error.path.extend(rest);
+            error.metadata = figment.get_metadata(value.tag()).cloned();
+            Refusal { error, under_section: false }
+        }
+        _ => Refusal { error, under_section: true },
     }
-    error
 }
 
-/// figment's own words, except where text was wanted and the value read as a
-/// number or `true`/`false` (a secret of digits, say): then how to keep it
-/// text, and not the value, which may be a secret.
-fn describe(error: &figment::Error) -> String {
-    let Some(read_as) = read_as_other_than_text(error) else { return error.to_string() };
-    let key = error.path.join(".").to_uppercase();
-    let source = error.metadata.as_ref().map_or_else(|| "the configuration".to_string(), |s| s.name.to_string());
-    let how = if source.contains("environment") {
-        format!("put it in double quotes: {ENV_PREFIX}{}='\"...\"'", error.path.join("__").to_uppercase())
+/// What kind of value was found, without the value.
+fn kind_of(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "true or false",
+        Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) => "a number",
+        Actual::Char(_) | Actual::Str(_) => "text",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        _ => "a value",
+    }
+}
+
+/// figment's words where they cannot quote a value; otherwise the key, where
+/// it came from and what was wanted, without the value (it may be a secret),
+/// and for text that read as a number or `true`/`false` how to keep it text.
+fn describe(refusal: &Refusal) -> String {
+    use figment::error::Kind;
+    let error = &refusal.error;
+    let (actual, expected) = match &error.kind {
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => (actual, expected),
+        _ => return error.to_string(),
+    };
+    let section = error.path.join(".").to_uppercase();
+    let variable = format!("{ENV_PREFIX}{}", error.path.join("__").to_uppercase());
+    let (key, variable) = if refusal.under_section {
+        (format!("a key under \"{section}\""), format!("{variable}__<KEY>"))
     } else {
-        "write it in double quotes".to_string()
+        (format!("key \"{section}\""), variable)
+    };
+    let source = match (&error.metadata, refusal.under_section) {
+        (Some(source), false) => match &source.source {
+            Some(file @ figment::Source::File(_)) => format!("{} {file}", source.name),
+            _ => source.name.to_string(),
+        },
+        _ => "the file or the environment".to_string(),
+    };
+    let found = kind_of(actual);
+    let Some(read_as) = read_as_other_than_text(error) else {
+        return format!("{key} in {source}: expected {expected}, found {found} (the value is not shown)");
+    };
+    let how = match &error.metadata {
+        Some(source) if !refusal.under_section && !source.name.contains("environment") => {
+            "write it in double quotes".to_string()
+        }
+        _ if refusal.under_section => format!("write it in double quotes (in a file), or {variable}='\"...\"'"),
+        _ => format!("put it in double quotes: {variable}='\"...\"'"),
     };
     format!(
         "{key} in {source} is text, but its value reads as {read_as} (not shown: it may be a secret); to keep it \
@@ -217,7 +284,8 @@ mod tests {
             assert_eq!(load::<Settings>(None).map_err(|e| e.to_string())?.name, "000123", "quoted, it stays text");
             jail.set_env("MESH_PORT", "not-a-port");
             let text = load::<Settings>(None).expect_err("not a port").to_string();
-            assert!(text.contains("not-a-port"), "figment's own words where text was not wanted: {text}");
+            assert!(text.contains("expected u16, found text"), "what was wanted and found: {text}");
+            assert!(!text.contains("not-a-port"), "never the value, which may be a secret: {text}");
             Ok(())
         });
     }
@@ -234,6 +302,8 @@ mod tests {
     #[serde(default)]
     struct Own {
         client: Client,
+        check: bool,
+        secrets: Vec<String>,
     }
 
     #[derive(Debug, Default, Serialize, Deserialize)]
@@ -255,15 +325,37 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("MESH_SECTION__CLIENT__SECRET", "0");
             let text = load::<Flattened>(None).expect_err("a number is not text").to_string();
-            assert!(text.contains("SECTION.CLIENT.SECRET in"), "names the key itself: {text}");
+            assert!(text.contains("SECTION.CLIENT.SECRET\" in `MESH_`"), "names the key itself: {text}");
             assert!(text.contains("MESH_SECTION__CLIENT__SECRET='\"...\"'"), "and its variable: {text}");
             jail.clear_env();
             jail.create_file("mesh.toml", "[section.client]\nsecret = 31415\n")?;
+            // Another key of the section from the environment: the refused one is still the file's.
+            jail.set_env("MESH_SECTION__LISTEN", "elsewhere");
             let text = load::<Flattened>(Some(Path::new("mesh.toml"))).expect_err("in the file too").to_string();
             assert!(!text.contains("31415"), "the value may be a secret: {text}");
-            let text = load::<Flattened>(Some(Path::new("mesh.toml"))).expect_err("in the file too").to_string();
-            assert!(text.contains("SECTION.CLIENT.SECRET in"), "{text}");
+            assert!(text.contains("SECTION.CLIENT.SECRET\" in TOML file"), "and the file: {text}");
             assert!(text.contains("write it in double quotes"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_ambiguous_key_under_a_section_is_not_guessed_and_no_value_shows_even_in_debug() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("mesh.toml", "[section.client]\nsecret = true\n")?;
+            jail.set_env("MESH_SECTION__CHECK", "true");
+            let err = load::<Flattened>(Some(Path::new("mesh.toml"))).expect_err("true is not text");
+            let text = err.to_string();
+            assert!(text.contains("a key under \"SECTION\""), "not the valid CHECK: {text}");
+            assert!(!text.contains("CHECK"), "{text}");
+            jail.clear_env();
+            jail.create_file("mesh.toml", "")?;
+            jail.set_env("MESH_SECTION__SECRETS", "whsec_not_a_list");
+            let err = load::<Flattened>(Some(Path::new("mesh.toml"))).expect_err("not a list");
+            for text in [err.to_string(), format!("{err:?}")] {
+                assert!(text.contains("SECTION.SECRETS"), "{text}");
+                assert!(!text.contains("whsec"), "the value may be a secret: {text}");
+            }
             Ok(())
         });
     }
