@@ -319,35 +319,27 @@ async fn a_taken_port_fails_at_once_naming_the_component_and_the_setting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
     let address = taken.local_addr().expect("bound").to_string();
-    let output = mesh_command(dir.path())
-        .arg("up")
-        .env("MESH_FULFILLMENT__LISTEN", &address)
-        .envs(
-            ["GATEWAY__LISTEN", "CUSTOMER_IDENTITY__LISTEN", "CATALOG_INGEST__LISTEN", "PURCHASE_HISTORY__LISTEN"]
-                .map(|key| (format!("MESH_{key}"), "127.0.0.1:0")),
-        )
-        .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
-        .output()
-        .await
-        .expect("run");
+    // `up` with every listen address ephemeral but `variable`'s, which is the taken one.
+    let up_on_the_taken_port = |variable: &str| {
+        let mut command = mesh_command(dir.path());
+        command.arg("up");
+        for key in ["GATEWAY__LISTEN", "FULFILLMENT__LISTEN", "CUSTOMER_IDENTITY__LISTEN", "CATALOG_INGEST__LISTEN"]
+            .into_iter()
+            .chain(["PURCHASE_HISTORY__LISTEN", "ADMIN_LISTEN"])
+        {
+            command.env(format!("MESH_{key}"), "127.0.0.1:0");
+        }
+        command.env(variable, &address);
+        command
+    };
+    let output = up_on_the_taken_port("MESH_FULFILLMENT__LISTEN").output().await.expect("run");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("fulfillment: cannot listen on {address}")), "names what and where: {stderr}");
     assert!(stderr.contains("MESH_FULFILLMENT__LISTEN"), "names the setting that moves it: {stderr}");
 
     // The admin port too (9090 is Prometheus's own default).
-    let output = mesh_command(dir.path())
-        .arg("up")
-        .envs(
-            ["GATEWAY__LISTEN", "FULFILLMENT__LISTEN", "CUSTOMER_IDENTITY__LISTEN", "CATALOG_INGEST__LISTEN"]
-                .into_iter()
-                .chain(["PURCHASE_HISTORY__LISTEN"])
-                .map(|key| (format!("MESH_{key}"), "127.0.0.1:0")),
-        )
-        .env("MESH_ADMIN_LISTEN", &address)
-        .output()
-        .await
-        .expect("run");
+    let output = up_on_the_taken_port("MESH_ADMIN_LISTEN").output().await.expect("run");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("admin port {address}")), "names what and where: {stderr}");

@@ -78,17 +78,14 @@ where
     figment.extract().map_err(|error| ConfigError::Invalid(Box::new(to_the_leaf(&figment, error))))
 }
 
-/// What a value refused where text was wanted read as: a number, or true or false.
-fn read_as_other_than_text(error: &figment::Error) -> Option<&'static str> {
+/// Whether text was wanted and the value read as a number or `true`/`false`.
+fn text_read_as_other(error: &figment::Error) -> bool {
     use figment::error::{Actual, Kind};
-    match &error.kind {
-        Kind::InvalidType(actual, expected) if expected.contains("string") => match actual {
-            Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) => Some("a number"),
-            Actual::Bool(_) => Some("true or false"),
-            _ => None,
-        },
-        _ => None,
-    }
+    matches!(
+        &error.kind,
+        Kind::InvalidType(Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) | Actual::Bool(_), expected)
+            if expected.contains("string")
+    )
 }
 
 /// A key under `#[serde(flatten)]` fails with figment's path stopping at its
@@ -185,9 +182,9 @@ fn describe(refusal: &Refusal) -> String {
         _ => "the file or the environment".to_string(),
     };
     let found = kind_of(actual);
-    let Some(read_as) = read_as_other_than_text(error) else {
+    if !text_read_as_other(error) {
         return format!("{key} in {source}: expected {expected}, found {found} (the value is not shown)");
-    };
+    }
     let how = match &error.metadata {
         Some(source) if !refusal.under_section && !source.name.contains("environment") => {
             "write it in double quotes".to_string()
@@ -196,7 +193,7 @@ fn describe(refusal: &Refusal) -> String {
         _ => format!("put it in double quotes: {variable}='\"...\"'"),
     };
     format!(
-        "{key} in {source} is text, but its value reads as {read_as} (not shown: it may be a secret); to keep it \
+        "{key} in {source} is text, but its value reads as {found} (not shown: it may be a secret); to keep it \
          text, {how}"
     )
 }
