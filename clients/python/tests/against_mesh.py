@@ -44,11 +44,16 @@ def dependencies_are_satisfied() -> None:
         check(requirement.specifier.contains(installed, prereleases=True), f"{requirement} (installed {installed})")
 
 
+# One time for every order of the run: the same order sent twice must be the
+# same order, and `time.time()` read per order could cross a second between them.
+PLACED_AT = int(time.time())
+
+
 def order(number: str) -> pb.FulfillOrderRequest:
     """A free one-line verified enrollment for the learner ada (4242)."""
     return pb.FulfillOrderRequest(
         order_number=number,
-        date_placed=Timestamp(seconds=int(time.time())),
+        date_placed=Timestamp(seconds=PLACED_AT),
         source_system="python-client-test",
         learner=pb.Learner(lms_user_id="4242", lms_username="ada"),
         line_items=[
